@@ -66,13 +66,8 @@ pub enum Compression {
 
 impl Compression {
     /// All codecs, in attribute order.
-    pub const ALL: [Compression; 5] = [
-        Compression::None,
-        Compression::Gzip,
-        Compression::Snappy,
-        Compression::Lz4,
-        Compression::Zstd,
-    ];
+    pub const ALL: [Compression; 5] =
+        [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd];
 
     /// The codec's id in the attributes field.
     pub fn id(self) -> u8 {
@@ -115,9 +110,7 @@ impl std::str::FromStr for Compression {
         Compression::ALL
             .into_iter()
             .find(|c| c.name() == s)
-            .ok_or_else(|| {
-                format!("unknown compression '{s}' (expected none, gzip, snappy, lz4 or zstd)")
-            })
+            .ok_or_else(|| format!("unknown compression '{s}' (expected none, gzip, snappy, lz4 or zstd)"))
     }
 }
 
@@ -167,10 +160,7 @@ impl BatchHeader {
     /// holds the whole batch.
     pub fn parse(buf: &[u8], max_batch_bytes: usize) -> Result<Self, BatchError> {
         if buf.len() < BATCH_HEADER_LEN {
-            return Err(BatchError::Truncated {
-                needed: BATCH_HEADER_LEN,
-                available: buf.len(),
-            });
+            return Err(BatchError::Truncated { needed: BATCH_HEADER_LEN, available: buf.len() });
         }
         let magic = buf[MAGIC_POS] as i8;
         if magic != MAGIC_V2 {
@@ -194,12 +184,7 @@ impl BatchHeader {
             batch_length,
             partition_leader_epoch: be_i32(buf, LEADER_EPOCH_POS),
             magic,
-            crc: u32::from_be_bytes([
-                buf[CRC_POS],
-                buf[CRC_POS + 1],
-                buf[CRC_POS + 2],
-                buf[CRC_POS + 3],
-            ]),
+            crc: u32::from_be_bytes([buf[CRC_POS], buf[CRC_POS + 1], buf[CRC_POS + 2], buf[CRC_POS + 3]]),
             attributes: be_i16(buf, ATTRIBUTES_POS),
             last_offset_delta: be_i32(buf, 23),
             base_timestamp: be_i64(buf, 27),
@@ -210,10 +195,7 @@ impl BatchHeader {
             records_count: be_i32(buf, 57),
         };
         if h.records_count < 0 {
-            return Err(BatchError::BadLength {
-                length: h.records_count,
-                reason: "negative record count",
-            });
+            return Err(BatchError::BadLength { length: h.records_count, reason: "negative record count" });
         }
         if h.last_offset_delta < 0 {
             return Err(BatchError::BadLength {
@@ -262,11 +244,7 @@ impl BatchHeader {
     }
 
     pub fn timestamp_type(&self) -> TimestampType {
-        if self.attributes & 0x08 != 0 {
-            TimestampType::LogAppendTime
-        } else {
-            TimestampType::CreateTime
-        }
+        if self.attributes & 0x08 != 0 { TimestampType::LogAppendTime } else { TimestampType::CreateTime }
     }
 
     pub fn is_transactional(&self) -> bool {
@@ -288,10 +266,7 @@ pub fn verify_crc(header: &BatchHeader, batch: &[u8]) -> Result<(), BatchError> 
     debug_assert_eq!(batch.len(), header.total_len());
     let computed = compute_crc(batch);
     if computed != header.crc {
-        return Err(BatchError::CrcMismatch {
-            stored: header.crc,
-            computed,
-        });
+        return Err(BatchError::CrcMismatch { stored: header.crc, computed });
     }
     Ok(())
 }
@@ -301,10 +276,7 @@ pub fn verify_crc(header: &BatchHeader, batch: &[u8]) -> Result<(), BatchError> 
 pub fn check_batch(buf: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, BatchError> {
     let h = BatchHeader::parse(buf, max_batch_bytes)?;
     if buf.len() < h.total_len() {
-        return Err(BatchError::Truncated {
-            needed: h.total_len(),
-            available: buf.len(),
-        });
+        return Err(BatchError::Truncated { needed: h.total_len(), available: buf.len() });
     }
     verify_crc(&h, &buf[..h.total_len()])?;
     Ok(h)
@@ -340,12 +312,7 @@ pub struct BatchIter<'a> {
 
 impl<'a> BatchIter<'a> {
     pub fn new(buf: &'a [u8], max_batch_bytes: usize) -> Self {
-        BatchIter {
-            buf,
-            pos: 0,
-            max_batch_bytes,
-            failed: false,
-        }
+        BatchIter { buf, pos: 0, max_batch_bytes, failed: false }
     }
 
     /// Byte position of the next batch within the buffer.
@@ -422,49 +389,28 @@ mod tests {
     fn rejects_bad_crc_magic_length_and_truncation() {
         let mut b = bare_batch(1, 0);
         b[30] ^= 1;
-        assert!(matches!(
-            check_batch(&b, 1 << 20),
-            Err(BatchError::CrcMismatch { .. })
-        ));
+        assert!(matches!(check_batch(&b, 1 << 20), Err(BatchError::CrcMismatch { .. })));
 
         let mut b = bare_batch(1, 0);
         b[MAGIC_POS] = 1;
-        assert!(matches!(
-            check_batch(&b, 1 << 20),
-            Err(BatchError::UnsupportedMagic { magic: 1 })
-        ));
+        assert!(matches!(check_batch(&b, 1 << 20), Err(BatchError::UnsupportedMagic { magic: 1 })));
 
         let mut b = bare_batch(1, 0);
         b[LENGTH_POS..LENGTH_POS + 4].copy_from_slice(&10i32.to_be_bytes());
-        assert!(matches!(
-            check_batch(&b, 1 << 20),
-            Err(BatchError::BadLength { .. })
-        ));
+        assert!(matches!(check_batch(&b, 1 << 20), Err(BatchError::BadLength { .. })));
 
         let mut b = bare_batch(1, 0);
         b[LENGTH_POS..LENGTH_POS + 4].copy_from_slice(&(MIN_BATCH_LENGTH + 5).to_be_bytes());
-        assert!(matches!(
-            check_batch(&b, 1 << 20),
-            Err(BatchError::Truncated { .. })
-        ));
+        assert!(matches!(check_batch(&b, 1 << 20), Err(BatchError::Truncated { .. })));
 
         let b = bare_batch(1, 0);
-        assert!(matches!(
-            check_batch(&b[..40], 1 << 20),
-            Err(BatchError::Truncated { .. })
-        ));
-        assert!(matches!(
-            check_batch(&b, 10),
-            Err(BatchError::TooLarge { .. })
-        ));
+        assert!(matches!(check_batch(&b[..40], 1 << 20), Err(BatchError::Truncated { .. })));
+        assert!(matches!(check_batch(&b, 10), Err(BatchError::TooLarge { .. })));
 
         let mut b = bare_batch(1, 0);
         b[22] = 6; // compression id 6
         write_crc(&mut b);
-        assert!(matches!(
-            check_batch(&b, 1 << 20),
-            Err(BatchError::UnsupportedCompression { id: 6 })
-        ));
+        assert!(matches!(check_batch(&b, 1 << 20), Err(BatchError::UnsupportedCompression { id: 6 })));
     }
 
     #[test]

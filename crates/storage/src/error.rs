@@ -47,11 +47,7 @@ pub enum LogError {
     CorruptFile { path: PathBuf, reason: String },
 
     #[error("offset {requested} is out of range: the log holds [{log_start}, {log_end})")]
-    OffsetOutOfRange {
-        requested: u64,
-        log_start: u64,
-        log_end: u64,
-    },
+    OffsetOutOfRange { requested: u64, log_start: u64, log_end: u64 },
 
     #[error("{op} {}: {source}", path.display())]
     Io {
@@ -83,10 +79,7 @@ pub enum LogError {
 }
 
 impl LogError {
-    pub(crate) fn io(
-        op: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(std::io::Error) -> LogError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> LogError {
         let path = path.into();
         move |source| LogError::Io { op, path, source }
     }
