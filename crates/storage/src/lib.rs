@@ -3,9 +3,29 @@
 //! A partition is a directory of segments holding Kafka RecordBatch v2 batches, with a sparse
 //! offset index and a time index per segment, a leader-epoch checkpoint, and group-committed
 //! durability. This crate knows nothing of networking, Raft or sled.
+//!
+//! - [`batch`]: the RecordBatch v2 header and CRC; [`record`]: building batches from records
+//!   and decoding them, with compression.
+//! - [`Log`]: one partition's log; [`LogManager`]: every log under a data directory.
 
 pub mod batch;
+mod compression;
+pub mod crashsafe;
+pub mod dump;
+mod epoch;
 pub mod error;
+mod index;
+mod log;
+mod manager;
+pub mod record;
+mod segment;
 
 pub use batch::{BatchHeader, Compression};
+pub use epoch::EpochEntry;
 pub use error::{BatchError, LogError};
+pub use log::{
+    AppendInfo, BATCH_BYTES_LIMIT, Clock, FsyncPolicy, Log, LogConfig, LogOffsets, ReadInfo, RecoveryReport,
+    RetentionOutcome, SEGMENT_BYTES_MAX, SystemClock,
+};
+pub use manager::{LogManager, TopicPartition, is_valid_topic_name};
+pub use segment::{ScanStop, ScannedBatch, Scanner, Truncation};

@@ -1,0 +1,1032 @@
+//! The partition log: an ordered sequence of segments in one directory.
+//!
+//! Invariants (checked by the tests in this crate):
+//! - offsets are contiguous: every segment starts where the previous one ends, and every
+//!   batch starts where the previous one ends;
+//! - `log_start <= durable_end <= log_end`, and `durable_end` only moves back by truncation;
+//! - an offset below `durable_end` has been fsynced (unless the policy is `never`, which is
+//!   page-cache durability by choice);
+//! - no batch is served without its length, magic, CRC and offset having been checked.
+//!
+//! Concurrency: one mutex guards the segment map and offsets. Appends write under it (one
+//! `pwrite`); fsyncs run on a sync thread outside it, so appends continue while the disk
+//! works, and one fsync covers every batch appended meanwhile (group commit). Reads find
+//! their segment and position under the mutex and copy bytes outside it.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::batch::{self, BATCH_HEADER_LEN, BatchHeader, BatchIter};
+use crate::crashsafe;
+use crate::epoch::{EpochEntry, LeaderEpochCache};
+use crate::error::{BatchError, LogError, Result};
+use crate::segment::{self, Rebuilt, Scanner, Segment, SegmentSettings, Truncation};
+
+/// When appended data is fsynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// A sync thread fsyncs as soon as there is unsynced data; one fsync covers every batch
+    /// appended while the previous one ran (group commit). The default.
+    Always,
+    /// Fsync at most once per interval.
+    Interval(Duration),
+    /// Never fsync on the append path: data is as durable as the page cache (it survives a
+    /// process crash, not a power loss). The durable offset follows the log end.
+    Never,
+}
+
+impl std::str::FromStr for FsyncPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "always" => Ok(FsyncPolicy::Always),
+            "never" => Ok(FsyncPolicy::Never),
+            _ => match s.strip_prefix("interval:").map(str::parse::<u64>) {
+                Some(Ok(ms)) if ms > 0 => Ok(FsyncPolicy::Interval(Duration::from_millis(ms))),
+                _ => Err(format!(
+                    "invalid fsync policy '{s}': expected always, never or interval:<ms> with ms > 0"
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FsyncPolicy::Always => f.write_str("always"),
+            FsyncPolicy::Never => f.write_str("never"),
+            FsyncPolicy::Interval(d) => write!(f, "interval:{}", d.as_millis()),
+        }
+    }
+}
+
+/// Per-log settings. Names follow Kafka's topic configs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Roll to a new segment once the active one would exceed this (`segment.bytes`).
+    pub segment_bytes: u64,
+    /// Roll a segment this old, measured from its first append (`segment.ms`).
+    pub segment_ms: Option<u64>,
+    /// Delete segments whose newest record is older than this (`retention.ms`).
+    pub retention_ms: Option<u64>,
+    /// Delete the oldest segments while the log is larger than this (`retention.bytes`).
+    pub retention_bytes: Option<u64>,
+    /// Bytes between sparse index entries (`index.interval.bytes`).
+    pub index_interval_bytes: u64,
+    /// Largest batch accepted, header included (`max.message.bytes`).
+    pub max_batch_bytes: usize,
+    pub fsync: FsyncPolicy,
+}
+
+/// Largest segment: index positions are 32-bit.
+pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
+/// Largest batch the log ever accepts, whatever the config says.
+pub const BATCH_BYTES_LIMIT: usize = 256 << 20;
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            segment_ms: Some(7 * 24 * 3600 * 1000),
+            retention_ms: Some(7 * 24 * 3600 * 1000),
+            retention_bytes: None,
+            index_interval_bytes: 4096,
+            max_batch_bytes: 1_048_588,
+            fsync: FsyncPolicy::Always,
+        }
+    }
+}
+
+impl LogConfig {
+    pub fn validate(&self) -> Result<()> {
+        let err = |m: String| Err(LogError::Config(m));
+        if self.segment_bytes < 1024 || self.segment_bytes > SEGMENT_BYTES_MAX {
+            return err(format!(
+                "segment.bytes {} must be in [1024, {SEGMENT_BYTES_MAX}]",
+                self.segment_bytes
+            ));
+        }
+        if self.index_interval_bytes == 0 || self.index_interval_bytes > self.segment_bytes {
+            return err(format!(
+                "index.interval.bytes {} must be in [1, segment.bytes]",
+                self.index_interval_bytes
+            ));
+        }
+        if self.max_batch_bytes < BATCH_HEADER_LEN || self.max_batch_bytes > BATCH_BYTES_LIMIT {
+            return err(format!(
+                "max.message.bytes {} must be in [{BATCH_HEADER_LEN}, {BATCH_BYTES_LIMIT}]",
+                self.max_batch_bytes
+            ));
+        }
+        if self.segment_ms == Some(0) || self.retention_ms == Some(0) {
+            return err("segment.ms and retention.ms must be positive".into());
+        }
+        Ok(())
+    }
+
+    fn segment_settings(&self) -> SegmentSettings {
+        SegmentSettings {
+            index_interval_bytes: self.index_interval_bytes,
+            max_batch_bytes: self.max_batch_bytes,
+        }
+    }
+}
+
+/// Wall-clock milliseconds, injectable so tests control segment age and retention.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    fn now_ms(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    }
+}
+
+/// Where an appended batch went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    /// The log end offset after the append.
+    pub log_end: u64,
+    pub max_timestamp: i64,
+}
+
+/// The log's offsets at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogOffsets {
+    pub log_start: u64,
+    /// Offset the next appended record gets (LEO).
+    pub log_end: u64,
+    /// Every offset below this has been fsynced (or accepted by policy `never`).
+    pub durable_end: u64,
+}
+
+/// What a read returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadInfo {
+    /// Offsets at the time of the read.
+    pub offsets: LogOffsets,
+    /// Base offset of the first batch returned (it may be below the requested offset, since
+    /// batches are returned whole), or `None` when nothing was returned.
+    pub first_offset: Option<u64>,
+    /// The offset after the last batch returned: where the next read starts.
+    pub next_offset: u64,
+}
+
+/// What opening a log found and repaired.
+#[derive(Debug, Default, Clone)]
+pub struct RecoveryReport {
+    /// Torn or corrupt tails that were cut off.
+    pub truncations: Vec<Truncation>,
+    /// Damage in sealed segments, left in place and never served.
+    pub corruptions: Vec<String>,
+    /// Whether the leader-epoch checkpoint was missing or damaged and rebuilt from the log.
+    pub epoch_cache_rebuilt: bool,
+}
+
+/// Result of a retention pass.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    pub deleted_segments: usize,
+    pub deleted_bytes: u64,
+    pub log_start: u64,
+}
+
+struct State {
+    segments: BTreeMap<u64, Segment>,
+    log_start: u64,
+    log_end: u64,
+    durable_end: u64,
+    epochs: LeaderEpochCache,
+    /// Bumped by truncation, so a sync that raced with it does not advance `durable_end`.
+    generation: u64,
+    failed: Option<String>,
+    closed: bool,
+}
+
+impl State {
+    fn active(&self) -> &Segment {
+        self.segments.values().next_back().expect("a log always has an active segment")
+    }
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments.values_mut().next_back().expect("a log always has an active segment")
+    }
+    fn offsets(&self) -> LogOffsets {
+        LogOffsets { log_start: self.log_start, log_end: self.log_end, durable_end: self.durable_end }
+    }
+}
+
+struct Shared {
+    dir: PathBuf,
+    config: LogConfig,
+    clock: Arc<dyn Clock>,
+    state: Mutex<State>,
+    /// Signalled on append and close: wakes the sync thread.
+    appended: Condvar,
+    /// Signalled when `durable_end` moves, on failure and on close: wakes durable waiters.
+    durable: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock is a bug; the state itself is still consistent
+        // at every await-free point, so keep going rather than poisoning every caller.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check_writable(&self, st: &State) -> Result<()> {
+        if st.closed {
+            return Err(LogError::Closed { dir: self.dir.clone() });
+        }
+        if let Some(reason) = &st.failed {
+            return Err(LogError::Failed { dir: self.dir.clone(), reason: reason.clone() });
+        }
+        Ok(())
+    }
+}
+
+/// One partition's log. Dropping it stops its sync thread after a final fsync.
+pub struct Log {
+    shared: Arc<Shared>,
+    syncer: Option<JoinHandle<()>>,
+    recovery: RecoveryReport,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log").field("dir", &self.shared.dir).field("offsets", &self.offsets()).finish()
+    }
+}
+
+impl Log {
+    /// Opens (creating if needed) the log in `dir` with the system clock.
+    pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log> {
+        Self::open_with_clock(dir, config, Arc::new(SystemClock))
+    }
+
+    /// Opens the log in `dir`, recovering it after an unclean stop.
+    pub fn open_with_clock(dir: impl AsRef<Path>, config: LogConfig, clock: Arc<dyn Clock>) -> Result<Log> {
+        config.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).map_err(LogError::io("create directory", &dir))?;
+        crashsafe::remove_stale_temp_files(&dir)?;
+        let settings = config.segment_settings();
+        let mut report = RecoveryReport::default();
+
+        let mut bases = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(LogError::io("read directory", &dir))? {
+            let entry = entry.map_err(LogError::io("read directory", &dir))?;
+            if let Some(base) = entry.file_name().to_str().and_then(segment::parse_log_file_name) {
+                bases.push(base);
+            }
+        }
+        bases.sort_unstable();
+        remove_orphan_indexes(&dir, &bases)?;
+
+        let mut segments = BTreeMap::new();
+        for (i, &base) in bases.iter().enumerate() {
+            let tail = i + 1 == bases.len();
+            let (mut seg, outcome) = if tail {
+                Segment::recover(&dir, base, settings, true)?
+            } else {
+                Segment::open_sealed(&dir, base, settings)?
+            };
+            match outcome {
+                Rebuilt::Clean => {}
+                Rebuilt::Truncated(t) => report.truncations.push(t),
+                Rebuilt::Corrupt(e) => {
+                    tracing::error!(error = %e, "corrupt batch in sealed segment; it will not be served");
+                    report.corruptions.push(e.to_string());
+                }
+            }
+            if let Some(&next_base) = bases.get(i + 1)
+                && seg.next_offset() != next_base
+            {
+                let msg = format!(
+                    "segment {} ends at offset {} but the next segment starts at {next_base}",
+                    seg.path().display(),
+                    seg.next_offset()
+                );
+                if seg.next_offset() > next_base {
+                    return Err(LogError::CorruptFile { path: seg.path().to_owned(), reason: msg });
+                }
+                tracing::error!("{msg}; the missing offsets will not be served");
+                report.corruptions.push(msg);
+                seg.force_next_offset(next_base);
+            }
+            segments.insert(base, seg);
+        }
+        if segments.is_empty() {
+            segments.insert(0, Segment::create(&dir, 0, settings)?);
+            crashsafe::fsync_dir(&dir)?;
+        }
+        let log_start = *segments.keys().next().expect("non-empty");
+        let log_end = segments.values().next_back().expect("non-empty").next_offset();
+
+        let mut epochs = match LeaderEpochCache::load(&dir) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "leader-epoch checkpoint damaged; rebuilding it from the log");
+                report.epoch_cache_rebuilt = true;
+                rebuild_epoch_cache(&dir, &segments)?
+            }
+        };
+        let trimmed = epochs.truncate_from_end(log_end) | epochs.truncate_from_start(log_start);
+        if trimmed || report.epoch_cache_rebuilt {
+            epochs.persist()?;
+        }
+
+        // Everything that survived is made durable now, so durable_end can start at log_end.
+        segments.values().next_back().expect("non-empty").sync()?;
+        crashsafe::fsync_dir(&dir)?;
+
+        let shared = Arc::new(Shared {
+            dir,
+            config,
+            clock,
+            state: Mutex::new(State {
+                segments,
+                log_start,
+                log_end,
+                durable_end: log_end,
+                epochs,
+                generation: 0,
+                failed: None,
+                closed: false,
+            }),
+            appended: Condvar::new(),
+            durable: Condvar::new(),
+        });
+        let syncer = match shared.config.fsync {
+            FsyncPolicy::Never => None,
+            policy => {
+                let s = Arc::clone(&shared);
+                let name = format!("runnel-sync-{}", s.dir.file_name().unwrap_or_default().to_string_lossy());
+                Some(
+                    std::thread::Builder::new()
+                        .name(name)
+                        .spawn(move || sync_loop(&s, policy))
+                        .map_err(LogError::io("spawn sync thread", &shared.dir))?,
+                )
+            }
+        };
+        Ok(Log { shared, syncer, recovery: report })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.shared.config
+    }
+
+    /// What opening the log found and repaired.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    pub fn offsets(&self) -> LogOffsets {
+        self.shared.lock().offsets()
+    }
+
+    pub fn log_start(&self) -> u64 {
+        self.shared.lock().log_start
+    }
+
+    pub fn log_end(&self) -> u64 {
+        self.shared.lock().log_end
+    }
+
+    pub fn durable_end(&self) -> u64 {
+        self.shared.lock().durable_end
+    }
+
+    /// Number of segments (for tests and metrics).
+    pub fn segment_count(&self) -> usize {
+        self.shared.lock().segments.len()
+    }
+
+    /// Total bytes of all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.shared.lock().segments.values().map(Segment::size).sum()
+    }
+
+    /// Appends one producer batch as leader: checks it, assigns its offsets from the log end,
+    /// stamps `leader_epoch` into it (both in place; neither is covered by the CRC) and
+    /// writes it. Returns without waiting for the disk; see [`wait_durable`](Self::wait_durable).
+    ///
+    /// `batch` must be exactly one RecordBatch v2 with at least one record. On any error the
+    /// log is unchanged.
+    pub fn append(&self, batch: &mut [u8], leader_epoch: i32) -> Result<AppendInfo> {
+        let header = self.check_one_batch(batch)?;
+        if header.records_count == 0 {
+            return Err(LogError::InvalidBatch(BatchError::Malformed("batch has no records".into())));
+        }
+        let mut st = self.shared.lock();
+        self.shared.check_writable(&st)?;
+        let base = st.log_end;
+        batch::set_base_offset(batch, base as i64);
+        batch::set_partition_leader_epoch(batch, leader_epoch);
+        let header = BatchHeader { base_offset: base as i64, partition_leader_epoch: leader_epoch, ..header };
+        self.write_batch(&mut st, &header, batch)?;
+        self.after_append(&mut st);
+        Ok(AppendInfo {
+            base_offset: base,
+            last_offset: header.last_offset() as u64,
+            log_end: st.log_end,
+            max_timestamp: header.max_timestamp,
+        })
+    }
+
+    /// Appends batches fetched from the leader, keeping their offsets and epochs. The first
+    /// must start at the log end and each must follow the previous one. All are checked
+    /// before any is written, so an invalid one leaves the log unchanged.
+    pub fn append_replicated(&self, batches: &[u8]) -> Result<Option<AppendInfo>> {
+        let max = self.shared.config.max_batch_bytes;
+        let mut headers = Vec::new();
+        for item in BatchIter::new(batches, max) {
+            let (h, _) = item.map_err(LogError::InvalidBatch)?;
+            if h.base_offset < 0 {
+                return Err(LogError::InvalidBatch(BatchError::Malformed("negative base offset".into())));
+            }
+            if let Some(prev) = headers.last().map(|p: &BatchHeader| p.next_offset())
+                && h.base_offset != prev
+            {
+                return Err(LogError::InvalidBatch(BatchError::Malformed(format!(
+                    "batch at offset {} does not follow the previous one ending at {prev}",
+                    h.base_offset
+                ))));
+            }
+            headers.push(h);
+        }
+        let (Some(first), Some(last)) = (headers.first().copied(), headers.last().copied()) else {
+            return Ok(None);
+        };
+        let mut st = self.shared.lock();
+        self.shared.check_writable(&st)?;
+        if first.base_offset as u64 != st.log_end {
+            return Err(LogError::InvalidBatch(BatchError::Malformed(format!(
+                "replicated batches start at offset {} but the log ends at {}",
+                first.base_offset, st.log_end
+            ))));
+        }
+        let mut pos = 0;
+        for h in &headers {
+            let len = h.total_len();
+            self.write_batch(&mut st, h, &batches[pos..pos + len])?;
+            pos += len;
+        }
+        self.after_append(&mut st);
+        let max_timestamp = headers.iter().map(|h| h.max_timestamp).max().unwrap_or(-1);
+        Ok(Some(AppendInfo {
+            base_offset: first.base_offset as u64,
+            last_offset: last.last_offset() as u64,
+            log_end: st.log_end,
+            max_timestamp,
+        }))
+    }
+
+    fn check_one_batch(&self, batch: &[u8]) -> Result<BatchHeader> {
+        let h =
+            batch::check_batch(batch, self.shared.config.max_batch_bytes).map_err(LogError::InvalidBatch)?;
+        if h.total_len() != batch.len() {
+            return Err(LogError::InvalidBatch(BatchError::Malformed(format!(
+                "{} bytes after the batch",
+                batch.len() - h.total_len()
+            ))));
+        }
+        Ok(h)
+    }
+
+    /// Writes one batch whose offsets are already final, rolling first if needed.
+    fn write_batch(&self, st: &mut State, h: &BatchHeader, bytes: &[u8]) -> Result<()> {
+        debug_assert_eq!(h.base_offset as u64, st.log_end);
+        let now = self.shared.clock.now_ms();
+        if self.should_roll(st.active(), bytes.len() as u64, now) {
+            self.roll(st)?;
+        }
+        if st.epochs.assign(h.partition_leader_epoch, st.log_end) {
+            // Before the batch: after a crash the checkpoint then covers every batch on disk.
+            if let Err(e) = st.epochs.persist() {
+                st.epochs.truncate_from_end(st.log_end);
+                return Err(e);
+            }
+        }
+        if let Err(e) = st.active_mut().append(h, bytes, now) {
+            if st.epochs.truncate_from_end(st.log_end) {
+                let _ = st.epochs.persist();
+            }
+            return Err(e);
+        }
+        st.log_end = h.next_offset() as u64;
+        Ok(())
+    }
+
+    fn after_append(&self, st: &mut State) {
+        if self.shared.config.fsync == FsyncPolicy::Never {
+            st.durable_end = st.log_end;
+            self.shared.durable.notify_all();
+        } else {
+            self.shared.appended.notify_one();
+        }
+    }
+
+    fn should_roll(&self, active: &Segment, incoming: u64, now: i64) -> bool {
+        if active.is_empty() {
+            return false;
+        }
+        if active.size() + incoming > self.shared.config.segment_bytes {
+            return true;
+        }
+        match (self.shared.config.segment_ms, active.rolling_base_ms()) {
+            (Some(ms), Some(base)) => now.saturating_sub(base) >= ms as i64,
+            _ => false,
+        }
+    }
+
+    /// Seals the active segment (fsyncing it unless the policy is `never`, so that after a
+    /// power loss only the tail segment can be torn) and starts a new one at the log end.
+    fn roll(&self, st: &mut State) -> Result<()> {
+        let sync = self.shared.config.fsync != FsyncPolicy::Never;
+        st.active_mut().seal(sync)?;
+        let base = st.log_end;
+        let seg = Segment::create(&self.shared.dir, base, self.shared.config.segment_settings())?;
+        st.segments.insert(base, seg);
+        if sync {
+            crashsafe::fsync_dir(&self.shared.dir)?;
+        }
+        tracing::debug!(dir = %self.shared.dir.display(), base, "rolled segment");
+        Ok(())
+    }
+
+    /// Rolls the active segment now if it is not empty (`kafka-log-dirs`-style maintenance,
+    /// and tests).
+    pub fn force_roll(&self) -> Result<()> {
+        let mut st = self.shared.lock();
+        self.shared.check_writable(&st)?;
+        if !st.active().is_empty() {
+            self.roll(&mut st)?;
+        }
+        Ok(())
+    }
+
+    /// Blocks until every offset below `end` is durable, or `timeout` passes.
+    pub fn wait_durable(&self, end: u64, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.shared.lock();
+        loop {
+            if st.durable_end >= end {
+                return Ok(());
+            }
+            self.shared.check_writable(&st)?;
+            if end > st.log_end {
+                return Err(LogError::OffsetOutOfRange {
+                    requested: end,
+                    log_start: st.log_start,
+                    log_end: st.log_end,
+                });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(LogError::DurableTimeout { offset: end, waited_ms: timeout.as_millis() as u64 });
+            }
+            st = self.shared.durable.wait_timeout(st, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
+    /// Fsyncs the active segment now and advances the durable offset (any policy).
+    pub fn flush(&self) -> Result<()> {
+        sync_once(&self.shared)
+    }
+
+    /// Reads whole batches starting with the one that contains `offset`, up to `max_bytes`
+    /// (at least one batch, however large, so a consumer always makes progress).
+    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<(Vec<u8>, ReadInfo)> {
+        let mut buf = Vec::new();
+        let info = self.read_into(offset, max_bytes, None, &mut buf)?;
+        Ok((buf, info))
+    }
+
+    /// Like [`read`](Self::read), into a caller-owned buffer (cleared first), returning only
+    /// batches that end at or below `upper_bound` when given (the high watermark, for
+    /// consumers). Reads stay within one segment; the next read continues at
+    /// `ReadInfo::next_offset`.
+    pub fn read_into(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        upper_bound: Option<u64>,
+        buf: &mut Vec<u8>,
+    ) -> Result<ReadInfo> {
+        buf.clear();
+        let max_batch = self.shared.config.max_batch_bytes;
+        let (file, path, seg_end, start_pos, first, offsets, end) = {
+            let st = self.shared.lock();
+            let offsets = st.offsets();
+            if offset < st.log_start || offset > st.log_end {
+                return Err(LogError::OffsetOutOfRange {
+                    requested: offset,
+                    log_start: st.log_start,
+                    log_end: st.log_end,
+                });
+            }
+            let end = upper_bound.map_or(st.log_end, |u| u.min(st.log_end));
+            if offset >= end {
+                return Ok(ReadInfo { offsets, first_offset: None, next_offset: offset });
+            }
+            let seg = st
+                .segments
+                .range(..=offset)
+                .next_back()
+                .map(|(_, s)| s)
+                .filter(|s| offset < s.next_offset())
+                .or_else(|| st.segments.range(offset + 1..).next().map(|(_, s)| s))
+                .ok_or_else(|| LogError::OffsetOutOfRange {
+                    requested: offset,
+                    log_start: st.log_start,
+                    log_end: st.log_end,
+                })?;
+            let target = offset.max(seg.base_offset);
+            let Some((pos, h)) = seg.find_batch(target)? else {
+                return Ok(ReadInfo { offsets, first_offset: None, next_offset: offset });
+            };
+            (Arc::clone(seg.file()), seg.path().to_owned(), seg.size(), pos, h, offsets, end)
+        };
+        if first.next_offset() as u64 > end {
+            return Ok(ReadInfo { offsets, first_offset: None, next_offset: offset });
+        }
+        let want = (max_bytes.max(first.total_len()) as u64).min(seg_end - start_pos) as usize;
+        buf.resize(want, 0);
+        file.read_exact_at(buf, start_pos).map_err(LogError::io("read segment", &path))?;
+
+        let mut pos = 0usize;
+        let mut expected = first.base_offset;
+        while pos < buf.len() {
+            let rest = &buf[pos..];
+            if rest.len() < BATCH_HEADER_LEN && pos > 0 {
+                break;
+            }
+            let corrupt = |source| LogError::Corrupt {
+                segment: path.clone(),
+                position: start_pos + pos as u64,
+                offset: expected as u64,
+                source,
+            };
+            let h = match BatchHeader::parse(rest, max_batch) {
+                Ok(h) => h,
+                Err(e) if pos > 0 && matches!(e, BatchError::Truncated { .. }) => break,
+                Err(e) => return Err(corrupt(e)),
+            };
+            if h.total_len() > rest.len() {
+                if pos == 0 {
+                    return Err(corrupt(BatchError::Truncated {
+                        needed: h.total_len(),
+                        available: rest.len(),
+                    }));
+                }
+                break;
+            }
+            if h.base_offset != expected {
+                return Err(corrupt(BatchError::Malformed(format!(
+                    "base offset {} where {expected} was expected",
+                    h.base_offset
+                ))));
+            }
+            if h.next_offset() as u64 > end {
+                break;
+            }
+            batch::verify_crc(&h, &rest[..h.total_len()]).map_err(corrupt)?;
+            pos += h.total_len();
+            expected = h.next_offset();
+        }
+        buf.truncate(pos);
+        Ok(ReadInfo {
+            offsets,
+            first_offset: (pos > 0).then_some(first.base_offset as u64),
+            next_offset: if pos > 0 { expected as u64 } else { offset },
+        })
+    }
+
+    /// Removes every record at or after `offset` (a follower whose log diverged). Batches are
+    /// atomic: if `offset` falls inside a batch, that whole batch goes, so the new log end
+    /// may be below `offset`. Truncating below the log start empties the log and restarts
+    /// it at `offset`. Returns the new log end.
+    pub fn truncate_to(&self, offset: u64) -> Result<u64> {
+        let mut st = self.shared.lock();
+        self.shared.check_writable(&st)?;
+        if offset >= st.log_end {
+            return Ok(st.log_end);
+        }
+        if offset <= st.log_start {
+            drop(st);
+            self.truncate_fully_and_start_at(offset)?;
+            return Ok(offset);
+        }
+        let seg_base = *st.segments.range(..=offset).next_back().expect("offset >= log_start").0;
+        let doomed: Vec<u64> = st.segments.range(seg_base + 1..).map(|(b, _)| *b).collect();
+        for base in doomed {
+            let seg = st.segments.remove(&base).expect("listed");
+            seg.delete_files()?;
+        }
+        let new_end = {
+            let seg = st.segments.get_mut(&seg_base).expect("present");
+            match seg.find_batch(offset)? {
+                Some((pos, h)) => {
+                    seg.truncate_to_batch(pos)?;
+                    h.base_offset as u64
+                }
+                None => seg.next_offset(),
+            }
+        };
+        crashsafe::fsync_dir(&self.shared.dir)?;
+        st.log_end = new_end;
+        st.durable_end = st.durable_end.min(new_end);
+        st.generation += 1;
+        if st.epochs.truncate_from_end(new_end) {
+            st.epochs.persist()?;
+        }
+        tracing::info!(dir = %self.shared.dir.display(), requested = offset, log_end = new_end, "truncated log");
+        Ok(new_end)
+    }
+
+    /// Deletes every segment and restarts the log, empty, at `offset` (a follower whose
+    /// leader no longer has the offsets it needs).
+    pub fn truncate_fully_and_start_at(&self, offset: u64) -> Result<()> {
+        let mut st = self.shared.lock();
+        self.shared.check_writable(&st)?;
+        let old = std::mem::take(&mut st.segments);
+        for seg in old.values() {
+            seg.delete_files()?;
+        }
+        let seg = Segment::create(&self.shared.dir, offset, self.shared.config.segment_settings())?;
+        st.segments.insert(offset, seg);
+        crashsafe::fsync_dir(&self.shared.dir)?;
+        st.log_start = offset;
+        st.log_end = offset;
+        st.durable_end = offset;
+        st.generation += 1;
+        st.epochs = LeaderEpochCache::empty(&self.shared.dir);
+        st.epochs.persist()?;
+        Ok(())
+    }
+
+    /// Deletes whole segments past retention: by time (`retention.ms`, measured against the
+    /// segment's newest record) and by size (`retention.bytes`). The active segment is rolled
+    /// first when it has expired by time, so a log left idle empties. The log start moves to
+    /// the first remaining segment.
+    pub fn enforce_retention(&self) -> Result<RetentionOutcome> {
+        let now = self.shared.clock.now_ms();
+        let cfg = &self.shared.config;
+        let mut st = self.shared.lock();
+        self.shared.check_writable(&st)?;
+        let expired = |s: &Segment| match (cfg.retention_ms, s.max_timestamp()) {
+            (Some(ms), Some(ts)) => ts < now.saturating_sub(ms as i64),
+            _ => false,
+        };
+        if !st.active().is_empty()
+            && expired(st.active())
+            && st.segments.values().all(expired_or_empty(&expired))
+        {
+            self.roll(&mut st)?;
+        }
+        let mut doomed = Vec::new();
+        let mut total: u64 = st.segments.values().map(Segment::size).sum();
+        let active_base = st.active().base_offset;
+        for (base, seg) in &st.segments {
+            if *base == active_base {
+                break;
+            }
+            let by_time = expired(seg);
+            let by_size = cfg.retention_bytes.is_some_and(|limit| total.saturating_sub(seg.size()) >= limit);
+            if !(by_time || by_size) {
+                break;
+            }
+            total -= seg.size();
+            doomed.push(*base);
+        }
+        let mut outcome = RetentionOutcome { log_start: st.log_start, ..Default::default() };
+        if doomed.is_empty() {
+            return Ok(outcome);
+        }
+        for base in &doomed {
+            let seg = st.segments.remove(base).expect("listed");
+            outcome.deleted_bytes += seg.size();
+            seg.delete_files()?;
+        }
+        outcome.deleted_segments = doomed.len();
+        st.log_start = *st.segments.keys().next().expect("active segment remains");
+        st.durable_end = st.durable_end.max(st.log_start);
+        outcome.log_start = st.log_start;
+        let start = st.log_start;
+        if st.epochs.truncate_from_start(start) {
+            st.epochs.persist()?;
+        }
+        tracing::info!(dir = %self.shared.dir.display(), deleted = outcome.deleted_segments,
+            log_start = outcome.log_start, "retention deleted segments");
+        Ok(outcome)
+    }
+
+    /// The first record whose timestamp is at or after `timestamp`: its offset and
+    /// timestamp (Kafka's ListOffsets by time). `None` if every record is older.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(u64, i64)>> {
+        let (file, path, pos, h) = {
+            let st = self.shared.lock();
+            let Some(seg) = st.segments.values().find(|s| s.max_timestamp().is_some_and(|m| m >= timestamp))
+            else {
+                return Ok(None);
+            };
+            let Some((pos, h)) = seg.find_by_timestamp(timestamp)? else { return Ok(None) };
+            (Arc::clone(seg.file()), seg.path().to_owned(), pos, h)
+        };
+        let mut bytes = vec![0u8; h.total_len()];
+        file.read_exact_at(&mut bytes, pos).map_err(LogError::io("read segment", &path))?;
+        let corrupt = |source| LogError::Corrupt {
+            segment: path.clone(),
+            position: pos,
+            offset: h.base_offset as u64,
+            source,
+        };
+        let limits = crate::record::DecodeLimits {
+            max_batch_bytes: self.shared.config.max_batch_bytes,
+            ..Default::default()
+        };
+        let (_, records) = crate::record::decode_batch(&bytes, &limits).map_err(corrupt)?;
+        Ok(records
+            .iter()
+            .find(|r| r.timestamp_ms >= timestamp)
+            .map(|r| (r.offset as u64, r.timestamp_ms))
+            .or(Some((h.base_offset as u64, h.max_timestamp))))
+    }
+
+    /// Kafka's OffsetsForLeaderEpoch: the largest epoch at most `epoch` that this log knows,
+    /// and the offset where it ended. See [`crate::epoch`].
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> Option<(i32, u64)> {
+        let st = self.shared.lock();
+        st.epochs.end_offset_for(epoch, st.log_end)
+    }
+
+    /// The leader-epoch cache entries, oldest first.
+    pub fn epochs(&self) -> Vec<EpochEntry> {
+        self.shared.lock().epochs.entries().to_vec()
+    }
+
+    /// The latest leader epoch in the log, if any.
+    pub fn latest_epoch(&self) -> Option<i32> {
+        self.shared.lock().epochs.latest().map(|e| e.epoch)
+    }
+
+    /// Stops the sync thread after a final fsync. Further writes get `LogError::Closed`.
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        {
+            let mut st = self.shared.lock();
+            if st.closed {
+                return Ok(());
+            }
+            st.closed = true;
+        }
+        self.shared.appended.notify_all();
+        self.shared.durable.notify_all();
+        if let Some(h) = self.syncer.take() {
+            let _ = h.join();
+        }
+        let st = self.shared.lock();
+        if st.failed.is_some() {
+            return Ok(());
+        }
+        st.active().sync()
+    }
+
+    /// Deletes the log's directory. The log must not be used afterwards.
+    pub fn delete(mut self) -> Result<()> {
+        self.shutdown()?;
+        fs::remove_dir_all(&self.shared.dir).map_err(LogError::io("delete log directory", &self.shared.dir))
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::warn!(dir = %self.shared.dir.display(), error = %e, "final fsync failed on close");
+        }
+    }
+}
+
+fn expired_or_empty<'a>(expired: &'a impl Fn(&Segment) -> bool) -> impl Fn(&Segment) -> bool + 'a {
+    move |s| s.is_empty() || expired(s)
+}
+
+/// One fsync of the active segment, advancing `durable_end` to the log end it covered.
+fn sync_once(shared: &Shared) -> Result<()> {
+    let (file, path, target, generation) = {
+        let st = shared.lock();
+        shared.check_writable(&st)?;
+        if st.durable_end >= st.log_end {
+            return Ok(());
+        }
+        let a = st.active();
+        (Arc::clone(a.file()), a.path().to_owned(), st.log_end, st.generation)
+    };
+    let res = file.sync_data();
+    let mut st = shared.lock();
+    match res {
+        Ok(()) => {
+            if st.generation == generation && target > st.durable_end {
+                st.durable_end = target.min(st.log_end);
+                shared.durable.notify_all();
+            }
+            Ok(())
+        }
+        Err(e) => {
+            // After a failed fsync the kernel may have dropped the dirty pages; nothing
+            // written since the last good fsync can be trusted, so stop accepting writes.
+            let reason = format!("fsync of {} failed: {e}", path.display());
+            tracing::error!(%reason, "log failed");
+            st.failed = Some(reason);
+            shared.durable.notify_all();
+            Err(LogError::io("fsync segment", path)(e))
+        }
+    }
+}
+
+fn sync_loop(shared: &Shared, policy: FsyncPolicy) {
+    let interval = match policy {
+        FsyncPolicy::Interval(d) => Some(d),
+        _ => None,
+    };
+    let mut last_sync = Instant::now();
+    loop {
+        {
+            let mut st = shared.lock();
+            loop {
+                if st.closed || st.failed.is_some() {
+                    return;
+                }
+                if st.log_end > st.durable_end {
+                    match interval {
+                        Some(d) if last_sync.elapsed() < d => {
+                            let wait = d - last_sync.elapsed();
+                            st = shared.appended.wait_timeout(st, wait).unwrap_or_else(|p| p.into_inner()).0;
+                        }
+                        _ => break,
+                    }
+                } else {
+                    st = shared.appended.wait(st).unwrap_or_else(|p| p.into_inner());
+                }
+            }
+        }
+        last_sync = Instant::now();
+        if sync_once(shared).is_err() {
+            return;
+        }
+    }
+}
+
+/// Deletes `.index` / `.timeindex` files with no `.log` beside them (left by a crash during
+/// segment deletion).
+fn remove_orphan_indexes(dir: &Path, bases: &[u64]) -> Result<()> {
+    for entry in fs::read_dir(dir).map_err(LogError::io("read directory", dir))? {
+        let entry = entry.map_err(LogError::io("read directory", dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some((stem, suffix)) = name.split_once('.') else { continue };
+        if (suffix == segment::INDEX_SUFFIX || suffix == segment::TIME_INDEX_SUFFIX)
+            && stem.parse::<u64>().is_ok_and(|b| bases.binary_search(&b).is_err())
+        {
+            fs::remove_file(entry.path()).map_err(LogError::io("remove orphan index", entry.path()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Rebuilds the leader-epoch cache by reading every batch header of the log.
+fn rebuild_epoch_cache(dir: &Path, segments: &BTreeMap<u64, Segment>) -> Result<LeaderEpochCache> {
+    let mut cache = LeaderEpochCache::empty(dir);
+    for seg in segments.values() {
+        let file: &File = seg.file();
+        let mut scanner = Scanner::new(file, 0, seg.size(), seg.settings().max_batch_bytes);
+        while let Ok(Some(sb)) = scanner.next() {
+            cache.assign(sb.header.partition_leader_epoch, sb.header.base_offset as u64);
+        }
+    }
+    Ok(cache)
+}
