@@ -9,7 +9,7 @@
 //! - [`Log`]: one partition's log; [`LogManager`]: every log under a data directory.
 
 pub mod batch;
-mod compression;
+pub mod compression;
 pub mod crashsafe;
 pub mod dump;
 mod epoch;
