@@ -5,7 +5,10 @@
 //! durability. This crate knows nothing of networking, Raft or sled.
 
 pub mod batch;
+pub mod compression;
 pub mod error;
+pub mod record;
 
 pub use batch::{BatchHeader, Compression};
 pub use error::{BatchError, LogError};
+pub use record::{BatchBuilder, DecodeLimits, Header, NewRecord, Record, decode_batch};
