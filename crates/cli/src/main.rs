@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand};
 use runnel_storage::dump::{DumpOptions, dump_partition};
 
 #[derive(Debug, Parser)]
-#[command(name = "runnel", version, about = "Runnel: a replicated, Kafka-compatible event streaming platform")]
+#[command(
+    name = "runnel",
+    version,
+    about = "Runnel: a replicated, Kafka-compatible event streaming platform"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -12,7 +12,12 @@ fn runnel(args: &[&str]) -> Output {
 }
 
 fn write_log(dir: &Path) {
-    let cfg = LogConfig { segment_bytes: 2048, index_interval_bytes: 512, fsync: FsyncPolicy::Never, ..LogConfig::default() };
+    let cfg = LogConfig {
+        segment_bytes: 2048,
+        index_interval_bytes: 512,
+        fsync: FsyncPolicy::Never,
+        ..LogConfig::default()
+    };
     let log = Log::open(dir, cfg).unwrap();
     for (i, codec) in Compression::ALL.iter().cycle().take(20).enumerate() {
         let mut b = BatchBuilder::new(*codec);
@@ -38,10 +43,17 @@ fn dumps_a_clean_log_with_records() {
     for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
         assert!(text.contains(&format!("compression: {codec}")), "{codec}");
     }
-    assert!(text.contains("| offset: 38 timestamp: 1700000000019 key: key-19 value: value-19 headers: [h=1]"), "{text}");
+    assert!(
+        text.contains("| offset: 38 timestamp: 1700000000019 key: key-19 value: value-19 headers: [h=1]"),
+        "{text}"
+    );
     assert!(text.contains("partitionLeaderEpoch: 4"));
     assert!(text.contains("leader epochs: [4@0]"));
-    assert!(text.contains("summary: ") && text.contains("20 batches, 40 records") && text.contains("no corruption"));
+    assert!(
+        text.contains("summary: ")
+            && text.contains("20 batches, 40 records")
+            && text.contains("no corruption")
+    );
 }
 
 #[test]

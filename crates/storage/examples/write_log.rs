@@ -34,6 +34,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         log.wait_durable(info.log_end, Duration::from_secs(10))?;
     }
     let o = log.offsets();
-    println!("{dir}: offsets [{}, {}), {} segments, {} bytes", o.log_start, o.log_end, log.segment_count(), log.size_bytes());
+    println!(
+        "{dir}: offsets [{}, {}), {} segments, {} bytes",
+        o.log_start,
+        o.log_end,
+        log.segment_count(),
+        log.size_bytes()
+    );
     Ok(())
 }

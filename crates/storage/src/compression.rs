@@ -15,8 +15,9 @@
 //!   apart the way snappy-java does: a stream of at least 16 bytes that starts with the magic
 //!   is framed, anything else is one raw block. The version fields are not checked (as in
 //!   librdkafka), and a magic header in place of a block length starts a concatenated stream.
-//! * **lz4**: the LZ4 frame format. We write what the Java client writes: independent blocks
-//!   of at most 64 KiB, no block or content checksums, no content size.
+//! * **lz4**: one LZ4 frame. We write what the Java client writes: independent blocks of at
+//!   most 64 KiB, no block or content checksums, no content size. We read any standard
+//!   frame (checksums are verified when present), but not the legacy format.
 //! * **zstd**: a standard zstd frame (level 3, Kafka's default), with the content size set.
 //!
 //! Decompression works on bytes from the network, so it never trusts a size the input
@@ -47,6 +48,11 @@ const XERIAL_BLOCK_SIZE: usize = 32 * 1024;
 /// A raw snappy block cannot expand by more than this factor: the most productive element
 /// is a 3-byte copy of 64 bytes (about 21x). Declared lengths beyond it are malformed.
 const SNAPPY_MAX_EXPANSION: usize = 32;
+
+/// The LZ4 frame magic number, 0x184D2204, as it appears on the wire (little-endian).
+const LZ4_FRAME_MAGIC: [u8; 4] = [0x04, 0x22, 0x4d, 0x18];
+/// Magic, FLG, BD and header checksum: the shortest possible frame header.
+const LZ4_MIN_FRAME_HEADER_LEN: usize = 7;
 
 /// Kafka's default zstd level (`compression.zstd.level`).
 const ZSTD_LEVEL: i32 = 3;
@@ -101,6 +107,10 @@ pub fn compress(codec: Compression, data: &[u8]) -> Result<Vec<u8>, BatchError> 
 pub fn decompress(codec: Compression, data: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
     // A guess at the output size for the first allocation; growth is bounded by `limit`.
     let hint = data.len().saturating_mul(4).max(1024);
+    if data.is_empty() && codec != Compression::None {
+        // Every codec's stream has a header; some decoders would read nothing as nothing.
+        return Err(decompress_failed(codec, "no compressed data"));
+    }
     match codec {
         Compression::None => {
             if data.len() > limit {
@@ -118,7 +128,10 @@ pub fn decompress(codec: Compression, data: &[u8], limit: usize) -> Result<Vec<u
                 Ok(out)
             }
         }
-        Compression::Lz4 => read_limited(codec, lz4_flex::frame::FrameDecoder::new(data), limit, hint),
+        Compression::Lz4 => {
+            lz4_check_frame(data)?;
+            read_limited(codec, lz4_flex::frame::FrameDecoder::new(data), limit, hint)
+        }
         Compression::Zstd => zstd_decompress(data, limit, hint),
     }
 }
@@ -173,6 +186,62 @@ fn zstd_decompress(data: &[u8], limit: usize, hint: usize) -> Result<Vec<u8>, Ba
 fn zstd_window_log_max(limit: usize) -> u32 {
     let needed = usize::BITS - limit.saturating_sub(1).leading_zeros(); // ceil(log2(limit))
     needed.clamp(ZSTD_MIN_WINDOW_LOG, ZSTD_MAX_WINDOW_LOG)
+}
+
+/// Walks the structure of an LZ4 frame without decompressing it. It must be one standard
+/// frame (not the legacy format, whose 8 MiB blocks the decoder would allocate for, nor a
+/// skippable frame; Kafka reads neither), complete up to its end mark and content checksum,
+/// with nothing after it. The decoder checks the rest (block sizes, reserved bits,
+/// checksums), but on its own it takes a frame cut off at a block boundary for a complete
+/// one and stops reading at the end of the first frame, both of which would lose data
+/// silently.
+fn lz4_check_frame(data: &[u8]) -> Result<(), BatchError> {
+    const FLG_DICT_ID: u8 = 0x01;
+    const FLG_CONTENT_CHECKSUM: u8 = 0x04;
+    const FLG_CONTENT_SIZE: u8 = 0x08;
+    const FLG_BLOCK_CHECKSUMS: u8 = 0x10;
+    const UNCOMPRESSED_BIT: u32 = 0x8000_0000;
+    let malformed = |msg: String| decompress_failed(Compression::Lz4, msg);
+    let truncated = || malformed(format!("frame truncated at {} bytes", data.len()));
+
+    if !data.starts_with(&LZ4_FRAME_MAGIC) {
+        return Err(malformed("no LZ4 frame magic".to_owned()));
+    }
+    let flg = *data.get(4).ok_or_else(truncated)?;
+    let mut pos = LZ4_MIN_FRAME_HEADER_LEN;
+    if flg & FLG_CONTENT_SIZE != 0 {
+        pos += 8;
+    }
+    if flg & FLG_DICT_ID != 0 {
+        pos += 4;
+    }
+    let block_checksum_len = if flg & FLG_BLOCK_CHECKSUMS != 0 { 4 } else { 0 };
+    loop {
+        let size: [u8; 4] = match data.get(pos..).and_then(|r| r.get(..4)).map(<[u8; 4]>::try_from) {
+            Some(Ok(b)) => b,
+            _ => return Err(truncated()),
+        };
+        pos += 4;
+        let size = u32::from_le_bytes(size);
+        if size == 0 {
+            break; // end mark
+        }
+        let len = (size & !UNCOMPRESSED_BIT) as usize;
+        pos = pos.saturating_add(len).saturating_add(block_checksum_len);
+        if pos > data.len() {
+            return Err(truncated());
+        }
+    }
+    if flg & FLG_CONTENT_CHECKSUM != 0 {
+        pos += 4;
+    }
+    match pos.cmp(&data.len()) {
+        std::cmp::Ordering::Equal => Ok(()),
+        std::cmp::Ordering::Greater => Err(truncated()),
+        std::cmp::Ordering::Less => {
+            Err(malformed(format!("{} bytes after the end of the frame", data.len() - pos)))
+        }
+    }
 }
 
 fn is_xerial(data: &[u8]) -> bool {
@@ -269,7 +338,7 @@ fn snappy_raw_append(block: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<()
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const MIB: usize = 1 << 20;
@@ -318,7 +387,7 @@ mod tests {
     /// A raw snappy block written by hand from the format description, so that reading does
     /// not only ever see what `snap` itself writes: a 16-byte literal, three copies at
     /// offset 7 (64 + 64 + 5 bytes) and a 1-byte literal.
-    fn hand_made_raw_snappy() -> (Vec<u8>, Vec<u8>) {
+    pub(crate) fn hand_made_raw_snappy() -> (Vec<u8>, Vec<u8>) {
         let mut expected = vec![0xa8, 0x02, 0, 0, 0, 0x02, b'k', 0x98, 0x02];
         expected.extend(b"runnel ".repeat(20));
         expected.push(0);
@@ -387,6 +456,29 @@ mod tests {
             Err(BatchError::DecompressedTooLarge { max: MIB })
         ));
         assert!(decompress(Compression::Snappy, &[], MIB).is_err());
+    }
+
+    #[test]
+    fn lz4_frames_must_be_complete() {
+        let one = compress(Compression::Lz4, &sample(200_000)).unwrap();
+        // Cut right after a block, before the end mark: the decoder alone would accept it.
+        let first_block = 7 + 4 + (u32::from_le_bytes(one[7..11].try_into().unwrap()) & 0x7fff_ffff) as usize;
+        assert!(decompress(Compression::Lz4, &one[..first_block], MIB).is_err());
+        assert!(decompress(Compression::Lz4, &one[..4], MIB).is_err());
+        assert!(decompress(Compression::Lz4, &one[..one.len() - 1], MIB).is_err());
+        // A second frame after the first is refused: Kafka writes one, and the decoder
+        // would stop after the first.
+        let mut two = one.clone();
+        two.extend(compress(Compression::Lz4, b"tail").unwrap());
+        assert!(matches!(
+            decompress(Compression::Lz4, &two, MIB),
+            Err(BatchError::Malformed(m)) if m.contains("after the end of the frame")
+        ));
+        // Legacy and skippable frames are not Kafka's.
+        let legacy = [0x02, 0x21, 0x4c, 0x18, 0, 0, 0, 0];
+        assert!(decompress(Compression::Lz4, &legacy, MIB).is_err());
+        let skippable = [0x50, 0x2a, 0x4d, 0x18, 0, 0, 0, 0];
+        assert!(decompress(Compression::Lz4, &skippable, MIB).is_err());
     }
 
     #[test]
@@ -471,7 +563,7 @@ mod tests {
         enc.include_contentsize(false).unwrap();
         enc.write_all(&zeros).unwrap();
         let bomb = enc.finish().unwrap();
-        assert_eq!(zstd::zstd_safe::get_frame_content_size(&bomb), Ok(None));
+        assert!(matches!(zstd::zstd_safe::get_frame_content_size(&bomb), Ok(None)));
         assert_eq!(
             decompress(Compression::Zstd, &bomb, limit),
             Err(BatchError::DecompressedTooLarge { max: limit })
@@ -496,10 +588,10 @@ mod tests {
         for codec in [Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
             for junk in [&b""[..], b"\x00", b"not compressed at all, just text", &[0xff; 64]] {
                 let r = decompress(codec, junk, MIB);
-                // Some codecs read an empty input as an empty stream, and a lone zero byte is
-                // a valid raw snappy block holding nothing; everything else must fail.
-                if junk.is_empty() || (codec == Compression::Snappy && junk == b"\x00") {
-                    assert!(r.is_err() || r == Ok(Vec::new()), "{}", codec.name());
+                // A lone zero byte is a valid raw snappy block holding nothing; everything
+                // else must fail.
+                if codec == Compression::Snappy && junk == b"\x00" {
+                    assert_eq!(r, Ok(Vec::new()));
                 } else {
                     assert!(r.is_err(), "{} accepted {junk:?}", codec.name());
                 }

@@ -28,4 +28,5 @@ pub use log::{
     RetentionOutcome, SEGMENT_BYTES_MAX, SystemClock,
 };
 pub use manager::{LogManager, TopicPartition, is_valid_topic_name};
+pub use record::{BatchBuilder, DecodeLimits, Header, NewRecord, Record, decode_batch};
 pub use segment::{ScanStop, ScannedBatch, Scanner, Truncation};

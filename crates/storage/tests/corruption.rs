@@ -102,7 +102,8 @@ fn truncated_tail_is_repaired_at_the_last_valid_batch() {
 
 #[test]
 fn zeroed_or_garbage_tail_is_cut_off() {
-    for garbage in [vec![0u8; 4096], b"\x00\x00\x00\x00\x00\x00\x00\x3c\xff\xff\xff\xff\x02rubbish".to_vec()] {
+    for garbage in [vec![0u8; 4096], b"\x00\x00\x00\x00\x00\x00\x00\x3c\xff\xff\xff\xff\x02rubbish".to_vec()]
+    {
         let d = tempfile::tempdir().unwrap();
         let bases = write_log(d.path());
         let tail = seg(d.path(), *bases.last().unwrap(), "log");
@@ -188,7 +189,8 @@ fn damaged_epoch_checkpoint_is_rebuilt_from_the_log() {
             log.append(&mut batch_of(&["e"], 0), e).unwrap();
         }
     }
-    fs::write(d.path().join("leader-epoch-checkpoint"), b"runnel-leader-epoch-checkpoint 1\n1\n5 0\n").unwrap();
+    fs::write(d.path().join("leader-epoch-checkpoint"), b"runnel-leader-epoch-checkpoint 1\n1\n5 0\n")
+        .unwrap();
     let log = Log::open(d.path(), small_config(FsyncPolicy::Never)).unwrap();
     assert!(log.recovery_report().epoch_cache_rebuilt);
     let got: Vec<(i32, u64)> = log.epochs().iter().map(|e| (e.epoch, e.start_offset)).collect();

@@ -109,7 +109,9 @@ fn invalid_batches_are_refused_and_leave_the_log_unchanged() {
     type Case = (&'static str, Vec<u8>, fn(&LogError) -> bool);
     let cases: Vec<Case> = vec![
         ("bad crc", bad_crc, |e| matches!(e, LogError::InvalidBatch(BatchError::CrcMismatch { .. }))),
-        ("bad magic", bad_magic, |e| matches!(e, LogError::InvalidBatch(BatchError::UnsupportedMagic { magic: 1 }))),
+        ("bad magic", bad_magic, |e| {
+            matches!(e, LogError::InvalidBatch(BatchError::UnsupportedMagic { magic: 1 }))
+        }),
         ("truncated", truncated, |e| matches!(e, LogError::InvalidBatch(BatchError::Truncated { .. }))),
         ("trailing bytes", trailing, |e| matches!(e, LogError::InvalidBatch(BatchError::Malformed(_)))),
         ("oversized", std::mem::take(&mut oversized), |e| {
@@ -307,7 +309,11 @@ fn offset_for_timestamp_finds_the_first_record_at_or_after() {
     assert_eq!(log.offset_for_timestamp(1000).unwrap(), Some((0, 1000)));
     assert_eq!(log.offset_for_timestamp(1001).unwrap(), Some((1, 1010)));
     for k in [2i64, 3, 77, 300, 598, 599] {
-        assert_eq!(log.offset_for_timestamp(1000 + 10 * k - 5).unwrap(), Some((k as u64, 1000 + 10 * k)), "k={k}");
+        assert_eq!(
+            log.offset_for_timestamp(1000 + 10 * k - 5).unwrap(),
+            Some((k as u64, 1000 + 10 * k)),
+            "k={k}"
+        );
     }
     assert_eq!(log.offset_for_timestamp(1000 + 10 * 599 + 1).unwrap(), None);
     drop(log);
@@ -395,7 +401,10 @@ fn never_policy_durable_end_follows_log_end() {
 fn fsync_policy_parses_and_config_is_validated() {
     assert_eq!("always".parse::<FsyncPolicy>().unwrap(), FsyncPolicy::Always);
     assert_eq!("never".parse::<FsyncPolicy>().unwrap(), FsyncPolicy::Never);
-    assert_eq!("interval:250".parse::<FsyncPolicy>().unwrap(), FsyncPolicy::Interval(Duration::from_millis(250)));
+    assert_eq!(
+        "interval:250".parse::<FsyncPolicy>().unwrap(),
+        FsyncPolicy::Interval(Duration::from_millis(250))
+    );
     for bad in ["", "sometimes", "interval:", "interval:0", "interval:-5"] {
         assert!(bad.parse::<FsyncPolicy>().is_err(), "{bad}");
     }
