@@ -4,6 +4,8 @@
 //! is a binary search followed by a scan of at most `index_interval_bytes` (plus one batch)
 //! of the segment. Indexes are derived data: the tail segment's are rebuilt on every open,
 //! and a sealed segment's are checked on open and rebuilt if they do not hold together.
+//! So new entries are only kept in memory until [`Index::persist`] (called when a segment is
+//! sealed or the log closes): the append path makes no index syscall.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -70,6 +72,8 @@ pub(crate) struct Index<E: Entry> {
     path: PathBuf,
     file: File,
     entries: Vec<E>,
+    /// How many of `entries` are in the file.
+    persisted: usize,
 }
 
 impl<E: Entry> Index<E> {
@@ -82,7 +86,7 @@ impl<E: Entry> Index<E> {
             .truncate(true)
             .open(path)
             .map_err(LogError::io("create index", path))?;
-        Ok(Index { path: path.to_owned(), file, entries: Vec::new() })
+        Ok(Index { path: path.to_owned(), file, entries: Vec::new(), persisted: 0 })
     }
 
     /// Loads an existing index. Returns `Ok(None)` when the file is missing or its size is not
@@ -96,10 +100,11 @@ impl<E: Entry> Index<E> {
         if bytes.len() % E::SIZE != 0 {
             return Ok(None);
         }
-        let entries = bytes.chunks_exact(E::SIZE).map(E::decode).collect();
+        let entries: Vec<E> = bytes.chunks_exact(E::SIZE).map(E::decode).collect();
+        let persisted = entries.len();
         let file =
             OpenOptions::new().read(true).write(true).open(path).map_err(LogError::io("open index", path))?;
-        Ok(Some(Index { path: path.to_owned(), file, entries }))
+        Ok(Some(Index { path: path.to_owned(), file, entries, persisted }))
     }
 
     pub(crate) fn entries(&self) -> &[E] {
@@ -114,12 +119,23 @@ impl<E: Entry> Index<E> {
         &self.path
     }
 
-    pub(crate) fn append(&mut self, e: E) -> Result<()> {
-        let mut buf = [0u8; 16];
-        e.encode(&mut buf[..E::SIZE]);
-        let at = (self.entries.len() * E::SIZE) as u64;
-        self.file.write_all_at(&buf[..E::SIZE], at).map_err(LogError::io("write index", &self.path))?;
+    /// Adds an entry in memory; [`persist`](Self::persist) writes it out.
+    pub(crate) fn append(&mut self, e: E) {
         self.entries.push(e);
+    }
+
+    /// Writes the entries not yet in the file, in one write.
+    pub(crate) fn persist(&mut self) -> Result<()> {
+        if self.persisted == self.entries.len() {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; (self.entries.len() - self.persisted) * E::SIZE];
+        for (chunk, e) in buf.chunks_exact_mut(E::SIZE).zip(&self.entries[self.persisted..]) {
+            e.encode(chunk);
+        }
+        let at = (self.persisted * E::SIZE) as u64;
+        self.file.write_all_at(&buf, at).map_err(LogError::io("write index", &self.path))?;
+        self.persisted = self.entries.len();
         Ok(())
     }
 
@@ -129,7 +145,11 @@ impl<E: Entry> Index<E> {
             return Ok(());
         }
         self.entries.truncate(n);
-        self.file.set_len((n * E::SIZE) as u64).map_err(LogError::io("truncate index", &self.path))
+        if self.persisted > n {
+            self.persisted = n;
+            self.file.set_len((n * E::SIZE) as u64).map_err(LogError::io("truncate index", &self.path))?;
+        }
+        Ok(())
     }
 
     pub(crate) fn sync(&self) -> Result<()> {
@@ -180,8 +200,9 @@ mod tests {
         let p = d.path().join("0.index");
         let mut idx = Index::<OffsetEntry>::create(&p).unwrap();
         for i in 0..10u32 {
-            idx.append(OffsetEntry { relative_offset: i * 10, position: i * 100 }).unwrap();
+            idx.append(OffsetEntry { relative_offset: i * 10, position: i * 100 });
         }
+        idx.persist().unwrap();
         assert_eq!(idx.floor(0).unwrap().position, 0);
         assert_eq!(idx.floor(35).unwrap().position, 300);
         assert_eq!(idx.floor(1000).unwrap().position, 900);
@@ -207,8 +228,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut idx = Index::<TimeEntry>::create(&d.path().join("0.timeindex")).unwrap();
         assert!(idx.last_below(5).is_none());
-        idx.append(TimeEntry { timestamp: 10, relative_offset: 0 }).unwrap();
-        idx.append(TimeEntry { timestamp: 20, relative_offset: 5 }).unwrap();
+        idx.append(TimeEntry { timestamp: 10, relative_offset: 0 });
+        idx.append(TimeEntry { timestamp: 20, relative_offset: 5 });
         assert!(idx.last_below(10).is_none());
         assert_eq!(idx.last_below(11).unwrap().relative_offset, 0);
         assert_eq!(idx.last_below(25).unwrap().relative_offset, 5);

@@ -923,10 +923,13 @@ impl Log {
         if let Some(h) = self.syncer.take() {
             let _ = h.join();
         }
-        let st = self.shared.lock();
+        let mut st = self.shared.lock();
         if st.failed.is_some() {
             return Ok(());
         }
+        // The active segment's indexes are rebuilt on open anyway; writing them here only
+        // saves that scan after a clean stop. Sealed segments persisted theirs when sealed.
+        st.active_mut().persist_indexes()?;
         st.active().sync()
     }
 

@@ -268,6 +268,10 @@ impl Segment {
             rolling_base_ms: None,
         };
         let outcome = seg.rebuild(repair)?;
+        if !repair {
+            // A sealed segment's indexes are trusted on the next open: write them now.
+            seg.persist_indexes()?;
+        }
         Ok((seg, outcome))
     }
 
@@ -307,6 +311,7 @@ impl Segment {
             }
             tracing::warn!(segment = %seg.path.display(), "segment indexes inconsistent; rebuilding");
             let outcome = seg.rebuild(false)?;
+            seg.persist_indexes()?;
             return Ok((seg, outcome));
         }
         tracing::warn!(segment = %log.display(), "segment indexes missing or torn; rebuilding");
@@ -424,7 +429,7 @@ impl Segment {
             self.rolling_base_ms = Some(h.max_timestamp);
         }
         if position >= self.last_offset_entry_pos + interval {
-            self.offset_index.append(OffsetEntry { relative_offset: rel, position: position as u32 })?;
+            self.offset_index.append(OffsetEntry { relative_offset: rel, position: position as u32 });
             self.last_offset_entry_pos = position;
         }
         let increases = self.max_timestamp.is_none_or(|(ts, _)| h.max_timestamp > ts);
@@ -432,7 +437,7 @@ impl Segment {
             // An entry only where the running max rises, and at most one per interval: see
             // `offset_for_timestamp` for why the scan after a lookup stays bounded.
             if position >= self.last_time_entry_pos.saturating_add(interval) {
-                self.time_index.append(TimeEntry { timestamp: h.max_timestamp, relative_offset: rel })?;
+                self.time_index.append(TimeEntry { timestamp: h.max_timestamp, relative_offset: rel });
                 self.last_time_entry_pos = position;
             }
             self.max_timestamp = Some((h.max_timestamp, h.base_offset as u64));
@@ -470,15 +475,22 @@ impl Segment {
             && self.time_index.last().is_none_or(|e| e.timestamp < ts)
         {
             let rel = (off - self.base_offset) as u32;
-            self.time_index.append(TimeEntry { timestamp: ts, relative_offset: rel })?;
+            self.time_index.append(TimeEntry { timestamp: ts, relative_offset: rel });
         }
         self.last_time_entry_pos = u64::MAX;
+        self.persist_indexes()?;
         if sync {
             self.sync()?;
             self.offset_index.sync()?;
             self.time_index.sync()?;
         }
         Ok(())
+    }
+
+    /// Writes index entries kept in memory to the index files.
+    pub(crate) fn persist_indexes(&mut self) -> Result<()> {
+        self.offset_index.persist()?;
+        self.time_index.persist()
     }
 
     pub(crate) fn sync(&self) -> Result<()> {
