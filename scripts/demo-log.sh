@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 dir=${1:-.runnel/demo/orders-0}
-cargo build --release --quiet -p runnel -p runnel-storage --example write_log
+cargo build --release --quiet -p runnel
+cargo build --release --quiet -p runnel-storage --example write_log
 rm -rf "$dir"
 ./target/release/examples/write_log "$dir" 1000
 ./target/release/runnel log dump "$dir" --records | tail -n 8

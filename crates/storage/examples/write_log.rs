@@ -14,7 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let records: u64 = args.next().map(|n| n.parse()).transpose()?.unwrap_or(1000);
 
     // Small segments so the demo shows several of them.
-    let config = LogConfig { segment_bytes: 64 * 1024, ..LogConfig::default() };
+    let config = LogConfig { segment_bytes: 8 * 1024, index_interval_bytes: 1024, ..LogConfig::default() };
     let log = Log::open(&dir, config)?;
     let now = runnel_storage::Clock::now_ms(&SystemClock);
     let mut sent = 0;

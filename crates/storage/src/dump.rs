@@ -231,10 +231,10 @@ fn print_batch(out: &mut dyn Write, h: &BatchHeader, position: u64, verdict: &st
 fn print_record(out: &mut dyn Write, r: &record::Record) -> std::io::Result<()> {
     let show = |b: &Option<bytes::Bytes>| match b {
         None => "null".to_string(),
-        Some(b) => String::from_utf8_lossy(b).escape_debug().to_string(),
+        Some(b) => printable(&String::from_utf8_lossy(b)),
     };
     let headers: Vec<String> =
-        r.headers.iter().map(|h| format!("{}={}", h.key.escape_debug(), show(&h.value))).collect();
+        r.headers.iter().map(|h| format!("{}={}", printable(&h.key), show(&h.value))).collect();
     writeln!(
         out,
         "| offset: {} timestamp: {} key: {} value: {} headers: [{}]",
@@ -244,4 +244,9 @@ fn print_record(out: &mut dyn Write, r: &record::Record) -> std::io::Result<()> 
         show(&r.value),
         headers.join(", ")
     )
+}
+
+/// Escapes control characters (so one record stays on one line) and nothing else.
+fn printable(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }

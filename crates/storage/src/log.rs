@@ -89,6 +89,9 @@ pub struct LogConfig {
 pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
 /// Largest batch the log ever accepts, whatever the config says.
 pub const BATCH_BYTES_LIMIT: usize = 256 << 20;
+/// Most bytes one read returns (beyond a single larger batch), whatever the caller asks:
+/// a read buffer is never sized by an untrusted request alone.
+pub const READ_BYTES_MAX: usize = 64 << 20;
 
 impl Default for LogConfig {
     fn default() -> Self {
@@ -630,7 +633,8 @@ impl Log {
     }
 
     /// Reads whole batches starting with the one that contains `offset`, up to `max_bytes`
-    /// (at least one batch, however large, so a consumer always makes progress).
+    /// (capped at [`READ_BYTES_MAX`]; at least one batch, however large, so a consumer
+    /// always makes progress).
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<(Vec<u8>, ReadInfo)> {
         let mut buf = Vec::new();
         let info = self.read_into(offset, max_bytes, None, &mut buf)?;
@@ -685,7 +689,8 @@ impl Log {
         if first.next_offset() as u64 > end {
             return Ok(ReadInfo { offsets, first_offset: None, next_offset: offset });
         }
-        let want = (max_bytes.max(first.total_len()) as u64).min(seg_end - start_pos) as usize;
+        let want =
+            (max_bytes.min(READ_BYTES_MAX).max(first.total_len()) as u64).min(seg_end - start_pos) as usize;
         buf.resize(want, 0);
         file.read_exact_at(buf, start_pos).map_err(LogError::io("read segment", &path))?;
 

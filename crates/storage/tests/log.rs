@@ -55,6 +55,25 @@ fn reads_honour_max_bytes_but_always_return_one_batch() {
 }
 
 #[test]
+fn an_absurd_read_size_is_capped_not_allocated() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg =
+        LogConfig { segment_bytes: 256 << 20, max_batch_bytes: 2 << 20, ..small_config(FsyncPolicy::Never) };
+    let log = Log::open(d.path(), cfg).unwrap();
+    let mut batch = batch_of(&[&"m".repeat(1 << 20)], 0);
+    let mb = (runnel_storage::READ_BYTES_MAX >> 20) + 4;
+    for _ in 0..mb {
+        log.append(&mut batch, 0).unwrap();
+    }
+    assert_eq!(log.segment_count(), 1);
+    let (buf, info) = log.read(0, usize::MAX).unwrap();
+    assert!(buf.len() <= runnel_storage::READ_BYTES_MAX, "{}", buf.len());
+    assert!(buf.capacity() <= runnel_storage::READ_BYTES_MAX);
+    assert_eq!(info.next_offset as usize, headers(&buf).len());
+    assert!(info.next_offset > 0 && (info.next_offset as usize) < mb);
+}
+
+#[test]
 fn reads_outside_the_log_are_out_of_range_and_the_end_is_empty() {
     let d = tempfile::tempdir().unwrap();
     let log = open(d.path(), FsyncPolicy::Never);
