@@ -13,8 +13,15 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{LogError, Result};
 
+/// Bytes before the first entry: magic (4), format version (u32), the index interval the
+/// entries were built with (u64). The time index lookup depends on that interval, and a
+/// segment keeps the index it was built with even if the config changes later.
+pub(crate) const HEADER_LEN: usize = 16;
+const FORMAT_VERSION: u32 = 1;
+
 /// One fixed-size index entry.
 pub(crate) trait Entry: Copy + std::fmt::Debug {
+    const MAGIC: [u8; 4];
     const SIZE: usize;
     fn encode(&self, out: &mut [u8]);
     fn decode(b: &[u8]) -> Self;
@@ -29,6 +36,7 @@ pub(crate) struct OffsetEntry {
 }
 
 impl Entry for OffsetEntry {
+    const MAGIC: [u8; 4] = *b"RNOI";
     const SIZE: usize = 8;
     fn encode(&self, out: &mut [u8]) {
         out[..4].copy_from_slice(&self.relative_offset.to_be_bytes());
@@ -51,6 +59,7 @@ pub(crate) struct TimeEntry {
 }
 
 impl Entry for TimeEntry {
+    const MAGIC: [u8; 4] = *b"RNTI";
     const SIZE: usize = 12;
     fn encode(&self, out: &mut [u8]) {
         out[..8].copy_from_slice(&self.timestamp.to_be_bytes());
@@ -74,11 +83,13 @@ pub(crate) struct Index<E: Entry> {
     entries: Vec<E>,
     /// How many of `entries` are in the file.
     persisted: usize,
+    /// `index.interval.bytes` the entries were built with.
+    interval: u64,
 }
 
 impl<E: Entry> Index<E> {
-    /// Creates an empty index, replacing any file at `path`.
-    pub(crate) fn create(path: &Path) -> Result<Self> {
+    /// Creates an empty index built with `interval`, replacing any file at `path`.
+    pub(crate) fn create(path: &Path, interval: u64) -> Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -86,25 +97,59 @@ impl<E: Entry> Index<E> {
             .truncate(true)
             .open(path)
             .map_err(LogError::io("create index", path))?;
-        Ok(Index { path: path.to_owned(), file, entries: Vec::new(), persisted: 0 })
+        let mut index = Index { path: path.to_owned(), file, entries: Vec::new(), persisted: 0, interval };
+        index.write_header()?;
+        Ok(index)
     }
 
-    /// Loads an existing index. Returns `Ok(None)` when the file is missing or its size is not
-    /// a whole number of entries (a torn write); the caller then rebuilds it.
+    fn write_header(&mut self) -> Result<()> {
+        let mut h = [0u8; HEADER_LEN];
+        h[..4].copy_from_slice(&E::MAGIC);
+        h[4..8].copy_from_slice(&FORMAT_VERSION.to_be_bytes());
+        h[8..16].copy_from_slice(&self.interval.to_be_bytes());
+        self.file.write_all_at(&h, 0).map_err(LogError::io("write index", &self.path))
+    }
+
+    /// Loads an existing index. Returns `Ok(None)` when the file is missing, is not an index
+    /// of this kind and version, or its size is not a whole number of entries (a torn
+    /// write); the caller then rebuilds it.
     pub(crate) fn load(path: &Path) -> Result<Option<Self>> {
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(LogError::io("read index", path)(e)),
         };
-        if bytes.len() % E::SIZE != 0 {
+        if bytes.len() < HEADER_LEN
+            || bytes[..4] != E::MAGIC
+            || bytes[4..8] != FORMAT_VERSION.to_be_bytes()
+            || !(bytes.len() - HEADER_LEN).is_multiple_of(E::SIZE)
+        {
             return Ok(None);
         }
-        let entries: Vec<E> = bytes.chunks_exact(E::SIZE).map(E::decode).collect();
+        let mut interval = [0u8; 8];
+        interval.copy_from_slice(&bytes[8..16]);
+        let interval = u64::from_be_bytes(interval);
+        if interval == 0 {
+            return Ok(None);
+        }
+        let entries: Vec<E> = bytes[HEADER_LEN..].chunks_exact(E::SIZE).map(E::decode).collect();
         let persisted = entries.len();
         let file =
             OpenOptions::new().read(true).write(true).open(path).map_err(LogError::io("open index", path))?;
-        Ok(Some(Index { path: path.to_owned(), file, entries, persisted }))
+        Ok(Some(Index { path: path.to_owned(), file, entries, persisted, interval }))
+    }
+
+    /// Empties the index and restarts it with `interval` (a rebuild).
+    pub(crate) fn reset(&mut self, interval: u64) -> Result<()> {
+        self.entries.clear();
+        self.persisted = 0;
+        self.interval = interval;
+        self.file.set_len(0).map_err(LogError::io("truncate index", &self.path))?;
+        self.write_header()
+    }
+
+    pub(crate) fn interval(&self) -> u64 {
+        self.interval
     }
 
     pub(crate) fn entries(&self) -> &[E] {
@@ -133,22 +178,9 @@ impl<E: Entry> Index<E> {
         for (chunk, e) in buf.chunks_exact_mut(E::SIZE).zip(&self.entries[self.persisted..]) {
             e.encode(chunk);
         }
-        let at = (self.persisted * E::SIZE) as u64;
+        let at = (HEADER_LEN + self.persisted * E::SIZE) as u64;
         self.file.write_all_at(&buf, at).map_err(LogError::io("write index", &self.path))?;
         self.persisted = self.entries.len();
-        Ok(())
-    }
-
-    /// Keeps only the first `n` entries.
-    pub(crate) fn truncate_entries(&mut self, n: usize) -> Result<()> {
-        if n >= self.entries.len() {
-            return Ok(());
-        }
-        self.entries.truncate(n);
-        if self.persisted > n {
-            self.persisted = n;
-            self.file.set_len((n * E::SIZE) as u64).map_err(LogError::io("truncate index", &self.path))?;
-        }
         Ok(())
     }
 
@@ -195,10 +227,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn offset_index_floor_and_truncate_survive_reload() {
+    fn offset_index_floor_and_reset_survive_reload() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("0.index");
-        let mut idx = Index::<OffsetEntry>::create(&p).unwrap();
+        let mut idx = Index::<OffsetEntry>::create(&p, 4096).unwrap();
         for i in 0..10u32 {
             idx.append(OffsetEntry { relative_offset: i * 10, position: i * 100 });
         }
@@ -206,12 +238,15 @@ mod tests {
         assert_eq!(idx.floor(0).unwrap().position, 0);
         assert_eq!(idx.floor(35).unwrap().position, 300);
         assert_eq!(idx.floor(1000).unwrap().position, 900);
-        idx.truncate_entries(5).unwrap();
-        assert_eq!(idx.entries().len(), 5);
         let again = Index::<OffsetEntry>::load(&p).unwrap().unwrap();
         assert_eq!(again.entries(), idx.entries());
-        assert!(again.is_consistent(401));
-        assert!(!again.is_consistent(400));
+        assert_eq!(again.interval(), 4096);
+        assert!(again.is_consistent(901));
+        assert!(!again.is_consistent(900));
+        idx.reset(128).unwrap();
+        let empty = Index::<OffsetEntry>::load(&p).unwrap().unwrap();
+        assert!(empty.entries().is_empty());
+        assert_eq!(empty.interval(), 128);
     }
 
     #[test]
@@ -221,12 +256,23 @@ mod tests {
         assert!(Index::<OffsetEntry>::load(&p).unwrap().is_none());
         std::fs::write(&p, [0u8; 13]).unwrap();
         assert!(Index::<OffsetEntry>::load(&p).unwrap().is_none());
+        // A time index is not an offset index, and a torn entry is not an index.
+        Index::<TimeEntry>::create(&p, 64).unwrap();
+        assert!(Index::<OffsetEntry>::load(&p).unwrap().is_none());
+        let mut t = Index::<TimeEntry>::load(&p).unwrap().unwrap();
+        assert_eq!(t.interval(), 64);
+        t.append(TimeEntry { timestamp: 1, relative_offset: 0 });
+        t.persist().unwrap();
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes.pop();
+        std::fs::write(&p, bytes).unwrap();
+        assert!(Index::<TimeEntry>::load(&p).unwrap().is_none());
     }
 
     #[test]
     fn time_index_last_below() {
         let d = tempfile::tempdir().unwrap();
-        let mut idx = Index::<TimeEntry>::create(&d.path().join("0.timeindex")).unwrap();
+        let mut idx = Index::<TimeEntry>::create(&d.path().join("0.timeindex"), 4096).unwrap();
         assert!(idx.last_below(5).is_none());
         idx.append(TimeEntry { timestamp: 10, relative_offset: 0 });
         idx.append(TimeEntry { timestamp: 20, relative_offset: 5 });

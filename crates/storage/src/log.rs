@@ -135,10 +135,7 @@ impl LogConfig {
     }
 
     fn segment_settings(&self) -> SegmentSettings {
-        SegmentSettings {
-            index_interval_bytes: self.index_interval_bytes,
-            max_batch_bytes: self.max_batch_bytes,
-        }
+        SegmentSettings { index_interval_bytes: self.index_interval_bytes }
     }
 }
 
@@ -475,7 +472,8 @@ impl Log {
     /// must start at the log end and each must follow the previous one. All are checked
     /// before any is written, so an invalid one leaves the log unchanged.
     pub fn append_replicated(&self, batches: &[u8]) -> Result<Option<AppendInfo>> {
-        let max = self.shared.config.max_batch_bytes;
+        // The leader already accepted these; only the hard limit applies to a copy.
+        let max = BATCH_BYTES_LIMIT;
         let mut headers = Vec::new();
         for item in BatchIter::new(batches, max) {
             let (h, _) = item.map_err(LogError::InvalidBatch)?;
@@ -653,7 +651,7 @@ impl Log {
         buf: &mut Vec<u8>,
     ) -> Result<ReadInfo> {
         buf.clear();
-        let max_batch = self.shared.config.max_batch_bytes;
+        let max_batch = BATCH_BYTES_LIMIT;
         let (file, path, seg_end, start_pos, first, offsets, end) = {
             let st = self.shared.lock();
             let offsets = st.offsets();
@@ -758,22 +756,21 @@ impl Log {
             return Ok(offset);
         }
         let seg_base = *st.segments.range(..=offset).next_back().expect("offset >= log_start").0;
-        let doomed: Vec<u64> = st.segments.range(seg_base + 1..).map(|(b, _)| *b).collect();
-        for base in doomed {
-            let seg = st.segments.remove(&base).expect("listed");
-            seg.delete_files()?;
-        }
-        let new_end = {
+        // Newest first: a crash part way leaves a shorter valid log, never a gap.
+        let doomed: Vec<u64> = st.segments.range(seg_base + 1..).rev().map(|(b, _)| *b).collect();
+        let truncated = delete_segments(&mut st, &doomed).and_then(|()| {
             let seg = st.segments.get_mut(&seg_base).expect("present");
-            match seg.find_batch(offset)? {
+            let end = match seg.find_batch(offset)? {
                 Some((pos, h)) => {
                     seg.truncate_to_batch(pos)?;
                     h.base_offset as u64
                 }
                 None => seg.next_offset(),
-            }
-        };
-        crashsafe::fsync_dir(&self.shared.dir)?;
+            };
+            crashsafe::fsync_dir(&self.shared.dir)?;
+            Ok(end)
+        });
+        let new_end = self.fail_on_error(&mut st, truncated)?;
         st.log_end = new_end;
         st.durable_end = st.durable_end.min(new_end);
         st.generation += 1;
@@ -784,18 +781,30 @@ impl Log {
         Ok(new_end)
     }
 
+    /// A truncation that failed part way has left the files in a state the in-memory log
+    /// no longer describes; refuse further writes until the log is reopened and recovered.
+    fn fail_on_error<T>(&self, st: &mut State, r: Result<T>) -> Result<T> {
+        r.inspect_err(|e| {
+            let reason = format!("truncation failed part way: {e}");
+            tracing::error!(dir = %self.shared.dir.display(), %reason, "log failed");
+            st.failed = Some(reason);
+            self.shared.durable.notify_all();
+        })
+    }
+
     /// Deletes every segment and restarts the log, empty, at `offset` (a follower whose
     /// leader no longer has the offsets it needs).
     pub fn truncate_fully_and_start_at(&self, offset: u64) -> Result<()> {
         let mut st = self.shared.lock();
         self.shared.check_writable(&st)?;
-        let old = std::mem::take(&mut st.segments);
-        for seg in old.values() {
-            seg.delete_files()?;
-        }
-        let seg = Segment::create(&self.shared.dir, offset, self.shared.config.segment_settings())?;
+        // Newest first, as in truncate_to: a crash part way leaves a prefix of the old log,
+        // which a follower will truncate again, never stale data past a gap.
+        let doomed: Vec<u64> = st.segments.keys().rev().copied().collect();
+        let created = delete_segments(&mut st, &doomed)
+            .and_then(|()| Segment::create(&self.shared.dir, offset, self.shared.config.segment_settings()))
+            .and_then(|seg| crashsafe::fsync_dir(&self.shared.dir).map(|()| seg));
+        let seg = self.fail_on_error(&mut st, created)?;
         st.segments.insert(offset, seg);
-        crashsafe::fsync_dir(&self.shared.dir)?;
         st.log_start = offset;
         st.log_end = offset;
         st.durable_end = offset;
@@ -843,12 +852,11 @@ impl Log {
         if doomed.is_empty() {
             return Ok(outcome);
         }
-        for base in &doomed {
-            let seg = st.segments.remove(base).expect("listed");
-            outcome.deleted_bytes += seg.size();
-            seg.delete_files()?;
-        }
-        outcome.deleted_segments = doomed.len();
+        let before = (st.segments.len(), st.segments.values().map(Segment::size).sum::<u64>());
+        // Oldest first: a failure part way leaves a suffix of the log, which is a valid log.
+        let deleted = delete_segments(&mut st, &doomed);
+        outcome.deleted_segments = before.0 - st.segments.len();
+        outcome.deleted_bytes = before.1 - st.segments.values().map(Segment::size).sum::<u64>();
         st.log_start = *st.segments.keys().next().expect("active segment remains");
         st.durable_end = st.durable_end.max(st.log_start);
         outcome.log_start = st.log_start;
@@ -858,7 +866,7 @@ impl Log {
         }
         tracing::info!(dir = %self.shared.dir.display(), deleted = outcome.deleted_segments,
             log_start = outcome.log_start, "retention deleted segments");
-        Ok(outcome)
+        deleted.map(|()| outcome)
     }
 
     /// The first record whose timestamp is at or after `timestamp`: its offset and
@@ -881,10 +889,7 @@ impl Log {
             offset: h.base_offset as u64,
             source,
         };
-        let limits = crate::record::DecodeLimits {
-            max_batch_bytes: self.shared.config.max_batch_bytes,
-            ..Default::default()
-        };
+        let limits = crate::record::DecodeLimits { max_batch_bytes: BATCH_BYTES_LIMIT, ..Default::default() };
         let (_, records) = crate::record::decode_batch(&bytes, &limits).map_err(corrupt)?;
         Ok(records
             .iter()
@@ -1005,9 +1010,10 @@ fn sync_loop(shared: &Shared, policy: FsyncPolicy) {
                     return;
                 }
                 if st.log_end > st.durable_end {
-                    match interval {
-                        Some(d) if last_sync.elapsed() < d => {
-                            let wait = d - last_sync.elapsed();
+                    // One clock read: comparing and subtracting two reads could underflow.
+                    let remaining = interval.and_then(|d| d.checked_sub(last_sync.elapsed()));
+                    match remaining {
+                        Some(wait) if !wait.is_zero() => {
                             st = shared.appended.wait_timeout(st, wait).unwrap_or_else(|p| p.into_inner()).0;
                         }
                         _ => break,
@@ -1022,6 +1028,16 @@ fn sync_loop(shared: &Shared, policy: FsyncPolicy) {
             return;
         }
     }
+}
+
+/// Deletes the given segments' files, in the order given, dropping each from the map once
+/// its files are gone.
+fn delete_segments(st: &mut State, bases: &[u64]) -> Result<()> {
+    for base in bases {
+        st.segments.get(base).expect("listed").delete_files()?;
+        st.segments.remove(base);
+    }
+    Ok(())
 }
 
 /// Deletes `.index` / `.timeindex` files with no `.log` beside them (left by a crash during
@@ -1046,7 +1062,7 @@ fn rebuild_epoch_cache(dir: &Path, segments: &BTreeMap<u64, Segment>) -> Result<
     let mut cache = LeaderEpochCache::empty(dir);
     for seg in segments.values() {
         let file: &File = seg.file();
-        let mut scanner = Scanner::new(file, 0, seg.size(), seg.settings().max_batch_bytes);
+        let mut scanner = Scanner::new(file, 0, seg.size(), BATCH_BYTES_LIMIT);
         while let Ok(Some(sb)) = scanner.next() {
             cache.assign(sb.header.partition_leader_epoch, sb.header.base_offset as u64);
         }

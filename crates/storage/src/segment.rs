@@ -32,8 +32,11 @@ pub(crate) fn parse_log_file_name(name: &str) -> Option<u64> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SegmentSettings {
     pub(crate) index_interval_bytes: u64,
-    pub(crate) max_batch_bytes: usize,
 }
+
+/// Stored batches are checked against the hard limit, not against `max.message.bytes`: that
+/// config bounds what is accepted now, and lowering it must not make stored data invalid.
+const STORED_BATCH_MAX: usize = crate::log::BATCH_BYTES_LIMIT;
 
 /// A batch found by a [`Scanner`].
 #[derive(Debug, Clone, Copy)]
@@ -231,8 +234,8 @@ impl Segment {
             file: Arc::new(file),
             size: 0,
             next_offset: base_offset,
-            offset_index: Index::create(&idx)?,
-            time_index: Index::create(&tidx)?,
+            offset_index: Index::create(&idx, settings.index_interval_bytes)?,
+            time_index: Index::create(&tidx, settings.index_interval_bytes)?,
             settings,
             last_offset_entry_pos: 0,
             last_time_entry_pos: 0,
@@ -258,8 +261,8 @@ impl Segment {
             file: Arc::new(file),
             size: 0,
             next_offset: base_offset,
-            offset_index: Index::create(&idx)?,
-            time_index: Index::create(&tidx)?,
+            offset_index: Index::create(&idx, settings.index_interval_bytes)?,
+            time_index: Index::create(&tidx, settings.index_interval_bytes)?,
             settings,
             last_offset_entry_pos: 0,
             last_time_entry_pos: 0,
@@ -328,8 +331,7 @@ impl Segment {
             Some(e) => (u64::from(e.position), self.base_offset + u64::from(e.relative_offset)),
             None => (0, self.base_offset),
         };
-        let mut scanner =
-            Scanner::new(&self.file, pos, self.size, self.settings.max_batch_bytes).expect_offset(expected);
+        let mut scanner = Scanner::new(&self.file, pos, self.size, STORED_BATCH_MAX).expect_offset(expected);
         let mut max_seen: Option<(i64, u64)> = None;
         loop {
             match scanner.next() {
@@ -362,7 +364,7 @@ impl Segment {
         if self.file.read_exact_at(&mut first, 0).is_err() {
             return Ok(false);
         }
-        self.first_batch_timestamp = BatchHeader::parse(&first, self.settings.max_batch_bytes)
+        self.first_batch_timestamp = BatchHeader::parse(&first, STORED_BATCH_MAX)
             .ok()
             .filter(|h| h.base_offset as u64 == self.base_offset)
             .map(|h| h.max_timestamp);
@@ -376,8 +378,8 @@ impl Segment {
     /// is never served but nothing after it is destroyed (a sealed segment).
     fn rebuild(&mut self, repair: bool) -> Result<Rebuilt> {
         let file_len = self.file.metadata().map_err(LogError::io("stat", &self.path))?.len();
-        self.offset_index.truncate_entries(0)?;
-        self.time_index.truncate_entries(0)?;
+        self.offset_index.reset(self.settings.index_interval_bytes)?;
+        self.time_index.reset(self.settings.index_interval_bytes)?;
         self.size = 0;
         self.next_offset = self.base_offset;
         self.last_offset_entry_pos = 0;
@@ -385,8 +387,7 @@ impl Segment {
         self.max_timestamp = None;
         self.first_batch_timestamp = None;
         let file = Arc::clone(&self.file);
-        let mut scanner =
-            Scanner::new(&file, 0, file_len, self.settings.max_batch_bytes).expect_offset(self.base_offset);
+        let mut scanner = Scanner::new(&file, 0, file_len, STORED_BATCH_MAX).expect_offset(self.base_offset);
         let stop = loop {
             match scanner.next() {
                 Ok(Some(sb)) => self.note_appended(&sb.header, sb.position)?,
@@ -523,7 +524,7 @@ impl Segment {
         let mut hdr = [0u8; BATCH_HEADER_LEN];
         while pos < self.size {
             self.file.read_exact_at(&mut hdr, pos).map_err(LogError::io("read segment", &self.path))?;
-            let h = BatchHeader::parse(&hdr, self.settings.max_batch_bytes)
+            let h = BatchHeader::parse(&hdr, STORED_BATCH_MAX)
                 .and_then(|h| {
                     if h.base_offset as u64 == expected {
                         Ok(h)
@@ -546,10 +547,11 @@ impl Segment {
 
     /// First batch whose max timestamp is at or after `timestamp`: `(position, header)`.
     ///
-    /// Time index entries sit only where the running max timestamp rises, at most one per
-    /// index interval. So if the answer is more than two intervals past the last entry below
-    /// the target, it has an entry of its own, the next one: the scan never crosses more
-    /// than about two intervals.
+    /// Time index entries sit only where the running max timestamp rises, and one is made
+    /// at every rise that starts at least one interval after the previous entry's batch. So
+    /// if the answer starts an interval or more past the last entry below the target, it has
+    /// an entry of its own, the next one: the scan covers batches starting within one
+    /// interval of that entry's batch, never a whole segment.
     pub(crate) fn find_by_timestamp(&self, timestamp: i64) -> Result<Option<(u64, BatchHeader)>> {
         if self.max_timestamp.is_none_or(|(max, _)| max < timestamp) {
             return Ok(None);
@@ -559,12 +561,13 @@ impl Segment {
         let start_offset =
             below.map_or(self.base_offset, |e| self.base_offset + u64::from(e.relative_offset));
         let Some((start_pos, _)) = self.find_batch(start_offset)? else { return Ok(None) };
-        let window = 2 * self.settings.index_interval_bytes + self.settings.max_batch_bytes as u64;
+        // The entries were made with this index's own interval, whatever the config is now.
+        let window = self.time_index.interval();
         let mut pos = start_pos;
         let mut hdr = [0u8; BATCH_HEADER_LEN];
         while pos < self.size && pos < start_pos + window {
             self.file.read_exact_at(&mut hdr, pos).map_err(LogError::io("read segment", &self.path))?;
-            let h = BatchHeader::parse(&hdr, self.settings.max_batch_bytes)
+            let h = BatchHeader::parse(&hdr, STORED_BATCH_MAX)
                 .map_err(|source| self.corrupt(pos, start_offset, source))?;
             if h.max_timestamp >= timestamp {
                 return Ok(Some((pos, h)));
@@ -621,8 +624,5 @@ impl Segment {
     /// begins, whatever is readable.
     pub(crate) fn force_next_offset(&mut self, next: u64) {
         self.next_offset = next;
-    }
-    pub(crate) fn settings(&self) -> SegmentSettings {
-        self.settings
     }
 }
