@@ -1,0 +1,246 @@
+//! What goes into the Raft log ([`Command`]) and what applying it yields ([`Applied`]:
+//! an [`Outcome`] for the caller and the [`MetadataDelta`]s for watchers).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::CommandError;
+use super::types::{Broker, Endpoints, PartitionState, Topic, TopicId};
+
+/// A member of the ISR an AlterPartition proposes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IsrMember {
+    /// The broker id.
+    pub id: u32,
+    /// The broker epoch the leader saw this follower fetch with, if it knows it. When given,
+    /// it must be the broker's current epoch: a follower that restarted since (and may have
+    /// lost its unflushed tail) cannot be let back in on the strength of its previous life's
+    /// fetches (Kafka's KIP-903).
+    pub broker_epoch: Option<u64>,
+}
+
+/// A (topic, partition) named in an election.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PartitionRef {
+    /// The topic name.
+    pub topic: String,
+    /// The partition index.
+    pub partition: u32,
+}
+
+/// A change to the cluster metadata, committed through Raft and applied by
+/// [`ClusterMetadata::apply`](super::ClusterMetadata::apply) on every controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// A broker starts (or restarts) and announces itself. It gets a new broker epoch, the
+    /// Raft index of this command, and is fenced until [`Command::UnfenceBroker`].
+    ///
+    /// A registration repeating the current `incarnation_id`, endpoints and rack is a retry
+    /// by the same process and changes nothing. Any other registration of a known id is a
+    /// restart: the old incarnation is fenced, exactly as by [`Command::FenceBroker`]
+    /// (the broker leaves the ISRs and loses leadership, since a restarted process may have
+    /// lost unflushed data), and its replica assignments stay as they were.
+    RegisterBroker {
+        /// The broker id.
+        id: u32,
+        /// Its listeners.
+        endpoints: Endpoints,
+        /// Its rack.
+        rack: Option<String>,
+        /// A value unique to the broker process, to recognize retried registrations.
+        incarnation_id: Option<u128>,
+    },
+    /// The broker stopped heartbeating: fence it. It leaves every ISR it is in (unless it is
+    /// the last member: the ISR never empties, so the data is not declared lost), and every
+    /// partition it led gets a new leader from the rest of the ISR, or none.
+    FenceBroker {
+        /// The broker id.
+        id: u32,
+        /// The epoch the decision was made about; a newer registration is left alone.
+        epoch: u64,
+    },
+    /// The broker has caught up with the metadata and may lead again. Offline partitions
+    /// whose ISR holds it get it as leader; it rejoins other ISRs through AlterPartition.
+    UnfenceBroker {
+        /// The broker id.
+        id: u32,
+        /// The broker's current epoch.
+        epoch: u64,
+    },
+    /// Create a topic.
+    CreateTopic {
+        /// The name: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
+        name: String,
+        /// The partition count, 1 to [`PARTITIONS_MAX`](super::PARTITIONS_MAX).
+        partitions: u32,
+        /// Replicas per partition, 1 to the number of unfenced brokers.
+        replication_factor: u16,
+        /// Config overrides (Kafka names).
+        config: BTreeMap<String, String>,
+        /// Explicit replica lists, one per partition, preferred leader first; when absent
+        /// the controller places replicas. When given, `partitions` and
+        /// `replication_factor` must match its shape.
+        assignments: Option<Vec<Vec<u32>>>,
+    },
+    /// Delete a topic.
+    DeleteTopic {
+        /// The topic name.
+        name: String,
+    },
+    /// Change a topic's config overrides.
+    AlterTopicConfig {
+        /// The topic name.
+        name: String,
+        /// Keys to set.
+        set: BTreeMap<String, String>,
+        /// Keys to remove (back to the broker default).
+        delete: Vec<String>,
+    },
+    /// A partition leader asks to change the ISR (shrink a lagging follower out, or expand a
+    /// caught-up one in): a compare-and-swap on the partition epoch.
+    AlterPartition {
+        /// The topic name.
+        topic: String,
+        /// The topic id, so a request about a deleted topic never applies to a new topic
+        /// of the same name.
+        topic_id: TopicId,
+        /// The partition index.
+        partition: u32,
+        /// The sender, which must be the leader.
+        leader_id: u32,
+        /// The sender's broker epoch.
+        broker_epoch: u64,
+        /// The leader epoch the sender leads in.
+        leader_epoch: i32,
+        /// The partition epoch of the state the sender changes.
+        partition_epoch: i32,
+        /// The proposed ISR; it must hold the leader.
+        new_isr: Vec<IsrMember>,
+    },
+    /// Move leadership: to the preferred replica (`preferred`), or to any eligible ISR member
+    /// for partitions without a leader.
+    ElectLeaders {
+        /// The partitions to consider; `None` for all.
+        partitions: Option<Vec<PartitionRef>>,
+        /// Preferred election when true; otherwise a clean election for leaderless
+        /// partitions (Kafka's unclean election is off in Runnel).
+        preferred: bool,
+    },
+}
+
+/// What happened to one partition in an election.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElectionResult {
+    /// The topic name.
+    pub topic: String,
+    /// The partition index.
+    pub partition: u32,
+    /// The partition's new state, or why it kept its leader.
+    pub result: Result<PartitionState, CommandError>,
+}
+
+/// What a command did, for its caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The broker is registered (or the registration was a retry) with this epoch.
+    BrokerRegistered {
+        /// The broker id.
+        id: u32,
+        /// Its epoch; the broker sends it with every later request.
+        epoch: u64,
+    },
+    /// The broker is fenced.
+    BrokerFenced {
+        /// The broker id.
+        id: u32,
+        /// True if it already was (nothing changed).
+        already: bool,
+    },
+    /// The broker is unfenced.
+    BrokerUnfenced {
+        /// The broker id.
+        id: u32,
+        /// True if it already was (nothing changed).
+        already: bool,
+    },
+    /// The topic exists now.
+    TopicCreated(Topic),
+    /// The topic is gone.
+    TopicDeleted {
+        /// The topic name.
+        name: String,
+        /// The topic id.
+        id: TopicId,
+    },
+    /// The topic's config overrides are now these.
+    TopicConfigAltered {
+        /// The topic name.
+        name: String,
+        /// The full set of overrides.
+        config: BTreeMap<String, String>,
+    },
+    /// The partition's state after an AlterPartition. The partition epoch is unchanged if
+    /// the proposed ISR was the current one.
+    PartitionAltered {
+        /// The topic name.
+        topic: String,
+        /// The partition index.
+        partition: u32,
+        /// The state now.
+        state: PartitionState,
+    },
+    /// One result per partition considered. With `partitions: None`, partitions that
+    /// already had the leader the election would pick are left out, as Kafka does.
+    LeadersElected(Vec<ElectionResult>),
+}
+
+/// One change to the image. Applying a command's deltas, in order, to the image before the
+/// command gives the image after it ([`ClusterMetadata::apply_deltas`](super::ClusterMetadata::apply_deltas)),
+/// so a watcher sends a full image once and then only deltas tagged with the version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetadataDelta {
+    /// A broker registered, or its registration changed (fenced, unfenced): this is the
+    /// whole new registration.
+    BrokerChanged(Broker),
+    /// A topic was created, partitions included.
+    TopicCreated(Topic),
+    /// A topic was deleted.
+    TopicDeleted {
+        /// The topic name.
+        name: String,
+        /// The topic id.
+        id: TopicId,
+    },
+    /// A topic's config overrides are now `config`.
+    TopicConfigChanged {
+        /// The topic name.
+        name: String,
+        /// The full set of overrides.
+        config: BTreeMap<String, String>,
+    },
+    /// A partition's state is now `state`.
+    PartitionChanged {
+        /// The topic name.
+        topic: String,
+        /// The topic id, to tell a partition of a recreated topic from the old one's.
+        topic_id: TopicId,
+        /// The partition index.
+        partition: u32,
+        /// The whole new state.
+        state: PartitionState,
+    },
+}
+
+/// A command that applied: what it did, and the changes it made (none if it was a no-op).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// For the caller.
+    pub outcome: Outcome,
+    /// For watchers, in order. When not empty, the image's version is now the command's
+    /// Raft index.
+    pub deltas: Vec<MetadataDelta>,
+}
+
+/// The result of applying a command: committed either way, and the same on every replica.
+pub type CommandResult = Result<Applied, CommandError>;
