@@ -83,6 +83,10 @@ pub struct LogConfig {
     /// Largest batch accepted, header included (`max.message.bytes`).
     pub max_batch_bytes: usize,
     pub fsync: FsyncPolicy,
+    /// Disk space the active segment reserves ahead of its end, in chunks of this many
+    /// bytes, so writes skip the filesystem's block allocation (0: off). The reservation is
+    /// given back when the segment is sealed; the file's length is always its data.
+    pub preallocate_bytes: u64,
 }
 
 /// Largest segment: index positions are 32-bit.
@@ -103,6 +107,7 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             max_batch_bytes: 1_048_588,
             fsync: FsyncPolicy::Always,
+            preallocate_bytes: 16 << 20,
         }
     }
 }
@@ -135,7 +140,10 @@ impl LogConfig {
     }
 
     fn segment_settings(&self) -> SegmentSettings {
-        SegmentSettings { index_interval_bytes: self.index_interval_bytes }
+        SegmentSettings {
+            index_interval_bytes: self.index_interval_bytes,
+            preallocate_bytes: self.preallocate_bytes,
+        }
     }
 }
 

@@ -65,6 +65,8 @@ fn crash_config() -> LogConfig {
         index_interval_bytes: 1024,
         max_batch_bytes: 64 * 1024,
         fsync: FsyncPolicy::Always,
+        // Reservations beyond the data are in play when the kill lands.
+        preallocate_bytes: 256 * 1024,
     }
 }
 

@@ -259,6 +259,8 @@ fn config() -> impl Strategy<Value = LogConfig> {
                     index_interval_bytes: index_interval.min(segment_bytes),
                     max_batch_bytes,
                     fsync,
+                    // Off, or in chunks smaller or larger than a segment, by case.
+                    preallocate_bytes: (segment_bytes % 3) * 1500,
                 }
             },
         )
@@ -942,6 +944,7 @@ fn offset_for_timestamp_after_index_interval_lowered() {
         index_interval_bytes: 8192,
         max_batch_bytes: 1024,
         fsync: FsyncPolicy::Never,
+        preallocate_bytes: 0,
     };
     let value = "x".repeat(80);
     {

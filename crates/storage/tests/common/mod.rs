@@ -73,6 +73,7 @@ pub fn small_config(policy: FsyncPolicy) -> LogConfig {
         index_interval_bytes: 256,
         max_batch_bytes: 64 * 1024,
         fsync: policy,
+        preallocate_bytes: 1024,
     }
 }
 
