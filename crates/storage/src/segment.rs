@@ -232,14 +232,29 @@ impl Segment {
     pub(crate) fn create(dir: &Path, base_offset: u64, settings: SegmentSettings) -> Result<Segment> {
         let (log, idx, tidx) = Self::paths(dir, base_offset);
         let file = Self::open_log_file(&log, true)?;
-        Ok(Segment {
+        let offset_index = Index::create(&idx, settings.index_interval_bytes)?;
+        let time_index = Index::create(&tidx, settings.index_interval_bytes)?;
+        Ok(Self::assemble(base_offset, log, file, 0, offset_index, time_index, settings))
+    }
+
+    /// A segment over open files, with its in-memory state not yet derived from them.
+    fn assemble(
+        base_offset: u64,
+        path: PathBuf,
+        file: File,
+        size: u64,
+        offset_index: Index<OffsetEntry>,
+        time_index: Index<TimeEntry>,
+        settings: SegmentSettings,
+    ) -> Segment {
+        Segment {
             base_offset,
-            path: log,
+            path,
             file: Arc::new(file),
-            size: 0,
+            size,
             next_offset: base_offset,
-            offset_index: Index::create(&idx, settings.index_interval_bytes)?,
-            time_index: Index::create(&tidx, settings.index_interval_bytes)?,
+            offset_index,
+            time_index,
             settings,
             last_offset_entry_pos: 0,
             last_time_entry_pos: 0,
@@ -247,7 +262,7 @@ impl Segment {
             first_batch_timestamp: None,
             rolling_base_ms: None,
             preallocated_end: 0,
-        })
+        }
     }
 
     /// Opens a segment by scanning every batch and rebuilding both indexes. With `repair`
@@ -260,22 +275,9 @@ impl Segment {
     ) -> Result<(Segment, Rebuilt)> {
         let (log, idx, tidx) = Self::paths(dir, base_offset);
         let file = Self::open_log_file(&log, false)?;
-        let mut seg = Segment {
-            base_offset,
-            path: log,
-            file: Arc::new(file),
-            size: 0,
-            next_offset: base_offset,
-            offset_index: Index::create(&idx, settings.index_interval_bytes)?,
-            time_index: Index::create(&tidx, settings.index_interval_bytes)?,
-            settings,
-            last_offset_entry_pos: 0,
-            last_time_entry_pos: 0,
-            max_timestamp: None,
-            first_batch_timestamp: None,
-            rolling_base_ms: None,
-            preallocated_end: 0,
-        };
+        let offset_index = Index::create(&idx, settings.index_interval_bytes)?;
+        let time_index = Index::create(&tidx, settings.index_interval_bytes)?;
+        let mut seg = Self::assemble(base_offset, log, file, 0, offset_index, time_index, settings);
         let outcome = seg.rebuild(repair)?;
         if !repair {
             // A sealed segment's indexes are trusted on the next open: write them now.
@@ -300,22 +302,7 @@ impl Segment {
             && size <= u64::from(u32::MAX)
             && offset_index.is_consistent(size)
         {
-            let mut seg = Segment {
-                base_offset,
-                path: log,
-                file: Arc::new(file),
-                size,
-                next_offset: base_offset,
-                offset_index,
-                time_index,
-                settings,
-                last_offset_entry_pos: 0,
-                last_time_entry_pos: 0,
-                max_timestamp: None,
-                first_batch_timestamp: None,
-                rolling_base_ms: None,
-                preallocated_end: 0,
-            };
+            let mut seg = Self::assemble(base_offset, log, file, size, offset_index, time_index, settings);
             if seg.load_tail_state()? {
                 return Ok((seg, Rebuilt::Clean));
             }
