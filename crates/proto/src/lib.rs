@@ -37,6 +37,21 @@ mod tests {
     }
 
     #[test]
+    fn descriptor_set_describes_the_controller_service() {
+        let set = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).expect("decodes");
+        let file = set
+            .file
+            .iter()
+            .find(|f| f.name() == "runnel/v1/controller.proto")
+            .expect("controller.proto is in the set");
+        let service = file.service.iter().find(|s| s.name() == "ControllerService").expect("service");
+        let methods: Vec<_> = service.method.iter().map(|m| m.name()).collect();
+        assert!(methods.contains(&"WatchMetadata") && methods.contains(&"DescribeCluster"), "{methods:?}");
+        let watch = service.method.iter().find(|m| m.name() == "WatchMetadata").expect("watch");
+        assert!(watch.server_streaming());
+    }
+
+    #[test]
     fn a_response_oneof_round_trips() {
         let response = v1::RaftInstallSnapshotResponse {
             result: Some(v1::raft_install_snapshot_response::Result::ErrorJson(b"{}".to_vec())),

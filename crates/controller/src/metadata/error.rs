@@ -16,6 +16,8 @@ pub enum ErrorCode {
     UnknownTopicOrPartition = 3,
     /// 6: the sender is not the partition's leader.
     NotLeaderOrFollower = 6,
+    /// 7: the request did not complete in time (the controller has no quorum, or lost it).
+    RequestTimedOut = 7,
     /// 17: the topic name breaks the naming rules or collides with an existing name.
     InvalidTopicException = 17,
     /// 36: a topic with this name exists.
@@ -55,10 +57,11 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tables and tests.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::UnknownServerError,
         ErrorCode::UnknownTopicOrPartition,
         ErrorCode::NotLeaderOrFollower,
+        ErrorCode::RequestTimedOut,
         ErrorCode::InvalidTopicException,
         ErrorCode::TopicAlreadyExists,
         ErrorCode::InvalidPartitions,
@@ -89,6 +92,7 @@ impl ErrorCode {
             ErrorCode::UnknownServerError => "UNKNOWN_SERVER_ERROR",
             ErrorCode::UnknownTopicOrPartition => "UNKNOWN_TOPIC_OR_PARTITION",
             ErrorCode::NotLeaderOrFollower => "NOT_LEADER_OR_FOLLOWER",
+            ErrorCode::RequestTimedOut => "REQUEST_TIMED_OUT",
             ErrorCode::InvalidTopicException => "INVALID_TOPIC_EXCEPTION",
             ErrorCode::TopicAlreadyExists => "TOPIC_ALREADY_EXISTS",
             ErrorCode::InvalidPartitions => "INVALID_PARTITIONS",
@@ -121,6 +125,7 @@ impl ErrorCode {
             self,
             ErrorCode::UnknownTopicOrPartition
                 | ErrorCode::NotLeaderOrFollower
+                | ErrorCode::RequestTimedOut
                 | ErrorCode::NotController
                 | ErrorCode::FencedLeaderEpoch
                 | ErrorCode::PreferredLeaderNotAvailable

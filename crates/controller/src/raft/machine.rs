@@ -21,7 +21,9 @@ pub trait Machine: Default + Clone + Serialize + DeserializeOwned + Send + Sync 
     type Command: Debug + Clone + Serialize + DeserializeOwned + Send + Sync + 'static;
     /// What applying a command returns to the client that proposed it. `Default` is the
     /// response to log entries that carry no command (blank and membership entries).
-    type Response: Debug + Default + Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// `Clone` because each response is also published to the store's subscribers
+    /// ([`super::MachineView::subscribe`]).
+    type Response: Debug + Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static;
 
     /// Applies one committed command. `index` is its Raft log index: strictly increasing across
     /// calls, and usable as the version of the state it produces.

@@ -30,5 +30,8 @@ pub use error::StoreError;
 pub use machine::Machine;
 pub use network::{GrpcNetwork, GrpcNetworkFactory, NetworkConfig};
 pub use service::RaftGrpcService;
-pub use store::{LogStore, MachineView, SledStore, SnapshotBuilder, StateMachineStore};
+pub use store::{
+    EVENTS_CAPACITY, LogStore, MachineEvent, MachineEvents, MachineView, SledStore, SnapshotBuilder,
+    StateMachineStore,
+};
 pub use types::{Node, NodeId, Raft, TypeConfig};

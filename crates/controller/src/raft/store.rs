@@ -37,6 +37,14 @@
 //! applied log id and membership in their metadata; on restart the machine is restored from
 //! the latest snapshot, and openraft re-applies the entries committed after it (that is why
 //! the log is purged only up to a snapshot). `apply` therefore needs no fsync.
+//!
+//! # Subscribers
+//!
+//! Every applied command's response is also published, in apply order, to the subscribers of
+//! [`MachineView::subscribe`] (a bounded broadcast channel, [`EVENTS_CAPACITY`]). This happens
+//! on every node that applies the log, followers included, so watchers can be served anywhere.
+//! A subscriber that falls behind by more than the capacity, or that hears
+//! [`MachineEvent::Replaced`] (a snapshot was installed), must reread the whole machine.
 
 use std::fmt;
 use std::fmt::Debug;
@@ -62,6 +70,9 @@ use super::types::{Entry, LogId, NodeId, SnapshotMeta, StoredMembership, TypeCon
 
 /// The on-disk format this build reads and writes; bumped on any incompatible layout change.
 pub const FORMAT_VERSION: u32 = 1;
+
+/// Events buffered per subscriber before the slowest one is told it lagged.
+pub const EVENTS_CAPACITY: usize = 1024;
 
 const TREE_LOG: &str = "raft/log";
 const TREE_META: &str = "raft/meta";
@@ -135,7 +146,8 @@ impl<M: Machine> SledStore<M> {
             None => Applied::default(),
         };
         db.flush()?;
-        let state_machine = StateMachineStore { state: Arc::new(RwLock::new(applied)), snapshots };
+        let (events, _) = tokio::sync::broadcast::channel(EVENTS_CAPACITY);
+        let state_machine = StateMachineStore { state: Arc::new(RwLock::new(applied)), snapshots, events };
         Ok(Self { log, state_machine })
     }
 }
@@ -368,13 +380,33 @@ struct Applied<M> {
     machine: M,
 }
 
-/// The applied state and its snapshots ([`RaftStateMachine`]).
-pub struct StateMachineStore<M> {
-    state: Arc<RwLock<Applied<M>>>,
-    snapshots: SnapshotStore,
+/// What a subscriber of [`MachineView::subscribe`] hears, in apply order.
+#[derive(Debug, Clone)]
+pub enum MachineEvent<R> {
+    /// The log entry at `index`, which carried a command, was applied and answered `response`.
+    Applied {
+        /// The entry's Raft log index.
+        index: u64,
+        /// What [`Machine::apply`] returned.
+        response: R,
+    },
+    /// The machine was replaced wholesale by an installed snapshot: reread it.
+    Replaced,
 }
 
-impl<M> Debug for StateMachineStore<M> {
+/// A subscription to a machine's [`MachineEvent`]s.
+pub type MachineEvents<R> = tokio::sync::broadcast::Receiver<MachineEvent<R>>;
+
+type Events<M> = tokio::sync::broadcast::Sender<MachineEvent<<M as Machine>::Response>>;
+
+/// The applied state and its snapshots ([`RaftStateMachine`]).
+pub struct StateMachineStore<M: Machine> {
+    state: Arc<RwLock<Applied<M>>>,
+    snapshots: SnapshotStore,
+    events: Events<M>,
+}
+
+impl<M: Machine> Debug for StateMachineStore<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StateMachineStore").finish_non_exhaustive()
     }
@@ -383,7 +415,7 @@ impl<M> Debug for StateMachineStore<M> {
 impl<M: Machine> StateMachineStore<M> {
     /// A handle for reading the machine while openraft owns this store.
     pub fn view(&self) -> MachineView<M> {
-        MachineView { state: Arc::clone(&self.state) }
+        MachineView { state: Arc::clone(&self.state), events: self.events.clone() }
     }
 
     fn applied(&self) -> Result<std::sync::RwLockReadGuard<'_, Applied<M>>, StoreError> {
@@ -415,7 +447,16 @@ impl<M: Machine> RaftStateMachine<TypeConfig<M>> for StateMachineStore<M> {
             let log_id = entry.log_id;
             let response = match entry.payload {
                 EntryPayload::Blank => M::Response::default(),
-                EntryPayload::Normal(command) => applied.machine.apply(log_id.index, &command),
+                EntryPayload::Normal(command) => {
+                    let response = applied.machine.apply(log_id.index, &command);
+                    // Sent under the write lock, so a subscriber that read the machine under
+                    // the read lock hears exactly the entries applied after its read.
+                    if self.events.receiver_count() > 0 {
+                        let event = MachineEvent::Applied { index: log_id.index, response: response.clone() };
+                        let _ = self.events.send(event);
+                    }
+                    response
+                }
                 EntryPayload::Membership(membership) => {
                     applied.last_membership = StoredMembership::new(Some(log_id), membership);
                     M::Response::default()
@@ -453,6 +494,7 @@ impl<M: Machine> RaftStateMachine<TypeConfig<M>> for StateMachineStore<M> {
             last_membership: meta.last_membership.clone(),
             machine,
         };
+        let _ = self.events.send(MachineEvent::Replaced);
         Ok(())
     }
 
@@ -467,17 +509,18 @@ impl<M: Machine> RaftStateMachine<TypeConfig<M>> for StateMachineStore<M> {
 /// It sees every command as soon as it is applied, which on a follower or a deposed leader
 /// may lag the cluster: reads that must be linearizable go through the leader
 /// (`Raft::ensure_linearizable`) first.
-pub struct MachineView<M> {
+pub struct MachineView<M: Machine> {
     state: Arc<RwLock<Applied<M>>>,
+    events: Events<M>,
 }
 
-impl<M> Clone for MachineView<M> {
+impl<M: Machine> Clone for MachineView<M> {
     fn clone(&self) -> Self {
-        Self { state: Arc::clone(&self.state) }
+        Self { state: Arc::clone(&self.state), events: self.events.clone() }
     }
 }
 
-impl<M> Debug for MachineView<M> {
+impl<M: Machine> Debug for MachineView<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MachineView").finish_non_exhaustive()
     }
@@ -489,6 +532,18 @@ impl<M: Machine> MachineView<M> {
     pub fn read<R>(&self, f: impl FnOnce(&M, Option<LogId>) -> R) -> Result<R, StoreError> {
         let applied = self.state.read().map_err(|_| StoreError::Poisoned)?;
         Ok(f(&applied.machine, applied.last_applied))
+    }
+
+    /// Like [`read`](Self::read), and subscribes to the events that follow that read: the
+    /// receiver yields exactly the entries applied after the state `f` saw, with no gap and
+    /// no overlap.
+    pub fn subscribe<R>(
+        &self,
+        f: impl FnOnce(&M, Option<LogId>) -> R,
+    ) -> Result<(R, MachineEvents<M::Response>), StoreError> {
+        let applied = self.state.read().map_err(|_| StoreError::Poisoned)?;
+        let events = self.events.subscribe();
+        Ok((f(&applied.machine, applied.last_applied), events))
     }
 }
 

@@ -1,0 +1,24 @@
+//! The controller service: the metadata state machine on Raft, served over gRPC.
+//!
+//! - [`MetadataMachine`]: [`crate::metadata::ClusterMetadata`] as a Raft machine.
+//! - [`ControllerGrpcService`]: `runnel.v1.ControllerService` (forwarding, timeouts,
+//!   liveness, watches); see [`service`] for the rules.
+//! - [`Controller`]: starts one node from a [`ControllerConfig`].
+
+mod convert;
+pub mod error;
+mod machine;
+mod node;
+pub mod service;
+
+#[cfg(test)]
+mod tests;
+
+pub use convert::{
+    CONFIG_KEY_LEN_MAX, CONFIGS_MAX, ISR_MEMBERS_MAX, REPLICATION_FACTOR_MAX, REQUEST_BYTES_MAX,
+    RESPONSE_BYTES_MAX,
+};
+pub use error::{ControllerError, ERROR_CODE_KEY, ERROR_NAME_KEY, LEADER_KEY, status_error_code};
+pub use machine::{MetadataMachine, MetadataResponse};
+pub use node::{Controller, ControllerConfig, StartError, Voter, parse_voters};
+pub use service::{ControllerGrpcService, ServiceConfig};

@@ -1,0 +1,259 @@
+//! [`Controller`]: everything one controller node runs, started from a [`ControllerConfig`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use super::machine::MetadataMachine;
+use super::service::{ControllerGrpcService, ServiceConfig, Shared, liveness_task};
+use crate::metadata::ClusterMetadata;
+use crate::raft::{
+    GrpcNetworkFactory, MachineView, NetworkConfig, Node, NodeId, Raft, RaftGrpcService, SledStore,
+    StoreError, controller_config,
+};
+
+/// One controller voter: its node id and the `host:port` of its gRPC listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Voter {
+    /// The node id.
+    pub id: NodeId,
+    /// Where its RaftService and ControllerService are served.
+    pub addr: String,
+}
+
+/// Parses a voters list, `id@host:port` separated by commas, as in
+/// `--controller-voters 1@h1:50051,2@h2:50052,3@h3:50053`.
+pub fn parse_voters(list: &str) -> Result<Vec<Voter>, StartError> {
+    let bad = |why: String| StartError::Config(format!("controller voters {list:?}: {why}"));
+    let mut voters: Vec<Voter> = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addr) = item.split_once('@').ok_or_else(|| bad(format!("{item:?} is not id@host:port")))?;
+        let id: NodeId = id.parse().map_err(|_| bad(format!("{id:?} is not a node id")))?;
+        if !addr.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) {
+            return Err(bad(format!("{addr:?} is not host:port")));
+        }
+        if voters.iter().any(|v| v.id == id) {
+            return Err(bad(format!("node id {id} appears twice")));
+        }
+        voters.push(Voter { id, addr: addr.to_owned() });
+    }
+    if voters.is_empty() {
+        return Err(bad("no voters".into()));
+    }
+    Ok(voters)
+}
+
+/// Everything a controller node needs to start.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// This node's id; it must be one of `voters`.
+    pub node_id: NodeId,
+    /// Where the Raft store (sled) lives.
+    pub data_dir: PathBuf,
+    /// The full voter set, identical on every node.
+    pub voters: Vec<Voter>,
+    /// Labels the cluster in openraft's logs.
+    pub cluster_name: String,
+    /// Raft leader heartbeat period.
+    pub heartbeat_interval: Duration,
+    /// Raft election timeout range, lower bound.
+    pub election_timeout_min: Duration,
+    /// Raft election timeout range, upper bound.
+    pub election_timeout_max: Duration,
+    /// The service's write timeout, broker session timeout and switches.
+    pub service: ServiceConfig,
+    /// How long shutdown waits for tasks to finish before aborting them.
+    pub shutdown_timeout: Duration,
+}
+
+impl ControllerConfig {
+    /// A config with the default timers.
+    pub fn new(node_id: NodeId, data_dir: impl Into<PathBuf>, voters: Vec<Voter>) -> Self {
+        use crate::raft::config::{ELECTION_TIMEOUT_MAX_MS, ELECTION_TIMEOUT_MIN_MS, HEARTBEAT_INTERVAL_MS};
+        Self {
+            node_id,
+            data_dir: data_dir.into(),
+            voters,
+            cluster_name: "runnel".into(),
+            heartbeat_interval: Duration::from_millis(HEARTBEAT_INTERVAL_MS),
+            election_timeout_min: Duration::from_millis(ELECTION_TIMEOUT_MIN_MS),
+            election_timeout_max: Duration::from_millis(ELECTION_TIMEOUT_MAX_MS),
+            service: ServiceConfig::default(),
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a controller node did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is unusable.
+    #[error("invalid controller config: {0}")]
+    Config(String),
+    /// The Raft store did not open (locked by another process, corrupt, another format).
+    #[error("cannot open the raft store: {0}")]
+    Store(#[from] StoreError),
+    /// Binding the listener failed.
+    #[error("cannot listen: {0}")]
+    Io(#[from] std::io::Error),
+    /// openraft refused to start or initialize.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// A running controller node: the Raft store, openraft, the gRPC server (RaftService and
+/// ControllerService on one port) and the liveness task.
+pub struct Controller {
+    id: NodeId,
+    addr: SocketAddr,
+    raft: Raft<MetadataMachine>,
+    view: MachineView<MetadataMachine>,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+    shutdown_timeout: Duration,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller").field("id", &self.id).field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+impl Controller {
+    /// Binds `listen` and starts the node (see [`Controller::start`]).
+    pub async fn bind(config: ControllerConfig, listen: SocketAddr) -> Result<Self, StartError> {
+        Self::start(config, TcpListener::bind(listen).await?).await
+    }
+
+    /// Starts the node, serving on `listener`.
+    ///
+    /// On a fresh store the node initializes Raft with the full voter set. Every node does
+    /// this; openraft documents that initializing several nodes with the same membership is
+    /// safe (they write the same first entry), and the ones that lose the race are told the
+    /// node is already initialized, which is ignored. A store that holds a vote or a log is
+    /// never initialized again.
+    pub async fn start(config: ControllerConfig, listener: TcpListener) -> Result<Self, StartError> {
+        let id = config.node_id;
+        if !config.voters.iter().any(|v| v.id == id) {
+            return Err(StartError::Config(format!("node {id} is not in the voters list")));
+        }
+        let mut raft_config =
+            controller_config(config.cluster_name.clone()).map_err(|e| StartError::Config(e.to_string()))?;
+        raft_config.heartbeat_interval = millis(config.heartbeat_interval);
+        raft_config.election_timeout_min = millis(config.election_timeout_min);
+        raft_config.election_timeout_max = millis(config.election_timeout_max);
+        let raft_config = raft_config.validate().map_err(|e| StartError::Config(e.to_string()))?;
+
+        let dir = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || SledStore::<MetadataMachine>::open(&dir))
+            .await
+            .map_err(|e| StartError::Raft(format!("opening the store: {e}")))??;
+        let view = store.state_machine.view();
+        let network = GrpcNetworkFactory::new(id, NetworkConfig::default());
+        let raft = openraft::Raft::new(id, Arc::new(raft_config), network, store.log, store.state_machine)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+
+        let addr = listener.local_addr()?;
+        let cancel = CancellationToken::new();
+        let shared = Shared::new(id, raft.clone(), view.clone(), config.service.clone(), cancel.clone());
+        let mut tasks = JoinSet::new();
+        let raft_service = RaftGrpcService::new(raft.clone()).into_server();
+        let controller_service = ControllerGrpcService::new(Arc::clone(&shared)).into_server();
+        let stop = cancel.clone();
+        tasks.spawn(async move {
+            let served = Server::builder()
+                .add_service(raft_service)
+                .add_service(controller_service)
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop.cancelled_owned());
+            if let Err(e) = served.await {
+                tracing::error!("controller {id}: gRPC server failed: {e}");
+            }
+        });
+        tasks.spawn(liveness_task(shared));
+
+        let initialized = raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?;
+        if !initialized {
+            let members: BTreeMap<NodeId, Node> =
+                config.voters.iter().map(|v| (v.id, Node { addr: v.addr.clone() })).collect();
+            match raft.initialize(members).await {
+                Ok(()) => tracing::info!("controller {id}: initialized a fresh cluster"),
+                Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(
+                    _,
+                ))) => {
+                    tracing::info!("controller {id}: the cluster formed before this node initialized it");
+                }
+                Err(e) => return Err(StartError::Raft(format!("initialize: {e}"))),
+            }
+        }
+        Ok(Self { id, addr, raft, view, cancel, tasks, shutdown_timeout: config.shutdown_timeout })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The address the node serves gRPC on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The node's openraft handle (metrics, leadership).
+    pub fn raft(&self) -> &Raft<MetadataMachine> {
+        &self.raft
+    }
+
+    /// A copy of this node's applied metadata image (it may lag the leader's).
+    pub fn image(&self) -> Result<ClusterMetadata, StoreError> {
+        self.view.read(|m, _| m.image.clone())
+    }
+
+    /// Stops the node: cancel every task, wait up to the shutdown timeout, abort the rest,
+    /// then stop Raft. Returns once the store is released (it can be opened again).
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        let drained = tokio::time::timeout(self.shutdown_timeout, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                "controller {}: tasks still running after {:?}; aborting",
+                self.id,
+                self.shutdown_timeout
+            );
+            self.tasks.shutdown().await;
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("controller {}: raft shutdown: {e}", self.id);
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn voters_parse_and_bad_lists_are_refused() {
+        let voters = parse_voters("1@a:1, 2@b:2,3@127.0.0.1:50053").expect("valid");
+        assert_eq!(voters.len(), 3);
+        assert_eq!(voters[2], Voter { id: 3, addr: "127.0.0.1:50053".into() });
+        for bad in ["", "1@a", "x@a:1", "1@a:1,1@b:2", "1a:1"] {
+            assert!(parse_voters(bad).is_err(), "{bad}");
+        }
+    }
+}

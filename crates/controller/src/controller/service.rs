@@ -1,0 +1,609 @@
+//! `runnel.v1.ControllerService`, served by every controller node.
+//!
+//! - **Writes** are proposed with `client_write` on the Raft leader. A follower forwards the
+//!   call to the leader's ControllerService (the leader's Raft membership address: one gRPC
+//!   port serves both services), marked with [`FORWARDED_KEY`] so it is forwarded at most
+//!   once; a forwarded call that reaches a non-leader, or a leader that cannot be reached,
+//!   is answered NOT_CONTROLLER with the leader's address. Each write has a deadline
+//!   ([`ServiceConfig::write_timeout`]): without a quorum it fails with REQUEST_TIMED_OUT
+//!   ("no quorum") rather than hang. A write that timed out may still commit later.
+//! - **ListTopics and DescribeTopic** are linearizable: served on the leader after
+//!   `ensure_linearizable` (forwarded like writes).
+//! - **DescribeCluster** is served from the answering node's own view (Raft metrics and
+//!   applied image), which may lag the leader: it is for operators, and it must work when
+//!   there is no leader.
+//! - **WatchMetadata** is served from the node's own applied image (every node applies the
+//!   log), so brokers can watch any controller; the stream's versions never go back.
+//! - **Broker liveness** runs on the leader ([`liveness_task`]): heartbeat arrival times are
+//!   kept in memory, not in the state machine (time is not deterministic), and a new leader
+//!   starts every clock afresh, so each broker gets a full session timeout of grace.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{RaftMetrics, ServerState};
+use runnel_proto::pb::runnel::v1 as pb;
+use runnel_proto::pb::runnel::v1::controller_service_client::ControllerServiceClient;
+use runnel_proto::pb::runnel::v1::controller_service_server::{ControllerService, ControllerServiceServer};
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX};
+use super::error::{ControllerError, status_error_code};
+use super::machine::{MetadataMachine, MetadataResponse};
+use crate::metadata::{Applied, ClusterMetadata, Command, ErrorCode, Outcome};
+use crate::raft::{MachineEvent, MachineView, Node, NodeId, Raft};
+
+/// gRPC metadata key marking a call one controller forwarded to another.
+pub const FORWARDED_KEY: &str = "runnel-forwarded";
+
+/// Updates buffered per watcher before the node stops reading its applied events for it;
+/// a watcher that stays behind is resynced with a full image.
+pub const WATCH_BUFFER: usize = 64;
+
+/// How often a call waiting for a leader to be known looks again.
+const LEADER_POLL: Duration = Duration::from_millis(20);
+
+/// The service's timeouts and switches.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Deadline of one write (or linearizable read) on the leader.
+    pub write_timeout: Duration,
+    /// A broker whose last heartbeat is older than this is fenced.
+    pub session_timeout: Duration,
+    /// After unfencing a broker, move leadership back to preferred replicas.
+    pub restore_preferred_leaders: bool,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            write_timeout: Duration::from_secs(5),
+            session_timeout: Duration::from_secs(3),
+            restore_preferred_leaders: true,
+        }
+    }
+}
+
+/// Heartbeat clocks, valid for one leadership term.
+#[derive(Debug)]
+struct Liveness {
+    /// The term the clocks belong to; `None` while this node does not lead.
+    term: Option<u64>,
+    /// When this node started leading in `term`: a broker not heard from since counts from here.
+    started: Instant,
+    /// The last heartbeat of each broker in `term`.
+    last_seen: HashMap<u32, Instant>,
+}
+
+impl Liveness {
+    fn restart_if_new(&mut self, term: u64) {
+        if self.term != Some(term) {
+            self.term = Some(term);
+            self.started = Instant::now();
+            self.last_seen.clear();
+        }
+    }
+}
+
+/// What one node's service shares between calls and its liveness task.
+pub(crate) struct Shared {
+    id: NodeId,
+    raft: Raft<MetadataMachine>,
+    view: MachineView<MetadataMachine>,
+    config: ServiceConfig,
+    cancel: CancellationToken,
+    peers: Mutex<HashMap<String, ControllerServiceClient<Channel>>>,
+    liveness: Mutex<Liveness>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared").field("id", &self.id).field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// Where a call is served.
+enum Route {
+    Local,
+    Forward { client: ControllerServiceClient<Channel>, addr: String },
+}
+
+impl Shared {
+    pub(crate) fn new(
+        id: NodeId,
+        raft: Raft<MetadataMachine>,
+        view: MachineView<MetadataMachine>,
+        config: ServiceConfig,
+        cancel: CancellationToken,
+    ) -> Arc<Self> {
+        let liveness = Liveness { term: None, started: Instant::now(), last_seen: HashMap::new() };
+        Arc::new(Self {
+            id,
+            raft,
+            view,
+            config,
+            cancel,
+            peers: Mutex::default(),
+            liveness: Mutex::new(liveness),
+        })
+    }
+
+    fn metrics(&self) -> RaftMetrics<NodeId, Node> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    fn read<R>(&self, f: impl FnOnce(&ClusterMetadata) -> R) -> Result<R, ControllerError> {
+        self.view.read(|m, _| f(&m.image)).map_err(|e| ControllerError::Unavailable(e.to_string()))
+    }
+
+    fn client(&self, addr: &str) -> Result<ControllerServiceClient<Channel>, ControllerError> {
+        let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(client) = peers.get(addr) {
+            return Ok(client.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| ControllerError::Unavailable(format!("bad leader address {addr:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let client = ControllerServiceClient::new(channel)
+            .max_decoding_message_size(RESPONSE_BYTES_MAX)
+            .max_encoding_message_size(REQUEST_BYTES_MAX);
+        peers.insert(addr.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// Serve here if this node leads; otherwise forward to the leader, waiting up to the
+    /// write timeout for one to be elected.
+    async fn route<T>(&self, request: &Request<T>, deadline: Instant) -> Result<Route, ControllerError> {
+        let forwarded = request.metadata().contains_key(FORWARDED_KEY);
+        loop {
+            let metrics = self.metrics();
+            if metrics.state == ServerState::Leader {
+                return Ok(Route::Local);
+            }
+            if let Some(leader) = metrics.current_leader
+                && leader != self.id
+            {
+                let addr = metrics.membership_config.membership().get_node(&leader).map(|n| n.addr.clone());
+                return match addr {
+                    Some(addr) if !forwarded => Ok(Route::Forward { client: self.client(&addr)?, addr }),
+                    leader => Err(ControllerError::NotController { leader }),
+                };
+            }
+            if Instant::now() >= deadline {
+                return Err(ControllerError::NoQuorum { timeout: self.config.write_timeout });
+            }
+            tokio::time::sleep(LEADER_POLL).await;
+        }
+    }
+
+    /// Commits `command` through this node's Raft, which must lead.
+    pub(crate) async fn propose(&self, command: Command) -> Result<Applied, ControllerError> {
+        let timeout = self.config.write_timeout;
+        let written = match tokio::time::timeout(timeout, self.raft.client_write(command)).await {
+            Err(_elapsed) => return Err(ControllerError::NoQuorum { timeout }),
+            Ok(written) => written,
+        };
+        match written {
+            Ok(response) => match response.data {
+                MetadataResponse::Command(result) => Ok(result?),
+                MetadataResponse::None => {
+                    Err(ControllerError::Unavailable("the entry carried no command".into()))
+                }
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => {
+                Err(ControllerError::NotController { leader: to.leader_node.map(|n| n.addr) })
+            }
+            Err(e) => Err(ControllerError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Confirms this node still leads and has applied everything committed before now.
+    async fn linearize(&self) -> Result<(), ControllerError> {
+        let timeout = self.config.write_timeout;
+        match tokio::time::timeout(timeout, self.raft.ensure_linearizable()).await {
+            Err(_elapsed) => Err(ControllerError::NoQuorum { timeout }),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to)))) => {
+                Err(ControllerError::NotController { leader: to.leader_node.map(|n| n.addr) })
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                Err(ControllerError::NoQuorum { timeout })
+            }
+            Ok(Err(e)) => Err(ControllerError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// The current term if this node leads.
+    fn leader_term(&self) -> Option<u64> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        (metrics.state == ServerState::Leader).then_some(metrics.current_term)
+    }
+
+    fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
+        self.liveness.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn heartbeat(
+        &self,
+        request: pb::BrokerHeartbeatRequest,
+    ) -> Result<pb::BrokerHeartbeatResponse, ControllerError> {
+        let term = self.leader_term().ok_or(ControllerError::NotController { leader: None })?;
+        {
+            let mut liveness = self.liveness();
+            liveness.restart_if_new(term);
+            liveness.last_seen.insert(request.broker_id, Instant::now());
+        }
+        let reregister = pb::BrokerHeartbeatResponse { fenced: true, should_reregister: true };
+        let Some(broker) = self.read(|image| image.broker(request.broker_id).cloned())? else {
+            return Ok(reregister);
+        };
+        if broker.epoch != request.broker_epoch {
+            return Ok(reregister);
+        }
+        if broker.fenced && request.metadata_version >= broker.epoch {
+            match self.propose(Command::UnfenceBroker { id: broker.id, epoch: broker.epoch }).await {
+                Ok(_) => {}
+                Err(ControllerError::Command(e)) if e.code == ErrorCode::StaleBrokerEpoch => {
+                    return Ok(reregister);
+                }
+                Err(e) => return Err(e),
+            }
+            tracing::info!(broker = broker.id, epoch = broker.epoch, "broker unfenced");
+            if self.config.restore_preferred_leaders {
+                let elect = Command::ElectLeaders { partitions: None, preferred: true };
+                if let Err(e) = self.propose(elect).await {
+                    tracing::warn!("preferred leader election after unfencing {}: {e}", broker.id);
+                }
+            }
+            return Ok(pb::BrokerHeartbeatResponse { fenced: false, should_reregister: false });
+        }
+        Ok(pb::BrokerHeartbeatResponse { fenced: broker.fenced, should_reregister: false })
+    }
+
+    /// One liveness check: fences every unfenced broker silent past the session timeout.
+    async fn check_liveness(&self) {
+        let Some(term) = self.leader_term() else {
+            self.liveness().term = None;
+            return;
+        };
+        let expired = {
+            let mut liveness = self.liveness();
+            liveness.restart_if_new(term);
+            let now = Instant::now();
+            let session = self.config.session_timeout;
+            self.read(|image| {
+                image
+                    .live_brokers()
+                    .filter(|b| {
+                        let seen = liveness.last_seen.get(&b.id).copied().unwrap_or(liveness.started);
+                        now.duration_since(seen) > session
+                    })
+                    .map(|b| (b.id, b.epoch))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let expired = match expired {
+            Ok(expired) => expired,
+            Err(e) => {
+                tracing::error!("liveness check cannot read the metadata: {e}");
+                return;
+            }
+        };
+        for (id, epoch) in expired {
+            match self.propose(Command::FenceBroker { id, epoch }).await {
+                Ok(_) => tracing::warn!(broker = id, epoch, "broker missed its heartbeats; fenced"),
+                Err(e) => tracing::warn!(broker = id, "fencing failed: {e}"),
+            }
+        }
+    }
+}
+
+/// Fences brokers that stop heartbeating, while this node leads. Runs until `cancel`.
+pub(crate) async fn liveness_task(shared: Arc<Shared>) {
+    let tick =
+        (shared.config.session_timeout / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            _ = interval.tick() => shared.check_liveness().await,
+        }
+    }
+}
+
+/// The tonic implementation of `runnel.v1.ControllerService`.
+#[derive(Debug, Clone)]
+pub struct ControllerGrpcService {
+    shared: Arc<Shared>,
+}
+
+impl ControllerGrpcService {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// The tonic service to add to a server, with the message limits set.
+    pub fn into_server(self) -> ControllerServiceServer<Self> {
+        ControllerServiceServer::new(self)
+            .max_decoding_message_size(REQUEST_BYTES_MAX)
+            .max_encoding_message_size(RESPONSE_BYTES_MAX)
+    }
+}
+
+/// `message` as a forwarded call, with a deadline covering the leader's own.
+fn forwarded<T>(message: T, write_timeout: Duration) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(FORWARDED_KEY, tonic::metadata::MetadataValue::from_static("1"));
+    request.set_timeout(write_timeout + Duration::from_secs(1));
+    request
+}
+
+/// Whether a forwarded call failed because the leader could not be reached (rather than
+/// with the leader's own answer), so routing again may find a new leader.
+fn unreachable(status: &Status) -> bool {
+    status_error_code(status).is_none() && status.code() == tonic::Code::Unavailable
+}
+
+/// A status from a forwarded call: the leader's own answer as it is; a transport failure
+/// (the leader is unreachable) as NOT_CONTROLLER naming it.
+fn forward_failed(status: Status, addr: String) -> Status {
+    if status_error_code(&status).is_none() {
+        tracing::debug!("forwarding to {addr} failed: {status}");
+        return ControllerError::NotController { leader: Some(addr) }.into();
+    }
+    status
+}
+
+/// Serves the call locally on the leader, or returns the leader's answer to it. A leader
+/// that cannot be reached is routed around until the write timeout: a follower keeps naming
+/// a dead leader until its election timeout. A call the unreachable leader had received
+/// may then be retried (it was never answered), as a client retry would.
+macro_rules! forward_unless_leader {
+    ($self:ident, $request:ident, $method:ident) => {
+        let write_timeout = $self.shared.config.write_timeout;
+        let deadline = Instant::now() + write_timeout;
+        loop {
+            let Route::Forward { mut client, addr } = $self.shared.route(&$request, deadline).await? else {
+                break;
+            };
+            let request = forwarded($request.get_ref().clone(), write_timeout);
+            match client.$method(request).await {
+                Ok(response) => return Ok(response),
+                Err(status) if unreachable(&status) && Instant::now() < deadline => {
+                    tracing::debug!("leader {addr} unreachable, routing again: {status}");
+                    tokio::time::sleep(LEADER_POLL).await;
+                }
+                Err(status) => return Err(forward_failed(status, addr)),
+            }
+        }
+    };
+}
+
+type WatchStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::MetadataUpdate, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ControllerService for ControllerGrpcService {
+    async fn register_broker(
+        &self,
+        request: Request<pb::RegisterBrokerRequest>,
+    ) -> Result<Response<pb::RegisterBrokerResponse>, Status> {
+        forward_unless_leader!(self, request, register_broker);
+        let command = Command::try_from(request.into_inner())?;
+        match self.shared.propose(command).await?.outcome {
+            Outcome::BrokerRegistered { epoch, .. } => {
+                Ok(Response::new(pb::RegisterBrokerResponse { broker_epoch: epoch }))
+            }
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn broker_heartbeat(
+        &self,
+        request: Request<pb::BrokerHeartbeatRequest>,
+    ) -> Result<Response<pb::BrokerHeartbeatResponse>, Status> {
+        forward_unless_leader!(self, request, broker_heartbeat);
+        Ok(Response::new(self.shared.heartbeat(request.into_inner()).await?))
+    }
+
+    type WatchMetadataStream = WatchStream;
+
+    async fn watch_metadata(
+        &self,
+        _request: Request<pb::WatchMetadataRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(watch(Arc::clone(&self.shared), tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn alter_partition(
+        &self,
+        request: Request<pb::AlterPartitionRequest>,
+    ) -> Result<Response<pb::AlterPartitionResponse>, Status> {
+        forward_unless_leader!(self, request, alter_partition);
+        let command = Command::try_from(request.into_inner())?;
+        match self.shared.propose(command).await?.outcome {
+            Outcome::PartitionAltered { partition, state, .. } => {
+                Ok(Response::new(pb::AlterPartitionResponse {
+                    state: Some(convert::partition_info(partition, &state)),
+                }))
+            }
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn create_topic(
+        &self,
+        request: Request<pb::CreateTopicRequest>,
+    ) -> Result<Response<pb::CreateTopicResponse>, Status> {
+        forward_unless_leader!(self, request, create_topic);
+        let command = Command::try_from(request.into_inner())?;
+        match self.shared.propose(command).await?.outcome {
+            Outcome::TopicCreated(topic) => {
+                Ok(Response::new(pb::CreateTopicResponse { topic: Some(convert::topic_info(&topic)) }))
+            }
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<pb::DeleteTopicRequest>,
+    ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
+        forward_unless_leader!(self, request, delete_topic);
+        let command = Command::try_from(request.into_inner())?;
+        match self.shared.propose(command).await?.outcome {
+            Outcome::TopicDeleted { id, .. } => {
+                Ok(Response::new(pb::DeleteTopicResponse { topic_id: id.0.to_vec() }))
+            }
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn list_topics(
+        &self,
+        request: Request<pb::ListTopicsRequest>,
+    ) -> Result<Response<pb::ListTopicsResponse>, Status> {
+        forward_unless_leader!(self, request, list_topics);
+        self.shared.linearize().await?;
+        let response = self.shared.read(|image| pb::ListTopicsResponse {
+            topics: image
+                .topics()
+                .map(|t| pb::TopicListing {
+                    name: t.name.clone(),
+                    topic_id: t.id.0.to_vec(),
+                    partitions: t.partition_count(),
+                    replication_factor: u32::from(t.replication_factor()),
+                })
+                .collect(),
+            metadata_version: image.version(),
+        })?;
+        Ok(Response::new(response))
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<pb::DescribeTopicRequest>,
+    ) -> Result<Response<pb::DescribeTopicResponse>, Status> {
+        forward_unless_leader!(self, request, describe_topic);
+        let name = request.into_inner().name;
+        self.shared.linearize().await?;
+        let (topic, version) =
+            self.shared.read(|image| (image.topic(&name).map(convert::topic_info), image.version()))?;
+        let Some(topic) = topic else {
+            let missing = crate::metadata::CommandError::new(
+                ErrorCode::UnknownTopicOrPartition,
+                format!("topic {name} does not exist"),
+            );
+            return Err(ControllerError::Command(missing).into());
+        };
+        Ok(Response::new(pb::DescribeTopicResponse { topic: Some(topic), metadata_version: version }))
+    }
+
+    async fn describe_cluster(
+        &self,
+        _request: Request<pb::DescribeClusterRequest>,
+    ) -> Result<Response<pb::DescribeClusterResponse>, Status> {
+        let metrics = self.shared.metrics();
+        let membership = metrics.membership_config.membership();
+        let leads = metrics.state == ServerState::Leader;
+        let voters = membership
+            .voter_ids()
+            .map(|id| {
+                let address = membership.get_node(&id).map(|n| n.addr.clone()).unwrap_or_default();
+                let is_self = id == metrics.id;
+                let matched = if is_self {
+                    metrics.last_log_index
+                } else if leads {
+                    metrics.replication.as_ref().and_then(|r| r.get(&id).copied().flatten()).map(|l| l.index)
+                } else {
+                    None
+                };
+                pb::VoterInfo {
+                    node_id: id,
+                    address,
+                    term: if is_self || (leads && matched.is_some()) { metrics.current_term } else { 0 },
+                    matched_index: matched.unwrap_or(0),
+                    applied_index: if is_self { metrics.last_applied.map_or(0, |l| l.index) } else { 0 },
+                    is_leader: metrics.current_leader == Some(id),
+                }
+            })
+            .collect();
+        let leader_address = metrics
+            .current_leader
+            .and_then(|l| membership.get_node(&l).map(|n| n.addr.clone()))
+            .unwrap_or_default();
+        let (brokers, version) = self
+            .shared
+            .read(|image| (image.brokers().map(convert::broker_info).collect(), image.version()))?;
+        Ok(Response::new(pb::DescribeClusterResponse {
+            leader_id: metrics.current_leader.unwrap_or(0),
+            leader_address,
+            voters,
+            brokers,
+            answered_by: metrics.id,
+            metadata_version: version,
+        }))
+    }
+}
+
+/// Feeds one watcher: a full image, then each change's deltas; a full image again after a
+/// lag or a snapshot install. Ends when the watcher goes away or the node shuts down.
+async fn watch(shared: Arc<Shared>, tx: mpsc::Sender<Result<pb::MetadataUpdate, Status>>) {
+    use pb::metadata_update::Update;
+    loop {
+        let subscribed = shared.view.subscribe(|m, _| m.image.clone());
+        let (image, mut events) = match subscribed {
+            Ok(subscribed) => subscribed,
+            Err(e) => {
+                let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+                return;
+            }
+        };
+        let first = pb::MetadataUpdate {
+            version: image.version(),
+            update: Some(Update::Image(convert::image(&image))),
+        };
+        drop(image);
+        if tx.send(Ok(first)).await.is_err() {
+            return;
+        }
+        loop {
+            let event = tokio::select! {
+                _ = shared.cancel.cancelled() => return,
+                _ = tx.closed() => return,
+                event = events.recv() => event,
+            };
+            let update = match event {
+                Ok(MachineEvent::Applied { index, response: MetadataResponse::Command(Ok(applied)) })
+                    if !applied.deltas.is_empty() =>
+                {
+                    let deltas = applied.deltas.iter().map(convert::delta).collect();
+                    pb::MetadataUpdate {
+                        version: index,
+                        update: Some(Update::Deltas(pb::MetadataDeltas { deltas })),
+                    }
+                }
+                Ok(MachineEvent::Applied { .. }) => continue,
+                Ok(MachineEvent::Replaced) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            if tx.send(Ok(update)).await.is_err() {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,394 @@
+//! In-process controller clusters on 127.0.0.1: real nodes, real sockets, temp dirs.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use runnel_proto::pb::runnel::v1 as pb;
+use runnel_proto::pb::runnel::v1::controller_service_client::ControllerServiceClient;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use super::*;
+use crate::metadata::ErrorCode;
+
+const POLL: Duration = Duration::from_millis(20);
+/// Every test's hard bound.
+const TEST_TIMEOUT: Duration = Duration::from_secs(25);
+
+fn config(id: u64, dir: &Path, voters: &[Voter], session_timeout: Duration) -> ControllerConfig {
+    let mut config = ControllerConfig::new(id, dir, voters.to_vec());
+    config.heartbeat_interval = Duration::from_millis(100);
+    config.election_timeout_min = Duration::from_millis(400);
+    config.election_timeout_max = Duration::from_millis(800);
+    config.service.write_timeout = Duration::from_secs(2);
+    config.service.session_timeout = session_timeout;
+    config.shutdown_timeout = Duration::from_secs(2);
+    config
+}
+
+struct Cluster {
+    dirs: Vec<tempfile::TempDir>,
+    voters: Vec<Voter>,
+    nodes: Vec<Option<Controller>>,
+    session_timeout: Duration,
+}
+
+impl Cluster {
+    async fn start(n: u64, session_timeout: Duration) -> anyhow::Result<Cluster> {
+        let mut listeners = Vec::new();
+        let mut voters = Vec::new();
+        let mut dirs = Vec::new();
+        for id in 1..=n {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            voters.push(Voter { id, addr: listener.local_addr()?.to_string() });
+            listeners.push(listener);
+            dirs.push(tempfile::tempdir()?);
+        }
+        let mut nodes = Vec::new();
+        for (listener, (voter, dir)) in listeners.into_iter().zip(voters.iter().zip(&dirs)) {
+            let config = config(voter.id, dir.path(), &voters, session_timeout);
+            nodes.push(Some(Controller::start(config, listener).await?));
+        }
+        Ok(Cluster { dirs, voters, nodes, session_timeout })
+    }
+
+    async fn stop(&mut self, id: u64) {
+        if let Some(node) = self.nodes[(id - 1) as usize].take() {
+            node.shutdown().await;
+        }
+    }
+
+    /// Restarts node `id` from its data dir on its old address.
+    async fn restart(&mut self, id: u64, deadline: Instant) -> anyhow::Result<()> {
+        let index = (id - 1) as usize;
+        loop {
+            let attempt = async {
+                let listener = TcpListener::bind(&self.voters[index].addr).await?;
+                let config = config(id, self.dirs[index].path(), &self.voters, self.session_timeout);
+                anyhow::Ok(Controller::start(config, listener).await?)
+            };
+            match attempt.await {
+                Ok(node) => {
+                    self.nodes[index] = Some(node);
+                    return Ok(());
+                }
+                Err(e) if Instant::now() < deadline => {
+                    tracing::info!("restart of {id} failed, retrying: {e}");
+                    tokio::time::sleep(POLL).await;
+                }
+                Err(e) => return Err(e.context(format!("restart node {id}"))),
+            }
+        }
+    }
+
+    fn running(&self) -> impl Iterator<Item = &Controller> {
+        self.nodes.iter().flatten()
+    }
+
+    /// Waits until the running nodes agree on a leader among them.
+    async fn leader(&self, deadline: Instant) -> anyhow::Result<u64> {
+        loop {
+            let named: Vec<_> = self.running().map(|n| n.raft().metrics().borrow().current_leader).collect();
+            if let Some(Some(leader)) = named.first().copied()
+                && named.iter().all(|l| *l == Some(leader))
+                && self.running().any(|n| n.id() == leader)
+            {
+                return Ok(leader);
+            }
+            if Instant::now() >= deadline {
+                bail!("no agreed leader by the deadline: {named:?}");
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn client(&self, id: u64) -> anyhow::Result<ControllerServiceClient<Channel>> {
+        let addr = &self.voters[(id - 1) as usize].addr;
+        Ok(ControllerServiceClient::connect(format!("http://{addr}")).await?)
+    }
+
+    async fn shutdown(mut self) {
+        for id in 1..=self.nodes.len() as u64 {
+            self.stop(id).await;
+        }
+    }
+}
+
+fn endpoints(id: u32) -> pb::BrokerEndpoints {
+    pb::BrokerEndpoints {
+        grpc: format!("broker{id}:9000"),
+        kafka: format!("broker{id}:9092"),
+        http: format!("broker{id}:8080"),
+    }
+}
+
+/// Registers broker `id` and heartbeats once as caught up, so it is unfenced. Its epoch.
+async fn register(client: &mut ControllerServiceClient<Channel>, id: u32) -> anyhow::Result<u64> {
+    let request = pb::RegisterBrokerRequest {
+        broker_id: id,
+        endpoints: Some(endpoints(id)),
+        rack: String::new(),
+        incarnation_id: vec![],
+    };
+    let epoch = client.register_broker(request).await?.into_inner().broker_epoch;
+    let beat = pb::BrokerHeartbeatRequest { broker_id: id, broker_epoch: epoch, metadata_version: epoch };
+    let answer = client.broker_heartbeat(beat).await?.into_inner();
+    ensure!(!answer.fenced && !answer.should_reregister, "broker {id} still fenced: {answer:?}");
+    Ok(epoch)
+}
+
+fn create(name: &str, partitions: u32) -> pb::CreateTopicRequest {
+    pb::CreateTopicRequest {
+        name: name.into(),
+        partitions,
+        replication_factor: 3,
+        configs: Default::default(),
+    }
+}
+
+fn follower_of(leader: u64) -> u64 {
+    if leader == 1 { 2 } else { 1 }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_forms_by_itself_and_serves_topics_through_any_node() -> anyhow::Result<()> {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(20);
+        let cluster = Cluster::start(3, Duration::from_secs(60)).await?;
+
+        // Phase 1: no manual init; the three nodes elect a leader.
+        let leader = cluster.leader(deadline).await?;
+        let follower = follower_of(leader);
+        let mut client = cluster.client(follower).await?;
+
+        // Phase 2: a watcher on a follower sees the full image first.
+        let mut watch = cluster.client(follower).await?.watch_metadata(pb::WatchMetadataRequest {}).await?.into_inner();
+        let first = watch.message().await?.context("the watch ends")?;
+        ensure!(matches!(first.update, Some(pb::metadata_update::Update::Image(_))), "first update is not an image");
+
+        // Phase 3: brokers register through the follower; a topic is created through it.
+        for id in 1..=3 {
+            register(&mut client, id).await?;
+        }
+        let created = client.create_topic(create("orders", 6)).await?.into_inner().topic.context("topic")?;
+        ensure!(created.partitions.len() == 6);
+        let described = client
+            .describe_topic(pb::DescribeTopicRequest { name: "orders".into() })
+            .await?
+            .into_inner()
+            .topic
+            .context("topic")?;
+        let mut leaders: BTreeMap<i64, usize> = BTreeMap::new();
+        for p in &described.partitions {
+            ensure!(p.replicas.len() == 3 && p.isr.len() == 3, "partition {p:?}");
+            *leaders.entry(p.leader).or_default() += 1;
+        }
+        ensure!(leaders.len() == 3 && leaders.values().all(|&n| n == 2), "leaders unbalanced: {leaders:?}");
+
+        // Phase 4: a duplicate is refused with TOPIC_ALREADY_EXISTS (36) in the metadata.
+        let duplicate = client.create_topic(create("orders", 1)).await.expect_err("duplicate");
+        ensure!(duplicate.code() == tonic::Code::AlreadyExists, "{duplicate:?}");
+        ensure!(duplicate.metadata().get(ERROR_CODE_KEY).is_some_and(|v| v == "36"), "{duplicate:?}");
+        ensure!(status_error_code(&duplicate) == Some(ErrorCode::TopicAlreadyExists));
+
+        // Phase 5: concurrent creates of one name through every node: exactly one succeeds.
+        let mut racers = Vec::new();
+        for i in 0..9u64 {
+            let mut client = cluster.client(i % 3 + 1).await?;
+            racers.push(tokio::spawn(async move { client.create_topic(create("race", 3)).await }));
+        }
+        let mut wins = 0;
+        for racer in racers {
+            match racer.await? {
+                Ok(_) => wins += 1,
+                Err(status) => ensure!(status_error_code(&status) == Some(ErrorCode::TopicAlreadyExists), "{status:?}"),
+            }
+        }
+        ensure!(wins == 1, "{wins} creates of one name succeeded");
+        let listed = client.list_topics(pb::ListTopicsRequest {}).await?.into_inner();
+        let names: Vec<_> = listed.topics.iter().map(|t| t.name.as_str()).collect();
+        ensure!(names == ["orders", "race"], "{names:?}");
+
+        // Phase 6: the watcher got the registrations and then the creation's deltas.
+        let mut created_seen = false;
+        let mut last_version = first.version;
+        while !created_seen {
+            let update = tokio::time::timeout_at(deadline, watch.message()).await??.context("watch ended")?;
+            ensure!(update.version > last_version, "versions go back");
+            last_version = update.version;
+            if let Some(pb::metadata_update::Update::Deltas(d)) = update.update {
+                created_seen = d.deltas.iter().any(|d| {
+                    matches!(&d.change, Some(pb::metadata_delta::Change::TopicCreated(t)) if t.name == "orders")
+                });
+            }
+        }
+
+        // Phase 7: DescribeCluster on a follower names the leader and the voters.
+        let cluster_view = client.describe_cluster(pb::DescribeClusterRequest {}).await?.into_inner();
+        ensure!(cluster_view.leader_id == leader && cluster_view.voters.len() == 3, "{cluster_view:?}");
+        ensure!(cluster_view.brokers.iter().all(|b| !b.fenced) && cluster_view.brokers.len() == 3);
+
+        eprintln!("formed, served and watched in {:?}", started.elapsed());
+        cluster.shutdown().await;
+        Ok(())
+    })
+    .await
+    .context("test timed out")?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_quorum_writes_fail_in_time_and_a_full_restart_keeps_every_topic() -> anyhow::Result<()> {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(22);
+        let mut cluster = Cluster::start(3, Duration::from_secs(60)).await?;
+        let leader = cluster.leader(deadline).await?;
+        let mut client = cluster.client(leader).await?;
+        for id in 1..=3 {
+            register(&mut client, id).await?;
+        }
+        client.create_topic(create("kept", 3)).await?;
+
+        // Phase 1: two of three nodes stop; a write through the survivor fails in time.
+        let survivor = follower_of(leader);
+        for id in (1..=3).filter(|&id| id != survivor) {
+            cluster.stop(id).await;
+        }
+        let mut client = cluster.client(survivor).await?;
+        let asked = Instant::now();
+        let failed = client.create_topic(create("lost", 1)).await.expect_err("no quorum");
+        let took = asked.elapsed();
+        ensure!(took < Duration::from_secs(4), "the write took {took:?}");
+        ensure!(failed.code() == tonic::Code::Unavailable, "{failed:?}");
+        ensure!(status_error_code(&failed) == Some(ErrorCode::RequestTimedOut), "{failed:?}");
+        ensure!(failed.message().contains("no quorum"), "{failed:?}");
+
+        // Phase 2: one node returns; writes succeed again.
+        let back = (1..=3).find(|&id| id != survivor).context("a stopped node")?;
+        cluster.restart(back, deadline).await?;
+        loop {
+            match client.create_topic(create("after", 1)).await {
+                Ok(_) => break,
+                Err(e)
+                    if Instant::now() < deadline
+                        && status_error_code(&e) != Some(ErrorCode::TopicAlreadyExists) =>
+                {
+                    tokio::time::sleep(POLL).await
+                }
+                Err(e) if status_error_code(&e) == Some(ErrorCode::TopicAlreadyExists) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+
+        // Phase 3: every node stops and restarts from its data dir: no re-init, all topics kept.
+        for id in 1..=3 {
+            cluster.stop(id).await;
+        }
+        for id in 1..=3 {
+            cluster.restart(id, deadline).await?;
+        }
+        cluster.leader(deadline).await?;
+        let mut client = cluster.client(survivor).await?;
+        let names: Vec<String> = loop {
+            match client.list_topics(pb::ListTopicsRequest {}).await {
+                Ok(listed) => break listed.into_inner().topics.into_iter().map(|t| t.name).collect(),
+                Err(e) if Instant::now() < deadline => {
+                    tracing::info!("list after restart: {e}");
+                    tokio::time::sleep(POLL).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        ensure!(names == ["after", "kept"], "{names:?}");
+
+        eprintln!("no-quorum write failed in {took:?}; test took {:?}", started.elapsed());
+        cluster.shutdown().await;
+        Ok(())
+    })
+    .await
+    .context("test timed out")?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_broker_is_fenced_and_its_partitions_get_new_leaders() -> anyhow::Result<()> {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(20);
+        let session = Duration::from_millis(1500);
+        let cluster = Cluster::start(3, session).await?;
+        let leader = cluster.leader(deadline).await?;
+        let mut client = cluster.client(follower_of(leader)).await?;
+        let mut epochs = BTreeMap::new();
+        for id in 1..=3 {
+            epochs.insert(id, register(&mut client, id).await?);
+        }
+        client.create_topic(create("events", 6)).await?;
+        let before =
+            client.describe_topic(pb::DescribeTopicRequest { name: "events".into() }).await?.into_inner();
+        let before = before.topic.context("topic")?;
+
+        // Phase 1: brokers 1 and 2 keep heartbeating; broker 3 goes silent after two sessions.
+        let beat_until = |id: u32, until: Instant| {
+            let mut client = client.clone();
+            let epoch = epochs[&id];
+            async move {
+                while Instant::now() < until {
+                    let beat = pb::BrokerHeartbeatRequest {
+                        broker_id: id,
+                        broker_epoch: epoch,
+                        metadata_version: epoch,
+                    };
+                    let answer = client.broker_heartbeat(beat).await?.into_inner();
+                    ensure!(!answer.fenced, "broker {id} fenced while heartbeating");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                anyhow::Ok(())
+            }
+        };
+        let quiet_at = Instant::now() + session * 2;
+        let live = tokio::spawn({
+            let a = beat_until(1, deadline - Duration::from_secs(2));
+            let b = beat_until(2, deadline - Duration::from_secs(2));
+            async move { tokio::try_join!(a, b) }
+        });
+        beat_until(3, quiet_at).await?;
+        let silent_since = Instant::now();
+
+        // Phase 2: broker 3 is fenced within the session timeout + 1 s.
+        loop {
+            let view = client.describe_cluster(pb::DescribeClusterRequest {}).await?.into_inner();
+            if view.brokers.iter().any(|b| b.broker_id == 3 && b.fenced) {
+                break;
+            }
+            ensure!(silent_since.elapsed() < session + Duration::from_secs(1), "broker 3 not fenced in time");
+            tokio::time::sleep(POLL).await;
+        }
+        let fenced_after = silent_since.elapsed();
+
+        // Phase 3: what it led moved to ISR members with a higher leader epoch; it left the ISRs.
+        let after =
+            client.describe_topic(pb::DescribeTopicRequest { name: "events".into() }).await?.into_inner();
+        let after = after.topic.context("topic")?;
+        for (old, new) in before.partitions.iter().zip(&after.partitions) {
+            ensure!(!new.isr.contains(&3), "broker 3 still in the ISR of {new:?}");
+            if old.leader == 3 {
+                ensure!(new.leader != 3 && new.leader >= 0, "no new leader: {new:?}");
+                ensure!(old.isr.contains(&(new.leader as u32)), "leader from outside the ISR: {new:?}");
+                ensure!(new.leader_epoch > old.leader_epoch, "epoch did not rise: {old:?} -> {new:?}");
+            } else {
+                ensure!(new.leader == old.leader, "a healthy leader moved: {old:?} -> {new:?}");
+            }
+        }
+        live.abort();
+
+        eprintln!("broker fenced {fenced_after:?} after going silent; test took {:?}", started.elapsed());
+        cluster.shutdown().await;
+        Ok(())
+    })
+    .await
+    .context("test timed out")?
+}
