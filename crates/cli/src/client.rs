@@ -16,6 +16,9 @@ use tonic::transport::{Channel, Endpoint};
 
 /// Deadline of one call (a write waits up to the controller's own 5 s write timeout).
 const CALL_TIMEOUT: Duration = Duration::from_secs(8);
+/// Deadline of asking one voter about itself in `cluster status` (a paused voter must not
+/// hold the command up for long).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long to try connecting to one address.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Largest answer accepted.
@@ -80,23 +83,29 @@ impl From<tonic::Status> for ClientError {
     }
 }
 
-/// Whether the call never reached a controller (so another address may answer).
+/// Whether the call got no controller's answer (refused, or timed out: a paused node), so
+/// another address may answer.
 fn unreachable(status: &tonic::Status) -> bool {
-    status.metadata().get("runnel-error-code").is_none() && status.code() == tonic::Code::Unavailable
+    use tonic::Code::{Cancelled, DeadlineExceeded, Unavailable};
+    status.metadata().get("runnel-error-code").is_none()
+        && matches!(status.code(), Unavailable | DeadlineExceeded | Cancelled)
 }
 
-fn connect(addr: &str) -> Result<ControllerServiceClient<Channel>, tonic::Status> {
+fn connect(addr: &str, timeout: Duration) -> Result<ControllerServiceClient<Channel>, tonic::Status> {
     let channel = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| tonic::Status::invalid_argument(format!("bad address {addr:?}: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT)
+        .timeout(timeout)
         .connect_lazy();
     Ok(ControllerServiceClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX))
 }
 
 /// Calls `call` on the bootstrap addresses in turn until one answers.
 macro_rules! call {
-    ($addrs:expr, $method:ident, $request:expr) => {{
+    ($addrs:expr, $method:ident, $request:expr) => {
+        call!($addrs, $method, $request, CALL_TIMEOUT)
+    };
+    ($addrs:expr, $method:ident, $request:expr, $timeout:expr) => {{
         let mut addrs: Vec<String> = $addrs.clone();
         let mut last = tonic::Status::unavailable("no bootstrap address");
         let mut followed = false;
@@ -104,7 +113,7 @@ macro_rules! call {
         loop {
             let Some(addr) = addrs.get(i).cloned() else { break Err(last) };
             i += 1;
-            let answer = match connect(&addr) {
+            let answer = match connect(&addr, $timeout) {
                 Ok(mut client) => client.$method($request.clone()).await,
                 Err(status) => Err(status),
             };
@@ -141,12 +150,17 @@ pub(crate) fn bootstrap(list: &str) -> Vec<String> {
 /// `runnel cluster status`.
 pub(crate) async fn cluster_status(addrs: &[String]) -> Result<Value, ClientError> {
     let addrs = addrs.to_vec();
-    let cluster: pb::DescribeClusterResponse = call!(addrs, describe_cluster, pb::DescribeClusterRequest {})?;
+    let cluster: pb::DescribeClusterResponse =
+        call!(addrs, describe_cluster, pb::DescribeClusterRequest {}, PROBE_TIMEOUT)?;
     // Each voter knows its own term and indexes exactly: ask each one.
     let mut voters = Vec::new();
     for voter in &cluster.voters {
-        let own: Result<pb::DescribeClusterResponse, _> =
-            call!(vec![voter.address.clone()], describe_cluster, pb::DescribeClusterRequest {});
+        let own: Result<pb::DescribeClusterResponse, _> = call!(
+            vec![voter.address.clone()],
+            describe_cluster,
+            pb::DescribeClusterRequest {},
+            PROBE_TIMEOUT
+        );
         let own = own.ok().and_then(|c| c.voters.into_iter().find(|v| v.node_id == voter.node_id));
         voters.push(json!({
             "id": voter.node_id,
