@@ -25,6 +25,9 @@ fn config(id: u64, dir: &Path, voters: &[Voter], session_timeout: Duration) -> C
     config.election_timeout_max = Duration::from_millis(800);
     config.service.write_timeout = Duration::from_secs(2);
     config.service.session_timeout = session_timeout;
+    // These tests heartbeat by hand and not after a failover: a new leader gives them a full
+    // session timeout.
+    config.service.session_grace = session_timeout;
     config.shutdown_timeout = Duration::from_secs(2);
     config
 }
@@ -386,6 +389,69 @@ async fn a_silent_broker_is_fenced_and_its_partitions_get_new_leaders() -> anyho
         live.abort();
 
         eprintln!("broker fenced {fenced_after:?} after going silent; test took {:?}", started.elapsed());
+        cluster.shutdown().await;
+        Ok(())
+    })
+    .await
+    .context("test timed out")?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_whose_session_ends_is_fenced_at_once() -> anyhow::Result<()> {
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // A session timeout far beyond the test: only the session's end can fence.
+        let cluster = Cluster::start(3, Duration::from_secs(60)).await?;
+        let leader = cluster.leader(deadline).await?;
+
+        // Phase 1: a follower refuses a session and names the leader.
+        let (_keep, rx) = mpsc::channel::<pb::BrokerHeartbeatRequest>(1);
+        let refused = cluster
+            .client(follower_of(leader))
+            .await?
+            .broker_session(ReceiverStream::new(rx))
+            .await
+            .expect_err("a follower serves no session");
+        ensure!(status_error_code(&refused) == Some(ErrorCode::NotController), "{refused:?}");
+        let leader_addr = &cluster.voters[(leader - 1) as usize].addr;
+        ensure!(refused.metadata().get(LEADER_KEY).is_some_and(|v| v == leader_addr.as_str()), "{refused:?}");
+
+        // Phase 2: a registered broker heartbeats over a session on the leader.
+        let mut client = cluster.client(leader).await?;
+        let epoch = register(&mut client, 1).await?;
+        let (tx, rx) = mpsc::channel(4);
+        let mut answers = client.broker_session(ReceiverStream::new(rx)).await?.into_inner();
+        for _ in 0..3 {
+            tx.send(pb::BrokerHeartbeatRequest {
+                broker_id: 1,
+                broker_epoch: epoch,
+                metadata_version: epoch,
+            })
+            .await?;
+            let answer = answers.message().await?.context("the session ends")?;
+            ensure!(!answer.fenced && !answer.should_reregister, "{answer:?}");
+        }
+
+        // Phase 3: the session ends (as when the process dies): fenced within a second.
+        let ended = Instant::now();
+        drop(tx);
+        drop(answers);
+        let node = cluster.running().find(|n| n.id() == leader).context("leader runs")?;
+        loop {
+            let fenced = node.image()?.broker(1).context("broker 1")?.fenced;
+            if fenced {
+                break;
+            }
+            ensure!(ended.elapsed() < Duration::from_secs(1), "not fenced within 1 s of the session's end");
+            tokio::time::sleep(POLL).await;
+        }
+
+        // Phase 4: a unary heartbeat from the live broker unfences it again.
+        let beat =
+            pb::BrokerHeartbeatRequest { broker_id: 1, broker_epoch: epoch, metadata_version: u64::MAX };
+        ensure!(!client.broker_heartbeat(beat).await?.into_inner().fenced);
         cluster.shutdown().await;
         Ok(())
     })
