@@ -49,6 +49,13 @@ start() {
     local n=$1 d
     d=$(dir "$n")
     if alive "$n"; then echo "node $n already running (pid $(pid_of "$n"))"; return; fi
+    local port
+    for port in $((50050 + n)) $((8080 + n)); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            die "port $port is already in use by another process, so node $n cannot start" \
+                "(another cluster with a different RUNNEL_HOME?)"
+        fi
+    done
     mkdir -p "$d"
     nohup "$bin" node --id "$n" --data-dir "$d/data" --controller-voters "$voters" \
         --grpc-addr "127.0.0.1:$((50050 + n))" --http-addr "$(http "$n")" \
@@ -60,7 +67,8 @@ start() {
 wait_ready() {
     local deadline=$((SECONDS + ready_timeout_s)) n
     for n in "$@"; do
-        until [[ $(readyz "$n") == 200 ]]; do
+        # Our own process must be alive too: another process on the port could answer.
+        until alive "$n" && [[ $(readyz "$n") == 200 ]]; do
             alive "$n" || die "node $n exited; see $(dir "$n")/node.log"
             ((SECONDS < deadline)) || die "node $n not ready after ${ready_timeout_s}s; see $(dir "$n")/node.log"
             sleep 0.2

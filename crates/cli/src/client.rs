@@ -311,16 +311,26 @@ pub(crate) fn text(kind: &str, value: &Value) -> String {
                     out += &format!("  config {k}={}\n", opt(v));
                 }
             }
-            out += "  PARTITION  LEADER  REPLICAS  ISR  LEADER_EPOCH\n";
-            for p in value["partitions"].as_array().into_iter().flatten() {
-                out += &format!(
-                    "  {:<10} {:<7} {:<9} {:<4} {}\n",
-                    opt(&p["partition"]),
-                    opt(&p["leader"]),
-                    list(&p["replicas"]),
-                    list(&p["isr"]),
-                    p["leader_epoch"]
-                );
+            let rows: Vec<[String; 5]> = value["partitions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    [
+                        opt(&p["partition"]),
+                        opt(&p["leader"]),
+                        list(&p["replicas"]),
+                        list(&p["isr"]),
+                        p["leader_epoch"].to_string(),
+                    ]
+                })
+                .collect();
+            let header = ["PARTITION", "LEADER", "REPLICAS", "ISR", "LEADER_EPOCH"];
+            let width = |i: usize| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0);
+            let widths: Vec<usize> = (0..5).map(width).collect();
+            for row in std::iter::once(header.map(String::from)).chain(rows) {
+                let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+                out += &format!("  {}\n", cells.join("  ").trim_end());
             }
         }
         "list" => {
