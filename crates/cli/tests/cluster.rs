@@ -1,0 +1,411 @@
+//! Acceptance tests of the metadata controller on three real `runnel node` processes.
+//!
+//! Every wait is a poll against a deadline; every figure a test asserts on is also printed
+//! (run with `--nocapture` to see them).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use runnel_proto::pb::runnel::v1::{CreateTopicRequest, DescribeTopicRequest, PartitionInfo, TopicInfo};
+use runnel_testkit::{Cluster, ClusterOpts, POLL_INTERVAL, error_name};
+
+/// Fast liveness so a dead broker is fenced well within the 1 s the fencing tests allow.
+const SESSION_TIMEOUT_MS: u64 = 600;
+const HEARTBEAT_INTERVAL_MS: u64 = 100;
+
+/// The node's bound on a metadata write that cannot reach a quorum.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Slack over [`WRITE_TIMEOUT`] for process start-up and scheduling on a loaded machine.
+const WRITE_TIMEOUT_MARGIN: Duration = Duration::from_secs(3);
+
+fn opts() -> ClusterOpts {
+    let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_runnel"));
+    opts.session_timeout_ms = Some(SESSION_TIMEOUT_MS);
+    opts.heartbeat_interval_ms = Some(HEARTBEAT_INTERVAL_MS);
+    opts
+}
+
+fn start3() -> Cluster {
+    Cluster::start(3, opts()).unwrap_or_else(|e| panic!("cluster start: {e:#}"))
+}
+
+fn rpc_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+
+/// `runnel topic create NAME --partitions P --replication-factor R` against every node.
+fn create_topic_cli(cluster: &Cluster, name: &str, partitions: u32, rf: u32) -> runnel_testkit::CliOutput {
+    let (p, r) = (partitions.to_string(), rf.to_string());
+    cluster.runnel_with_timeout(
+        &["topic", "create", name, "--partitions", &p, "--replication-factor", &r],
+        Duration::from_secs(20),
+    )
+}
+
+async fn create_topic(cluster: &Cluster, via: u64, name: &str, partitions: u32, rf: u32) -> TopicInfo {
+    let mut c = cluster.controller_client(via).await.unwrap();
+    let req = CreateTopicRequest {
+        name: name.to_owned(),
+        partitions,
+        replication_factor: rf,
+        configs: Default::default(),
+    };
+    c.create_topic(req).await.unwrap_or_else(|s| panic!("create {name}: {s:?}")).into_inner().topic.unwrap()
+}
+
+/// DescribeTopic asked of node `via`, bounded.
+async fn describe_topic(cluster: &Cluster, via: u64, name: &str) -> anyhow::Result<TopicInfo> {
+    let call = async {
+        let mut c = cluster.controller_client(via).await?;
+        let r = c.describe_topic(DescribeTopicRequest { name: name.to_owned() }).await?.into_inner();
+        r.topic.ok_or_else(|| anyhow::anyhow!("DescribeTopic answered no topic"))
+    };
+    tokio::time::timeout(rpc_timeout(), call).await.map_err(|_| anyhow::anyhow!("DescribeTopic timed out"))?
+}
+
+/// Removes, recursively, every JSON key that names state a restart may legitimately change
+/// (leaders, ISRs, epochs, metadata versions); what is left is topics and their assignment.
+fn assignment_only(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| {
+                    let k = k.to_ascii_lowercase();
+                    !["leader", "isr", "epoch", "version"].iter().any(|w| k.contains(w))
+                })
+                .map(|(k, v)| (k.clone(), assignment_only(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(assignment_only).collect()),
+        other => other.clone(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs runnel node"]
+async fn controller_leader_killed_new_leader_commits_within_2s() {
+    let mut cluster = start3();
+    let old = cluster.wait_for_leader(None, Duration::from_secs(10)).await.unwrap();
+    let out = create_topic_cli(&cluster, "before-failover", 1, 3);
+    assert!(out.success(), "{out:?}");
+
+    cluster.kill(old).unwrap();
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(10);
+    let mut attempts = 0;
+    let committed = loop {
+        attempts += 1;
+        let out = create_topic_cli(&cluster, "after-failover", 1, 2);
+        // An earlier attempt may have committed and then lost its answer to the failover.
+        if out.success() || (attempts > 1 && out.error_name() == Some("TOPIC_ALREADY_EXISTS")) {
+            break killed.elapsed();
+        }
+        assert!(Instant::now() < deadline, "no commit within 10 s of the kill; last: {out:?}");
+        std::thread::sleep(POLL_INTERVAL);
+    };
+    let new = cluster.wait_for_leader(Some(old), Duration::from_secs(5)).await.unwrap();
+    println!(
+        "controller failover: leader {old} killed, leader {new} committed after {committed:?} ({attempts} attempts)"
+    );
+    assert_ne!(new, old);
+    assert!(committed < Duration::from_secs(2), "first commit after kill -9 took {committed:?}");
+    let list = cluster.runnel(&["topic", "list", "--output", "json"]);
+    assert!(list.success() && list.stdout.contains("after-failover"), "{list:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs runnel node"]
+async fn whole_cluster_restart_keeps_every_topic_and_assignment() {
+    let mut cluster = start3();
+    cluster.wait_for_leader(None, Duration::from_secs(10)).await.unwrap();
+    for (name, p, r) in [("orders", 6, 3), ("payments", 3, 2), ("audit", 1, 1)] {
+        let out = create_topic_cli(&cluster, name, p, r);
+        assert!(out.success(), "{out:?}");
+    }
+    let out = cluster.runnel(&[
+        "topic",
+        "create",
+        "configured",
+        "--partitions",
+        "2",
+        "--replication-factor",
+        "3",
+        "--config",
+        "retention.ms=3600000",
+    ]);
+    assert!(out.success(), "{out:?}");
+    let names = ["orders", "payments", "audit", "configured"];
+    let snapshot = |cluster: &Cluster| {
+        let mut all = BTreeMap::new();
+        let list = cluster.runnel(&["topic", "list", "--output", "json"]);
+        assert!(list.success(), "{list:?}");
+        all.insert("(list)".to_owned(), assignment_only(&list.json().unwrap()));
+        for name in names {
+            let d = cluster.runnel(&["topic", "describe", name, "--output", "json"]);
+            assert!(d.success(), "{d:?}");
+            all.insert(name.to_owned(), assignment_only(&d.json().unwrap()));
+        }
+        all
+    };
+    let before = snapshot(&cluster);
+    let mut replicas_before = BTreeMap::new();
+    for name in names {
+        let t = describe_topic(&cluster, 1, name).await.unwrap();
+        replicas_before.insert(name, (t.topic_id.clone(), t.configs.clone(), replicas(&t.partitions)));
+    }
+
+    for (id, status) in cluster.stop_all().unwrap() {
+        assert!(status.success(), "node {id} exited {status} on SIGTERM");
+    }
+    let restarted = Instant::now();
+    cluster.start_all().unwrap();
+    println!("whole cluster ready again after {:?}", restarted.elapsed());
+
+    let after = snapshot(&cluster);
+    assert_eq!(before, after, "describe JSON (leaders, ISRs and epochs aside) changed across the restart");
+    for name in names {
+        let t = describe_topic(&cluster, 2, name).await.unwrap();
+        assert_eq!(replicas_before[name], (t.topic_id.clone(), t.configs.clone(), replicas(&t.partitions)));
+    }
+    assert_eq!(replicas_before["configured"].1.get("retention.ms").map(String::as_str), Some("3600000"));
+    // And the restarted cluster takes writes.
+    let out = create_topic_cli(&cluster, "after-restart", 1, 3);
+    assert!(out.success(), "{out:?}");
+}
+
+fn replicas(ps: &[PartitionInfo]) -> Vec<Vec<u32>> {
+    ps.iter().map(|p| p.replicas.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs runnel node"]
+async fn write_without_quorum_fails_fast_then_succeeds_when_a_node_returns() {
+    let mut cluster = start3();
+    cluster.wait_for_leader(None, Duration::from_secs(10)).await.unwrap();
+    let survivor = 3;
+    cluster.kill(1).unwrap();
+    cluster.kill(2).unwrap();
+
+    // The CLI: a clear error, exit 1, no hang.
+    let out = cluster.runnel_on(
+        &[survivor],
+        &["topic", "create", "no-quorum", "--partitions", "1", "--replication-factor", "1"],
+        WRITE_TIMEOUT + WRITE_TIMEOUT_MARGIN + Duration::from_secs(10),
+    );
+    println!("no-quorum CLI write failed after {:?}: {}", out.elapsed, out.stderr.trim());
+    assert!(!out.timed_out, "the CLI hung: {out:?}");
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.elapsed < WRITE_TIMEOUT + WRITE_TIMEOUT_MARGIN, "took {:?}", out.elapsed);
+    let err = out.stderr.to_ascii_lowercase();
+    assert!(
+        out.error_name() == Some("REQUEST_TIMED_OUT") || err.contains("quorum"),
+        "not a clear no-quorum error: {out:?}"
+    );
+
+    // gRPC: UNAVAILABLE with REQUEST_TIMED_OUT, within the timeout.
+    let mut c = cluster.controller_client(survivor).await.unwrap();
+    let started = Instant::now();
+    let req = CreateTopicRequest {
+        name: "no-quorum".into(),
+        partitions: 1,
+        replication_factor: 1,
+        configs: Default::default(),
+    };
+    let res = tokio::time::timeout(
+        WRITE_TIMEOUT + WRITE_TIMEOUT_MARGIN + Duration::from_secs(10),
+        c.create_topic(req),
+    )
+    .await
+    .expect("the gRPC write hung");
+    let elapsed = started.elapsed();
+    let status = res.expect_err("a write without quorum must fail");
+    println!("no-quorum gRPC write failed after {elapsed:?}: {status:?}");
+    assert!(elapsed < WRITE_TIMEOUT + WRITE_TIMEOUT_MARGIN, "took {elapsed:?}");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(error_name(&status), "REQUEST_TIMED_OUT", "{status:?}");
+
+    // One node back: a quorum of two, and writes succeed again.
+    cluster.spawn(1).unwrap();
+    let back = Instant::now();
+    let deadline = back + Duration::from_secs(20);
+    loop {
+        let out = cluster.runnel_on(
+            &[1, survivor],
+            &["topic", "create", "quorum-back", "--partitions", "1", "--replication-factor", "1"],
+            WRITE_TIMEOUT + WRITE_TIMEOUT_MARGIN,
+        );
+        if out.success() || out.error_name() == Some("TOPIC_ALREADY_EXISTS") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no write after a node returned: {out:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("writes succeed again {:?} after node 1 was started", back.elapsed());
+}
+
+/// How a broker is taken away in the fencing tests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    Kill,
+    Pause,
+}
+
+/// Takes away a broker that leads partitions (the controller leader or not) and checks that it
+/// is fenced and its partitions move to ISR members with higher leader epochs within `bound`,
+/// then that bringing it back restores preferred leadership.
+async fn partition_leader_fails_over(fault: Fault, victim_is_controller: bool, bound: Duration) {
+    let mut cluster = start3();
+    let controller = cluster.wait_for_leader(None, Duration::from_secs(10)).await.unwrap();
+    let topic = create_topic(&cluster, controller, "fenced", 6, 3).await;
+    let victim = if victim_is_controller {
+        u32::try_from(controller).unwrap()
+    } else {
+        *topic
+            .partitions
+            .iter()
+            .flat_map(|p| p.replicas.first())
+            .find(|&&b| u64::from(b) != controller)
+            .unwrap()
+    };
+    // Wait until every partition has its preferred leader, so the victim leads some.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let before = loop {
+        let t = describe_topic(&cluster, controller, "fenced").await.unwrap();
+        if t.partitions.iter().all(|p| p.leader == i64::from(p.replicas[0])) {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "preferred leaders never in place: {t:?}");
+        tokio::time::sleep(POLL_INTERVAL).await;
+    };
+    let led: Vec<&PartitionInfo> =
+        before.partitions.iter().filter(|p| p.leader == i64::from(victim)).collect();
+    assert!(!led.is_empty(), "broker {victim} leads nothing: {before:?}");
+
+    match fault {
+        Fault::Kill => cluster.kill(u64::from(victim)).unwrap(),
+        Fault::Pause => cluster.pause(u64::from(victim)).unwrap(),
+    }
+    let faulted = Instant::now();
+    let deadline = faulted + bound + Duration::from_secs(10);
+    let (fenced_after, moved_after) = loop {
+        let mut fenced = None;
+        let mut moved = None;
+        for via in cluster.ids().into_iter().filter(|&id| cluster.is_up(id)) {
+            if let Ok(c) = cluster.describe_cluster(via, rpc_timeout()).await
+                && c.brokers.iter().any(|b| b.broker_id == victim && b.fenced)
+            {
+                fenced = Some(faulted.elapsed());
+            }
+            if let Ok(t) = describe_topic(&cluster, via, "fenced").await {
+                let all_moved = led.iter().all(|old| {
+                    let now = &t.partitions[old.partition as usize];
+                    now.leader != i64::from(victim)
+                        && old.isr.iter().any(|&b| i64::from(b) == now.leader)
+                        && now.leader_epoch > old.leader_epoch
+                        && !now.isr.contains(&victim)
+                });
+                if all_moved {
+                    moved = Some(faulted.elapsed());
+                }
+            }
+            if fenced.is_some() && moved.is_some() {
+                break;
+            }
+        }
+        if let (Some(f), Some(m)) = (fenced, moved) {
+            break (f, m);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "broker {victim} not fenced and replaced within {:?}",
+            deadline - faulted
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    };
+    println!(
+        "{fault:?} broker {victim} (controller leader: {victim_is_controller}): fenced seen after {fenced_after:?}, \
+         {} partitions re-led after {moved_after:?} (bound {bound:?})",
+        led.len()
+    );
+    assert!(moved_after < bound, "re-election took {moved_after:?}, bound {bound:?}");
+
+    match fault {
+        Fault::Kill => cluster.restart(u64::from(victim)).unwrap(),
+        Fault::Pause => cluster.resume(u64::from(victim)).unwrap(),
+    }
+    let back = Instant::now();
+    let deadline = back + Duration::from_secs(20);
+    loop {
+        let via = cluster.wait_for_leader(None, Duration::from_secs(5)).await.unwrap();
+        if let Ok(t) = describe_topic(&cluster, via, "fenced").await
+            && t.partitions.iter().all(|p| p.leader == i64::from(p.replicas[0]))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "preferred leadership not restored within 20 s");
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    println!("preferred leadership restored {:?} after broker {victim} returned", back.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs runnel node"]
+async fn partition_leader_killed_is_fenced_and_replaced_within_1s() {
+    partition_leader_fails_over(Fault::Kill, false, Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs runnel node"]
+async fn partition_leader_paused_is_fenced_and_replaced_within_4s() {
+    partition_leader_fails_over(Fault::Pause, false, Duration::from_secs(4)).await;
+}
+
+/// The controller leader is also a partition leader: a new controller must be elected before
+/// it can fence, so the bound is the failover bound (2 s) plus the fencing bound (1 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs runnel node"]
+async fn controller_leader_that_leads_partitions_killed_is_fenced_and_replaced_within_3s() {
+    partition_leader_fails_over(Fault::Kill, true, Duration::from_secs(3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs runnel node"]
+async fn concurrent_creates_of_one_name_exactly_one_wins() {
+    let cluster = start3();
+    cluster.wait_for_leader(None, Duration::from_secs(10)).await.unwrap();
+    let cluster = &cluster;
+    let outs: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> =
+            (0..8).map(|_| s.spawn(move || create_topic_cli(cluster, "contended", 3, 3))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let winners = outs.iter().filter(|o| o.success()).count();
+    let losers = outs.iter().filter(|o| o.error_name() == Some("TOPIC_ALREADY_EXISTS")).count();
+    assert_eq!((winners, losers), (1, 7), "{outs:#?}");
+    assert!(outs.iter().all(|o| o.success() || o.stderr.starts_with("error: TOPIC_ALREADY_EXISTS (36): ")));
+
+    // The same race over gRPC, one call per node and several per node.
+    let mut calls = Vec::new();
+    for i in 0..9u64 {
+        let mut c = cluster.controller_client(i % 3 + 1).await.unwrap();
+        calls.push(tokio::spawn(async move {
+            let req = CreateTopicRequest {
+                name: "contended-grpc".into(),
+                partitions: 1,
+                replication_factor: 3,
+                configs: Default::default(),
+            };
+            c.create_topic(req).await.map(drop).map_err(|s| error_name(&s))
+        }));
+    }
+    let mut results = Vec::new();
+    for c in calls {
+        results.push(c.await.unwrap());
+    }
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    assert!(
+        results.iter().all(|r| r.as_ref().map_or_else(|e| e == "TOPIC_ALREADY_EXISTS", |_| true)),
+        "{results:?}"
+    );
+}
