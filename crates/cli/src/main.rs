@@ -1,7 +1,9 @@
 //! `runnel`: one binary for a Runnel node and its command-line client.
 //!
 //! This crate is the composition root: it parses the command line and wires the library
-//! crates together. Today it carries the operator tools for the partition log.
+//! crates together: `runnel node` runs a node, the other commands are operator tools.
+
+mod node;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -24,6 +26,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a node of a cluster (controller and/or broker roles, HTTP probes).
+    ///
+    /// Every setting is a flag, an environment variable RUNNEL_<NAME> or a key of the TOML
+    /// file given by --config, in that precedence. Prints `runnel node <id> ready: grpc=<addr>
+    /// http=<addr>` once the gRPC listener is bound; SIGTERM or SIGINT stops it cleanly.
+    Node(Box<node::NodeArgs>),
     /// Inspect partition logs on disk.
     #[command(subcommand)]
     Log(LogCommand),
@@ -48,14 +56,21 @@ enum LogCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RUNNEL_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
-    match run(cli) {
+    let result = match cli.command {
+        Command::Node(args) => run_node(*args),
+        command => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("RUNNEL_LOG")
+                        .unwrap_or_else(|_| "warn".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            run(command)
+        }
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -64,8 +79,22 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
+fn run_node(args: node::NodeArgs) -> anyhow::Result<ExitCode> {
+    let print = args.print_config;
+    let settings = node::NodeSettings::load(args)?;
+    if print {
+        println!("{}", serde_json::to_string_pretty(&settings)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    node::init_logging(settings.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(node::run(settings))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Node(_) => unreachable!("handled by run_node"),
         Command::Log(LogCommand::Dump { partition_dir, records, max_batch_bytes }) => {
             if !partition_dir.is_dir() {
                 anyhow::bail!("{} is not a directory", partition_dir.display());

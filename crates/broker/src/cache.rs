@@ -1,0 +1,237 @@
+//! The broker's metadata cache: its own model of the controller's image, built from the
+//! `WatchMetadata` stream (a full image, then deltas tagged with the metadata version).
+
+use std::collections::BTreeMap;
+
+use runnel_proto::pb::runnel::v1 as pb;
+
+/// A broker as this broker knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerEntry {
+    /// The broker epoch.
+    pub epoch: u64,
+    /// Its gRPC address.
+    pub grpc: String,
+    /// Whether the controller fenced it.
+    pub fenced: bool,
+}
+
+/// One partition's replication state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionEntry {
+    /// Replicas in preference order.
+    pub replicas: Vec<u32>,
+    /// In-sync replicas.
+    pub isr: Vec<u32>,
+    /// The leader, `None` when offline.
+    pub leader: Option<u32>,
+    /// Bumped on each leader change.
+    pub leader_epoch: i32,
+    /// Bumped on each change of this state.
+    pub partition_epoch: i32,
+}
+
+/// A topic and its partitions (partition `i` at index `i`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicEntry {
+    /// The topic id, 16 bytes.
+    pub id: Vec<u8>,
+    /// Config overrides.
+    pub configs: BTreeMap<String, String>,
+    /// The partitions.
+    pub partitions: Vec<PartitionEntry>,
+}
+
+/// Why an update could not be applied; the watcher resyncs from a fresh image.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CacheError {
+    /// The update is malformed.
+    #[error("malformed metadata update: {0}")]
+    Malformed(String),
+    /// A delta arrived before any image, or went back in version.
+    #[error("metadata update out of order: at version {have}, got {got}")]
+    OutOfOrder {
+        /// The cache's version.
+        have: u64,
+        /// The update's version.
+        got: u64,
+    },
+}
+
+/// The cached image. `version == 0` with `loaded == false` means nothing arrived yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetadataCache {
+    /// Whether a full image was received.
+    pub loaded: bool,
+    /// The metadata version (Raft log index) the cache is at.
+    pub version: u64,
+    /// Brokers by id.
+    pub brokers: BTreeMap<u32, BrokerEntry>,
+    /// Topics by name.
+    pub topics: BTreeMap<String, TopicEntry>,
+}
+
+fn broker(info: &pb::BrokerInfo) -> BrokerEntry {
+    BrokerEntry {
+        epoch: info.broker_epoch,
+        grpc: info.endpoints.as_ref().map(|e| e.grpc.clone()).unwrap_or_default(),
+        fenced: info.fenced,
+    }
+}
+
+fn partition(info: &pb::PartitionInfo) -> PartitionEntry {
+    PartitionEntry {
+        replicas: info.replicas.clone(),
+        isr: info.isr.clone(),
+        leader: u32::try_from(info.leader).ok(),
+        leader_epoch: info.leader_epoch,
+        partition_epoch: info.partition_epoch,
+    }
+}
+
+fn topic(info: &pb::TopicInfo) -> TopicEntry {
+    TopicEntry {
+        id: info.topic_id.clone(),
+        configs: info.configs.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        partitions: info.partitions.iter().map(partition).collect(),
+    }
+}
+
+impl MetadataCache {
+    /// Applies one update: an image replaces everything, deltas must follow the version held.
+    pub fn apply(&mut self, update: &pb::MetadataUpdate) -> Result<(), CacheError> {
+        use pb::metadata_update::Update;
+        match &update.update {
+            Some(Update::Image(image)) => {
+                self.brokers = image.brokers.iter().map(|b| (b.broker_id, broker(b))).collect();
+                self.topics = image.topics.iter().map(|t| (t.name.clone(), topic(t))).collect();
+                self.version = update.version;
+                self.loaded = true;
+                Ok(())
+            }
+            Some(Update::Deltas(deltas)) => {
+                if !self.loaded || update.version <= self.version {
+                    return Err(CacheError::OutOfOrder { have: self.version, got: update.version });
+                }
+                for delta in &deltas.deltas {
+                    self.apply_delta(delta)?;
+                }
+                self.version = update.version;
+                Ok(())
+            }
+            None => Err(CacheError::Malformed("an update with neither image nor deltas".into())),
+        }
+    }
+
+    fn apply_delta(&mut self, delta: &pb::MetadataDelta) -> Result<(), CacheError> {
+        use pb::metadata_delta::Change;
+        match &delta.change {
+            Some(Change::BrokerChanged(b)) => {
+                self.brokers.insert(b.broker_id, broker(b));
+            }
+            Some(Change::TopicCreated(t)) => {
+                self.topics.insert(t.name.clone(), topic(t));
+            }
+            Some(Change::TopicDeleted(t)) => {
+                self.topics.remove(&t.name);
+            }
+            Some(Change::TopicConfigChanged(c)) => {
+                let t = self.topic_mut(&c.name)?;
+                t.configs = c.configs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            }
+            Some(Change::PartitionChanged(p)) => {
+                let (Some(t), Some(state)) = (&p.topic, &p.state) else {
+                    return Err(CacheError::Malformed("a partition change without topic or state".into()));
+                };
+                let entry = self.topic_mut(&t.name)?;
+                let slot = entry.partitions.get_mut(state.partition as usize).ok_or_else(|| {
+                    CacheError::Malformed(format!("partition {}-{} does not exist", t.name, state.partition))
+                })?;
+                *slot = partition(state);
+            }
+            None => return Err(CacheError::Malformed("an empty delta".into())),
+        }
+        Ok(())
+    }
+
+    fn topic_mut(&mut self, name: &str) -> Result<&mut TopicEntry, CacheError> {
+        self.topics.get_mut(name).ok_or_else(|| CacheError::Malformed(format!("unknown topic {name}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::metadata_delta::Change;
+    use pb::metadata_update::Update;
+
+    fn broker_info(id: u32, epoch: u64, fenced: bool) -> pb::BrokerInfo {
+        pb::BrokerInfo { broker_id: id, broker_epoch: epoch, fenced, ..Default::default() }
+    }
+
+    fn topic_ref(name: &str) -> pb::TopicRef {
+        pb::TopicRef { name: name.into(), topic_id: vec![7; 16] }
+    }
+
+    fn deltas(version: u64, changes: Vec<Change>) -> pb::MetadataUpdate {
+        let deltas = changes.into_iter().map(|c| pb::MetadataDelta { change: Some(c) }).collect();
+        pb::MetadataUpdate { version, update: Some(Update::Deltas(pb::MetadataDeltas { deltas })) }
+    }
+
+    #[test]
+    fn an_image_then_deltas_then_a_new_image() {
+        let mut cache = MetadataCache::default();
+        assert!(cache.apply(&deltas(3, vec![])).is_err(), "deltas before an image");
+        let image = pb::MetadataImage { brokers: vec![broker_info(1, 2, true)], topics: vec![] };
+        cache.apply(&pb::MetadataUpdate { version: 2, update: Some(Update::Image(image)) }).unwrap();
+        assert!(cache.brokers[&1].fenced);
+
+        let created = pb::TopicInfo {
+            name: "t".into(),
+            topic_id: vec![7; 16],
+            partitions: vec![pb::PartitionInfo {
+                partition: 0,
+                replicas: vec![1],
+                leader: -1,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        cache
+            .apply(&deltas(
+                5,
+                vec![Change::BrokerChanged(broker_info(1, 2, false)), Change::TopicCreated(created)],
+            ))
+            .unwrap();
+        assert_eq!(cache.version, 5);
+        assert!(!cache.brokers[&1].fenced);
+        assert_eq!(cache.topics["t"].partitions[0].leader, None);
+
+        let led = pb::PartitionInfo {
+            partition: 0,
+            replicas: vec![1],
+            isr: vec![1],
+            leader: 1,
+            leader_epoch: 1,
+            partition_epoch: 1,
+        };
+        cache
+            .apply(&deltas(
+                6,
+                vec![Change::PartitionChanged(pb::PartitionChanged {
+                    topic: Some(topic_ref("t")),
+                    state: Some(led),
+                })],
+            ))
+            .unwrap();
+        assert_eq!(cache.topics["t"].partitions[0].leader, Some(1));
+        assert_eq!(cache.apply(&deltas(6, vec![])), Err(CacheError::OutOfOrder { have: 6, got: 6 }));
+
+        cache.apply(&deltas(7, vec![Change::TopicDeleted(topic_ref("t"))])).unwrap();
+        assert!(cache.topics.is_empty());
+
+        let image = pb::MetadataImage { brokers: vec![], topics: vec![] };
+        cache.apply(&pb::MetadataUpdate { version: 9, update: Some(Update::Image(image)) }).unwrap();
+        assert!(cache.brokers.is_empty() && cache.version == 9);
+    }
+}

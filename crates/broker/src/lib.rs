@@ -1,0 +1,290 @@
+//! Runnel's broker role, as far as it is built: the broker registers with the controller
+//! (a fresh incarnation id per process), heartbeats it, and keeps a [`MetadataCache`] up to
+//! date from `WatchMetadata`. It talks to the controller only over gRPC (runnel-proto); it
+//! never links the controller crate.
+//!
+//! Every controller voter accepts every call (followers forward to the leader), so the broker
+//! may talk to any of them. It prefers the leader a `runnel-leader` hint names, and moves on
+//! to the next voter when one cannot be reached.
+
+pub mod cache;
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use runnel_proto::pb::runnel::v1 as pb;
+use runnel_proto::pb::runnel::v1::controller_service_client::ControllerServiceClient;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+pub use cache::{CacheError, MetadataCache};
+
+/// gRPC metadata key the controller sets with NOT_CONTROLLER: the leader's `host:port`.
+pub const LEADER_KEY: &str = "runnel-leader";
+
+/// Largest metadata message accepted from the controller.
+pub const METADATA_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// What a broker needs to start.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// The broker id (the node id).
+    pub id: u32,
+    /// Advertised gRPC `host:port`.
+    pub grpc_addr: String,
+    /// Advertised Kafka `host:port` (reserved).
+    pub kafka_addr: String,
+    /// Advertised HTTP `host:port`.
+    pub http_addr: String,
+    /// The controller voters' gRPC addresses.
+    pub controllers: Vec<String>,
+    /// How often to heartbeat.
+    pub heartbeat_interval: Duration,
+    /// Deadline of one controller call.
+    pub request_timeout: Duration,
+}
+
+/// The broker's standing with the controller, for readiness and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BrokerStatus {
+    /// The broker epoch of the current registration; 0 before the first.
+    pub epoch: u64,
+    /// Whether the controller last said this broker is fenced (true until it says otherwise).
+    pub fenced: bool,
+    /// The controller that answered the last heartbeat.
+    pub controller: Option<String>,
+    /// The metadata version the cache is at.
+    pub metadata_version: u64,
+}
+
+/// A running broker role.
+#[derive(Debug)]
+pub struct Broker {
+    status: watch::Receiver<BrokerStatus>,
+    cache: Arc<RwLock<MetadataCache>>,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+/// Picks a controller to call: the leader when a hint named one, else the voters in turn.
+#[derive(Debug)]
+struct Controllers {
+    addrs: Vec<String>,
+    next: usize,
+    hint: Option<String>,
+}
+
+impl Controllers {
+    fn new(addrs: Vec<String>, start: usize) -> Self {
+        let next = if addrs.is_empty() { 0 } else { start % addrs.len() };
+        Self { addrs, next, hint: None }
+    }
+
+    fn current(&self) -> String {
+        self.hint.clone().unwrap_or_else(|| self.addrs[self.next].clone())
+    }
+
+    /// The call failed: follow the status's leader hint, or move to the next voter.
+    fn failed(&mut self, status: &tonic::Status) {
+        let hint = status.metadata().get(LEADER_KEY).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        if hint.is_some() && hint != self.hint {
+            self.hint = hint;
+        } else {
+            self.hint = None;
+            self.next = (self.next + 1) % self.addrs.len();
+        }
+    }
+}
+
+/// A client of the controller at `addr`. Unary clients get `timeout` as each call's deadline;
+/// streams must outlive it, so they get none (only the connect timeout).
+fn client(
+    addr: &str,
+    timeout: Duration,
+    unary: bool,
+) -> Result<ControllerServiceClient<Channel>, tonic::Status> {
+    let mut endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| tonic::Status::invalid_argument(format!("bad controller address {addr:?}: {e}")))?
+        .connect_timeout(timeout)
+        .tcp_nodelay(true);
+    if unary {
+        endpoint = endpoint.timeout(timeout);
+    }
+    let channel = endpoint.connect_lazy();
+    Ok(ControllerServiceClient::new(channel).max_decoding_message_size(METADATA_BYTES_MAX))
+}
+
+impl Broker {
+    /// Starts registration, heartbeats and the metadata watch. Panics if `controllers` is empty.
+    pub fn start(config: BrokerConfig) -> Self {
+        assert!(!config.controllers.is_empty(), "a broker needs at least one controller address");
+        let cancel = CancellationToken::new();
+        let cache = Arc::new(RwLock::new(MetadataCache::default()));
+        let (status_tx, status) = watch::channel(BrokerStatus { fenced: true, ..BrokerStatus::default() });
+        let status_tx = Arc::new(status_tx);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(watch_task(config.clone(), Arc::clone(&cache), Arc::clone(&status_tx), cancel.clone()));
+        tasks.spawn(liveness_task(config, status_tx, cancel.clone()));
+        Self { status, cache, cancel, tasks }
+    }
+
+    /// The broker's standing now.
+    pub fn status(&self) -> BrokerStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every change of the broker's standing.
+    pub fn subscribe(&self) -> watch::Receiver<BrokerStatus> {
+        self.status.clone()
+    }
+
+    /// A copy of the metadata cache.
+    pub fn metadata(&self) -> MetadataCache {
+        self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Stops every task, waiting up to `patience` before aborting them.
+    pub async fn shutdown(mut self, patience: Duration) {
+        self.cancel.cancel();
+        let drained =
+            tokio::time::timeout(patience, async { while self.tasks.join_next().await.is_some() {} });
+        if drained.await.is_err() {
+            self.tasks.shutdown().await;
+        }
+    }
+}
+
+/// Registers, then heartbeats every interval; registers again when told to.
+async fn liveness_task(
+    config: BrokerConfig,
+    status: Arc<watch::Sender<BrokerStatus>>,
+    cancel: CancellationToken,
+) {
+    let incarnation_id: [u8; 16] = rand::random();
+    let mut controllers = Controllers::new(config.controllers.clone(), config.id as usize);
+    let mut epoch = 0u64;
+    let mut clients: std::collections::HashMap<String, ControllerServiceClient<Channel>> = Default::default();
+    let mut interval = tokio::time::interval(config.heartbeat_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let addr = controllers.current();
+        let cached = clients.get(&addr).cloned().map(Ok);
+        let mut client = match cached.unwrap_or_else(|| client(&addr, config.request_timeout, true)) {
+            Ok(client) => {
+                clients.insert(addr.clone(), client.clone());
+                client
+            }
+            Err(e) => {
+                tracing::error!("broker {}: {e}", config.id);
+                controllers.failed(&e);
+                continue;
+            }
+        };
+        if epoch == 0 {
+            let request = pb::RegisterBrokerRequest {
+                broker_id: config.id,
+                endpoints: Some(pb::BrokerEndpoints {
+                    grpc: config.grpc_addr.clone(),
+                    kafka: config.kafka_addr.clone(),
+                    http: config.http_addr.clone(),
+                }),
+                rack: String::new(),
+                incarnation_id: incarnation_id.to_vec(),
+            };
+            match client.register_broker(request).await {
+                Ok(response) => {
+                    epoch = response.into_inner().broker_epoch;
+                    tracing::info!(broker = config.id, epoch, controller = %addr, "registered");
+                    status.send_modify(|s| {
+                        s.epoch = epoch;
+                        s.fenced = true;
+                    });
+                    // Heartbeat at once: the registration is fenced until the first one.
+                    interval.reset_immediately();
+                }
+                Err(e) => {
+                    tracing::debug!(broker = config.id, controller = %addr, "registration failed: {e}");
+                    controllers.failed(&e);
+                }
+            }
+            continue;
+        }
+        let request = pb::BrokerHeartbeatRequest {
+            broker_id: config.id,
+            broker_epoch: epoch,
+            metadata_version: status.borrow().metadata_version,
+        };
+        match client.broker_heartbeat(request).await {
+            Ok(response) => {
+                let response = response.into_inner();
+                if response.should_reregister {
+                    tracing::warn!(broker = config.id, epoch, "the controller asks for a new registration");
+                    epoch = 0;
+                    interval.reset_immediately();
+                }
+                status.send_modify(|s| {
+                    if s.fenced != response.fenced {
+                        tracing::info!(broker = config.id, fenced = response.fenced, "fencing changed");
+                    }
+                    s.fenced = response.fenced;
+                    s.controller = Some(addr);
+                });
+            }
+            Err(e) => {
+                tracing::debug!(broker = config.id, controller = %addr, "heartbeat failed: {e}");
+                status.send_modify(|s| s.controller = None);
+                controllers.failed(&e);
+            }
+        }
+    }
+}
+
+/// Keeps the cache current: watch one voter; on a stream failure or a bad update, watch the
+/// next one, which starts with a full image.
+async fn watch_task(
+    config: BrokerConfig,
+    cache: Arc<RwLock<MetadataCache>>,
+    status: Arc<watch::Sender<BrokerStatus>>,
+    cancel: CancellationToken,
+) {
+    // Prefer this node's own controller when it is one (same address), else start at id.
+    let start = config.controllers.iter().position(|a| *a == config.grpc_addr).unwrap_or(config.id as usize);
+    let mut controllers = Controllers::new(config.controllers.clone(), start);
+    let retry = config.heartbeat_interval.min(Duration::from_millis(200));
+    loop {
+        let addr = controllers.addrs[controllers.next].clone();
+        let watched = async {
+            let mut client = client(&addr, config.request_timeout, false)?;
+            let mut stream = client.watch_metadata(pb::WatchMetadataRequest {}).await?.into_inner();
+            while let Some(update) = stream.next().await {
+                let update = update?;
+                let version = {
+                    let mut cache = cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    cache.apply(&update).map_err(|e| tonic::Status::data_loss(e.to_string()))?;
+                    cache.version
+                };
+                status.send_modify(|s| s.metadata_version = version);
+            }
+            Err::<(), _>(tonic::Status::unavailable("the metadata stream ended"))
+        };
+        let ended = tokio::select! {
+            _ = cancel.cancelled() => return,
+            ended = watched => ended,
+        };
+        if let Err(e) = ended {
+            tracing::debug!(broker = config.id, controller = %addr, "metadata watch ended: {e}");
+        }
+        controllers.next = (controllers.next + 1) % controllers.addrs.len();
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(retry) => {}
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! `runnel node` settings: flags, then `RUNNEL_*` environment variables (clap reads both),
+//! then an optional TOML file, then defaults.
+//!
+//! [`NodeArgs`] is both the clap argument set and the TOML file's schema (keys are the flag
+//! names with '-' turned into '_'), every field optional, so one merge rule covers all of
+//! them: a value set at a higher level wins. [`NodeSettings::resolve`] then checks the
+//! result and fills in defaults.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::builder::BoolishValueParser;
+use runnel_controller::controller::{Voter, parse_voters};
+use serde::{Deserialize, Serialize};
+
+/// Broker heartbeat period.
+pub(crate) const HEARTBEAT_INTERVAL_MS: u64 = 500;
+/// A broker silent this long is fenced.
+pub(crate) const SESSION_TIMEOUT_MS: u64 = 3_000;
+/// Raft leader heartbeat period. With the election timeouts below, a follower notices a dead
+/// leader within 500-1000 ms and an election takes one more round trip, so a new leader
+/// accepts writes well within 2 s of a kill -9 of the old one; five heartbeats fit in the
+/// shortest timeout, so a loaded but live leader is not deposed by one late heartbeat.
+pub(crate) const RAFT_HEARTBEAT_INTERVAL_MS: u64 = 100;
+/// See [`RAFT_HEARTBEAT_INTERVAL_MS`].
+pub(crate) const ELECTION_TIMEOUT_MIN_MS: u64 = 500;
+/// See [`RAFT_HEARTBEAT_INTERVAL_MS`].
+pub(crate) const ELECTION_TIMEOUT_MAX_MS: u64 = 1_000;
+
+/// How the node writes its logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `runnel node`'s flags; also the TOML file's schema.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct NodeArgs {
+    /// A TOML file with any of these settings (keys: flag names with '-' as '_'); flags and
+    /// environment variables override it.
+    #[arg(long, env = "RUNNEL_CONFIG")]
+    #[serde(skip)]
+    pub(crate) config: Option<PathBuf>,
+    /// This node's id (required), also its broker id.
+    #[arg(long, env = "RUNNEL_ID")]
+    pub(crate) id: Option<u32>,
+    /// Where the node keeps its data (required).
+    #[arg(long, env = "RUNNEL_DATA_DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// The controller voters, `id@host:port,...` (required; each voter's gRPC address).
+    #[arg(long, env = "RUNNEL_CONTROLLER_VOTERS")]
+    pub(crate) controller_voters: Option<String>,
+    /// The node's roles, comma separated: controller, broker [default: controller,broker].
+    #[arg(long, env = "RUNNEL_ROLES")]
+    pub(crate) roles: Option<String>,
+    /// gRPC listener, HOST:PORT [default: 127.0.0.1:(50050+id)].
+    #[arg(long, env = "RUNNEL_GRPC_ADDR")]
+    pub(crate) grpc_addr: Option<String>,
+    /// HTTP listener for /healthz, /readyz and /metrics [default: 127.0.0.1:(8080+id)].
+    #[arg(long, env = "RUNNEL_HTTP_ADDR")]
+    pub(crate) http_addr: Option<String>,
+    /// Kafka listener [default: 127.0.0.1:(9091+id)]. Reserved: advertised to the
+    /// controller, not listened on yet.
+    #[arg(long, env = "RUNNEL_KAFKA_ADDR")]
+    pub(crate) kafka_addr: Option<String>,
+    /// Broker heartbeat period [default: 500].
+    #[arg(long, env = "RUNNEL_HEARTBEAT_INTERVAL_MS")]
+    pub(crate) heartbeat_interval_ms: Option<u64>,
+    /// A broker silent this long is fenced [default: 3000].
+    #[arg(long, env = "RUNNEL_SESSION_TIMEOUT_MS")]
+    pub(crate) session_timeout_ms: Option<u64>,
+    /// Raft leader heartbeat period [default: 100].
+    #[arg(long, env = "RUNNEL_RAFT_HEARTBEAT_INTERVAL_MS")]
+    pub(crate) raft_heartbeat_interval_ms: Option<u64>,
+    /// Raft election timeout, lower bound [default: 500].
+    #[arg(long, env = "RUNNEL_ELECTION_TIMEOUT_MIN_MS")]
+    pub(crate) election_timeout_min_ms: Option<u64>,
+    /// Raft election timeout, upper bound [default: 1000].
+    #[arg(long, env = "RUNNEL_ELECTION_TIMEOUT_MAX_MS")]
+    pub(crate) election_timeout_max_ms: Option<u64>,
+    /// Do not move leadership back to preferred replicas when a broker is unfenced.
+    #[arg(long, env = "RUNNEL_NO_RESTORE_PREFERRED_LEADERS", num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub(crate) no_restore_preferred_leaders: Option<bool>,
+    /// Log format [default: text].
+    #[arg(long, env = "RUNNEL_LOG_FORMAT", value_enum)]
+    pub(crate) log_format: Option<LogFormat>,
+    /// Print the resolved settings as JSON and exit.
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    pub(crate) print_config: bool,
+}
+
+/// Which roles a node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub(crate) struct Roles {
+    pub(crate) controller: bool,
+    pub(crate) broker: bool,
+}
+
+/// The resolved, checked settings of a node.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct NodeSettings {
+    pub(crate) id: u32,
+    pub(crate) data_dir: PathBuf,
+    #[serde(serialize_with = "voters_as_text")]
+    pub(crate) voters: Vec<Voter>,
+    pub(crate) roles: Roles,
+    pub(crate) grpc_addr: String,
+    pub(crate) http_addr: String,
+    pub(crate) kafka_addr: String,
+    pub(crate) heartbeat_interval_ms: u64,
+    pub(crate) session_timeout_ms: u64,
+    pub(crate) raft_heartbeat_interval_ms: u64,
+    pub(crate) election_timeout_min_ms: u64,
+    pub(crate) election_timeout_max_ms: u64,
+    pub(crate) restore_preferred_leaders: bool,
+    pub(crate) log_format: LogFormat,
+}
+
+fn voters_as_text<S: serde::Serializer>(voters: &[Voter], s: S) -> Result<S::Ok, S::Error> {
+    let text: Vec<String> = voters.iter().map(|v| format!("{}@{}", v.id, v.addr)).collect();
+    s.serialize_str(&text.join(","))
+}
+
+impl NodeArgs {
+    /// Fills every unset field from `lower`.
+    fn or(self, lower: NodeArgs) -> NodeArgs {
+        NodeArgs {
+            config: self.config.or(lower.config),
+            id: self.id.or(lower.id),
+            data_dir: self.data_dir.or(lower.data_dir),
+            controller_voters: self.controller_voters.or(lower.controller_voters),
+            roles: self.roles.or(lower.roles),
+            grpc_addr: self.grpc_addr.or(lower.grpc_addr),
+            http_addr: self.http_addr.or(lower.http_addr),
+            kafka_addr: self.kafka_addr.or(lower.kafka_addr),
+            heartbeat_interval_ms: self.heartbeat_interval_ms.or(lower.heartbeat_interval_ms),
+            session_timeout_ms: self.session_timeout_ms.or(lower.session_timeout_ms),
+            raft_heartbeat_interval_ms: self.raft_heartbeat_interval_ms.or(lower.raft_heartbeat_interval_ms),
+            election_timeout_min_ms: self.election_timeout_min_ms.or(lower.election_timeout_min_ms),
+            election_timeout_max_ms: self.election_timeout_max_ms.or(lower.election_timeout_max_ms),
+            no_restore_preferred_leaders: self
+                .no_restore_preferred_leaders
+                .or(lower.no_restore_preferred_leaders),
+            log_format: self.log_format.or(lower.log_format),
+            print_config: self.print_config || lower.print_config,
+        }
+    }
+}
+
+/// Parses a TOML settings file.
+pub(crate) fn parse_file(text: &str) -> anyhow::Result<NodeArgs> {
+    Ok(toml::from_str(text)?)
+}
+
+fn read_file(path: &Path) -> anyhow::Result<NodeArgs> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_file(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn parse_roles(text: &str) -> anyhow::Result<Roles> {
+    let mut roles = Roles { controller: false, broker: false };
+    for role in text.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+        match role {
+            "controller" => roles.controller = true,
+            "broker" => roles.broker = true,
+            other => bail!("unknown role {other:?} (expected controller, broker)"),
+        }
+    }
+    if !roles.controller && !roles.broker {
+        bail!("--roles names no role");
+    }
+    Ok(roles)
+}
+
+impl NodeSettings {
+    /// Merges flags and environment (`args`) over the TOML file they name, then defaults.
+    pub(crate) fn load(args: NodeArgs) -> anyhow::Result<NodeSettings> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => NodeArgs::default(),
+        };
+        Self::resolve(args.or(file))
+    }
+
+    /// Checks merged settings and fills in defaults.
+    pub(crate) fn resolve(args: NodeArgs) -> anyhow::Result<NodeSettings> {
+        let id = args.id.context("--id is required (or RUNNEL_ID, or id in the config file)")?;
+        let data_dir = args.data_dir.context("--data-dir is required")?;
+        let voters = args.controller_voters.context("--controller-voters is required")?;
+        let voters = parse_voters(&voters)?;
+        let roles = parse_roles(args.roles.as_deref().unwrap_or("controller,broker"))?;
+        if roles.controller && !voters.iter().any(|v| v.id == u64::from(id)) {
+            bail!("node {id} runs the controller role but is not in --controller-voters");
+        }
+        let port = |base: u32| -> anyhow::Result<u16> {
+            u16::try_from(base + id).with_context(|| format!("no default port for node id {id}"))
+        };
+        let grpc_addr = match args.grpc_addr {
+            Some(addr) => addr,
+            None => format!("127.0.0.1:{}", port(50050)?),
+        };
+        let http_addr = match args.http_addr {
+            Some(addr) => addr,
+            None => format!("127.0.0.1:{}", port(8080)?),
+        };
+        let kafka_addr = match args.kafka_addr {
+            Some(addr) => addr,
+            None => format!("127.0.0.1:{}", port(9091)?),
+        };
+        let settings = NodeSettings {
+            id,
+            data_dir,
+            voters,
+            roles,
+            grpc_addr,
+            http_addr,
+            kafka_addr,
+            heartbeat_interval_ms: args.heartbeat_interval_ms.unwrap_or(HEARTBEAT_INTERVAL_MS),
+            session_timeout_ms: args.session_timeout_ms.unwrap_or(SESSION_TIMEOUT_MS),
+            raft_heartbeat_interval_ms: args.raft_heartbeat_interval_ms.unwrap_or(RAFT_HEARTBEAT_INTERVAL_MS),
+            election_timeout_min_ms: args.election_timeout_min_ms.unwrap_or(ELECTION_TIMEOUT_MIN_MS),
+            election_timeout_max_ms: args.election_timeout_max_ms.unwrap_or(ELECTION_TIMEOUT_MAX_MS),
+            restore_preferred_leaders: !args.no_restore_preferred_leaders.unwrap_or(false),
+            log_format: args.log_format.unwrap_or(LogFormat::Text),
+        };
+        if settings.heartbeat_interval_ms == 0
+            || settings.heartbeat_interval_ms >= settings.session_timeout_ms
+        {
+            bail!("--heartbeat-interval-ms must be positive and below --session-timeout-ms");
+        }
+        if settings.raft_heartbeat_interval_ms == 0
+            || settings.raft_heartbeat_interval_ms >= settings.election_timeout_min_ms
+            || settings.election_timeout_min_ms >= settings.election_timeout_max_ms
+        {
+            bail!("raft timers must satisfy 0 < heartbeat < election-timeout-min < election-timeout-max");
+        }
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: NodeArgs,
+    }
+
+    fn flags(list: &[&str]) -> NodeArgs {
+        Wrapper::try_parse_from(std::iter::once("node").chain(list.iter().copied())).expect("parses").args
+    }
+
+    const VOTERS: &str = "1@127.0.0.1:50051,2@127.0.0.1:50052,3@127.0.0.1:50053";
+
+    #[test]
+    fn defaults_follow_the_node_id() {
+        let s =
+            NodeSettings::resolve(flags(&["--id", "2", "--data-dir", "d", "--controller-voters", VOTERS]))
+                .expect("valid");
+        assert_eq!((s.grpc_addr.as_str(), s.http_addr.as_str()), ("127.0.0.1:50052", "127.0.0.1:8082"));
+        assert_eq!(s.kafka_addr, "127.0.0.1:9093");
+        assert_eq!(s.roles, Roles { controller: true, broker: true });
+        assert_eq!((s.heartbeat_interval_ms, s.session_timeout_ms), (500, 3000));
+        assert_eq!((s.election_timeout_min_ms, s.election_timeout_max_ms), (500, 1000));
+        assert!(s.restore_preferred_leaders);
+        assert_eq!(s.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_defaults() {
+        let file = parse_file(&format!(
+            "id = 1\ndata_dir = \"/from/file\"\ncontroller_voters = \"{VOTERS}\"\n\
+             heartbeat_interval_ms = 250\nsession_timeout_ms = 2000\nlog_format = \"json\"\n\
+             no_restore_preferred_leaders = true\nroles = \"broker\"\n"
+        ))
+        .expect("valid toml");
+        let merged = flags(&["--data-dir", "/from/flag", "--heartbeat-interval-ms", "100"]).or(file);
+        let s = NodeSettings::resolve(merged).expect("valid");
+        assert_eq!(s.id, 1);
+        assert_eq!(s.data_dir, PathBuf::from("/from/flag"));
+        assert_eq!(s.heartbeat_interval_ms, 100);
+        assert_eq!(s.session_timeout_ms, 2000);
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert!(!s.restore_preferred_leaders);
+        assert_eq!(s.roles, Roles { controller: false, broker: true });
+        assert_eq!(s.grpc_addr, "127.0.0.1:50051", "unset everywhere: the default");
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        assert!(parse_file("bogus_key = 1").is_err(), "unknown keys are errors");
+        let base = ["--data-dir", "d", "--controller-voters", VOTERS];
+        assert!(NodeSettings::resolve(flags(&base)).is_err(), "no id");
+        let with = |extra: &[&str]| {
+            let mut all: Vec<&str> = base.to_vec();
+            all.extend_from_slice(extra);
+            NodeSettings::resolve(flags(&all))
+        };
+        assert!(with(&["--id", "4"]).is_err(), "a controller outside the voters");
+        assert!(with(&["--id", "4", "--roles", "broker"]).is_ok(), "a broker-only node");
+        assert!(with(&["--id", "1", "--roles", "storage"]).is_err());
+        assert!(with(&["--id", "1", "--heartbeat-interval-ms", "5000"]).is_err());
+        assert!(with(&["--id", "1", "--election-timeout-min-ms", "2000"]).is_err());
+        assert!(
+            with(&["--id", "1", "--no-restore-preferred-leaders"])
+                .is_ok_and(|s| !s.restore_preferred_leaders)
+        );
+    }
+}

@@ -1,0 +1,122 @@
+//! `runnel node`: one process running the controller role, the broker role, or both, plus
+//! the HTTP probes. Tasks are owned here and stopped in two phases on SIGTERM or SIGINT.
+
+pub(crate) mod config;
+mod http;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use runnel_broker::{Broker, BrokerConfig};
+use runnel_controller::controller::{Controller, ControllerConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub(crate) use config::{LogFormat, NodeArgs, NodeSettings};
+
+/// How long each phase of shutdown waits before aborting what is left.
+const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Runs the node until a signal; returns once everything stopped.
+pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
+    let id = settings.id;
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating {}", settings.data_dir.display()))?;
+    let grpc = TcpListener::bind(&settings.grpc_addr)
+        .await
+        .with_context(|| format!("binding the gRPC listener {}", settings.grpc_addr))?;
+    let http = TcpListener::bind(&settings.http_addr)
+        .await
+        .with_context(|| format!("binding the HTTP listener {}", settings.http_addr))?;
+    let grpc_addr = grpc.local_addr()?;
+    let http_addr = http.local_addr()?;
+
+    // A broker-only node keeps its gRPC port bound for the data plane to come.
+    let mut reserved_grpc = None;
+    let controller = if settings.roles.controller {
+        let mut config = ControllerConfig::new(
+            u64::from(id),
+            settings.data_dir.join("controller"),
+            settings.voters.clone(),
+        );
+        config.heartbeat_interval = Duration::from_millis(settings.raft_heartbeat_interval_ms);
+        config.election_timeout_min = Duration::from_millis(settings.election_timeout_min_ms);
+        config.election_timeout_max = Duration::from_millis(settings.election_timeout_max_ms);
+        config.service.session_timeout = Duration::from_millis(settings.session_timeout_ms);
+        config.service.restore_preferred_leaders = settings.restore_preferred_leaders;
+        config.shutdown_timeout = SHUTDOWN_PATIENCE;
+        Some(Controller::start(config, grpc).await.context("starting the controller")?)
+    } else {
+        reserved_grpc = Some(grpc);
+        None
+    };
+    println!("runnel node {id} ready: grpc={grpc_addr} http={http_addr}");
+    std::io::stdout().flush()?;
+
+    let broker = settings.roles.broker.then(|| {
+        Broker::start(BrokerConfig {
+            id,
+            grpc_addr: settings.grpc_addr.clone(),
+            kafka_addr: settings.kafka_addr.clone(),
+            http_addr: settings.http_addr.clone(),
+            controllers: settings.voters.iter().map(|v| v.addr.clone()).collect(),
+            heartbeat_interval: Duration::from_millis(settings.heartbeat_interval_ms),
+            request_timeout: Duration::from_millis(settings.session_timeout_ms.max(1_000)),
+        })
+    });
+
+    let probes = Arc::new(http::Probes {
+        node_id: id,
+        raft: controller.as_ref().map(|c| c.raft().clone()),
+        broker: broker.as_ref().map(Broker::subscribe),
+    });
+    let cancel = CancellationToken::new();
+    let mut http_task = tokio::spawn(http::serve(http, probes, cancel.clone()));
+
+    let stopped_by = tokio::select! {
+        signal = signal() => signal?,
+        _ = &mut http_task => "the HTTP server stopping",
+    };
+    tracing::info!("node {id}: shutting down on {stopped_by}");
+
+    // Phase one: stop taking work (the broker stops heartbeating, probes stop answering).
+    if let Some(broker) = broker {
+        broker.shutdown(SHUTDOWN_PATIENCE).await;
+    }
+    cancel.cancel();
+    if tokio::time::timeout(SHUTDOWN_PATIENCE, &mut http_task).await.is_err() {
+        http_task.abort();
+    }
+    // Phase two: the controller (its own cancel, bounded wait, abort, then Raft).
+    if let Some(controller) = controller {
+        controller.shutdown().await;
+    }
+    drop(reserved_grpc);
+    tracing::info!("node {id}: stopped");
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT; names the one that came.
+async fn signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+/// Sets up `tracing` for a node: `RUNNEL_LOG` filters (default info), text or JSON lines on
+/// stderr.
+pub(crate) fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUNNEL_LOG")
+        .unwrap_or_else(|_| "info,openraft=warn,sled=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

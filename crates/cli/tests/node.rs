@@ -1,0 +1,119 @@
+//! `runnel node` as a process: settings precedence (flags > env > TOML > defaults), the ready
+//! line, the probes, and a clean exit on SIGTERM.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn runnel() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_runnel"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("RUNNEL_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+fn print_config(command: &mut Command) -> serde_json::Value {
+    let out = command.arg("--print-config").output().expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+#[test]
+fn flags_beat_env_which_beats_the_file_which_beats_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("node.toml");
+    std::fs::write(
+        &file,
+        "id = 2\ndata_dir = \"/file\"\ncontroller_voters = \"1@h:1,2@h:2,3@h:3\"\n\
+         heartbeat_interval_ms = 300\nsession_timeout_ms = 2500\nhttp_addr = \"127.0.0.1:9999\"\n",
+    )
+    .unwrap();
+    let value = print_config(
+        runnel()
+            .args(["node", "--data-dir", "/flag"])
+            .env("RUNNEL_CONFIG", &file)
+            .env("RUNNEL_DATA_DIR", "/env")
+            .env("RUNNEL_HEARTBEAT_INTERVAL_MS", "200")
+            .env("RUNNEL_LOG_FORMAT", "json"),
+    );
+    assert_eq!(value["id"], 2, "from the file");
+    assert_eq!(value["data_dir"], "/flag", "the flag beats env and file");
+    assert_eq!(value["heartbeat_interval_ms"], 200, "env beats the file");
+    assert_eq!(value["session_timeout_ms"], 2500, "the file beats the default");
+    assert_eq!(value["http_addr"], "127.0.0.1:9999");
+    assert_eq!(value["grpc_addr"], "127.0.0.1:50052", "the default follows the id");
+    assert_eq!(value["log_format"], "json");
+    assert_eq!(value["voters"], "1@h:1,2@h:2,3@h:3");
+}
+
+#[test]
+fn missing_required_settings_fail() {
+    let out = runnel().args(["node", "--id", "1"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--data-dir is required"));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, response.split("\r\n\r\n").nth(1)?.to_owned()))
+}
+
+#[test]
+fn a_single_voter_node_becomes_ready_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (grpc, http) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let mut child = runnel()
+        .args(["node", "--id", "1", "--controller-voters", &format!("1@{grpc}"), "--grpc-addr", &grpc])
+        .args(["--http-addr", &http, "--heartbeat-interval-ms", "100"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), format!("runnel node 1 ready: grpc={grpc} http={http}"));
+
+    assert_eq!(get(&http, "/healthz").map(|r| r.0), Some(200));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = get(&http, "/readyz");
+        if ready.as_ref().is_some_and(|r| r.0 == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready: {ready:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, metrics) = get(&http, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    for name in ["runnel_raft_term 1", "runnel_raft_is_leader 1", "runnel_broker_fenced 0"] {
+        assert!(metrics.contains(name), "{name} in {metrics}");
+    }
+    assert_eq!(get(&http, "/nope").map(|r| r.0), Some(404));
+
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}
