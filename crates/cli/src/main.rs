@@ -3,6 +3,7 @@
 //! This crate is the composition root: it parses the command line and wires the library
 //! crates together: `runnel node` runs a node, the other commands are operator tools.
 
+mod client;
 mod node;
 
 use std::io::Write;
@@ -32,9 +33,67 @@ enum Command {
     /// file given by --config, in that precedence. Prints `runnel node <id> ready: grpc=<addr>
     /// http=<addr>` once the gRPC listener is bound; SIGTERM or SIGINT stops it cleanly.
     Node(Box<node::NodeArgs>),
+    /// Describe the cluster: the controller quorum and the brokers.
+    Cluster {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Create, list, describe and delete topics.
+    Topic {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(subcommand)]
+        command: TopicCommand,
+    },
     /// Inspect partition logs on disk.
     #[command(subcommand)]
     Log(LogCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// The controller leader, each voter's term and log indexes, each broker's epoch and
+    /// fenced flag.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicCommand {
+    /// Create a topic; the controller places its replicas.
+    Create {
+        /// The topic name.
+        name: String,
+        /// The partition count.
+        #[arg(long)]
+        partitions: u32,
+        /// Replicas per partition.
+        #[arg(long)]
+        replication_factor: u32,
+        /// A config override, key=value (Kafka names, e.g. retention.ms=60000); repeatable.
+        #[arg(long = "config", value_parser = parse_key_value)]
+        configs: Vec<(String, String)>,
+    },
+    /// List every topic.
+    List,
+    /// Show a topic's partitions: leader, replicas, ISR, leader epoch.
+    Describe {
+        /// The topic name.
+        name: String,
+    },
+    /// Delete a topic.
+    Delete {
+        /// The topic name.
+        name: String,
+    },
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{text:?} is not key=value")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,9 +151,55 @@ fn run_node(args: node::NodeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Runs a client command; a controller's refusal prints `error: NAME (code): message`.
+fn run_client(client: client::ClientArgs, kind: &str, call: ClientCall) -> anyhow::Result<ExitCode> {
+    let addrs = client::bootstrap(&client.bootstrap);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let answer = runtime.block_on(async {
+        match call {
+            ClientCall::Status => client::cluster_status(&addrs).await,
+            ClientCall::Topic(TopicCommand::Create { name, partitions, replication_factor, configs }) => {
+                client::topic_create(&addrs, name, partitions, replication_factor, configs).await
+            }
+            ClientCall::Topic(TopicCommand::List) => client::topic_list(&addrs).await,
+            ClientCall::Topic(TopicCommand::Describe { name }) => client::topic_describe(&addrs, name).await,
+            ClientCall::Topic(TopicCommand::Delete { name }) => client::topic_delete(&addrs, name).await,
+        }
+    });
+    match answer {
+        Ok(value) => {
+            match client.output {
+                client::Output::Json => println!("{value}"),
+                client::Output::Text => print!("{}", client::text(kind, &value)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+enum ClientCall {
+    Status,
+    Topic(TopicCommand),
+}
+
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Node(_) => unreachable!("handled by run_node"),
+        Command::Node(args) => run_node(*args),
+        Command::Cluster { client, command: ClusterCommand::Status } => {
+            run_client(client, "cluster", ClientCall::Status)
+        }
+        Command::Topic { client, command } => {
+            let kind = match &command {
+                TopicCommand::List => "list",
+                TopicCommand::Delete { .. } => "delete",
+                _ => "topic",
+            };
+            run_client(client, kind, ClientCall::Topic(command))
+        }
         Command::Log(LogCommand::Dump { partition_dir, records, max_batch_bytes }) => {
             if !partition_dir.is_dir() {
                 anyhow::bail!("{} is not a directory", partition_dir.display());

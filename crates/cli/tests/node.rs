@@ -105,6 +105,30 @@ fn a_single_voter_node_becomes_ready_and_stops_on_sigterm() {
     }
     assert_eq!(get(&http, "/nope").map(|r| r.0), Some(404));
 
+    // The client commands, against this node (after an unreachable bootstrap address).
+    let bootstrap = format!("127.0.0.1:1,{grpc}");
+    let client = |args: &[&str]| {
+        runnel().args(args).args(["--bootstrap", &bootstrap, "--output", "json"]).output().unwrap()
+    };
+    let out = client(&["topic", "create", "orders", "--partitions", "2", "--replication-factor", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(created["partitions"][1]["leader"], 1);
+    assert_eq!(created["partitions"][1]["isr"], serde_json::json!([1]));
+    let again = client(&["topic", "create", "orders", "--partitions", "2", "--replication-factor", "1"]);
+    assert_eq!(again.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.starts_with("error: TOPIC_ALREADY_EXISTS (36): "), "{stderr}");
+    let listed: serde_json::Value = serde_json::from_slice(&client(&["topic", "list"]).stdout).unwrap();
+    assert_eq!(listed["topics"][0]["name"], "orders");
+    let status: serde_json::Value = serde_json::from_slice(&client(&["cluster", "status"]).stdout).unwrap();
+    assert_eq!(status["leader_id"], 1);
+    assert_eq!(status["voters"][0]["term"], 1);
+    assert_eq!(status["brokers"][0]["fenced"], false);
+    assert!(client(&["topic", "delete", "orders"]).status.success());
+    assert_eq!(client(&["topic", "describe", "orders"]).status.code(), Some(1));
+    assert_eq!(client(&["topic", "create"]).status.code(), Some(2), "usage errors exit 2");
+
     let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
     let deadline = Instant::now() + Duration::from_secs(10);
