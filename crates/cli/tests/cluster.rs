@@ -300,7 +300,6 @@ async fn controller_leader_killed_new_leader_commits_within_2s_grpc() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the runnel topic/cluster CLI (node branch)"]
 async fn controller_leader_killed_new_leader_commits_within_2s_cli() {
     controller_leader_killed_new_leader_commits_within_2s(Via::Cli).await;
 }
@@ -374,7 +373,6 @@ async fn whole_cluster_restart_keeps_every_topic_and_assignment_grpc() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the runnel topic/cluster CLI (node branch)"]
 async fn whole_cluster_restart_keeps_every_topic_and_assignment_cli() {
     whole_cluster_restart_keeps_every_topic_and_assignment(Via::Cli).await;
 }
@@ -445,7 +443,6 @@ async fn write_without_quorum_fails_fast_then_succeeds_when_a_node_returns_grpc(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the runnel topic/cluster CLI (node branch)"]
 async fn write_without_quorum_fails_fast_then_succeeds_when_a_node_returns_cli() {
     write_without_quorum_fails_fast_then_succeeds_when_a_node_returns(Via::Cli).await;
 }
@@ -483,7 +480,6 @@ async fn partition_leader_paused_then_resumed_regains_preferred_leadership() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the runnel topic/cluster CLI (node branch)"]
 async fn concurrent_creates_of_one_name_exactly_one_wins_cli() {
     let cluster = start3();
     cluster.wait_for_leader(None, Duration::from_secs(10)).await.unwrap();
