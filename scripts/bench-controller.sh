@@ -2,7 +2,7 @@
 # Controller benchmark on three local `runnel node` processes (release builds):
 #   1. metadata commit latency: N sequential CreateTopic calls to the controller leader, p50/p99;
 #   2. controller failover: kill -9 the leader, time to the next successful commit, over K kills.
-# Usage: scripts/bench-controller.sh [--creates N] [--kills K] [--partitions P] [--rf R]
+# Usage: scripts/bench-controller.sh [--creates N] [--kills K] [--partitions P] [--rf R] [-- NODE ARGS]
 # Honours CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

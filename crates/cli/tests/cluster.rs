@@ -15,6 +15,10 @@ use runnel_testkit::{Cluster, ClusterOpts, POLL_INTERVAL, error_name};
 const SESSION_TIMEOUT_MS: u64 = 500;
 const HEARTBEAT_INTERVAL_MS: u64 = 100;
 
+/// Raft election timeout bounds, tuned for the 2 s failover bound (see [`opts`]).
+const ELECTION_TIMEOUT_MIN_MS: &str = "300";
+const ELECTION_TIMEOUT_MAX_MS: &str = "600";
+
 /// The node's bound on a metadata write that cannot reach a quorum.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Slack over [`WRITE_TIMEOUT`] for process start-up and scheduling on a loaded machine.
@@ -24,6 +28,18 @@ fn opts() -> ClusterOpts {
     let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_runnel"));
     opts.session_timeout_ms = Some(SESSION_TIMEOUT_MS);
     opts.heartbeat_interval_ms = Some(HEARTBEAT_INTERVAL_MS);
+    // openraft starts an election only after the leader lease (= the election timeout's upper
+    // bound) plus a random election timeout have passed without a heartbeat. With the node's
+    // defaults (500-1000 ms) that is 1.5-2.0 s before the first vote, so failover cannot fit in
+    // 2 s reliably; 300-600 ms gives 0.9-1.2 s.
+    opts.extra_args = [
+        "--election-timeout-min-ms",
+        ELECTION_TIMEOUT_MIN_MS,
+        "--election-timeout-max-ms",
+        ELECTION_TIMEOUT_MAX_MS,
+    ]
+    .map(str::to_owned)
+    .to_vec();
     opts
 }
 

@@ -8,6 +8,7 @@
 //!   restarted between kills.
 //!
 //! Usage: bench_controller --binary PATH [--creates N] [--kills K] [--partitions P] [--rf R]
+//!        [-- NODE ARGS...]   (appended to every node's command line, e.g. election timeouts)
 
 use std::time::{Duration, Instant};
 
@@ -22,12 +23,18 @@ struct Args {
     kills: usize,
     partitions: u32,
     rf: u32,
+    node_args: Vec<String>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args { binary: String::new(), creates: 200, kills: 5, partitions: 3, rf: 3 };
+    let mut args =
+        Args { binary: String::new(), creates: 200, kills: 5, partitions: 3, rf: 3, node_args: Vec::new() };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--" {
+            args.node_args = it.by_ref().collect();
+            break;
+        }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--binary" => args.binary = value,
@@ -55,8 +62,11 @@ fn fmt(d: Duration) -> String {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
-    let mut cluster = Cluster::start(3, ClusterOpts::new(&args.binary))?;
-    println!("cluster of 3 ready under {}", cluster.root().display());
+    let mut opts = ClusterOpts::new(&args.binary);
+    opts.extra_args = args.node_args.clone();
+    opts.log_filter = "warn".to_owned();
+    let mut cluster = Cluster::start(3, opts)?;
+    println!("cluster of 3 ready under {} (node args: {:?})", cluster.root().display(), args.node_args);
 
     let leader = cluster.wait_for_leader(None, Duration::from_secs(10)).await?;
     let mut client = cluster.controller_client(leader).await?;
