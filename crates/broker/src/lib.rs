@@ -157,7 +157,22 @@ impl Broker {
     }
 }
 
-/// Registers, then heartbeats every interval; registers again when told to.
+/// Pause before trying the next controller after a failure: short, so that after a leader
+/// dies the broker reaches the new one well within the controller's session grace.
+const RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// Why a session ended.
+enum SessionEnd {
+    /// Shutting down: dropping the session tells the leader to fence this broker.
+    Cancelled,
+    /// The controller wants a new registration.
+    Reregister,
+    /// The leader moved or went away; the status names where to go next.
+    Failed(tonic::Status),
+}
+
+/// Registers, then heartbeats over a `BrokerSession` stream to the controller leader (whose
+/// end fences this broker at once); registers again when told to.
 async fn liveness_task(
     config: BrokerConfig,
     status: Arc<watch::Sender<BrokerStatus>>,
@@ -166,82 +181,127 @@ async fn liveness_task(
     let incarnation_id: [u8; 16] = rand::random();
     let mut controllers = Controllers::new(config.controllers.clone(), config.id as usize);
     let mut epoch = 0u64;
-    let mut clients: std::collections::HashMap<String, ControllerServiceClient<Channel>> = Default::default();
-    let mut interval = tokio::time::interval(config.heartbeat_interval);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = interval.tick() => {}
+        if cancel.is_cancelled() {
+            return;
         }
         let addr = controllers.current();
-        let cached = clients.get(&addr).cloned().map(Ok);
-        let mut client = match cached.unwrap_or_else(|| client(&addr, config.request_timeout, true)) {
-            Ok(client) => {
-                clients.insert(addr.clone(), client.clone());
-                client
-            }
-            Err(e) => {
-                tracing::error!("broker {}: {e}", config.id);
-                controllers.failed(&e);
-                continue;
-            }
-        };
         if epoch == 0 {
-            let request = pb::RegisterBrokerRequest {
-                broker_id: config.id,
-                endpoints: Some(pb::BrokerEndpoints {
-                    grpc: config.grpc_addr.clone(),
-                    kafka: config.kafka_addr.clone(),
-                    http: config.http_addr.clone(),
-                }),
-                rack: String::new(),
-                incarnation_id: incarnation_id.to_vec(),
-            };
-            match client.register_broker(request).await {
-                Ok(response) => {
-                    epoch = response.into_inner().broker_epoch;
+            match register(&config, &addr, incarnation_id).await {
+                Ok(registered) => {
+                    epoch = registered;
                     tracing::info!(broker = config.id, epoch, controller = %addr, "registered");
                     status.send_modify(|s| {
                         s.epoch = epoch;
                         s.fenced = true;
                     });
-                    // Heartbeat at once: the registration is fenced until the first one.
-                    interval.reset_immediately();
+                    continue;
                 }
                 Err(e) => {
                     tracing::debug!(broker = config.id, controller = %addr, "registration failed: {e}");
                     controllers.failed(&e);
                 }
             }
-            continue;
-        }
-        let request = pb::BrokerHeartbeatRequest {
-            broker_id: config.id,
-            broker_epoch: epoch,
-            metadata_version: status.borrow().metadata_version,
-        };
-        match client.broker_heartbeat(request).await {
-            Ok(response) => {
-                let response = response.into_inner();
-                if response.should_reregister {
+        } else {
+            match run_session(&config, &addr, epoch, &status, &cancel).await {
+                SessionEnd::Cancelled => return,
+                SessionEnd::Reregister => {
                     tracing::warn!(broker = config.id, epoch, "the controller asks for a new registration");
                     epoch = 0;
-                    interval.reset_immediately();
+                    continue;
                 }
-                status.send_modify(|s| {
-                    if s.fenced != response.fenced {
-                        tracing::info!(broker = config.id, fenced = response.fenced, "fencing changed");
-                    }
-                    s.fenced = response.fenced;
-                    s.controller = Some(addr);
-                });
+                SessionEnd::Failed(e) => {
+                    tracing::debug!(broker = config.id, controller = %addr, "session ended: {e}");
+                    status.send_modify(|s| s.controller = None);
+                    controllers.failed(&e);
+                }
             }
-            Err(e) => {
-                tracing::debug!(broker = config.id, controller = %addr, "heartbeat failed: {e}");
-                status.send_modify(|s| s.controller = None);
-                controllers.failed(&e);
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(RETRY_DELAY) => {}
+        }
+    }
+}
+
+async fn register(config: &BrokerConfig, addr: &str, incarnation_id: [u8; 16]) -> Result<u64, tonic::Status> {
+    let request = pb::RegisterBrokerRequest {
+        broker_id: config.id,
+        endpoints: Some(pb::BrokerEndpoints {
+            grpc: config.grpc_addr.clone(),
+            kafka: config.kafka_addr.clone(),
+            http: config.http_addr.clone(),
+        }),
+        rack: String::new(),
+        incarnation_id: incarnation_id.to_vec(),
+    };
+    let mut client = client(addr, config.request_timeout, true)?;
+    Ok(client.register_broker(request).await?.into_inner().broker_epoch)
+}
+
+/// One session with the controller at `addr`: a heartbeat every interval, each answered
+/// within two intervals (a paused leader is left for the next controller).
+async fn run_session(
+    config: &BrokerConfig,
+    addr: &str,
+    epoch: u64,
+    status: &watch::Sender<BrokerStatus>,
+    cancel: &CancellationToken,
+) -> SessionEnd {
+    let answer_timeout = (config.heartbeat_interval * 2).max(Duration::from_millis(200));
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut client = match client(addr, config.request_timeout, false) {
+        Ok(client) => client,
+        Err(e) => return SessionEnd::Failed(e),
+    };
+    let mut interval = tokio::time::interval(config.heartbeat_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let beat = || pb::BrokerHeartbeatRequest {
+        broker_id: config.id,
+        broker_epoch: epoch,
+        metadata_version: status.borrow().metadata_version,
+    };
+    // The first heartbeat goes with the request, so a follower's refusal comes back at once.
+    if tx.try_send(beat()).is_err() {
+        return SessionEnd::Failed(tonic::Status::internal("session channel full"));
+    }
+    interval.tick().await;
+    let call = client.broker_session(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let mut answers = tokio::select! {
+        _ = cancel.cancelled() => return SessionEnd::Cancelled,
+        opened = tokio::time::timeout(config.request_timeout, call) => match opened {
+            Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(e)) => return SessionEnd::Failed(e),
+            Err(_) => return SessionEnd::Failed(tonic::Status::deadline_exceeded("opening the session")),
+        },
+    };
+    loop {
+        let answer = tokio::select! {
+            _ = cancel.cancelled() => return SessionEnd::Cancelled,
+            answer = tokio::time::timeout(answer_timeout, answers.message()) => answer,
+        };
+        let response = match answer {
+            Ok(Ok(Some(response))) => response,
+            Ok(Ok(None)) => return SessionEnd::Failed(tonic::Status::unavailable("the session ended")),
+            Ok(Err(e)) => return SessionEnd::Failed(e),
+            Err(_) => return SessionEnd::Failed(tonic::Status::deadline_exceeded("no heartbeat answer")),
+        };
+        if response.should_reregister {
+            return SessionEnd::Reregister;
+        }
+        status.send_modify(|s| {
+            if s.fenced != response.fenced {
+                tracing::info!(broker = config.id, fenced = response.fenced, "fencing changed");
             }
+            s.fenced = response.fenced;
+            s.controller = Some(addr.to_owned());
+        });
+        tokio::select! {
+            _ = cancel.cancelled() => return SessionEnd::Cancelled,
+            _ = interval.tick() => {}
+        }
+        if tx.send(beat()).await.is_err() {
+            return SessionEnd::Failed(tonic::Status::unavailable("the session closed"));
         }
     }
 }

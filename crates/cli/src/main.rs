@@ -168,11 +168,15 @@ fn run_client(client: client::ClientArgs, kind: &str, call: ClientCall) -> anyho
     });
     match answer {
         Ok(value) => {
-            match client.output {
-                client::Output::Json => println!("{value}"),
-                client::Output::Text => print!("{}", client::text(kind, &value)),
+            let text = match client.output {
+                client::Output::Json => format!("{value}\n"),
+                client::Output::Text => client::text(kind, &value),
+            };
+            // A reader that went away (`| head`) is not an error of the command.
+            match std::io::stdout().lock().write_all(text.as_bytes()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(ExitCode::SUCCESS),
             }
-            Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
             eprintln!("error: {e}");

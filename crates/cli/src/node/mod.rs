@@ -46,6 +46,10 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         config.election_timeout_max = Duration::from_millis(settings.election_timeout_max_ms);
         config.service.session_timeout = Duration::from_millis(settings.session_timeout_ms);
         config.service.restore_preferred_leaders = settings.restore_preferred_leaders;
+        // A new controller leader fences brokers that have not reached it within two broker
+        // heartbeats plus 300 ms to find it: the one on the dead leader's host never will.
+        config.service.session_grace = Duration::from_millis(2 * settings.heartbeat_interval_ms + 300)
+            .min(config.service.session_timeout);
         config.shutdown_timeout = SHUTDOWN_PATIENCE;
         Some(Controller::start(config, grpc).await.context("starting the controller")?)
     } else {

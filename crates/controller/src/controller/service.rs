@@ -15,8 +15,13 @@
 //! - **WatchMetadata** is served from the node's own applied image (every node applies the
 //!   log), so brokers can watch any controller; the stream's versions never go back.
 //! - **Broker liveness** runs on the leader ([`liveness_task`]): heartbeat arrival times are
-//!   kept in memory, not in the state machine (time is not deterministic), and a new leader
-//!   starts every clock afresh, so each broker gets a full session timeout of grace.
+//!   kept in memory, not in the state machine (time is not deterministic). A broker silent
+//!   past the session timeout is fenced. A broker's `BrokerSession` stream ending (its
+//!   process died, its connection dropped, or it shut down) fences it at once: fencing a
+//!   live broker is always safe, its next heartbeat unfences it. A new leader starts every
+//!   clock afresh and fences brokers that have not reached it within
+//!   [`ServiceConfig::session_grace`] (they follow a new leader within a few heartbeats; one
+//!   that does not is most likely on the old leader's dead host).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -61,6 +66,9 @@ pub struct ServiceConfig {
     pub session_timeout: Duration,
     /// After unfencing a broker, move leadership back to preferred replicas.
     pub restore_preferred_leaders: bool,
+    /// How long a new leader waits for a broker to reach it (by session or heartbeat) before
+    /// fencing it; at most `session_timeout` matters.
+    pub session_grace: Duration,
 }
 
 impl Default for ServiceConfig {
@@ -69,6 +77,8 @@ impl Default for ServiceConfig {
             write_timeout: Duration::from_secs(5),
             session_timeout: Duration::from_secs(3),
             restore_preferred_leaders: true,
+            // Two heartbeat intervals at the default 500 ms, plus 300 ms to find the leader.
+            session_grace: Duration::from_millis(1_300),
         }
     }
 }
@@ -231,6 +241,15 @@ impl Shared {
         (metrics.state == ServerState::Leader).then_some(metrics.current_term)
     }
 
+    /// NOT_CONTROLLER naming the leader this node knows, if any.
+    fn not_controller(&self) -> ControllerError {
+        let metrics = self.metrics();
+        let leader = metrics.current_leader.filter(|l| *l != self.id);
+        let addr =
+            leader.and_then(|l| metrics.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+        ControllerError::NotController { leader: addr }
+    }
+
     fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
         self.liveness.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -283,12 +302,13 @@ impl Shared {
             liveness.restart_if_new(term);
             let now = Instant::now();
             let session = self.config.session_timeout;
+            let grace = self.config.session_grace.min(session);
             self.read(|image| {
                 image
                     .live_brokers()
-                    .filter(|b| {
-                        let seen = liveness.last_seen.get(&b.id).copied().unwrap_or(liveness.started);
-                        now.duration_since(seen) > session
+                    .filter(|b| match liveness.last_seen.get(&b.id) {
+                        Some(seen) => now.duration_since(*seen) > session,
+                        None => now.duration_since(liveness.started) > grace,
                     })
                     .map(|b| (b.id, b.epoch))
                     .collect::<Vec<_>>()
@@ -312,8 +332,10 @@ impl Shared {
 
 /// Fences brokers that stop heartbeating, while this node leads. Runs until `cancel`.
 pub(crate) async fn liveness_task(shared: Arc<Shared>) {
+    // A tenth of the timeout (at most 250 ms): a silent broker is fenced within about 1.1
+    // session timeouts (3.3 s at the default 3 s, inside the 4 s a SIGSTOP may take).
     let tick =
-        (shared.config.session_timeout / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
+        (shared.config.session_timeout / 10).clamp(Duration::from_millis(20), Duration::from_millis(250));
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -393,6 +415,11 @@ macro_rules! forward_unless_leader {
 }
 
 type WatchStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::MetadataUpdate, Status>> + Send>>;
+type SessionStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::BrokerHeartbeatResponse, Status>> + Send>>;
+
+/// Responses buffered per broker session; a broker reads each before sending the next.
+const SESSION_BUFFER: usize = 4;
 
 #[tonic::async_trait]
 impl ControllerService for ControllerGrpcService {
@@ -416,6 +443,18 @@ impl ControllerService for ControllerGrpcService {
     ) -> Result<Response<pb::BrokerHeartbeatResponse>, Status> {
         forward_unless_leader!(self, request, broker_heartbeat);
         Ok(Response::new(self.shared.heartbeat(request.into_inner()).await?))
+    }
+
+    type BrokerSessionStream = SessionStream;
+
+    async fn broker_session(
+        &self,
+        request: Request<tonic::Streaming<pb::BrokerHeartbeatRequest>>,
+    ) -> Result<Response<SessionStream>, Status> {
+        let term = self.shared.leader_term().ok_or_else(|| self.shared.not_controller())?;
+        let (tx, rx) = mpsc::channel(SESSION_BUFFER);
+        tokio::spawn(session(Arc::clone(&self.shared), term, request.into_inner(), tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     type WatchMetadataStream = WatchStream;
@@ -605,5 +644,61 @@ async fn watch(shared: Arc<Shared>, tx: mpsc::Sender<Result<pb::MetadataUpdate, 
                 return;
             }
         }
+    }
+}
+
+/// How often a session checks that this node still leads.
+const SESSION_LEADERSHIP_CHECK: Duration = Duration::from_millis(100);
+
+/// Serves one broker's session on the leader: answers each heartbeat; when the broker's
+/// stream ends or breaks while this node still leads in `term`, fences the broker at once.
+/// When this node stops leading, ends the session with NOT_CONTROLLER and fences nothing.
+async fn session(
+    shared: Arc<Shared>,
+    term: u64,
+    mut inbound: tonic::Streaming<pb::BrokerHeartbeatRequest>,
+    tx: mpsc::Sender<Result<pb::BrokerHeartbeatResponse, Status>>,
+) {
+    use tokio_stream::StreamExt;
+    let mut broker: Option<(u32, u64)> = None;
+    let mut check = tokio::time::interval(SESSION_LEADERSHIP_CHECK);
+    let why = loop {
+        let next = tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            _ = check.tick() => {
+                if shared.leader_term() != Some(term) {
+                    let _ = tx.send(Err(shared.not_controller().into())).await;
+                    return;
+                }
+                continue;
+            }
+            next = inbound.next() => next,
+        };
+        let request = match next {
+            Some(Ok(request)) => request,
+            Some(Err(status)) => break format!("session broke: {status}"),
+            None => break "session closed by the broker".to_owned(),
+        };
+        let id = request.broker_id;
+        let answer = shared.heartbeat(request).await;
+        broker = match &answer {
+            Ok(response) if !response.should_reregister => Some((id, request.broker_epoch)),
+            _ => None,
+        };
+        if tx.send(answer.map_err(Status::from)).await.is_err() {
+            break "session response stream dropped".to_owned();
+        }
+    };
+    let Some((id, epoch)) = broker else { return };
+    if shared.leader_term() != Some(term) || shared.cancel.is_cancelled() {
+        return;
+    }
+    let live = shared.read(|image| image.broker(id).is_some_and(|b| b.epoch == epoch && !b.fenced));
+    if !matches!(live, Ok(true)) {
+        return;
+    }
+    match shared.propose(Command::FenceBroker { id, epoch }).await {
+        Ok(_) => tracing::warn!(broker = id, epoch, "{why}; broker fenced"),
+        Err(e) => tracing::warn!(broker = id, "{why}; fencing failed: {e}"),
     }
 }

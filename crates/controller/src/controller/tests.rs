@@ -18,13 +18,15 @@ const POLL: Duration = Duration::from_millis(20);
 /// Every test's hard bound.
 const TEST_TIMEOUT: Duration = Duration::from_secs(25);
 
-fn config(id: u64, dir: &Path, voters: &[Voter], session_timeout: Duration) -> ControllerConfig {
+fn config(id: u64, dir: &Path, voters: &[Voter], session: (Duration, Duration)) -> ControllerConfig {
+    let (session_timeout, session_grace) = session;
     let mut config = ControllerConfig::new(id, dir, voters.to_vec());
     config.heartbeat_interval = Duration::from_millis(100);
     config.election_timeout_min = Duration::from_millis(400);
     config.election_timeout_max = Duration::from_millis(800);
     config.service.write_timeout = Duration::from_secs(2);
     config.service.session_timeout = session_timeout;
+    config.service.session_grace = session_grace;
     config.shutdown_timeout = Duration::from_secs(2);
     config
 }
@@ -33,11 +35,18 @@ struct Cluster {
     dirs: Vec<tempfile::TempDir>,
     voters: Vec<Voter>,
     nodes: Vec<Option<Controller>>,
-    session_timeout: Duration,
+    /// The session timeout and the new leader's grace.
+    session: (Duration, Duration),
 }
 
 impl Cluster {
+    /// Most tests heartbeat by hand and not after a failover: a new leader gives their
+    /// brokers a full session timeout.
     async fn start(n: u64, session_timeout: Duration) -> anyhow::Result<Cluster> {
+        Self::start_with(n, (session_timeout, session_timeout)).await
+    }
+
+    async fn start_with(n: u64, session: (Duration, Duration)) -> anyhow::Result<Cluster> {
         let mut listeners = Vec::new();
         let mut voters = Vec::new();
         let mut dirs = Vec::new();
@@ -49,10 +58,10 @@ impl Cluster {
         }
         let mut nodes = Vec::new();
         for (listener, (voter, dir)) in listeners.into_iter().zip(voters.iter().zip(&dirs)) {
-            let config = config(voter.id, dir.path(), &voters, session_timeout);
+            let config = config(voter.id, dir.path(), &voters, session);
             nodes.push(Some(Controller::start(config, listener).await?));
         }
-        Ok(Cluster { dirs, voters, nodes, session_timeout })
+        Ok(Cluster { dirs, voters, nodes, session })
     }
 
     async fn stop(&mut self, id: u64) {
@@ -67,7 +76,7 @@ impl Cluster {
         loop {
             let attempt = async {
                 let listener = TcpListener::bind(&self.voters[index].addr).await?;
-                let config = config(id, self.dirs[index].path(), &self.voters, self.session_timeout);
+                let config = config(id, self.dirs[index].path(), &self.voters, self.session);
                 anyhow::Ok(Controller::start(config, listener).await?)
             };
             match attempt.await {
@@ -386,6 +395,115 @@ async fn a_silent_broker_is_fenced_and_its_partitions_get_new_leaders() -> anyho
         live.abort();
 
         eprintln!("broker fenced {fenced_after:?} after going silent; test took {:?}", started.elapsed());
+        cluster.shutdown().await;
+        Ok(())
+    })
+    .await
+    .context("test timed out")?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_whose_session_ends_is_fenced_at_once() -> anyhow::Result<()> {
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // A session timeout far beyond the test: only the session's end can fence.
+        let cluster = Cluster::start(3, Duration::from_secs(60)).await?;
+        let leader = cluster.leader(deadline).await?;
+
+        // Phase 1: a follower refuses a session and names the leader.
+        let (_keep, rx) = mpsc::channel::<pb::BrokerHeartbeatRequest>(1);
+        let refused = cluster
+            .client(follower_of(leader))
+            .await?
+            .broker_session(ReceiverStream::new(rx))
+            .await
+            .expect_err("a follower serves no session");
+        ensure!(status_error_code(&refused) == Some(ErrorCode::NotController), "{refused:?}");
+        let leader_addr = &cluster.voters[(leader - 1) as usize].addr;
+        ensure!(refused.metadata().get(LEADER_KEY).is_some_and(|v| v == leader_addr.as_str()), "{refused:?}");
+
+        // Phase 2: a registered broker heartbeats over a session on the leader.
+        let mut client = cluster.client(leader).await?;
+        let epoch = register(&mut client, 1).await?;
+        let (tx, rx) = mpsc::channel(4);
+        let mut answers = client.broker_session(ReceiverStream::new(rx)).await?.into_inner();
+        for _ in 0..3 {
+            tx.send(pb::BrokerHeartbeatRequest {
+                broker_id: 1,
+                broker_epoch: epoch,
+                metadata_version: epoch,
+            })
+            .await?;
+            let answer = answers.message().await?.context("the session ends")?;
+            ensure!(!answer.fenced && !answer.should_reregister, "{answer:?}");
+        }
+
+        // Phase 3: the session ends (as when the process dies): fenced within a second.
+        let ended = Instant::now();
+        drop(tx);
+        drop(answers);
+        let node = cluster.running().find(|n| n.id() == leader).context("leader runs")?;
+        loop {
+            let fenced = node.image()?.broker(1).context("broker 1")?.fenced;
+            if fenced {
+                break;
+            }
+            ensure!(ended.elapsed() < Duration::from_secs(1), "not fenced within 1 s of the session's end");
+            tokio::time::sleep(POLL).await;
+        }
+
+        // Phase 4: a unary heartbeat from the live broker unfences it again.
+        let beat =
+            pb::BrokerHeartbeatRequest { broker_id: 1, broker_epoch: epoch, metadata_version: u64::MAX };
+        ensure!(!client.broker_heartbeat(beat).await?.into_inner().fenced);
+        cluster.shutdown().await;
+        Ok(())
+    })
+    .await
+    .context("test timed out")?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_fences_brokers_that_do_not_reach_it_within_the_grace() -> anyhow::Result<()> {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let grace = Duration::from_millis(500);
+        let mut cluster = Cluster::start_with(3, (Duration::from_secs(60), grace)).await?;
+        let leader = cluster.leader(deadline).await?;
+
+        // Phase 1: brokers 1 and 2 register; broker 2 keeps heartbeating through a follower.
+        let follower = follower_of(leader);
+        let mut client = cluster.client(follower).await?;
+        register(&mut client, 1).await?;
+        let epoch = register(&mut client, 2).await?;
+        let beat =
+            pb::BrokerHeartbeatRequest { broker_id: 2, broker_epoch: epoch, metadata_version: u64::MAX };
+        let mut beating = client.clone();
+        let heartbeats = tokio::spawn(async move {
+            loop {
+                let _ = beating.broker_heartbeat(beat).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+
+        // Phase 2: the leader goes; broker 1 (silent, as if on the dead leader's host) is
+        // fenced by the new leader after its grace, far inside the 60 s session timeout.
+        let stopped = Instant::now();
+        cluster.stop(leader).await;
+        let new_leader = cluster.leader(deadline).await?;
+        let node = cluster.running().find(|n| n.id() == new_leader).context("new leader runs")?;
+        loop {
+            let image = node.image()?;
+            if image.broker(1).context("broker 1")?.fenced {
+                ensure!(!image.broker(2).context("broker 2")?.fenced, "the heartbeating broker was fenced");
+                break;
+            }
+            ensure!(stopped.elapsed() < Duration::from_secs(5), "broker 1 not fenced after the grace");
+            tokio::time::sleep(POLL).await;
+        }
+        heartbeats.abort();
         cluster.shutdown().await;
         Ok(())
     })
