@@ -16,6 +16,10 @@ use anyhow::{Context, bail};
 use runnel_proto::pb::runnel::v1::CreateTopicRequest;
 use runnel_testkit::{Cluster, ClusterOpts, error_name, percentile};
 
+/// One commit attempt during failover gives up after this and tries the next node: the
+/// measured failover time is accurate to about this much.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(250);
+
 #[derive(Debug)]
 struct Args {
     binary: String,
@@ -104,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
                     let mut c = cluster.controller_client(via).await?;
                     Ok::<_, anyhow::Error>(c.create_topic(request(name.clone(), 1, 1)).await)
                 };
-                match tokio::time::timeout(Duration::from_secs(1), call).await {
+                match tokio::time::timeout(ATTEMPT_TIMEOUT, call).await {
                     Ok(Ok(Ok(_))) => break 'commit,
                     Ok(Ok(Err(s))) if attempts > 1 && error_name(&s) == "TOPIC_ALREADY_EXISTS" => {
                         break 'commit;
