@@ -1,0 +1,618 @@
+//! Runnel's end-to-end harness: a cluster of real `runnel node` processes.
+//!
+//! [`Cluster::start`] spawns `n` nodes (ids `1..=n`, every one a controller voter and a broker
+//! unless [`ClusterOpts::extra_args`] says otherwise) on free loopback ports, each with its own
+//! data directory under one temp dir, and waits until every node answers `GET /readyz` with 200.
+//! Tests then kill, pause, stop and restart nodes by id, run the `runnel` CLI against the
+//! cluster and talk gRPC to any node.
+//!
+//! Nothing leaks: dropping the [`Cluster`] (also while a test panics) kills and reaps every
+//! child. Each node's stdout and stderr go to files in the temp dir; when the cluster is dropped
+//! during a panic they are printed, so a failing test shows what the nodes said. Set
+//! `RUNNEL_TESTKIT_KEEP=1` to keep the temp dir (its path is printed).
+//!
+//! The API is blocking (std processes, std sockets) so it works from plain `#[test]`s and from
+//! async tests alike; the gRPC helpers are `async`.
+
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use runnel_proto::pb::runnel::v1::controller_service_client::ControllerServiceClient;
+use runnel_proto::pb::runnel::v1::{DescribeClusterRequest, DescribeClusterResponse};
+use rustix::process::{Pid, Signal, kill_process};
+use tonic::transport::Channel;
+
+/// How often readiness and state are polled.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// How a [`Cluster`] runs its nodes.
+#[derive(Debug, Clone)]
+pub struct ClusterOpts {
+    /// The `runnel` binary (tests in the cli crate pass `env!("CARGO_BIN_EXE_runnel")`).
+    pub binary: PathBuf,
+    /// `--session-timeout-ms`, when set.
+    pub session_timeout_ms: Option<u64>,
+    /// `--heartbeat-interval-ms`, when set.
+    pub heartbeat_interval_ms: Option<u64>,
+    /// How long [`Cluster::start`] and [`Cluster::restart`] wait for `/readyz`.
+    pub ready_timeout: Duration,
+    /// How long [`Cluster::stop`] waits for a clean exit after SIGTERM before SIGKILL.
+    pub stop_timeout: Duration,
+    /// `RUNNEL_LOG` for the nodes (a tracing filter).
+    pub log_filter: String,
+    /// Appended to every node's command line.
+    pub extra_args: Vec<String>,
+}
+
+impl ClusterOpts {
+    /// Defaults: the node's own liveness timings, 20 s to become ready, 10 s to stop.
+    pub fn new(binary: impl Into<PathBuf>) -> Self {
+        Self {
+            binary: binary.into(),
+            session_timeout_ms: None,
+            heartbeat_interval_ms: None,
+            ready_timeout: Duration::from_secs(20),
+            stop_timeout: Duration::from_secs(10),
+            log_filter: "info".to_owned(),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// One node of a [`Cluster`]: its fixed addresses and data dir, and its process when running.
+#[derive(Debug)]
+pub struct Node {
+    id: u64,
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    kafka_addr: SocketAddr,
+    data_dir: PathBuf,
+    stdout_path: PathBuf,
+    stderr_path: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+}
+
+impl Node {
+    /// The node id (also its controller voter id and broker id).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+    /// The gRPC listener (RaftService and ControllerService), fixed across restarts.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+    /// The HTTP listener (health, metrics).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+    /// The Kafka listener.
+    pub fn kafka_addr(&self) -> SocketAddr {
+        self.kafka_addr
+    }
+    /// The node's data directory, kept across restarts.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+    /// Whether a process is running (possibly paused).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+    /// The process id, when running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+    /// Everything the node printed on stdout and stderr so far (every start appends).
+    pub fn logs(&self) -> String {
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        format!(
+            "----- node {} stdout ({}) -----\n{}\n----- node {} stderr ({}) -----\n{}",
+            self.id,
+            self.stdout_path.display(),
+            read(&self.stdout_path),
+            self.id,
+            self.stderr_path.display(),
+            read(&self.stderr_path),
+        )
+    }
+
+    fn signal(&self, sig: Signal) -> anyhow::Result<()> {
+        let child = self.child.as_ref().ok_or_else(|| anyhow!("node {} is not running", self.id))?;
+        kill_process(Pid::from_child(child), sig).with_context(|| format!("signalling node {}", self.id))
+    }
+
+    /// SIGKILL and reap. A no-op when not running.
+    fn kill_and_reap(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        // SIGKILL also ends a stopped (SIGSTOPped) process.
+        let _ = child.kill();
+        self.paused = false;
+        child.wait().ok()
+    }
+}
+
+/// The result of one `runnel` CLI run.
+#[derive(Debug, Clone)]
+pub struct CliOutput {
+    /// The exit code; `None` when killed by a signal or by [`Cluster::runnel_with_timeout`].
+    pub code: Option<i32>,
+    /// Whether the run was killed for exceeding its timeout.
+    pub timed_out: bool,
+    /// Everything on stdout.
+    pub stdout: String,
+    /// Everything on stderr.
+    pub stderr: String,
+    /// Wall time from spawn to exit.
+    pub elapsed: Duration,
+}
+
+impl CliOutput {
+    /// Exit code 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+    /// Stdout parsed as JSON.
+    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+        serde_json::from_str(&self.stdout)
+            .with_context(|| format!("stdout is not JSON: {:?} (stderr: {:?})", self.stdout, self.stderr))
+    }
+    /// The error name of an `error: <NAME> (<code>): <message>` line on stderr.
+    pub fn error_name(&self) -> Option<&str> {
+        let line = self.stderr.lines().find_map(|l| l.strip_prefix("error: "))?;
+        let (name, _) = line.split_once(" (")?;
+        Some(name)
+    }
+}
+
+/// N real `runnel node` processes. See the crate docs.
+#[derive(Debug)]
+pub struct Cluster {
+    opts: ClusterOpts,
+    nodes: Vec<Node>,
+    voters: String,
+    // Declared last: dropped after the nodes are killed.
+    root: Option<tempfile::TempDir>,
+}
+
+/// How many times [`Cluster::start`] picks fresh ports when a node fails to come up (a port
+/// picked free can be taken by someone else before the node binds it).
+const START_ATTEMPTS: usize = 3;
+
+impl Cluster {
+    /// Starts `n` nodes and waits until every one is ready.
+    pub fn start(n: usize, opts: ClusterOpts) -> anyhow::Result<Self> {
+        assert!(n >= 1, "a cluster has at least one node");
+        let mut last_err = None;
+        for attempt in 1..=START_ATTEMPTS {
+            let mut cluster = Self::prepare(n, opts.clone())?;
+            match cluster.start_all() {
+                Ok(()) => return Ok(cluster),
+                Err(e) => {
+                    let logs = cluster.all_logs();
+                    eprintln!("testkit: cluster start attempt {attempt} failed: {e:#}");
+                    last_err = Some(e.context(logs));
+                }
+            }
+        }
+        Err(last_err.expect("at least one attempt"))
+    }
+
+    /// Lays out the temp dir and picks ports, without spawning anything.
+    pub fn prepare(n: usize, opts: ClusterOpts) -> anyhow::Result<Self> {
+        let root = tempfile::Builder::new().prefix("runnel-testkit-").tempdir()?;
+        let ports = free_ports(3 * n)?;
+        let mut nodes = Vec::with_capacity(n);
+        for (i, p) in ports.chunks(3).enumerate() {
+            let id = i as u64 + 1;
+            let dir = root.path().join(format!("node-{id}"));
+            std::fs::create_dir_all(dir.join("data"))?;
+            nodes.push(Node {
+                id,
+                grpc_addr: SocketAddr::from(([127, 0, 0, 1], p[0])),
+                http_addr: SocketAddr::from(([127, 0, 0, 1], p[1])),
+                kafka_addr: SocketAddr::from(([127, 0, 0, 1], p[2])),
+                data_dir: dir.join("data"),
+                stdout_path: dir.join("stdout.log"),
+                stderr_path: dir.join("stderr.log"),
+                child: None,
+                paused: false,
+            });
+        }
+        let voters = nodes.iter().map(|n| format!("{}@{}", n.id, n.grpc_addr)).collect::<Vec<_>>().join(",");
+        Ok(Self { opts, nodes, voters, root: Some(root) })
+    }
+
+    /// Spawns every node that is not running and waits until all are ready.
+    pub fn start_all(&mut self) -> anyhow::Result<()> {
+        for id in self.ids() {
+            if !self.node(id).is_running() {
+                self.spawn(id)?;
+            }
+        }
+        self.wait_all_ready(self.opts.ready_timeout)
+    }
+
+    /// The node ids, `1..=n`.
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// The temp dir holding every node's data and logs.
+    pub fn root(&self) -> &Path {
+        self.root.as_ref().expect("root lives until drop").path()
+    }
+
+    /// The `--controller-voters` value.
+    pub fn voters(&self) -> &str {
+        &self.voters
+    }
+
+    /// Node `id` (1-based).
+    pub fn node(&self, id: u64) -> &Node {
+        self.nodes.iter().find(|n| n.id == id).unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.id == id).unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// The command line node `id` is started with (without the binary).
+    pub fn node_args(&self, id: u64) -> Vec<String> {
+        let n = self.node(id);
+        let mut args = vec![
+            "node".to_owned(),
+            "--id".to_owned(),
+            id.to_string(),
+            "--data-dir".to_owned(),
+            n.data_dir.display().to_string(),
+            "--controller-voters".to_owned(),
+            self.voters.clone(),
+            "--grpc-addr".to_owned(),
+            n.grpc_addr.to_string(),
+            "--http-addr".to_owned(),
+            n.http_addr.to_string(),
+            "--kafka-addr".to_owned(),
+            n.kafka_addr.to_string(),
+        ];
+        if let Some(ms) = self.opts.session_timeout_ms {
+            args.extend(["--session-timeout-ms".to_owned(), ms.to_string()]);
+        }
+        if let Some(ms) = self.opts.heartbeat_interval_ms {
+            args.extend(["--heartbeat-interval-ms".to_owned(), ms.to_string()]);
+        }
+        args.extend(self.opts.extra_args.iter().cloned());
+        args
+    }
+
+    /// Starts node `id`'s process (same ports, same data dir) without waiting for readiness.
+    pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
+        let args = self.node_args(id);
+        let binary = self.opts.binary.clone();
+        let log_filter = self.opts.log_filter.clone();
+        let node = self.node_mut(id);
+        if node.child.is_some() {
+            bail!("node {id} is already running");
+        }
+        let append = |p: &Path| OpenOptions::new().create(true).append(true).open(p);
+        let mut out = append(&node.stdout_path)?;
+        let mut err = append(&node.stderr_path)?;
+        // Mark each start, so a restarted node's output is told apart.
+        let banner = format!("===== testkit: starting node {id}: {} {}\n", binary.display(), args.join(" "));
+        out.write_all(banner.as_bytes())?;
+        err.write_all(banner.as_bytes())?;
+        let child = Command::new(&binary)
+            .args(&args)
+            .env("RUNNEL_LOG", log_filter)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("spawning {}", binary.display()))?;
+        node.child = Some(child);
+        node.paused = false;
+        Ok(())
+    }
+
+    /// Waits until node `id` answers `GET /readyz` with 200; fails early when it exits.
+    pub fn wait_ready(&mut self, id: u64, timeout: Duration) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        let deadline = start + timeout;
+        loop {
+            let node = self.node_mut(id);
+            let child = node.child.as_mut().ok_or_else(|| anyhow!("node {id} is not running"))?;
+            if let Some(status) = child.try_wait()? {
+                node.child = None;
+                bail!("node {id} exited before it was ready: {status}");
+            }
+            let addr = node.http_addr;
+            if let Ok((200, _)) = http_get(addr, "/readyz", Duration::from_millis(500)) {
+                return Ok(start.elapsed());
+            }
+            if Instant::now() >= deadline {
+                bail!("node {id} not ready after {timeout:?}");
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Waits until every running node is ready.
+    pub fn wait_all_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        for id in self.ids() {
+            if self.node(id).is_running() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.wait_ready(id, left)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGKILL node `id` and reap it.
+    pub fn kill(&mut self, id: u64) -> anyhow::Result<()> {
+        let node = self.node_mut(id);
+        if node.child.is_none() {
+            bail!("node {id} is not running");
+        }
+        node.kill_and_reap();
+        Ok(())
+    }
+
+    /// SIGSTOP node `id`: it stays alive but does nothing (its sockets stay open).
+    pub fn pause(&mut self, id: u64) -> anyhow::Result<()> {
+        let node = self.node_mut(id);
+        node.signal(Signal::STOP)?;
+        node.paused = true;
+        Ok(())
+    }
+
+    /// SIGCONT node `id`.
+    pub fn resume(&mut self, id: u64) -> anyhow::Result<()> {
+        let node = self.node_mut(id);
+        node.signal(Signal::CONT)?;
+        node.paused = false;
+        Ok(())
+    }
+
+    /// SIGTERM node `id` and wait for it to exit, at most [`ClusterOpts::stop_timeout`]; past
+    /// that it is killed and this fails. Answers the exit status of a clean stop.
+    pub fn stop(&mut self, id: u64) -> anyhow::Result<ExitStatus> {
+        let timeout = self.opts.stop_timeout;
+        let node = self.node_mut(id);
+        if node.paused {
+            // A stopped process does not act on SIGTERM until continued.
+            node.signal(Signal::CONT)?;
+            node.paused = false;
+        }
+        node.signal(Signal::TERM)?;
+        let deadline = Instant::now() + timeout;
+        let child = node.child.as_mut().expect("signal checked it is running");
+        loop {
+            if let Some(status) = child.try_wait()? {
+                node.child = None;
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                node.kill_and_reap();
+                bail!("node {id} did not exit within {timeout:?} of SIGTERM; killed");
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// SIGTERM every running node at once, then wait for each (bounded as in [`Cluster::stop`]).
+    /// Answers each node's exit status, by id.
+    pub fn stop_all(&mut self) -> anyhow::Result<Vec<(u64, ExitStatus)>> {
+        let running: Vec<u64> = self.nodes.iter().filter(|n| n.is_running()).map(|n| n.id).collect();
+        for &id in &running {
+            let node = self.node_mut(id);
+            if node.paused {
+                node.signal(Signal::CONT)?;
+                node.paused = false;
+            }
+            node.signal(Signal::TERM)?;
+        }
+        // stop() signals again; a second SIGTERM to a process already exiting is harmless.
+        running.into_iter().map(|id| Ok((id, self.stop(id)?))).collect()
+    }
+
+    /// Starts node `id` again on the same ports and data dir (stopping it first if running)
+    /// and waits for readiness.
+    pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
+        if self.node(id).is_running() {
+            self.stop(id)?;
+        }
+        self.spawn(id)?;
+        self.wait_ready(id, self.opts.ready_timeout).map(drop)
+    }
+
+    /// Every node's logs, for failure messages.
+    pub fn all_logs(&self) -> String {
+        self.nodes.iter().map(Node::logs).collect::<Vec<_>>().join("\n")
+    }
+
+    /// The `--bootstrap` value naming every node's gRPC listener.
+    pub fn bootstrap(&self) -> String {
+        self.nodes.iter().map(|n| n.grpc_addr.to_string()).collect::<Vec<_>>().join(",")
+    }
+
+    /// Runs `runnel <args> --bootstrap <every node>` with a 30 s limit.
+    pub fn runnel(&self, args: &[&str]) -> CliOutput {
+        self.runnel_with_timeout(args, Duration::from_secs(30))
+    }
+
+    /// Runs `runnel <args> --bootstrap <every node>`, killing it after `timeout`.
+    pub fn runnel_with_timeout(&self, args: &[&str], timeout: Duration) -> CliOutput {
+        let mut full: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        full.extend(["--bootstrap".to_owned(), self.bootstrap()]);
+        run_with_timeout(&self.opts.binary, &full, timeout)
+            .unwrap_or_else(|e| panic!("running runnel {full:?}: {e:#}"))
+    }
+
+    /// Runs `runnel <args> --bootstrap <the given nodes>`, killing it after `timeout`.
+    pub fn runnel_on(&self, ids: &[u64], args: &[&str], timeout: Duration) -> CliOutput {
+        let bootstrap = ids.iter().map(|&id| self.node(id).grpc_addr.to_string()).collect::<Vec<_>>();
+        let mut full: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        full.extend(["--bootstrap".to_owned(), bootstrap.join(",")]);
+        run_with_timeout(&self.opts.binary, &full, timeout)
+            .unwrap_or_else(|e| panic!("running runnel {full:?}: {e:#}"))
+    }
+
+    /// Whether node `id` is running and not paused.
+    pub fn is_up(&self, id: u64) -> bool {
+        let n = self.node(id);
+        n.is_running() && !n.paused
+    }
+
+    /// A ControllerService client connected to node `id`.
+    pub async fn controller_client(&self, id: u64) -> anyhow::Result<ControllerServiceClient<Channel>> {
+        grpc_client(self.node(id).grpc_addr).await
+    }
+
+    /// DescribeCluster asked of node `id`, bounded by `timeout`.
+    pub async fn describe_cluster(
+        &self,
+        id: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<DescribeClusterResponse> {
+        let call = async {
+            let mut c = self.controller_client(id).await?;
+            Ok::<_, anyhow::Error>(c.describe_cluster(DescribeClusterRequest {}).await?.into_inner())
+        };
+        tokio::time::timeout(timeout, call).await.map_err(|_| anyhow!("DescribeCluster timed out"))?
+    }
+
+    /// Polls the running, unpaused nodes until one names a controller leader that is itself
+    /// running and unpaused (and not `excluding`), or `timeout` passes.
+    pub async fn wait_for_leader(&self, excluding: Option<u64>, timeout: Duration) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for n in self.nodes.iter().filter(|n| n.is_running() && !n.paused) {
+                if let Ok(r) = self.describe_cluster(n.id, Duration::from_millis(500)).await {
+                    let leader = r.leader_id;
+                    let alive = self.nodes.iter().any(|m| m.id == leader && m.is_running() && !m.paused);
+                    if leader != 0 && alive && Some(leader) != excluding {
+                        return Ok(leader);
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!("no controller leader within {timeout:?}");
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.kill_and_reap();
+        }
+        let keep = std::env::var_os("RUNNEL_TESTKIT_KEEP").is_some();
+        if std::thread::panicking() {
+            eprintln!("testkit: the test panicked; node logs follow\n{}", self.all_logs());
+        }
+        if let Some(root) = self.root.take()
+            && (keep || std::thread::panicking())
+        {
+            eprintln!("testkit: kept {}", root.keep().display());
+        }
+    }
+}
+
+/// A ControllerService client for `addr`, connecting within 2 s.
+pub async fn grpc_client(addr: SocketAddr) -> anyhow::Result<ControllerServiceClient<Channel>> {
+    let channel = Channel::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    Ok(ControllerServiceClient::new(channel))
+}
+
+/// The `runnel-error-name` metadata of a failed gRPC call, or empty.
+pub fn error_name(status: &tonic::Status) -> String {
+    status.metadata().get("runnel-error-name").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
+}
+
+/// `count` distinct free loopback ports: each bound to port 0 together (so they are distinct),
+/// read, then released for the node to bind.
+pub fn free_ports(count: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..count).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>()?;
+    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
+
+/// A minimal HTTP/1.0 GET: answers the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    // One write: a request split over segments confuses minimal servers.
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let status_line = text.lines().next().ok_or_else(|| anyhow!("empty HTTP response"))?;
+    let code = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("bad status line {status_line:?}"))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((code, body))
+}
+
+/// Runs `binary args`, capturing its output; kills it after `timeout`.
+pub fn run_with_timeout(binary: &Path, args: &[String], timeout: Duration) -> anyhow::Result<CliOutput> {
+    let start = Instant::now();
+    let mut child = Command::new(binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawning {}", binary.display()))?;
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_string(&mut s);
+            }
+            s
+        })
+    };
+    let out = drain(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let err = drain(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let deadline = start + timeout;
+    let (status, timed_out) = loop {
+        if let Some(status) = child.try_wait()? {
+            break (status, false);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            break (child.wait()?, true);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let elapsed = start.elapsed();
+    let stdout = out.join().map_err(|_| anyhow!("stdout reader panicked"))?;
+    let stderr = err.join().map_err(|_| anyhow!("stderr reader panicked"))?;
+    Ok(CliOutput { code: if timed_out { None } else { status.code() }, timed_out, stdout, stderr, elapsed })
+}
+
+/// Percentile `p` (0..=100) of `samples` by nearest rank; `samples` need not be sorted.
+pub fn percentile(samples: &[Duration], p: f64) -> Duration {
+    assert!(!samples.is_empty(), "percentile of nothing");
+    let mut s = samples.to_vec();
+    s.sort();
+    let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
+    s[rank.clamp(1, s.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests;
