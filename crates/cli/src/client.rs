@@ -326,7 +326,8 @@ pub(crate) fn text(kind: &str, value: &Value) -> String {
                 })
                 .collect();
             let header = ["PARTITION", "LEADER", "REPLICAS", "ISR", "LEADER_EPOCH"];
-            let width = |i: usize| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0);
+            let width =
+                |i: usize| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0);
             let widths: Vec<usize> = (0..5).map(width).collect();
             for row in std::iter::once(header.map(String::from)).chain(rows) {
                 let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
