@@ -510,3 +510,90 @@ async fn a_new_leader_fences_brokers_that_do_not_reach_it_within_the_grace() -> 
     .await
     .context("test timed out")?
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alter_partition_is_a_compare_and_swap_served_through_any_node() -> anyhow::Result<()> {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // A long session: nothing is fenced behind the test's back.
+        let cluster = Cluster::start(3, Duration::from_secs(60)).await?;
+        let leader = cluster.leader(deadline).await?;
+        // Every call goes through a follower, so forwarding is exercised too.
+        let mut client = cluster.client(follower_of(leader)).await?;
+        let mut epochs = BTreeMap::new();
+        for id in 1..=3 {
+            epochs.insert(id, register(&mut client, id).await?);
+        }
+        client.create_topic(pb::CreateTopicRequest { replication_factor: 3, ..create("isr", 1) }).await?;
+        let describe = |mut client: ControllerServiceClient<Channel>| async move {
+            let topic = client
+                .describe_topic(pb::DescribeTopicRequest { name: "isr".into() })
+                .await?
+                .into_inner()
+                .topic
+                .context("topic")?;
+            anyhow::Ok((topic.topic_id.clone(), topic.partitions[0].clone()))
+        };
+        let (topic_id, before) = describe(client.clone()).await?;
+        let lead = u32::try_from(before.leader)?;
+        let other = *before.isr.iter().find(|&&b| b != lead).context("a follower")?;
+        let request =
+            |sender: u32, epoch: u64, state: &pb::PartitionInfo, isr: &[u32]| pb::AlterPartitionRequest {
+                topic: "isr".into(),
+                topic_id: topic_id.clone(),
+                partition: 0,
+                leader_id: sender,
+                broker_epoch: epoch,
+                leader_epoch: state.leader_epoch,
+                partition_epoch: state.partition_epoch,
+                new_isr: isr.iter().map(|&b| pb::IsrMember { broker_id: b, broker_epoch: 0 }).collect(),
+            };
+        let refused = |result: Result<tonic::Response<pb::AlterPartitionResponse>, tonic::Status>| {
+            result.err().and_then(|s| status_error_code(&s))
+        };
+
+        // The leader shrinks the ISR: applied, partition epoch +1, leader epoch unchanged.
+        let shrunk = client
+            .alter_partition(request(lead, epochs[&lead], &before, &[lead, other]))
+            .await?
+            .into_inner()
+            .state
+            .context("state")?;
+        ensure!(
+            shrunk.isr.len() == 2 && shrunk.isr.contains(&lead) && shrunk.isr.contains(&other),
+            "{shrunk:?}"
+        );
+        ensure!(shrunk.partition_epoch == before.partition_epoch + 1, "{before:?} -> {shrunk:?}");
+        ensure!(shrunk.leader_epoch == before.leader_epoch && shrunk.leader == before.leader);
+        ensure!(describe(client.clone()).await?.1 == shrunk, "describe disagrees with the answer");
+
+        // The same request again is stale: the partition epoch moved on.
+        let stale = client.alter_partition(request(lead, epochs[&lead], &before, &[lead])).await;
+        ensure!(refused(stale) == Some(ErrorCode::InvalidUpdateVersion));
+        // Only the leader may ask, and only with its current broker epoch.
+        let not_leader = client.alter_partition(request(other, epochs[&other], &shrunk, &[other])).await;
+        ensure!(refused(not_leader) == Some(ErrorCode::NotLeaderOrFollower));
+        let old_epoch = client.alter_partition(request(lead, epochs[&lead] - 1, &shrunk, &[lead])).await;
+        ensure!(refused(old_epoch) == Some(ErrorCode::StaleBrokerEpoch));
+        // Nothing refused changed the partition.
+        ensure!(describe(client.clone()).await?.1 == shrunk, "a refused request changed the state");
+
+        // The caught-up replica is let back in.
+        let all: Vec<u32> = before.replicas.clone();
+        let expanded = client
+            .alter_partition(request(lead, epochs[&lead], &shrunk, &all))
+            .await?
+            .into_inner()
+            .state
+            .context("state")?;
+        ensure!(
+            expanded.isr.len() == 3 && expanded.partition_epoch == shrunk.partition_epoch + 1,
+            "{expanded:?}"
+        );
+
+        cluster.shutdown().await;
+        Ok(())
+    })
+    .await
+    .context("test timed out")?
+}
