@@ -384,7 +384,7 @@ impl Segment {
         let mut scanner = Scanner::new(&file, 0, file_len, STORED_BATCH_MAX).expect_offset(self.base_offset);
         let stop = loop {
             match scanner.next() {
-                Ok(Some(sb)) => self.note_appended(&sb.header, sb.position)?,
+                Ok(Some(sb)) => self.note_appended(&sb.header, sb.position),
                 Ok(None) => break None,
                 Err(stop) => break Some(stop),
             }
@@ -416,7 +416,7 @@ impl Segment {
     }
 
     /// Updates indexes and in-memory state for a batch just written at `position`.
-    fn note_appended(&mut self, h: &BatchHeader, position: u64) -> Result<()> {
+    fn note_appended(&mut self, h: &BatchHeader, position: u64) {
         let rel = (h.base_offset as u64 - self.base_offset) as u32;
         let interval = self.settings.index_interval_bytes;
         if position == 0 {
@@ -439,7 +439,6 @@ impl Segment {
         }
         self.size = position + h.total_len() as u64;
         self.next_offset = h.next_offset() as u64;
-        Ok(())
     }
 
     /// Writes a batch whose base offset is this segment's next offset. On a write error the
@@ -452,12 +451,7 @@ impl Segment {
             let _ = self.file.set_len(position);
             return Err(LogError::io("append to segment", &self.path)(e));
         }
-        if let Err(e) = self.note_appended(h, position) {
-            // The index is derived data, but keep the segment consistent with it.
-            let _ = self.file.set_len(position);
-            self.size = position;
-            return Err(e);
-        }
+        self.note_appended(h, position);
         if position == 0 {
             self.rolling_base_ms = Some(now_ms);
         }
