@@ -31,6 +31,14 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
+    // Record payloads are `bytes::Bytes`, so the broker serves stored batches and clients
+    // decode them without copying.
+    config.bytes([
+        ".runnel.v1.ProduceRequest.batch",
+        ".runnel.v1.FetchResponse.batches",
+        ".runnel.v1.Record",
+        ".runnel.v1.RecordHeader",
+    ]);
 
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let includes = [root.to_path_buf(), well_known];
