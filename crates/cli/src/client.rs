@@ -45,7 +45,7 @@ pub(crate) struct ClientArgs {
 }
 
 /// A failed command, printed as `error: <ERROR_NAME> (<code>): <message>`.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ClientError {
     pub(crate) name: String,
     pub(crate) code: i32,
@@ -83,9 +83,9 @@ impl From<tonic::Status> for ClientError {
     }
 }
 
-/// Whether the call got no controller's answer (refused, or timed out: a paused node), so
+/// Whether the call got no answer from a node (refused, or timed out: a paused node), so
 /// another address may answer.
-fn unreachable(status: &tonic::Status) -> bool {
+pub(crate) fn unreachable(status: &tonic::Status) -> bool {
     use tonic::Code::{Cancelled, DeadlineExceeded, Unavailable};
     status.metadata().get("runnel-error-code").is_none()
         && matches!(status.code(), Unavailable | DeadlineExceeded | Cancelled)

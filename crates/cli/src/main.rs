@@ -4,6 +4,7 @@
 //! crates together: `runnel node` runs a node, the other commands are operator tools.
 
 mod client;
+mod data;
 mod node;
 
 use std::io::Write;

@@ -1,0 +1,637 @@
+//! Finds partition leaders and sends requests to them, following leadership as it moves.
+//!
+//! The router asks any broker for `Metadata` (the last one that answered first, then the
+//! bootstrap list, then every broker it has learned of), caches each partition's leader
+//! address, and keeps one lazily connected channel per broker address. [`Router::call`] runs
+//! a request against a partition's leader and, when the answer says leadership is elsewhere
+//! or not settled yet, retries with backoff until a deadline: it follows a `runnel-leader`
+//! hint at once, and otherwise refreshes the metadata before the next attempt.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use runnel_proto::pb::runnel::v1 as pb;
+use runnel_proto::pb::runnel::v1::broker_service_client::BrokerServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+use super::code;
+use crate::client::{ClientError, unreachable};
+
+/// Largest message the client sends or accepts: a fetch answers at most 64 MiB of batches,
+/// plus the response's own framing.
+pub(crate) const MESSAGE_BYTES_MAX: usize = 80 * 1024 * 1024;
+/// How long to try connecting to one broker.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Deadline of one Metadata call (a paused broker must not hold a refresh up for long).
+const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
+/// HTTP/2 pings on every channel, so a stream to a broker that stopped (SIGSTOP, a dead
+/// host) fails within interval + timeout instead of hanging.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(3);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long retriable leadership errors (no leader, not the leader, broker unreachable) are
+/// retried before a request fails.
+pub(crate) const LEADER_RETRY_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a topic or partition nobody knows of is waited for (metadata reaches brokers a
+/// little after a topic is created).
+pub(crate) const UNKNOWN_TOPIC_DEADLINE: Duration = Duration::from_secs(5);
+/// First pause between retries; it doubles up to [`BACKOFF_MAX`].
+const BACKOFF_MIN: Duration = Duration::from_millis(25);
+const BACKOFF_MAX: Duration = Duration::from_millis(1000);
+
+/// What to do after a failed attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Retry at once at this address (a NOT_LEADER_OR_FOLLOWER answer named the leader).
+    Redirect(String),
+    /// Leadership is moving or the broker is unreachable: refresh metadata, back off, retry.
+    Refresh,
+    /// The topic or partition is unknown: retry for [`UNKNOWN_TOPIC_DEADLINE`] only.
+    Unknown,
+    /// Give up: the error is the answer.
+    Fail,
+}
+
+/// A failed attempt: the error to report and what to do next.
+#[derive(Debug, Clone)]
+pub(crate) struct Failure {
+    pub(crate) error: ClientError,
+    pub(crate) next: Next,
+}
+
+impl Failure {
+    fn new(code: i32, name: &str, message: impl Into<String>, next: Next) -> Self {
+        Failure { error: ClientError { name: name.to_owned(), code, message: message.into() }, next }
+    }
+
+    /// Classifies a failed unary call or stream made to `addr`.
+    pub(crate) fn from_status(status: tonic::Status, addr: &str) -> Self {
+        let hint = status
+            .metadata()
+            .get("runnel-leader")
+            .and_then(|v| v.to_str().ok())
+            .filter(|h| !h.is_empty() && *h != addr)
+            .map(str::to_owned);
+        if unreachable(&status) {
+            let mut error = ClientError::from(status);
+            error.message = format!("broker {addr}: {}", error.message);
+            return Failure { error, next: Next::Refresh };
+        }
+        let range = offset_range(&status);
+        let mut error = ClientError::from(status);
+        if let (code::OFFSET_OUT_OF_RANGE, Some((start, hw))) = (error.code, range) {
+            error.message = format!("{} (offsets {start} to {hw} can be fetched)", error.message);
+        }
+        let next = next_for(error.code, hint);
+        Failure { error, next }
+    }
+
+    /// Classifies an error carried in a stream response (ProduceStream) from `addr`.
+    pub(crate) fn from_pb(error: &pb::Error, addr: &str) -> Self {
+        let hint = Some(error.leader.clone()).filter(|h| !h.is_empty() && h != addr);
+        let next = next_for(error.code, hint);
+        Failure {
+            error: ClientError { name: error.name.clone(), code: error.code, message: error.message.clone() },
+            next,
+        }
+    }
+
+    /// Whether the attempt may be retried at all.
+    pub(crate) fn retriable(&self) -> bool {
+        self.next != Next::Fail
+    }
+}
+
+/// The `runnel-log-start-offset` and `runnel-high-watermark` of an OFFSET_OUT_OF_RANGE status.
+fn offset_range(status: &tonic::Status) -> Option<(i64, i64)> {
+    let get = |key: &str| status.metadata().get(key)?.to_str().ok()?.parse::<i64>().ok();
+    Some((get("runnel-log-start-offset")?, get("runnel-high-watermark")?))
+}
+
+/// The retry decision for a Kafka error code.
+fn next_for(error_code: i32, hint: Option<String>) -> Next {
+    match error_code {
+        code::NOT_LEADER_OR_FOLLOWER => hint.map_or(Next::Refresh, Next::Redirect),
+        code::LEADER_NOT_AVAILABLE | code::NETWORK_EXCEPTION => Next::Refresh,
+        // The ISR is short or shrank while acks=all waited: Kafka's producer retries these.
+        code::NOT_ENOUGH_REPLICAS | code::NOT_ENOUGH_REPLICAS_AFTER_APPEND | code::REQUEST_TIMED_OUT => {
+            Next::Refresh
+        }
+        code::UNKNOWN_TOPIC_OR_PARTITION => Next::Unknown,
+        _ => Next::Fail,
+    }
+}
+
+/// Exponential backoff with jitter, so that many partitions retrying at once spread out.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new() -> Self {
+        Backoff { next: BACKOFF_MIN }
+    }
+
+    /// The pause before the next attempt: the current step, jittered by up to -25 %.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let step = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        let jitter = rand::thread_rng().gen_range(0.75..=1.0);
+        step.mul_f64(jitter)
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+}
+
+/// Tracks one request's retries against its two deadlines.
+#[derive(Debug)]
+pub(crate) struct Retry {
+    started: Instant,
+    unknown_since: Option<Instant>,
+    backoff: Backoff,
+    redirects_in_a_row: u32,
+}
+
+impl Retry {
+    pub(crate) fn new() -> Self {
+        Retry { started: Instant::now(), unknown_since: None, backoff: Backoff::new(), redirects_in_a_row: 0 }
+    }
+
+    /// Progress was made: the deadlines start over.
+    pub(crate) fn reset(&mut self) {
+        *self = Retry::new();
+    }
+
+    /// After `failure`: `Err` (the final error) when it is not retriable or a deadline has
+    /// passed; otherwise how long to wait before retrying (zero to follow a first redirect at
+    /// once).
+    pub(crate) fn after(&mut self, failure: &Failure) -> Result<Duration, ClientError> {
+        let now = Instant::now();
+        let waited = now.duration_since(self.started);
+        let give_up = |what: &str| {
+            let mut error = failure.error.clone();
+            error.message = format!("{} (still failing after {} of {what})", error.message, secs(waited));
+            Err(error)
+        };
+        match &failure.next {
+            Next::Fail => return Err(failure.error.clone()),
+            Next::Unknown => {
+                let since = *self.unknown_since.get_or_insert(now);
+                if now.duration_since(since) >= UNKNOWN_TOPIC_DEADLINE {
+                    return give_up("waiting for the topic to appear");
+                }
+            }
+            Next::Redirect(_) | Next::Refresh => {}
+        }
+        if waited >= LEADER_RETRY_DEADLINE {
+            return give_up("retries");
+        }
+        if matches!(failure.next, Next::Redirect(_)) {
+            self.redirects_in_a_row += 1;
+            // Follow a hint at once; brokers that keep pointing elsewhere get the backoff.
+            if self.redirects_in_a_row == 1 {
+                return Ok(Duration::ZERO);
+            }
+        } else {
+            self.redirects_in_a_row = 0;
+        }
+        let left = LEADER_RETRY_DEADLINE.saturating_sub(waited);
+        Ok(self.backoff.next_delay().min(left))
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+/// What the router knows of one topic.
+#[derive(Debug, Clone)]
+struct TopicRoute {
+    /// Per partition index: the leader's address, or `None` with no leader (or a leader whose
+    /// address is unknown).
+    leaders: Vec<Option<String>>,
+}
+
+/// The cached metadata.
+#[derive(Debug, Default)]
+struct Table {
+    /// Broker id → gRPC address.
+    brokers: HashMap<u32, String>,
+    /// Topics known to exist.
+    topics: HashMap<String, TopicRoute>,
+    /// Topics a Metadata answer said do not exist, with that answer's message.
+    unknown: HashMap<String, ClientError>,
+    /// Topics whose cached leaders are suspect: refreshed before their next use.
+    stale: std::collections::HashSet<String>,
+    /// The address that answered the last Metadata call: asked first next time.
+    last_answered: Option<String>,
+}
+
+/// Routes requests to partition leaders. Shared by every task of a command (`Arc<Router>`).
+#[derive(Debug)]
+pub(crate) struct Router {
+    bootstrap: Vec<String>,
+    clients: Mutex<HashMap<String, BrokerServiceClient<Channel>>>,
+    table: Mutex<Table>,
+    /// One refresh at a time: tasks that find the table stale while another refreshes wait
+    /// for that refresh instead of sending their own.
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+/// Locks a std mutex; a poisoned one (a panic elsewhere while holding it) still holds
+/// consistent data here, since every critical section is a plain map update.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Router {
+    pub(crate) fn new(bootstrap: Vec<String>) -> Self {
+        Router {
+            bootstrap,
+            clients: Mutex::new(HashMap::new()),
+            table: Mutex::new(Table::default()),
+            refreshing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// A client for the broker at `addr` (one channel per address, connected on first use).
+    pub(crate) fn client(&self, addr: &str) -> Result<BrokerServiceClient<Channel>, ClientError> {
+        let mut clients = lock(&self.clients);
+        if let Some(c) = clients.get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| ClientError {
+                name: "INVALID_REQUEST".into(),
+                code: code::INVALID_REQUEST,
+                message: format!("bad broker address {addr:?}: {e}"),
+            })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        let client = BrokerServiceClient::new(channel)
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX);
+        clients.insert(addr.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// Asks one broker after another for metadata about `topics` until one answers, and
+    /// caches the answer.
+    async fn fetch_metadata(&self, topics: &[String]) -> Result<(), ClientError> {
+        let candidates = {
+            let table = lock(&self.table);
+            let mut c: Vec<String> = Vec::new();
+            let mut add = |a: &String| {
+                if !c.contains(a) {
+                    c.push(a.clone());
+                }
+            };
+            table.last_answered.iter().for_each(&mut add);
+            self.bootstrap.iter().for_each(&mut add);
+            let mut known: Vec<(&u32, &String)> = table.brokers.iter().collect();
+            known.sort();
+            known.into_iter().for_each(|(_, a)| add(a));
+            c
+        };
+        let mut last = ClientError {
+            name: "NETWORK_EXCEPTION".into(),
+            code: code::NETWORK_EXCEPTION,
+            message: "no bootstrap address".into(),
+        };
+        for addr in candidates {
+            let mut client = self.client(&addr)?;
+            let request = pb::MetadataRequest { topics: topics.to_vec() };
+            let answer = match tokio::time::timeout(METADATA_TIMEOUT, client.metadata(request)).await {
+                Ok(Ok(response)) => response.into_inner(),
+                Ok(Err(status)) => {
+                    let failure = Failure::from_status(status, &addr);
+                    if failure.retriable() {
+                        last = failure.error;
+                        continue;
+                    }
+                    return Err(failure.error);
+                }
+                Err(_) => {
+                    last.message =
+                        format!("broker {addr}: Metadata timed out after {}", secs(METADATA_TIMEOUT));
+                    continue;
+                }
+            };
+            self.absorb(addr, topics, answer);
+            return Ok(());
+        }
+        Err(last)
+    }
+
+    /// Caches a Metadata answer received from `addr` to a request for `asked`.
+    fn absorb(&self, addr: String, asked: &[String], answer: pb::MetadataResponse) {
+        let mut table = lock(&self.table);
+        for b in &answer.brokers {
+            if !b.grpc.is_empty() {
+                table.brokers.insert(b.broker_id, b.grpc.clone());
+            }
+        }
+        for topic in &answer.topics {
+            table.stale.remove(&topic.name);
+            if let Some(e) = &topic.error {
+                table.topics.remove(&topic.name);
+                let error = ClientError { name: e.name.clone(), code: e.code, message: e.message.clone() };
+                table.unknown.insert(topic.name.clone(), error);
+                continue;
+            }
+            let mut leaders = vec![None; topic.partitions.len()];
+            for p in &topic.partitions {
+                let leader = u32::try_from(p.leader).ok().and_then(|id| table.brokers.get(&id).cloned());
+                // "Partition i at index i": an out-of-range index is dropped, not trusted.
+                if let Some(slot) = leaders.get_mut(p.partition as usize) {
+                    *slot = leader;
+                }
+            }
+            table.unknown.remove(&topic.name);
+            table.topics.insert(topic.name.clone(), TopicRoute { leaders });
+        }
+        // A topic asked for but missing from the answer does not exist either.
+        for name in asked {
+            if !answer.topics.iter().any(|t| &t.name == name) {
+                table.topics.remove(name);
+                table.stale.remove(name);
+                let message = format!("topic {name:?} is not in broker {}'s metadata", answer.answered_by);
+                table.unknown.insert(
+                    name.clone(),
+                    ClientError {
+                        name: "UNKNOWN_TOPIC_OR_PARTITION".into(),
+                        code: code::UNKNOWN_TOPIC_OR_PARTITION,
+                        message,
+                    },
+                );
+            }
+        }
+        table.last_answered = Some(addr);
+    }
+
+    /// Refreshes `topic`'s metadata unless another task did while this one waited.
+    async fn refresh(&self, topic: &str, force: bool) -> Result<(), ClientError> {
+        let _one = self.refreshing.lock().await;
+        let needed = {
+            let table = lock(&self.table);
+            force || table.stale.contains(topic) || !table.topics.contains_key(topic)
+        };
+        if needed {
+            self.fetch_metadata(&[topic.to_owned()]).await?;
+        }
+        Ok(())
+    }
+
+    /// Marks `topic`'s cached leaders as suspect.
+    pub(crate) fn invalidate(&self, topic: &str) {
+        lock(&self.table).stale.insert(topic.to_owned());
+    }
+
+    /// Remembers a leader named by a `runnel-leader` hint.
+    fn set_leader(&self, topic: &str, partition: u32, addr: String) {
+        let mut table = lock(&self.table);
+        if let Some(slot) = table.topics.get_mut(topic).and_then(|t| t.leaders.get_mut(partition as usize)) {
+            *slot = Some(addr);
+        }
+    }
+
+    /// The cached view of `topic`, refreshed first when missing or stale.
+    async fn route(&self, topic: &str) -> Result<TopicRoute, Failure> {
+        let cached = {
+            let table = lock(&self.table);
+            (!table.stale.contains(topic)).then(|| table.topics.get(topic).cloned()).flatten()
+        };
+        if let Some(route) = cached {
+            return Ok(route);
+        }
+        self.refresh(topic, false).await.map_err(|error| Failure {
+            next: if error.code == code::NETWORK_EXCEPTION { Next::Refresh } else { Next::Fail },
+            error,
+        })?;
+        let table = lock(&self.table);
+        if let Some(route) = table.topics.get(topic) {
+            return Ok(route.clone());
+        }
+        let error = table.unknown.get(topic).cloned().unwrap_or_else(|| ClientError {
+            name: "UNKNOWN_TOPIC_OR_PARTITION".into(),
+            code: code::UNKNOWN_TOPIC_OR_PARTITION,
+            message: format!("unknown topic {topic:?}"),
+        });
+        Err(Failure { error, next: Next::Unknown })
+    }
+
+    /// The number of partitions of `topic`, waiting up to [`UNKNOWN_TOPIC_DEADLINE`] for a
+    /// topic nobody knows of yet (and [`LEADER_RETRY_DEADLINE`] for unreachable brokers).
+    pub(crate) async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
+        let mut retry = Retry::new();
+        loop {
+            match self.route(topic).await {
+                Ok(route) => return Ok(u32::try_from(route.leaders.len()).unwrap_or(u32::MAX)),
+                Err(failure) => {
+                    let pause = retry.after(&failure)?;
+                    self.invalidate(topic);
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+    }
+
+    /// The leader's address for `topic`/`partition`, as cached (refreshing when stale).
+    pub(crate) async fn leader(&self, topic: &str, partition: u32) -> Result<String, Failure> {
+        let route = self.route(topic).await?;
+        match route.leaders.get(partition as usize) {
+            Some(Some(addr)) => Ok(addr.clone()),
+            Some(None) => Err(Failure::new(
+                code::LEADER_NOT_AVAILABLE,
+                "LEADER_NOT_AVAILABLE",
+                format!("partition {topic}-{partition} has no leader"),
+                Next::Refresh,
+            )),
+            None => Err(Failure::new(
+                code::UNKNOWN_TOPIC_OR_PARTITION,
+                "UNKNOWN_TOPIC_OR_PARTITION",
+                format!(
+                    "topic {topic:?} has {} partitions; there is no partition {partition}",
+                    route.leaders.len()
+                ),
+                Next::Unknown,
+            )),
+        }
+    }
+
+    /// Acts on a failed attempt for `topic`/`partition`: remembers a redirect, or marks the
+    /// topic's leaders for a refresh.
+    pub(crate) fn note_failure(&self, topic: &str, partition: u32, failure: &Failure) {
+        match &failure.next {
+            Next::Redirect(addr) => self.set_leader(topic, partition, addr.clone()),
+            Next::Refresh | Next::Unknown => self.invalidate(topic),
+            Next::Fail => {}
+        }
+    }
+
+    /// Runs `op` against the leader of `topic`/`partition`, each attempt bounded by
+    /// `attempt_timeout`, retrying as the module docs say.
+    pub(crate) async fn call<T, F, Fut>(
+        &self,
+        topic: &str,
+        partition: u32,
+        attempt_timeout: Duration,
+        mut op: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(BrokerServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut retry = Retry::new();
+        loop {
+            let failure = match self.leader(topic, partition).await {
+                Ok(addr) => {
+                    let client = self.client(&addr)?;
+                    match tokio::time::timeout(attempt_timeout, op(client)).await {
+                        Ok(Ok(answer)) => return Ok(answer),
+                        Ok(Err(status)) => Failure::from_status(status, &addr),
+                        Err(_) => Failure::new(
+                            code::REQUEST_TIMED_OUT,
+                            "REQUEST_TIMED_OUT",
+                            format!("broker {addr} did not answer within {}", secs(attempt_timeout)),
+                            Next::Refresh,
+                        ),
+                    }
+                }
+                Err(failure) => failure,
+            };
+            self.note_failure(topic, partition, &failure);
+            let pause = retry.after(&failure)?;
+            tracing::debug!(topic, partition, error = %failure.error, ?pause, "retrying");
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: i32, name: &str, leader: Option<&str>) -> tonic::Status {
+        let mut s = tonic::Status::failed_precondition(format!("{name} ({code}): something"));
+        s.metadata_mut().insert("runnel-error-code", code.to_string().parse().unwrap());
+        s.metadata_mut().insert("runnel-error-name", name.parse().unwrap());
+        if let Some(l) = leader {
+            s.metadata_mut().insert("runnel-leader", l.parse().unwrap());
+        }
+        s
+    }
+
+    #[test]
+    fn failures_are_classified_by_kafka_code() {
+        let f = Failure::from_status(status(6, "NOT_LEADER_OR_FOLLOWER", Some("h:2")), "h:1");
+        assert_eq!(f.next, Next::Redirect("h:2".into()));
+        assert_eq!(f.error.to_string(), "NOT_LEADER_OR_FOLLOWER (6): something");
+        // A hint naming the broker that answered is no hint.
+        let f = Failure::from_status(status(6, "NOT_LEADER_OR_FOLLOWER", Some("h:1")), "h:1");
+        assert_eq!(f.next, Next::Refresh);
+        let f = Failure::from_status(status(6, "NOT_LEADER_OR_FOLLOWER", None), "h:1");
+        assert_eq!(f.next, Next::Refresh);
+        assert_eq!(Failure::from_status(status(5, "LEADER_NOT_AVAILABLE", None), "h:1").next, Next::Refresh);
+        assert_eq!(
+            Failure::from_status(status(3, "UNKNOWN_TOPIC_OR_PARTITION", None), "h:1").next,
+            Next::Unknown
+        );
+        let mut range = status(1, "OFFSET_OUT_OF_RANGE", None);
+        range.metadata_mut().insert("runnel-log-start-offset", "5".parse().unwrap());
+        range.metadata_mut().insert("runnel-high-watermark", "120".parse().unwrap());
+        let f = Failure::from_status(range, "h:1");
+        assert_eq!(f.next, Next::Fail);
+        assert_eq!(
+            f.error.to_string(),
+            "OFFSET_OUT_OF_RANGE (1): something (offsets 5 to 120 can be fetched)"
+        );
+        assert_eq!(Failure::from_status(status(10, "MESSAGE_TOO_LARGE", None), "h:1").next, Next::Fail);
+        let down = Failure::from_status(tonic::Status::unavailable("connection refused"), "h:1");
+        assert_eq!(down.next, Next::Refresh);
+        assert_eq!(down.error.to_string(), "NETWORK_EXCEPTION (13): broker h:1: connection refused");
+        let stream_error = pb::Error {
+            code: 6,
+            name: "NOT_LEADER_OR_FOLLOWER".into(),
+            message: "moved".into(),
+            leader: "h:3".into(),
+            leader_id: 3,
+        };
+        assert_eq!(Failure::from_pb(&stream_error, "h:1").next, Next::Redirect("h:3".into()));
+    }
+
+    #[test]
+    fn retries_follow_one_redirect_at_once_then_back_off() {
+        let mut retry = Retry::new();
+        let redirect = Failure::new(6, "NOT_LEADER_OR_FOLLOWER", "x", Next::Redirect("h:2".into()));
+        assert_eq!(retry.after(&redirect).unwrap(), Duration::ZERO);
+        let second = retry.after(&redirect).unwrap();
+        assert!(second > Duration::ZERO && second <= BACKOFF_MIN, "{second:?}");
+        let refresh = Failure::new(5, "LEADER_NOT_AVAILABLE", "x", Next::Refresh);
+        let mut last = Duration::ZERO;
+        for _ in 0..20 {
+            last = retry.after(&refresh).unwrap();
+            assert!(last <= BACKOFF_MAX);
+        }
+        assert!(last >= BACKOFF_MAX.mul_f64(0.75), "backoff grows to its cap: {last:?}");
+        let fatal = Failure::new(42, "INVALID_REQUEST", "bad", Next::Fail);
+        assert_eq!(retry.after(&fatal).unwrap_err().to_string(), "INVALID_REQUEST (42): bad");
+    }
+
+    #[test]
+    fn unknown_topics_are_waited_for_briefly() {
+        let mut retry = Retry::new();
+        let unknown = Failure::new(3, "UNKNOWN_TOPIC_OR_PARTITION", "no such topic", Next::Unknown);
+        assert!(retry.after(&unknown).is_ok());
+        // Pretend the first unknown answer came 5 s ago.
+        retry.unknown_since = Some(Instant::now() - UNKNOWN_TOPIC_DEADLINE);
+        let err = retry.after(&unknown).unwrap_err().to_string();
+        assert!(
+            err.starts_with("UNKNOWN_TOPIC_OR_PARTITION (3): no such topic (still failing after"),
+            "{err}"
+        );
+        // And leadership errors for 30 s.
+        let mut retry = Retry::new();
+        retry.started = Instant::now() - LEADER_RETRY_DEADLINE;
+        let refresh = Failure::new(5, "LEADER_NOT_AVAILABLE", "none", Next::Refresh);
+        assert!(retry.after(&refresh).unwrap_err().to_string().contains("still failing after 30"));
+    }
+
+    #[test]
+    fn metadata_answers_are_cached_by_partition_index() {
+        let router = Router::new(vec!["b:1".into()]);
+        let answer = pb::MetadataResponse {
+            brokers: vec![
+                pb::BrokerMetadata { broker_id: 1, grpc: "h:1".into(), ..Default::default() },
+                pb::BrokerMetadata { broker_id: 2, grpc: "h:2".into(), ..Default::default() },
+            ],
+            topics: vec![pb::TopicMetadata {
+                name: "t".into(),
+                topic_id: vec![0; 16],
+                partitions: vec![
+                    pb::PartitionMetadata { partition: 1, leader: -1, ..Default::default() },
+                    pb::PartitionMetadata { partition: 0, leader: 2, ..Default::default() },
+                    pb::PartitionMetadata { partition: 9, leader: 1, ..Default::default() },
+                ],
+                error: None,
+            }],
+            metadata_version: 7,
+            answered_by: 1,
+        };
+        router.absorb("b:1".into(), &["t".into(), "gone".into()], answer);
+        let table = lock(&router.table);
+        assert_eq!(table.topics["t"].leaders, vec![Some("h:2".to_owned()), None, None]);
+        assert_eq!(table.unknown["gone"].code, 3);
+        assert_eq!(table.last_answered.as_deref(), Some("b:1"));
+    }
+}
