@@ -51,6 +51,16 @@ enum Command {
     /// Inspect partition logs on disk.
     #[command(subcommand)]
     Log(LogCommand),
+    /// Produce records to a topic: one per line of stdin.
+    ///
+    /// Prints `produced N records (M acknowledged) to TOPIC` on stderr at the end; exits 1
+    /// when a record was not acknowledged, with its error.
+    Produce(data::cli::ProduceArgs),
+    /// Print a topic's records: the value per line, or one JSON object per record.
+    Consume(data::cli::ConsumeArgs),
+    /// Measure produce or consume throughput and latency.
+    #[command(subcommand)]
+    Bench(data::cli::BenchCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -205,6 +215,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             run_client(client, kind, ClientCall::Topic(command))
         }
+        Command::Produce(args) => data::cli::run_produce(args),
+        Command::Consume(args) => data::cli::run_consume(args),
+        Command::Bench(command) => data::cli::run_bench(command),
         Command::Log(LogCommand::Dump { partition_dir, records, max_batch_bytes }) => {
             if !partition_dir.is_dir() {
                 anyhow::bail!("{} is not a directory", partition_dir.display());

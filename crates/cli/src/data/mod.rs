@@ -12,7 +12,11 @@
 //! Errors reuse the controller client's [`ClientError`](crate::client::ClientError), printed
 //! as `error: <ERROR_NAME> (<code>): <message>`.
 
+pub(crate) mod bench;
+pub(crate) mod cli;
+pub(crate) mod consume;
 pub(crate) mod partitioner;
+pub(crate) mod produce;
 pub(crate) mod router;
 
 use bytes::Bytes;

@@ -308,22 +308,32 @@ impl Router {
             code: code::NETWORK_EXCEPTION,
             message: "no bootstrap address".into(),
         };
+        // Any failure moves on to the next address (a node without the broker role answers
+        // UNIMPLEMENTED); the last one is reported when none answers.
         for addr in candidates {
-            let mut client = self.client(&addr)?;
+            let mut client = match self.client(&addr) {
+                Ok(client) => client,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
             let request = pb::MetadataRequest { topics: topics.to_vec() };
             let answer = match tokio::time::timeout(METADATA_TIMEOUT, client.metadata(request)).await {
                 Ok(Ok(response)) => response.into_inner(),
                 Ok(Err(status)) => {
-                    let failure = Failure::from_status(status, &addr);
-                    if failure.retriable() {
-                        last = failure.error;
-                        continue;
-                    }
-                    return Err(failure.error);
+                    last = Failure::from_status(status, &addr).error;
+                    continue;
                 }
                 Err(_) => {
-                    last.message =
-                        format!("broker {addr}: Metadata timed out after {}", secs(METADATA_TIMEOUT));
+                    last = ClientError {
+                        name: "NETWORK_EXCEPTION".into(),
+                        code: code::NETWORK_EXCEPTION,
+                        message: format!(
+                            "broker {addr}: Metadata timed out after {}",
+                            secs(METADATA_TIMEOUT)
+                        ),
+                    };
                     continue;
                 }
             };
