@@ -75,9 +75,17 @@ impl Failure {
             .and_then(|v| v.to_str().ok())
             .filter(|h| !h.is_empty() && *h != addr)
             .map(str::to_owned);
-        if unreachable(&status) {
-            let mut error = ClientError::from(status);
-            error.message = format!("broker {addr}: {}", error.message);
+        // A broker dying under a call or stream surfaces as an h2 error with code Unknown
+        // ("error reading a body from connection"): no answer either.
+        let transport = unreachable(&status)
+            || (status.code() == tonic::Code::Unknown
+                && status.metadata().get("runnel-error-code").is_none());
+        if transport {
+            let error = ClientError {
+                name: "NETWORK_EXCEPTION".into(),
+                code: code::NETWORK_EXCEPTION,
+                message: format!("broker {addr}: {}", status.message()),
+            };
             return Failure { error, next: Next::Refresh };
         }
         let range = offset_range(&status);
@@ -337,6 +345,16 @@ impl Router {
                     continue;
                 }
             };
+            if answer.brokers.is_empty() {
+                // A broker that has not received the cluster metadata yet (just restarted)
+                // answers with no brokers and every topic unknown: not a view to act on.
+                last = ClientError {
+                    name: "LEADER_NOT_AVAILABLE".into(),
+                    code: code::LEADER_NOT_AVAILABLE,
+                    message: format!("broker {addr} has no cluster metadata yet"),
+                };
+                continue;
+            }
             self.absorb(addr, topics, answer);
             return Ok(());
         }
@@ -424,10 +442,9 @@ impl Router {
         if let Some(route) = cached {
             return Ok(route);
         }
-        self.refresh(topic, false).await.map_err(|error| Failure {
-            next: if error.code == code::NETWORK_EXCEPTION { Next::Refresh } else { Next::Fail },
-            error,
-        })?;
+        self.refresh(topic, false)
+            .await
+            .map_err(|error| Failure { next: next_for(error.code, None), error })?;
         let table = lock(&self.table);
         if let Some(route) = table.topics.get(topic) {
             return Ok(route.clone());
@@ -567,6 +584,13 @@ mod tests {
             "OFFSET_OUT_OF_RANGE (1): something (offsets 5 to 120 can be fetched)"
         );
         assert_eq!(Failure::from_status(status(10, "MESSAGE_TOO_LARGE", None), "h:1").next, Next::Fail);
+        let reset =
+            Failure::from_status(tonic::Status::unknown("h2 protocol error: error reading a body"), "h:1");
+        assert_eq!(reset.next, Next::Refresh);
+        assert_eq!(
+            reset.error.to_string(),
+            "NETWORK_EXCEPTION (13): broker h:1: h2 protocol error: error reading a body"
+        );
         let down = Failure::from_status(tonic::Status::unavailable("connection refused"), "h:1");
         assert_eq!(down.next, Next::Refresh);
         assert_eq!(down.error.to_string(), "NETWORK_EXCEPTION (13): broker h:1: connection refused");
