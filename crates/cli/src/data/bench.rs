@@ -417,7 +417,9 @@ impl Worker {
             if let Some(rate) = bench.throughput {
                 // Pace on the records sent by every worker: record n is due at start + n/rate.
                 let n = sent_total.fetch_add(want, Ordering::Relaxed) + want;
-                let due = start + Duration::from_secs_f64(n as f64 / rate);
+                // A due time past what Duration holds is never reached: stop sending.
+                let Ok(offset) = Duration::try_from_secs_f64(n as f64 / rate) else { break };
+                let Some(due) = start.checked_add(offset) else { break };
                 if stop_at.is_some_and(|t| due > t) {
                     break;
                 }

@@ -311,7 +311,9 @@ async fn send_partition(
             .await;
         match answer {
             Ok(response) => {
-                if acks != Acks::None && response.last_offset - response.base_offset + 1 != records as i64 {
+                let answered =
+                    response.last_offset.checked_sub(response.base_offset).and_then(|d| d.checked_add(1));
+                if acks != Acks::None && answered != i64::try_from(records).ok() {
                     tracing::warn!(
                         partition,
                         records,

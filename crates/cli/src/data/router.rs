@@ -462,8 +462,17 @@ impl Router {
     pub(crate) async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
         let mut retry = Retry::new();
         loop {
-            match self.route(topic).await {
-                Ok(route) => return Ok(u32::try_from(route.leaders.len()).unwrap_or(u32::MAX)),
+            let answer = self.route(topic).await.and_then(|route| match u32::try_from(route.leaders.len()) {
+                Ok(0) | Err(_) => Err(Failure::new(
+                    code::UNKNOWN_TOPIC_OR_PARTITION,
+                    "UNKNOWN_TOPIC_OR_PARTITION",
+                    format!("the metadata gives topic {topic:?} {} partitions", route.leaders.len()),
+                    Next::Unknown,
+                )),
+                Ok(count) => Ok(count),
+            });
+            match answer {
+                Ok(count) => return Ok(count),
                 Err(failure) => {
                     let pause = retry.after(&failure)?;
                     self.invalidate(topic);
@@ -639,6 +648,157 @@ mod tests {
         retry.started = Instant::now() - LEADER_RETRY_DEADLINE;
         let refresh = Failure::new(5, "LEADER_NOT_AVAILABLE", "none", Next::Refresh);
         assert!(retry.after(&refresh).unwrap_err().to_string().contains("still failing after 30"));
+    }
+
+    /// An in-process broker for the redirect paths: its Metadata says partition t-0 is led
+    /// by broker 1 for the first `stale_metadata` answers, by broker 2 after; its Produce
+    /// accepts when it is `leader`, else answers NOT_LEADER_OR_FOLLOWER, naming broker 2's
+    /// address when `hint`.
+    struct FakeBroker {
+        leader: bool,
+        hint: bool,
+        stale_metadata: usize,
+        addrs: [String; 2],
+        metadata_calls: std::sync::atomic::AtomicUsize,
+        produce_calls: std::sync::atomic::AtomicUsize,
+    }
+
+    /// The gRPC face of a [`FakeBroker`] (the trait cannot be implemented on `Arc` here).
+    struct FakeService(std::sync::Arc<FakeBroker>);
+
+    #[tonic::async_trait]
+    impl pb::broker_service_server::BrokerService for FakeService {
+        type ProduceStreamStream = tokio_stream::Empty<Result<pb::ProduceStreamResponse, tonic::Status>>;
+        type FetchStreamStream = tokio_stream::Empty<Result<pb::FetchResponse, tonic::Status>>;
+
+        async fn produce(
+            &self,
+            _: tonic::Request<pb::ProduceRequest>,
+        ) -> Result<tonic::Response<pb::ProduceResponse>, tonic::Status> {
+            self.0.produce_calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if self.0.leader {
+                return Ok(tonic::Response::new(pb::ProduceResponse {
+                    base_offset: 7,
+                    last_offset: 7,
+                    log_start_offset: 0,
+                }));
+            }
+            let mut s = status(6, "NOT_LEADER_OR_FOLLOWER", self.0.hint.then_some(self.0.addrs[1].as_str()));
+            s.metadata_mut().insert("runnel-leader-id", "2".parse().unwrap());
+            Err(s)
+        }
+        async fn produce_stream(
+            &self,
+            _: tonic::Request<tonic::Streaming<pb::ProduceStreamRequest>>,
+        ) -> Result<tonic::Response<Self::ProduceStreamStream>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this fake"))
+        }
+        async fn fetch(
+            &self,
+            _: tonic::Request<pb::FetchRequest>,
+        ) -> Result<tonic::Response<pb::FetchResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this fake"))
+        }
+        async fn fetch_stream(
+            &self,
+            _: tonic::Request<pb::FetchStreamRequest>,
+        ) -> Result<tonic::Response<Self::FetchStreamStream>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this fake"))
+        }
+        async fn list_offsets(
+            &self,
+            _: tonic::Request<pb::ListOffsetsRequest>,
+        ) -> Result<tonic::Response<pb::ListOffsetsResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this fake"))
+        }
+        async fn metadata(
+            &self,
+            _: tonic::Request<pb::MetadataRequest>,
+        ) -> Result<tonic::Response<pb::MetadataResponse>, tonic::Status> {
+            let n = self.0.metadata_calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let leader = if n < self.0.stale_metadata { 1 } else { 2 };
+            let broker = |id: u32| pb::BrokerMetadata {
+                broker_id: id,
+                grpc: self.0.addrs[id as usize - 1].clone(),
+                ..Default::default()
+            };
+            Ok(tonic::Response::new(pb::MetadataResponse {
+                brokers: vec![broker(1), broker(2)],
+                topics: vec![pb::TopicMetadata {
+                    name: "t".into(),
+                    topic_id: vec![1; 16],
+                    partitions: vec![pb::PartitionMetadata { partition: 0, leader, ..Default::default() }],
+                    error: None,
+                }],
+                metadata_version: 1,
+                answered_by: 1,
+            }))
+        }
+    }
+
+    /// Two fake brokers on loopback ports; the servers stop when the runtime does.
+    async fn two_brokers(hint: bool, stale_metadata: usize) -> [std::sync::Arc<FakeBroker>; 2] {
+        let listeners = [
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        ];
+        let addrs = listeners.each_ref().map(|l| l.local_addr().unwrap().to_string());
+        let mut brokers = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let fake = std::sync::Arc::new(FakeBroker {
+                leader: i == 1,
+                hint,
+                stale_metadata,
+                addrs: addrs.clone(),
+                metadata_calls: Default::default(),
+                produce_calls: Default::default(),
+            });
+            let service = pb::broker_service_server::BrokerServiceServer::new(FakeService(fake.clone()));
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+            );
+            brokers.push(fake);
+        }
+        [brokers.remove(0), brokers.remove(0)]
+    }
+
+    async fn produce_once(router: &Router) -> Result<pb::ProduceResponse, ClientError> {
+        let request = pb::ProduceRequest { topic: "t".into(), partition: 0, ..Default::default() };
+        router
+            .call("t", 0, Duration::from_secs(5), |mut c| {
+                let request = request.clone();
+                async move { c.produce(request).await.map(tonic::Response::into_inner) }
+            })
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_stale_leader_is_left_for_the_one_its_hint_names() {
+        let [a, b] = two_brokers(true, usize::MAX).await;
+        let router = Router::new(vec![a.addrs[0].clone()]);
+        assert_eq!(produce_once(&router).await.unwrap().base_offset, 7);
+        let calls = |f: &FakeBroker| f.produce_calls.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!((calls(&a), calls(&b)), (1, 1), "one try at the stale leader, then the hinted one");
+        // The hint is remembered: the next request goes straight to broker 2.
+        assert_eq!(router.leader("t", 0).await.unwrap(), b.addrs[1]);
+        produce_once(&router).await.unwrap();
+        assert_eq!((calls(&a), calls(&b)), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn without_a_hint_the_metadata_is_refreshed() {
+        let [a, b] = two_brokers(false, 1).await;
+        let router = Router::new(vec![a.addrs[0].clone()]);
+        assert_eq!(produce_once(&router).await.unwrap().base_offset, 7);
+        let calls = |f: &FakeBroker| f.produce_calls.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!((calls(&a), calls(&b)), (1, 1));
+        assert_eq!(
+            a.metadata_calls.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "asked again after the refusal"
+        );
     }
 
     #[test]
