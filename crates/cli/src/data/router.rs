@@ -157,10 +157,12 @@ impl Backoff {
     }
 }
 
-/// Tracks one request's retries against its two deadlines.
+/// Tracks one request's retries against its two deadlines, which run from the first
+/// failure since the last progress (so a stream that was healthy for an hour still gets the
+/// full deadline when it breaks).
 #[derive(Debug)]
 pub(crate) struct Retry {
-    started: Instant,
+    failing_since: Option<Instant>,
     unknown_since: Option<Instant>,
     backoff: Backoff,
     redirects_in_a_row: u32,
@@ -168,7 +170,7 @@ pub(crate) struct Retry {
 
 impl Retry {
     pub(crate) fn new() -> Self {
-        Retry { started: Instant::now(), unknown_since: None, backoff: Backoff::new(), redirects_in_a_row: 0 }
+        Retry { failing_since: None, unknown_since: None, backoff: Backoff::new(), redirects_in_a_row: 0 }
     }
 
     /// Progress was made: the deadlines start over.
@@ -181,7 +183,7 @@ impl Retry {
     /// once).
     pub(crate) fn after(&mut self, failure: &Failure) -> Result<Duration, ClientError> {
         let now = Instant::now();
-        let waited = now.duration_since(self.started);
+        let waited = now.duration_since(*self.failing_since.get_or_insert(now));
         let give_up = |what: &str| {
             let mut error = failure.error.clone();
             error.message = format!("{} (still failing after {} of {what})", error.message, secs(waited));
@@ -632,6 +634,19 @@ mod tests {
     }
 
     #[test]
+    fn the_deadline_runs_from_the_first_failure() {
+        let mut retry = Retry::new();
+        // However long ago the request (or a healthy stream) started, a first failure gets
+        // the whole deadline.
+        let refresh = Failure::new(5, "LEADER_NOT_AVAILABLE", "none", Next::Refresh);
+        assert!(retry.after(&refresh).is_ok());
+        retry.failing_since = Some(Instant::now() - LEADER_RETRY_DEADLINE);
+        assert!(retry.after(&refresh).is_err());
+        retry.reset();
+        assert!(retry.after(&refresh).is_ok());
+    }
+
+    #[test]
     fn unknown_topics_are_waited_for_briefly() {
         let mut retry = Retry::new();
         let unknown = Failure::new(3, "UNKNOWN_TOPIC_OR_PARTITION", "no such topic", Next::Unknown);
@@ -645,7 +660,7 @@ mod tests {
         );
         // And leadership errors for 30 s.
         let mut retry = Retry::new();
-        retry.started = Instant::now() - LEADER_RETRY_DEADLINE;
+        retry.failing_since = Some(Instant::now() - LEADER_RETRY_DEADLINE);
         let refresh = Failure::new(5, "LEADER_NOT_AVAILABLE", "none", Next::Refresh);
         assert!(retry.after(&refresh).unwrap_err().to_string().contains("still failing after 30"));
     }
