@@ -148,6 +148,8 @@ fn python_client_produces_and_consumes() {
             .arg(root.join("tests/python/runnel_client_test.py"))
             .args(["--bootstrap", &addr.to_string()])
             .env("PYTHONUNBUFFERED", "1")
+            // Nothing written into the source tree.
+            .env("PYTHONDONTWRITEBYTECODE", "1")
             .current_dir(&root),
         CLIENT_TIMEOUT,
     );
