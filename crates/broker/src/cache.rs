@@ -12,6 +12,10 @@ pub struct BrokerEntry {
     pub epoch: u64,
     /// Its gRPC address.
     pub grpc: String,
+    /// Its Kafka listener address.
+    pub kafka: String,
+    /// Its rack; empty for none.
+    pub rack: String,
     /// Whether the controller fenced it.
     pub fenced: bool,
 }
@@ -75,6 +79,8 @@ fn broker(info: &pb::BrokerInfo) -> BrokerEntry {
     BrokerEntry {
         epoch: info.broker_epoch,
         grpc: info.endpoints.as_ref().map(|e| e.grpc.clone()).unwrap_or_default(),
+        kafka: info.endpoints.as_ref().map(|e| e.kafka.clone()).unwrap_or_default(),
+        rack: info.rack.clone(),
         fenced: info.fenced,
     }
 }

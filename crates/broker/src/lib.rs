@@ -1,6 +1,8 @@
-//! Runnel's broker role, as far as it is built: the broker registers with the controller
-//! (a fresh incarnation id per process), heartbeats it, and keeps a [`MetadataCache`] up to
-//! date from `WatchMetadata`. It talks to the controller only over gRPC (runnel-proto); it
+//! Runnel's broker role: it hosts the partition replicas the metadata assigns to it and
+//! serves the client API over them (produce, fetch, list offsets, metadata; see
+//! [`service`]), registers with the controller (a fresh incarnation id per process),
+//! heartbeats it, and keeps a [`MetadataCache`] up to date from `WatchMetadata`, which the
+//! [`ReplicaManager`] follows. It talks to the controller only over gRPC (runnel-proto); it
 //! never links the controller crate.
 //!
 //! Every controller voter accepts every call (followers forward to the leader), so the broker
@@ -8,7 +10,11 @@
 //! to the next voter when one cannot be reached.
 
 pub mod cache;
+pub mod error;
+pub mod replica;
+pub mod service;
 
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -21,6 +27,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 pub use cache::{CacheError, MetadataCache};
+pub use error::{BrokerError, ErrorCode};
+pub use replica::ReplicaManager;
+use runnel_storage::{LogConfig, LogError};
+pub use service::{BrokerGrpc, DataPlane};
 
 /// gRPC metadata key the controller sets with NOT_CONTROLLER: the leader's `host:port`.
 pub const LEADER_KEY: &str = "runnel-leader";
@@ -45,6 +55,12 @@ pub struct BrokerConfig {
     pub heartbeat_interval: Duration,
     /// Deadline of one controller call.
     pub request_timeout: Duration,
+    /// Where the partition logs live (one directory per partition).
+    pub log_dir: PathBuf,
+    /// Log settings for topics that set none of their own.
+    pub log_defaults: LogConfig,
+    /// How often retention deletes old segments (Kafka's `log.retention.check.interval.ms`).
+    pub retention_check_interval: Duration,
 }
 
 /// The broker's standing with the controller, for readiness and metrics.
@@ -65,6 +81,8 @@ pub struct BrokerStatus {
 pub struct Broker {
     status: watch::Receiver<BrokerStatus>,
     cache: Arc<RwLock<MetadataCache>>,
+    replicas: Arc<ReplicaManager>,
+    plane: Arc<DataPlane>,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -118,17 +136,42 @@ fn client(
 }
 
 impl Broker {
-    /// Starts registration, heartbeats and the metadata watch. Panics if `controllers` is empty.
-    pub fn start(config: BrokerConfig) -> Self {
+    /// Locks the log directory, then starts registration, heartbeats, the metadata watch and
+    /// the replica manager that follows it. Serve [`Broker::service`] to take requests.
+    /// Fails if the log directory cannot be locked (another process uses it). Panics if
+    /// `controllers` is empty.
+    pub fn start(config: BrokerConfig) -> Result<Self, LogError> {
         assert!(!config.controllers.is_empty(), "a broker needs at least one controller address");
+        let replicas =
+            Arc::new(ReplicaManager::open(config.id, &config.log_dir, config.log_defaults.clone())?);
         let cancel = CancellationToken::new();
         let cache = Arc::new(RwLock::new(MetadataCache::default()));
+        let plane = Arc::new(DataPlane::new(config.id, Arc::clone(&replicas), Arc::clone(&cache)));
         let (status_tx, status) = watch::channel(BrokerStatus { fenced: true, ..BrokerStatus::default() });
         let status_tx = Arc::new(status_tx);
         let mut tasks = JoinSet::new();
+        tasks.spawn(reconcile_task(
+            Arc::clone(&replicas),
+            Arc::clone(&cache),
+            status.clone(),
+            cancel.clone(),
+        ));
+        tasks.spawn(retention_task(Arc::clone(&replicas), config.retention_check_interval, cancel.clone()));
         tasks.spawn(watch_task(config.clone(), Arc::clone(&cache), Arc::clone(&status_tx), cancel.clone()));
         tasks.spawn(liveness_task(config, status_tx, cancel.clone()));
-        Self { status, cache, cancel, tasks }
+        Ok(Self { status, cache, replicas, plane, cancel, tasks })
+    }
+
+    /// The client API over this broker's partitions, for a gRPC server to serve.
+    pub fn service(
+        &self,
+    ) -> runnel_proto::pb::runnel::v1::broker_service_server::BrokerServiceServer<BrokerGrpc> {
+        BrokerGrpc::new(Arc::clone(&self.plane)).into_server()
+    }
+
+    /// The hosted partitions.
+    pub fn replicas(&self) -> &Arc<ReplicaManager> {
+        &self.replicas
     }
 
     /// The broker's standing now.
@@ -302,6 +345,49 @@ async fn run_session(
         }
         if tx.send(beat()).await.is_err() {
             return SessionEnd::Failed(tonic::Status::unavailable("the session closed"));
+        }
+    }
+}
+
+/// Follows the metadata: after every change of the cache's version, brings the hosted
+/// partitions in line (on a blocking thread: it opens and deletes files).
+async fn reconcile_task(
+    replicas: Arc<ReplicaManager>,
+    cache: Arc<RwLock<MetadataCache>>,
+    mut status: watch::Receiver<BrokerStatus>,
+    cancel: CancellationToken,
+) {
+    let mut applied = None;
+    loop {
+        let version = status.borrow_and_update().metadata_version;
+        if applied != Some(version) {
+            let snapshot = cache.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            let replicas = Arc::clone(&replicas);
+            if let Err(e) = tokio::task::spawn_blocking(move || replicas.reconcile(&snapshot)).await {
+                tracing::error!("reconciling the hosted partitions panicked: {e}");
+            }
+            applied = Some(version);
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = status.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Deletes expired segments every `interval`.
+async fn retention_task(replicas: Arc<ReplicaManager>, interval: Duration, cancel: CancellationToken) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let replicas = Arc::clone(&replicas);
+        if let Err(e) = tokio::task::spawn_blocking(move || replicas.enforce_retention()).await {
+            tracing::error!("retention panicked: {e}");
         }
     }
 }

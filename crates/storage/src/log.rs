@@ -251,7 +251,13 @@ struct Shared {
     durable: Condvar,
     /// Successful fsyncs of segment data by the append path (for group-commit metrics).
     fsyncs: AtomicU64,
+    /// Called with the new `durable_end` whenever it advances (see
+    /// [`Log::set_durable_listener`]).
+    listener: Mutex<Option<DurableListener>>,
 }
+
+/// A callback told the new durable end offset each time it advances.
+pub type DurableListener = Arc<dyn Fn(u64) + Send + Sync>;
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -268,6 +274,16 @@ impl Shared {
             return Err(LogError::Failed { dir: self.dir.clone(), reason: reason.clone() });
         }
         Ok(())
+    }
+
+    /// `durable_end` advanced: wake blocking waiters and tell the listener. Called with the
+    /// state lock held, so listeners see advances in order.
+    fn durable_advanced(&self, st: &State) {
+        self.durable.notify_all();
+        let listener = self.listener.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(listener) = listener {
+            listener(st.durable_end);
+        }
     }
 }
 
@@ -387,6 +403,7 @@ impl Log {
             appended: Condvar::new(),
             durable: Condvar::new(),
             fsyncs: AtomicU64::new(0),
+            listener: Mutex::new(None),
         });
         let syncer = match shared.config.fsync {
             FsyncPolicy::Never => None,
@@ -564,7 +581,7 @@ impl Log {
     fn after_append(&self, st: &mut State) {
         if self.shared.config.fsync == FsyncPolicy::Never {
             st.durable_end = st.log_end;
-            self.shared.durable.notify_all();
+            self.shared.durable_advanced(st);
         } else {
             self.shared.appended.notify_one();
         }
@@ -631,6 +648,14 @@ impl Log {
             }
             st = self.shared.durable.wait_timeout(st, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
         }
+    }
+
+    /// Registers `listener`, called with the new durable end offset every time it advances
+    /// (after an fsync, or after each append under policy `never`), replacing any earlier
+    /// one. It runs on the thread that advanced the offset with the log's lock held: it must
+    /// be quick and must not call back into this log.
+    pub fn set_durable_listener(&self, listener: DurableListener) {
+        *self.shared.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener);
     }
 
     /// Fsyncs the active segment now and advances the durable offset (any policy).
@@ -988,7 +1013,7 @@ fn sync_once(shared: &Shared) -> Result<()> {
             shared.fsyncs.fetch_add(1, Ordering::Relaxed);
             if st.generation == generation && target > st.durable_end {
                 st.durable_end = target.min(st.log_end);
-                shared.durable.notify_all();
+                shared.durable_advanced(&st);
             }
             Ok(())
         }

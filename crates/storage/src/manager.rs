@@ -73,8 +73,20 @@ impl LogManager {
     /// Locks `dir` (creating it if needed) and opens every partition log in it, recovering
     /// each. Directories left half-deleted by a crash are finished off.
     pub fn open(dir: impl AsRef<Path>, default_config: LogConfig) -> Result<Self> {
+        Self::open_inner(dir.as_ref(), default_config, true)
+    }
+
+    /// Like [`open`](Self::open), but opens no log: each is opened (and recovered) by the
+    /// first [`get_or_create`](Self::get_or_create), with the config given there. For a
+    /// broker, which learns each partition's config from the metadata only after it starts.
+    /// [`on_disk`](Self::on_disk) lists what is there.
+    pub fn open_lazily(dir: impl AsRef<Path>, default_config: LogConfig) -> Result<Self> {
+        Self::open_inner(dir.as_ref(), default_config, false)
+    }
+
+    fn open_inner(dir: &Path, default_config: LogConfig, eager: bool) -> Result<Self> {
         default_config.validate()?;
-        let dir = dir.as_ref().to_path_buf();
+        let dir = dir.to_path_buf();
         fs::create_dir_all(&dir).map_err(LogError::io("create data directory", &dir))?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
@@ -107,8 +119,10 @@ impl LogManager {
                     continue;
                 }
             };
-            let log = Log::open(entry.path(), default_config.clone())?;
-            logs.insert(tp, Arc::new(log));
+            if eager {
+                let log = Log::open(entry.path(), default_config.clone())?;
+                logs.insert(tp, Arc::new(log));
+            }
         }
         Ok(LogManager { dir, _lock: lock, default_config, logs: Mutex::new(logs) })
     }
@@ -143,7 +157,29 @@ impl LogManager {
         Ok(log)
     }
 
-    /// Every partition with a log here.
+    /// Every partition with a log directory here, open or not.
+    pub fn on_disk(&self) -> Result<Vec<TopicPartition>> {
+        let mut found = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(LogError::io("read data directory", &self.dir))? {
+            let entry = entry.map_err(LogError::io("read data directory", &self.dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(DELETE_SUFFIX) || !entry.path().is_dir() {
+                continue;
+            }
+            if let Ok(tp) = TopicPartition::parse_dir_name(&name) {
+                found.push(tp);
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// The directory a partition's log lives in (whether or not it exists).
+    pub fn partition_dir(&self, tp: &TopicPartition) -> PathBuf {
+        self.dir.join(tp.dir_name())
+    }
+
+    /// Every open partition log.
     pub fn partitions(&self) -> Vec<TopicPartition> {
         self.logs().keys().cloned().collect()
     }
@@ -152,8 +188,11 @@ impl LogManager {
     /// then removed, so a crash in between is finished off at the next open. Returns false
     /// if there was no such log.
     pub fn delete(&self, tp: &TopicPartition) -> Result<bool> {
-        let Some(log) = self.logs().remove(tp) else { return Ok(false) };
+        let log = self.logs().remove(tp);
         let from = self.dir.join(tp.dir_name());
+        if log.is_none() && !from.exists() {
+            return Ok(false);
+        }
         let to = self.dir.join(format!("{}{DELETE_SUFFIX}", tp.dir_name()));
         // Other holders of the Arc may still read through open files; that stays safe.
         drop(log);

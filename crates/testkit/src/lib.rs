@@ -22,8 +22,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
+use runnel_proto::pb::runnel::v1::broker_service_client::BrokerServiceClient;
 use runnel_proto::pb::runnel::v1::controller_service_client::ControllerServiceClient;
-use runnel_proto::pb::runnel::v1::{DescribeClusterRequest, DescribeClusterResponse};
+use runnel_proto::pb::runnel::v1::{
+    DescribeClusterRequest, DescribeClusterResponse, ListOffsetsRequest, MetadataRequest,
+};
 use rustix::process::{Pid, Signal, kill_process};
 use tonic::transport::Channel;
 
@@ -471,6 +474,71 @@ impl Cluster {
     /// A ControllerService client connected to node `id`.
     pub async fn controller_client(&self, id: u64) -> anyhow::Result<ControllerServiceClient<Channel>> {
         grpc_client(self.node(id).grpc_addr).await
+    }
+
+    /// A BrokerService (the client data plane) client connected to node `id`.
+    pub async fn broker_client(&self, id: u64) -> anyhow::Result<BrokerServiceClient<Channel>> {
+        let channel = Channel::from_shared(format!("http://{}", self.node(id).grpc_addr))?
+            .connect_timeout(Duration::from_secs(2))
+            .connect()
+            .await
+            .with_context(|| format!("connecting to node {id}"))?;
+        Ok(BrokerServiceClient::new(channel).max_decoding_message_size(128 << 20))
+    }
+
+    /// Polls node `id`'s Metadata until every partition of `topic` has a leader that serves
+    /// it (answers ListOffsets, so produce requests can go there), or `timeout` passes.
+    /// Answers the leader of each partition.
+    pub async fn wait_for_partition_leaders(
+        &self,
+        id: u64,
+        topic: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<u64>> {
+        let deadline = Instant::now() + timeout;
+        let mut last: String;
+        loop {
+            match self.partition_leaders(id, topic).await {
+                Ok(Some(leaders)) => {
+                    let mut serving = true;
+                    for (partition, &leader) in leaders.iter().enumerate() {
+                        serving &= self.serves(leader, topic, partition as u32).await;
+                    }
+                    if serving {
+                        return Ok(leaders);
+                    }
+                    last = format!("leaders {leaders:?} do not all serve their partitions yet");
+                }
+                Ok(None) => last = "some partition has no leader".into(),
+                Err(e) => last = format!("{e:#}"),
+            }
+            if Instant::now() >= deadline {
+                bail!("partitions of {topic} have no leaders within {timeout:?}: {last}");
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Whether node `id` answers ListOffsets for the partition (it leads it and has loaded it).
+    async fn serves(&self, id: u64, topic: &str, partition: u32) -> bool {
+        let Ok(mut client) = self.broker_client(id).await else { return false };
+        let request = ListOffsetsRequest { topic: topic.to_owned(), partition, spec: 0, timestamp_ms: 0 };
+        matches!(tokio::time::timeout(Duration::from_secs(2), client.list_offsets(request)).await, Ok(Ok(_)))
+    }
+
+    /// The leader of each partition of `topic` in node `id`'s Metadata; `None` if one has none.
+    async fn partition_leaders(&self, id: u64, topic: &str) -> anyhow::Result<Option<Vec<u64>>> {
+        let mut client = self.broker_client(id).await?;
+        let request = MetadataRequest { topics: vec![topic.to_owned()] };
+        let answer = tokio::time::timeout(Duration::from_secs(2), client.metadata(request))
+            .await
+            .map_err(|_| anyhow!("Metadata timed out"))??
+            .into_inner();
+        let t = answer.topics.first().ok_or_else(|| anyhow!("no topic in the answer"))?;
+        if let Some(e) = &t.error {
+            bail!("{} ({}): {}", e.name, e.code, e.message);
+        }
+        Ok(t.partitions.iter().map(|p| u64::try_from(p.leader).ok()).collect())
     }
 
     /// DescribeCluster asked of node `id`, bounded by `timeout`.

@@ -11,10 +11,16 @@ use std::time::Duration;
 use anyhow::Context;
 use runnel_broker::{Broker, BrokerConfig};
 use runnel_controller::controller::{Controller, ControllerConfig};
+use runnel_storage::LogConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
 
 pub(crate) use config::{LogFormat, NodeArgs, NodeSettings};
+
+/// How often the broker deletes segments past their topic's retention (Kafka's default
+/// `log.retention.check.interval.ms`).
+const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(300);
 
 /// How long each phase of shutdown waits before aborting what is left.
 const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(5);
@@ -33,8 +39,39 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
     let grpc_addr = grpc.local_addr()?;
     let http_addr = http.local_addr()?;
 
-    // A broker-only node keeps its gRPC port bound for the data plane to come.
-    let mut reserved_grpc = None;
+    // The broker starts first (it locks and lists its log directory), so that the one gRPC
+    // server of the node serves its client API from the start.
+    let broker = if settings.roles.broker {
+        Some(
+            Broker::start(BrokerConfig {
+                id,
+                grpc_addr: settings.grpc_addr.clone(),
+                kafka_addr: settings.kafka_addr.clone(),
+                http_addr: settings.http_addr.clone(),
+                controllers: settings.voters.iter().map(|v| v.addr.clone()).collect(),
+                heartbeat_interval: Duration::from_millis(settings.heartbeat_interval_ms),
+                request_timeout: Duration::from_millis(settings.session_timeout_ms.max(1_000)),
+                log_dir: settings.data_dir.join("logs"),
+                log_defaults: LogConfig::default(),
+                retention_check_interval: RETENTION_CHECK_INTERVAL,
+            })
+            .context("starting the broker")?,
+        )
+    } else {
+        None
+    };
+    // Reflection lets generic gRPC tools (grpcurl, Postman) list and call every service.
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(runnel_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the gRPC reflection service")?;
+    let mut routes = Routes::new(reflection);
+    if let Some(broker) = &broker {
+        routes = routes.add_service(broker.service());
+    }
+
+    let cancel = CancellationToken::new();
+    let mut grpc_task = None;
     let controller = if settings.roles.controller {
         let mut config = ControllerConfig::new(
             u64::from(id),
@@ -51,32 +88,32 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         config.service.session_grace = Duration::from_millis(2 * settings.heartbeat_interval_ms + 300)
             .min(config.service.session_timeout);
         config.shutdown_timeout = SHUTDOWN_PATIENCE;
-        Some(Controller::start(config, grpc).await.context("starting the controller")?)
+        Some(Controller::start_serving(config, grpc, routes).await.context("starting the controller")?)
     } else {
-        reserved_grpc = Some(grpc);
+        // A broker-only node serves its own gRPC port.
+        let stop = cancel.clone();
+        grpc_task = Some(tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
+                    stop.cancelled_owned(),
+                )
+                .await;
+            if let Err(e) = served {
+                tracing::error!("node {id}: gRPC server failed: {e}");
+            }
+        }));
         None
     };
     println!("runnel node {id} ready: grpc={grpc_addr} http={http_addr}");
     std::io::stdout().flush()?;
-
-    let broker = settings.roles.broker.then(|| {
-        Broker::start(BrokerConfig {
-            id,
-            grpc_addr: settings.grpc_addr.clone(),
-            kafka_addr: settings.kafka_addr.clone(),
-            http_addr: settings.http_addr.clone(),
-            controllers: settings.voters.iter().map(|v| v.addr.clone()).collect(),
-            heartbeat_interval: Duration::from_millis(settings.heartbeat_interval_ms),
-            request_timeout: Duration::from_millis(settings.session_timeout_ms.max(1_000)),
-        })
-    });
 
     let probes = Arc::new(http::Probes {
         node_id: id,
         raft: controller.as_ref().map(|c| c.raft().clone()),
         broker: broker.as_ref().map(Broker::subscribe),
     });
-    let cancel = CancellationToken::new();
     let mut http_task = tokio::spawn(http::serve(http, probes, cancel.clone()));
 
     let stopped_by = tokio::select! {
@@ -97,7 +134,11 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
     if let Some(controller) = controller {
         controller.shutdown().await;
     }
-    drop(reserved_grpc);
+    if let Some(task) = grpc_task
+        && tokio::time::timeout(SHUTDOWN_PATIENCE, task).await.is_err()
+    {
+        tracing::warn!("node {id}: the gRPC server did not stop in time");
+    }
     tracing::info!("node {id}: stopped");
     Ok(())
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
@@ -141,6 +142,16 @@ impl Controller {
     /// node is already initialized, which is ignored. A store that holds a vote or a log is
     /// never initialized again.
     pub async fn start(config: ControllerConfig, listener: TcpListener) -> Result<Self, StartError> {
+        Self::start_serving(config, listener, Routes::default()).await
+    }
+
+    /// Like [`Controller::start`], serving `extra` gRPC services on the same listener beside
+    /// the controller's own (a node that is also a broker serves its client API there).
+    pub async fn start_serving(
+        config: ControllerConfig,
+        listener: TcpListener,
+        extra: Routes,
+    ) -> Result<Self, StartError> {
         let id = config.node_id;
         if !config.voters.iter().any(|v| v.id == id) {
             return Err(StartError::Config(format!("node {id} is not in the voters list")));
@@ -171,8 +182,7 @@ impl Controller {
         let stop = cancel.clone();
         tasks.spawn(async move {
             let served = Server::builder()
-                .add_service(raft_service)
-                .add_service(controller_service)
+                .add_routes(extra.add_service(raft_service).add_service(controller_service))
                 .serve_with_incoming_shutdown(
                     // Without it, small responses wait on Nagle and the peer's delayed ACK: a
                     // 40 ms stall on about 2% of commits, measured.
