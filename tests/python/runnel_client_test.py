@@ -17,7 +17,8 @@ builds a venv with them). Against one running node it:
      run contiguously from 0;
   6. looks up the earliest, latest and by-timestamp offsets (ListOffsets);
   7. checks that unknown topics and partitions fail with UNKNOWN_TOPIC_OR_PARTITION (3) in the
-     status's trailing metadata, and that Metadata reports an unknown topic as an error;
+     status's trailing metadata, that Metadata reports an unknown topic as an error, and that
+     a fetch past the high watermark fails with OFFSET_OUT_OF_RANGE (1) and the range;
   8. tails the partition with FetchStream from offset 0 and sees a record produced after it
      caught up.
 
@@ -50,6 +51,11 @@ UNKNOWN_TOPIC_OR_PARTITION = 3
 RETRIABLE = {"LEADER_NOT_AVAILABLE", "NOT_LEADER_OR_FOLLOWER"}
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+
+# gRPC clients refuse messages over 4 MiB by default, but a Fetch may ask for up to 64 MiB
+# (and returns at least one whole batch, up to the topic's max.message.bytes): a client that
+# raises max_bytes must raise its receive limit too, or the call fails with RESOURCE_EXHAUSTED.
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 65 << 20)]
 
 
 class Failure(Exception):
@@ -121,7 +127,7 @@ def describe(r):
 class Run:
     def __init__(self, bootstrap):
         self.bootstrap = bootstrap
-        self.channel = grpc.insecure_channel(bootstrap)
+        self.channel = grpc.insecure_channel(bootstrap, options=CHANNEL_OPTIONS)
         self.controller = controller_grpc.ControllerServiceStub(self.channel)
         self.broker = broker_grpc.BrokerServiceStub(self.channel)
         self.topic = f"py-client-{uuid.uuid4().hex[:12]}"
@@ -171,7 +177,7 @@ class Run:
             time.sleep(POLL_INTERVAL_S)
         # A client talks to the leader at the address Metadata advertises, not the bootstrap.
         if self.leader_addr != self.bootstrap:
-            self.channel = grpc.insecure_channel(self.leader_addr)
+            self.channel = grpc.insecure_channel(self.leader_addr, options=CHANNEL_OPTIONS)
             self.broker = broker_grpc.BrokerServiceStub(self.channel)
         return f"leader {leader} at {self.leader_addr} after {polls} Metadata polls"
 
@@ -337,7 +343,21 @@ class Run:
         check(t.HasField("error"), f"Metadata for {missing}: no error set: {t}")
         eq((t.error.code, t.error.name), (UNKNOWN_TOPIC_OR_PARTITION, "UNKNOWN_TOPIC_OR_PARTITION"),
            f"Metadata for {missing}: error")
-        return f"code 3 in trailing metadata; gRPC statuses {sorted(set(statuses.values()))}; Metadata error set"
+        # Past the high watermark: OFFSET_OUT_OF_RANGE (1), with the fetchable range.
+        hw = len(self.expected)
+        try:
+            answer = self.broker.Fetch(pb.FetchRequest(topic=self.topic, partition=0, offset=hw + 1),
+                                       timeout=RPC_TIMEOUT_S)
+        except grpc.RpcError as e:
+            meta = error_meta(e)
+            eq(tuple(meta.get(k) for k in ("runnel-error-name", "runnel-error-code", "runnel-log-start-offset",
+                                           "runnel-high-watermark")),
+               ("OFFSET_OUT_OF_RANGE", "1", "0", str(hw)),
+               f"Fetch at {hw + 1}, past the high watermark: trailing metadata of {status_text(e)}")
+        else:
+            raise Failure(f"Fetch at {hw + 1}, past the high watermark {hw}, succeeded: {answer}")
+        return (f"code 3 in trailing metadata; gRPC statuses {sorted(set(statuses.values()))}; "
+                "Metadata error set; past the high watermark: code 1 with the range")
 
     def fetch_stream(self):
         n = len(self.expected)
@@ -422,7 +442,7 @@ def main():
                 ("ProduceStream", run.produce_stream),
                 ("Fetch from 0", run.fetch_all),
                 ("ListOffsets", run.list_offsets),
-                ("unknown topic and partition", run.unknown_topic),
+                ("error metadata", run.unknown_topic),
                 ("FetchStream tails", run.fetch_stream),
             ]
             for phase, step in phases:
