@@ -273,6 +273,13 @@ impl DataPlane {
         let (offset, timestamp_ms) = match spec {
             pb::OffsetSpec::Latest => (hw as i64, -1),
             pb::OffsetSpec::Earliest => (partition.log().log_start() as i64, -1),
+            pb::OffsetSpec::Timestamp if request.timestamp_ms < 0 => {
+                return Err(BrokerError::invalid(format!(
+                    "timestamp_ms {} is negative; use OFFSET_SPEC_LATEST or OFFSET_SPEC_EARLIEST \
+                     for Kafka's -1 and -2",
+                    request.timestamp_ms
+                )));
+            }
             pb::OffsetSpec::Timestamp => {
                 match partition
                     .log()

@@ -281,6 +281,8 @@ async fn records_round_trip_with_keys_headers_and_timestamps() {
     assert_eq!(by_time.offset, 1, "the first record at or after the time");
     let future = c.list_offsets(list(pb::OffsetSpec::Timestamp, i64::MAX)).await.unwrap().into_inner();
     assert_eq!(future.offset, -1);
+    let e = c.list_offsets(list(pb::OffsetSpec::Timestamp, -2)).await.unwrap_err();
+    assert_error(&e, "INVALID_REQUEST", 42);
 
     // A long poll at the HW waits for the next record.
     let mut poll = fetch("events", 0, 6, pb::RecordFormat::Records);
