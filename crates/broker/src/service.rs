@@ -84,6 +84,20 @@ impl DataPlane {
         self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The cache, once a full image has arrived. Before that this broker knows no topic,
+    /// and saying UNKNOWN_TOPIC_OR_PARTITION would send clients away from topics that exist.
+    fn loaded_cache(&self) -> Result<std::sync::RwLockReadGuard<'_, MetadataCache>, BrokerError> {
+        let cache = self.cache();
+        if cache.loaded {
+            Ok(cache)
+        } else {
+            Err(BrokerError::new(
+                ErrorCode::LeaderNotAvailable,
+                "this broker has not loaded the cluster metadata yet (it is starting); retry",
+            ))
+        }
+    }
+
     /// Where `topic`'s partition `partition` is led, from the metadata.
     fn hint(&self, topic: &str, partition: u32) -> LeaderHint {
         let cache = self.cache();
@@ -112,7 +126,7 @@ impl DataPlane {
     fn leader_partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, BrokerError> {
         let tp = TopicPartition::new(topic, partition);
         let (topic_id, leader) = {
-            let cache = self.cache();
+            let cache = self.loaded_cache()?;
             let Some(t) = cache.topics.get(topic) else {
                 return Err(BrokerError::new(
                     ErrorCode::UnknownTopicOrPartition,
@@ -294,8 +308,8 @@ impl DataPlane {
         Ok(pb::ListOffsetsResponse { offset, timestamp_ms, leader_epoch })
     }
 
-    fn metadata(&self, request: &pb::MetadataRequest) -> pb::MetadataResponse {
-        let cache = self.cache();
+    fn metadata(&self, request: &pb::MetadataRequest) -> Result<pb::MetadataResponse, BrokerError> {
+        let cache = self.loaded_cache()?;
         let brokers = cache
             .brokers
             .iter()
@@ -340,7 +354,12 @@ impl DataPlane {
         } else {
             request.topics.iter().map(|name| describe(name)).collect()
         };
-        pb::MetadataResponse { brokers, topics, metadata_version: cache.version, answered_by: self.broker_id }
+        Ok(pb::MetadataResponse {
+            brokers,
+            topics,
+            metadata_version: cache.version,
+            answered_by: self.broker_id,
+        })
     }
 }
 
@@ -649,7 +668,7 @@ impl BrokerService for BrokerGrpc {
         &self,
         request: Request<pb::MetadataRequest>,
     ) -> Result<Response<pb::MetadataResponse>, Status> {
-        Ok(Response::new(self.plane.metadata(request.get_ref())))
+        Ok(Response::new(self.plane.metadata(request.get_ref())?))
     }
 }
 
@@ -661,5 +680,41 @@ fn stream_response(id: u64, result: Result<pb::ProduceResponse, BrokerError>) ->
             Ok(response) => R::Response(response),
             Err(e) => R::Error(e.to_proto()),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_broker_without_metadata_says_retry_not_unknown_topic() {
+        let dir = tempfile::tempdir().unwrap();
+        let replicas = Arc::new(ReplicaManager::open(1, dir.path(), Default::default()).unwrap());
+        let cache = Arc::new(RwLock::new(MetadataCache::default()));
+        let plane = DataPlane::new(1, replicas, Arc::clone(&cache));
+        let request = pb::ProduceRequest {
+            topic: "t".into(),
+            partition: 0,
+            acks: pb::Acks::All as i32,
+            timeout_ms: 0,
+            data: Some(pb::produce_request::Data::Records(pb::RecordList {
+                records: vec![pb::Record { value: Some(Bytes::from_static(b"v")), ..Default::default() }],
+            })),
+        };
+        let e = plane.produce(request.clone()).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::LeaderNotAvailable);
+        assert_eq!(
+            plane.metadata(&pb::MetadataRequest::default()).unwrap_err().code,
+            ErrorCode::LeaderNotAvailable
+        );
+
+        cache.write().unwrap().loaded = true;
+        let e = plane.produce(request).await.unwrap_err();
+        assert_eq!(
+            e.code,
+            ErrorCode::UnknownTopicOrPartition,
+            "once loaded, the topic is known not to exist"
+        );
     }
 }
