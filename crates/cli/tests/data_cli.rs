@@ -152,11 +152,11 @@ async fn records_round_trip_in_order_and_follow_their_leaders() {
     let leaders = create_topic(&cluster, "demo", 3).await;
     println!("demo leaders by partition: {leaders:?}");
 
-    // Phase 1: 10,000 lines, in order within each partition. 16 KiB batches (Kafka's
-    // default) so that keyless records spread over the partitions.
+    // Phase 1: 10,000 lines, in order within each partition. The default 16 KiB batches
+    // (Kafka's) spread keyless records over the partitions.
     let lines: String = (0..10_000).map(|i| format!("line-{i:05}\n")).collect();
     let t = Instant::now();
-    let out = produce(&all, &["demo", "--batch-size", "16384"], &lines);
+    let out = produce(&all, &["demo"], &lines);
     assert!(out.success(), "{out:?}");
     assert!(out.stderr.contains("produced 10000 records (10000 acknowledged) to demo"), "{out:?}");
     println!("produced 10000 lines in {:?}", t.elapsed());

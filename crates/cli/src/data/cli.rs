@@ -49,8 +49,9 @@ pub(crate) struct ProduceArgs {
     /// replicas), 1 (the leader), 0 (none: the leader only validates it).
     #[arg(long, value_enum, default_value = "all")]
     pub(crate) acks: Acks,
-    /// Largest batch, in bytes.
-    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(1..=(64 << 20)))]
+    /// Largest batch, in bytes. Kafka's default (16 KiB), so that records without a key
+    /// move on to the next partition every 16 KiB, as with a Kafka producer.
+    #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1..=(64 << 20)))]
     pub(crate) batch_size: u32,
     /// How long a batch waits for more records, in milliseconds.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=60_000))]
