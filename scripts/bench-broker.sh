@@ -2,8 +2,9 @@
 # Broker data-plane benchmark on ONE local `runnel node` (release build; replication is
 # not measured here), beside the loopback TCP bandwidth of the same machine:
 #   1. iperf3 over 127.0.0.1, one TCP stream, 10 s (installs iperf3 with apt-get if missing);
-#   2. `runnel bench produce`: 1 KiB and 100-byte records, acks=1, then 1 KiB at acks=all;
-#   3. `runnel bench consume`: one consumer reading one partition, from the page cache.
+#   2. the storage log's append alone (criterion), for the same machine and disk;
+#   3. `runnel bench produce`: 1 KiB and 100-byte records, acks=1, then 1 KiB at acks=all;
+#   4. `runnel bench consume`: one consumer reading one partition, from the page cache.
 # The node and the load generator share the machine's cores, as the targets assume.
 # Every figure is printed as one JSON line, then a summary table. MB = 10^6 bytes.
 #
@@ -45,14 +46,16 @@ trap cleanup EXIT
 results=$work/results.jsonl
 
 # 1. Loopback TCP bandwidth.
-iperf3 -s -1 -p 5299 >/dev/null 2>&1 &
+iperf3 -s -p 5299 >"$work/iperf-server.log" 2>&1 &
 iperf_pid=$!
-for _ in $(seq 100); do
-    (exec 3<>/dev/tcp/127.0.0.1/5299) 2>/dev/null && break
-    sleep 0.05
+# The client is retried until the server listens (a bare connect probe would count as a test).
+for _ in $(seq 50); do
+    iperf3 -c 127.0.0.1 -p 5299 -t 10 -J >"$work/iperf.json" 2>/dev/null && break
+    sleep 0.1
 done
-iperf3 -c 127.0.0.1 -p 5299 -t 10 -J >"$work/iperf.json"
-wait "$iperf_pid" 2>/dev/null || true
+kill "$iperf_pid" 2>/dev/null; wait "$iperf_pid" 2>/dev/null || true
+grep -q sum_received "$work/iperf.json" ||
+    { echo "iperf3 failed:" >&2; cat "$work/iperf.json" "$work/iperf-server.log" >&2; exit 1; }
 iperf_pid=""
 python3 - "$work/iperf.json" >>"$results" <<'EOF'
 import json, sys
@@ -62,7 +65,23 @@ print(json.dumps({"test": "iperf3 loopback, 1 stream, 10 s", "mb_per_s": round(b
 EOF
 tail -n1 "$results"
 
-# 2. One node.
+# 2. The storage engine's append, in the same run (criterion; policy never, one writer,
+#    batches of 100 records of 1 KiB), for the cost of the log itself without the network.
+RUNNEL_BENCH_DIR="$work" cargo bench --locked -p runnel-storage --bench log -- \
+    'append_1KiB_x100/never/1_writers' --noplot >"$work/criterion.txt" 2>&1
+python3 - "$work/criterion.txt" >>"$results" <<'EOF'
+import json, re, sys
+text = open(sys.argv[1]).read()
+m = re.search(r"thrpt:\s*\[\S+ \S+ ([0-9.]+) (\S+)", text)
+if not m:
+    sys.exit("no throughput in the criterion output:\n" + text[-2000:])
+value, unit = float(m.group(1)), m.group(2)
+scale = {"GiB/s": 1024**3, "MiB/s": 1024**2, "KiB/s": 1024, "B/s": 1}[unit]
+print(json.dumps({"test": "storage append (criterion, never)", "mb_per_s": round(value * scale / 1e6, 1)}))
+EOF
+tail -n1 "$results"
+
+# 3. One node.
 grpc=127.0.0.1:50091
 "$bin" node --id 1 --data-dir "$work/node" --controller-voters "1@$grpc" --grpc-addr "$grpc" \
     --http-addr 127.0.0.1:8131 --kafka-addr 127.0.0.1:9191 >"$work/node.out" 2>"$work/node.err" &
@@ -81,7 +100,9 @@ runnel topic create bench-1k --partitions 1 --replication-factor 1 >&2
 runnel topic create bench-100 --partitions 1 --replication-factor 1 >&2
 runnel topic create bench-all --partitions 1 --replication-factor 1 >&2
 
-bench() { runnel bench "$@" --output json | tee -a "$results"; }
+# Each test starts with no dirty pages left by the one before: the kernel's writeback of
+# gigabytes would otherwise compete with it for the two cores.
+bench() { sync; runnel bench "$@" --output json | tee -a "$results"; }
 bench produce --topic bench-1k --record-size 1024 --num-records "$records_1k" --acks 1 \
     --concurrency "$concurrency"
 bench produce --topic bench-100 --record-size 100 --num-records "$records_100" --acks 1 \

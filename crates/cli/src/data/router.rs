@@ -287,6 +287,8 @@ impl Router {
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true)
+            .initial_stream_window_size(runnel_broker::service::HTTP2_STREAM_WINDOW)
+            .initial_connection_window_size(runnel_broker::service::HTTP2_CONNECTION_WINDOW)
             .connect_lazy();
         let client = BrokerServiceClient::new(channel)
             .max_decoding_message_size(MESSAGE_BYTES_MAX)

@@ -88,12 +88,16 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         config.service.session_grace = Duration::from_millis(2 * settings.heartbeat_interval_ms + 300)
             .min(config.service.session_timeout);
         config.shutdown_timeout = SHUTDOWN_PATIENCE;
+        config.http2_stream_window = Some(runnel_broker::service::HTTP2_STREAM_WINDOW);
+        config.http2_connection_window = Some(runnel_broker::service::HTTP2_CONNECTION_WINDOW);
         Some(Controller::start_serving(config, grpc, routes).await.context("starting the controller")?)
     } else {
         // A broker-only node serves its own gRPC port.
         let stop = cancel.clone();
         grpc_task = Some(tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
+                .initial_stream_window_size(runnel_broker::service::HTTP2_STREAM_WINDOW)
+                .initial_connection_window_size(runnel_broker::service::HTTP2_CONNECTION_WINDOW)
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(
                     tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),

@@ -73,6 +73,11 @@ pub struct ControllerConfig {
     pub service: ServiceConfig,
     /// How long shutdown waits for tasks to finish before aborting them.
     pub shutdown_timeout: Duration,
+    /// HTTP/2 flow-control window per stream of the node's gRPC server (`None`: hyper's
+    /// default). The node raises it for the broker's data plane, which shares the server.
+    pub http2_stream_window: Option<u32>,
+    /// HTTP/2 flow-control window per connection (`None`: hyper's default).
+    pub http2_connection_window: Option<u32>,
 }
 
 impl ControllerConfig {
@@ -89,6 +94,8 @@ impl ControllerConfig {
             election_timeout_max: Duration::from_millis(ELECTION_TIMEOUT_MAX_MS),
             service: ServiceConfig::default(),
             shutdown_timeout: Duration::from_secs(5),
+            http2_stream_window: None,
+            http2_connection_window: None,
         }
     }
 }
@@ -182,6 +189,8 @@ impl Controller {
         let stop = cancel.clone();
         tasks.spawn(async move {
             let served = Server::builder()
+                .initial_stream_window_size(config.http2_stream_window)
+                .initial_connection_window_size(config.http2_connection_window)
                 .add_routes(extra.add_service(raft_service).add_service(controller_service))
                 .serve_with_incoming_shutdown(
                     // Without it, small responses wait on Nagle and the peer's delayed ACK: a
