@@ -119,6 +119,9 @@ pub struct Partition {
     view: Mutex<LeaderView>,
     /// Bumped after every leader append, for replica fetch sessions waiting for data.
     appended: Arc<watch::Sender<u64>>,
+    /// The log's durable end, as the log's durable listener last reported it: a follower
+    /// waits on it, without a blocking thread, before reporting its offsets.
+    durable: watch::Sender<u64>,
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -183,10 +186,13 @@ impl Partition {
                 since: Instant::now(),
             }),
             appended,
+            durable: watch::Sender::new(0),
         });
+        partition.durable.send_replace(partition.log.durable_end());
         let weak: Weak<Partition> = Arc::downgrade(&partition);
         partition.log.set_durable_listener(Arc::new(move |durable| {
             if let Some(p) = weak.upgrade() {
+                p.durable.send_replace(durable);
                 p.recompute_high_watermark(durable);
             }
         }));
@@ -230,6 +236,14 @@ impl Partition {
     /// The high watermark now.
     pub fn high_watermark(&self) -> u64 {
         self.progress.borrow().high_watermark
+    }
+
+    /// Waits until every offset below `end` is durable, or `timeout` passes (false).
+    pub async fn wait_durable(&self, end: u64, timeout: Duration) -> bool {
+        let mut durable = self.durable.subscribe();
+        // A truncation lowers the end below `end` without the listener saying so.
+        let end = end.min(self.log.log_end());
+        matches!(tokio::time::timeout(timeout, durable.wait_for(|d| *d >= end)).await, Ok(Ok(_)))
     }
 
     /// A receiver of every HW advance and state change.
