@@ -340,7 +340,8 @@ async fn run_session(
     let call = client.broker_session(tokio_stream::wrappers::ReceiverStream::new(rx));
     let mut answers = tokio::select! {
         _ = cancel.cancelled() => return SessionEnd::Cancelled,
-        opened = tokio::time::timeout(config.request_timeout, call) => match opened {
+        // Short: a paused controller must not hold this broker past a new leader's grace.
+        opened = tokio::time::timeout(answer_timeout, call) => match opened {
             Ok(Ok(response)) => response.into_inner(),
             Ok(Err(e)) => return SessionEnd::Failed(e),
             Err(_) => return SessionEnd::Failed(tonic::Status::deadline_exceeded("opening the session")),

@@ -491,12 +491,14 @@ async fn partition_leader_paused_is_fenced_and_replaced_within_4s() {
 }
 
 /// The controller leader is also a partition leader: a new controller must be elected first
-/// (about 1-1.3 s with the election timeouts above, 2 s at most), and it fences a broker that
-/// has not reached it within its session grace (two broker heartbeats plus 300 ms: 1.3 s with
-/// the default 500 ms heartbeats). So the bound is 2 s + 1.3 s, rounded up.
+/// (about 1-1.3 s with the election timeouts above, 2 s at most). It fences the broker of the
+/// node that led before it at once (fencing a live broker is safe), rather than after the
+/// session grace it gives the others. Measured 1.27-1.40 s; the bound leaves room for a
+/// loaded CI machine. (The 1 s holds for brokers whose node is not the controller
+/// leader; here the election alone takes longer.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn controller_leader_that_leads_partitions_killed_is_fenced_and_replaced_within_3500ms() {
-    partition_leader_fails_over(Fault::Kill, true, Duration::from_millis(3500), false).await;
+async fn controller_leader_that_leads_partitions_killed_is_fenced_and_replaced_within_2500ms() {
+    partition_leader_fails_over(Fault::Kill, true, Duration::from_millis(2500), false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

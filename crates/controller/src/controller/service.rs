@@ -92,6 +92,11 @@ struct Liveness {
     started: Instant,
     /// The last heartbeat of each broker in `term`.
     last_seen: HashMap<u32, Instant>,
+    /// The last other node this node saw leading, while it did not lead itself.
+    last_other_leader: Option<NodeId>,
+    /// In `term`: the node that led before this one took over. Its broker (the same id in
+    /// a Runnel node) most likely died with it, so it gets no grace.
+    predecessor: Option<NodeId>,
 }
 
 impl Liveness {
@@ -100,6 +105,7 @@ impl Liveness {
             self.term = Some(term);
             self.started = Instant::now();
             self.last_seen.clear();
+            self.predecessor = self.last_other_leader.take();
         }
     }
 }
@@ -135,7 +141,13 @@ impl Shared {
         config: ServiceConfig,
         cancel: CancellationToken,
     ) -> Arc<Self> {
-        let liveness = Liveness { term: None, started: Instant::now(), last_seen: HashMap::new() };
+        let liveness = Liveness {
+            term: None,
+            started: Instant::now(),
+            last_seen: HashMap::new(),
+            last_other_leader: None,
+            predecessor: None,
+        };
         Arc::new(Self {
             id,
             raft,
@@ -294,7 +306,12 @@ impl Shared {
     /// One liveness check: fences every unfenced broker silent past the session timeout.
     async fn check_liveness(&self) {
         let Some(term) = self.leader_term() else {
-            self.liveness().term = None;
+            let leader = self.metrics().current_leader.filter(|l| *l != self.id);
+            let mut liveness = self.liveness();
+            liveness.term = None;
+            if leader.is_some() {
+                liveness.last_other_leader = leader;
+            }
             return;
         };
         let expired = {
@@ -308,6 +325,10 @@ impl Shared {
                     .live_brokers()
                     .filter(|b| match liveness.last_seen.get(&b.id) {
                         Some(seen) => now.duration_since(*seen) > session,
+                        // Fencing a live broker is safe (its next heartbeat unfences it), and
+                        // the previous leader's own broker would otherwise hold its
+                        // partitions for the whole grace.
+                        None if liveness.predecessor == Some(NodeId::from(b.id)) => true,
                         None => now.duration_since(liveness.started) > grace,
                     })
                     .map(|b| (b.id, b.epoch))
