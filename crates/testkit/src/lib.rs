@@ -20,6 +20,9 @@
 //! other nodes (packets between them are silently dropped) while the test and its clients can
 //! still talk to it; [`Cluster::heal`] reconnects it. How, and why that way: [`netns`]. The mode
 //! needs root; without it [`Cluster::start`] fails and says so. Loopback ports stay the default.
+//!
+//! **Histories.** [`history`] checks a history of produce attempts against a final read of the log (lost, duplicated, misplaced or reordered records,
+//! gaps, divergent reads) and measures the longest window without a successful produce.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -37,6 +40,7 @@ use runnel_proto::pb::runnel::v1::{
 use rustix::process::{Pid, Signal, kill_process};
 use tonic::transport::Channel;
 
+pub mod history;
 pub mod netns;
 
 pub use netns::Netns;
