@@ -7,6 +7,8 @@
 use std::time::{Duration, Instant};
 
 use runnel_proto::pb::runnel::v1 as pb;
+use runnel_testkit::history::History;
+use runnel_testkit::workload::{Workload, WorkloadOpts, acknowledged_ends, read_final};
 use runnel_testkit::{Cluster, ClusterOpts, POLL_INTERVAL};
 
 /// Raft election timeouts of the controller tests (`cluster.rs`): failover within 2 s.
@@ -61,11 +63,12 @@ async fn isolate_then_heal(cluster: &mut Cluster, victim: u64) {
     // (stale) view, over both services.
     let own = cluster.describe_cluster(victim, Duration::from_secs(2)).await.unwrap();
     let mut broker = cluster.broker_client(victim).await.unwrap();
-    let metadata = tokio::time::timeout(Duration::from_secs(2), broker.metadata(pb::MetadataRequest { topics: vec![] }))
-        .await
-        .expect("Metadata from the isolated node answers")
-        .unwrap()
-        .into_inner();
+    let metadata =
+        tokio::time::timeout(Duration::from_secs(2), broker.metadata(pb::MetadataRequest { topics: vec![] }))
+            .await
+            .expect("Metadata from the isolated node answers")
+            .unwrap()
+            .into_inner();
     assert_eq!(metadata.answered_by, victim as u32);
     println!(
         "isolated node {victim} (controller leader: {was_leader}): the others fenced it under leader {leader} \
@@ -106,4 +109,109 @@ async fn isolated_node_stays_reachable_while_the_others_fence_it_then_rejoins() 
     let leader = cluster.wait_for_leader(None, Duration::from_secs(10)).await.unwrap();
     let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
     isolate_then_heal(&mut cluster, follower).await;
+}
+
+/// Creates `name` with `partitions` partitions of replication factor `rf` and waits until each
+/// has a serving leader; answers the leaders.
+async fn create_topic(cluster: &Cluster, name: &str, partitions: u32, rf: u32) -> Vec<u64> {
+    let via = cluster.wait_for_leader(None, Duration::from_secs(10)).await.unwrap();
+    let mut c = cluster.controller_client(via).await.unwrap();
+    let request = pb::CreateTopicRequest {
+        name: name.into(),
+        partitions,
+        replication_factor: rf,
+        configs: Default::default(),
+    };
+    c.create_topic(request).await.unwrap_or_else(|e| panic!("create {name}: {e}"));
+    cluster.wait_for_partition_leaders(via, name, Duration::from_secs(20)).await.unwrap()
+}
+
+/// Stops the workload, reads every partition back and checks the history; prints the verdict.
+async fn stop_and_check(
+    cluster: &Cluster,
+    workload: Workload,
+    topic: &str,
+) -> (History, runnel_testkit::history::Verdict) {
+    let history = workload.stop().await;
+    let partitions: Vec<u32> = {
+        let mut p: Vec<u32> = history.attempts.iter().map(|a| a.partition).collect();
+        p.sort();
+        p.dedup();
+        p
+    };
+    let bootstrap: Vec<String> = cluster.bootstrap().split(',').map(str::to_owned).collect();
+    let logs =
+        read_final(&bootstrap, topic, &acknowledged_ends(&history, &partitions), Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("final read: {e:#}"));
+    let verdict = history.check(&logs);
+    println!("{verdict}");
+    (history, verdict)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rf1_acknowledged_records_survive_kills_restarts_and_a_pause_of_their_only_replica() {
+    let mut cluster = start(3, false);
+    let leaders = create_topic(&cluster, "history", 3, 1).await;
+    let bootstrap: Vec<String> = cluster.bootstrap().split(',').map(str::to_owned).collect();
+    let mut opts = WorkloadOpts::new(bootstrap, "history", vec![0, 1, 2]);
+    // Leave the three nodes some of the two cores.
+    opts.interval = Duration::from_millis(2);
+    let workload = Workload::start(opts);
+    workload.wait_for_acks_everywhere(20, Duration::from_secs(10)).await.unwrap();
+
+    // Partition 0's only replica dies twice; the other partitions go on meanwhile.
+    let victim = leaders[0];
+    let elsewhere = (1..3).find(|&p| leaders[p as usize] != victim).unwrap();
+    let mut faults = Vec::new();
+    for _ in 0..2 {
+        cluster.kill(victim).unwrap();
+        let killed_at = workload.elapsed();
+        let before = workload.acknowledged_on(elsewhere);
+        workload.wait_for_acks_on(elsewhere, before + 20, Duration::from_secs(10)).await.unwrap();
+        cluster.restart(victim).unwrap();
+        let restarted_at = workload.elapsed();
+        let before = workload.acknowledged_on(0);
+        workload.wait_for_acks_on(0, before + 20, Duration::from_secs(20)).await.unwrap();
+        faults.push((0, killed_at, restarted_at));
+    }
+    // Another partition's replica is paused past its session timeout (3 s), so it is fenced
+    // and its partition goes offline; requests sent to it meanwhile get no answer in time.
+    let paused = leaders[elsewhere as usize];
+    cluster.pause(paused).unwrap();
+    let paused_at = workload.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let via = cluster.ids().into_iter().find(|&id| id != paused).unwrap();
+    while !cluster
+        .describe_cluster(via, RPC)
+        .await
+        .is_ok_and(|c| c.brokers.iter().any(|b| u64::from(b.broker_id) == paused && b.fenced))
+    {
+        assert!(Instant::now() < deadline, "paused broker {paused} never fenced");
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    cluster.resume(paused).unwrap();
+    let resumed_at = workload.elapsed();
+    let before = workload.acknowledged_on(elsewhere);
+    workload.wait_for_acks_on(elsewhere, before + 20, Duration::from_secs(20)).await.unwrap();
+    faults.push((elsewhere, paused_at, resumed_at));
+
+    let (history, verdict) = stop_and_check(&cluster, workload, "history").await;
+    assert!(verdict.ok(), "{verdict}");
+    assert!(verdict.acknowledged > 100 && verdict.unknown >= 1, "{verdict}");
+    for (partition, fault_at, back_at) in faults {
+        let window = history.unavailable_around(partition, fault_at);
+        println!(
+            "partition {partition}: fault at {:.3} s, node back at {:.3} s, no acknowledged produce for {window}",
+            fault_at.as_secs_f64(),
+            back_at.as_secs_f64()
+        );
+        // An only replica that is down takes its partition down; the next ack follows its return.
+        assert!(window.from <= fault_at && window.to >= back_at, "{window}");
+        let acked_after = history
+            .attempts
+            .iter()
+            .filter(|a| a.partition == partition && a.outcome.is_acked() && a.done > back_at);
+        assert!(acked_after.count() >= 20);
+    }
 }

@@ -21,7 +21,9 @@
 //! still talk to it; [`Cluster::heal`] reconnects it. How, and why that way: [`netns`]. The mode
 //! needs root; without it [`Cluster::start`] fails and says so. Loopback ports stay the default.
 //!
-//! **Histories.** [`history`] checks a history of produce attempts against a final read of the log (lost, duplicated, misplaced or reordered records,
+//! **Histories.** [`workload`] produces unique records continuously over the broker's gRPC
+//! API, following leaders, and records every attempt and its outcome; [`history`] checks such a
+//! history against a final read of the log (lost, duplicated, misplaced or reordered records,
 //! gaps, divergent reads) and measures the longest window without a successful produce.
 
 use std::fs::OpenOptions;
@@ -42,6 +44,7 @@ use tonic::transport::Channel;
 
 pub mod history;
 pub mod netns;
+pub mod workload;
 
 pub use netns::Netns;
 
