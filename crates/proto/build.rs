@@ -38,6 +38,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         ".runnel.v1.FetchResponse.batches",
         ".runnel.v1.Record",
         ".runnel.v1.RecordHeader",
+        ".runnel.v1.ReplicaFetchPartitionData.batches",
     ]);
 
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);

@@ -12,6 +12,7 @@
 pub mod cache;
 pub mod error;
 pub mod replica;
+pub mod replication;
 pub mod service;
 
 use std::path::PathBuf;
@@ -61,6 +62,9 @@ pub struct BrokerConfig {
     pub log_defaults: LogConfig,
     /// How often retention deletes old segments (Kafka's `log.retention.check.interval.ms`).
     pub retention_check_interval: Duration,
+    /// A follower that has not caught up with its leader for this long leaves the ISR
+    /// (Kafka's `replica.lag.time.max.ms`, 10 s by default).
+    pub replica_lag_time: Duration,
 }
 
 /// The broker's standing with the controller, for readiness and metrics.
@@ -157,6 +161,21 @@ impl Broker {
             cancel.clone(),
         ));
         tasks.spawn(retention_task(Arc::clone(&replicas), config.retention_check_interval, cancel.clone()));
+        tasks.spawn(replication::follow_manager_task(
+            Arc::clone(&replicas),
+            Arc::clone(&cache),
+            status.clone(),
+            cancel.clone(),
+        ));
+        tasks.spawn(replication::isr_task(
+            Arc::clone(&replicas),
+            Arc::clone(&cache),
+            status.clone(),
+            config.controllers.clone(),
+            config.replica_lag_time,
+            config.request_timeout,
+            cancel.clone(),
+        ));
         tasks.spawn(watch_task(config.clone(), Arc::clone(&cache), Arc::clone(&status_tx), cancel.clone()));
         tasks.spawn(liveness_task(config, status_tx, cancel.clone()));
         Ok(Self { status, cache, replicas, plane, cancel, tasks })
@@ -167,6 +186,15 @@ impl Broker {
         &self,
     ) -> runnel_proto::pb::runnel::v1::broker_service_server::BrokerServiceServer<BrokerGrpc> {
         BrokerGrpc::new(Arc::clone(&self.plane)).into_server()
+    }
+
+    /// The leader side of replication (followers' fetch sessions), for a gRPC server.
+    pub fn replication_service(
+        &self,
+    ) -> runnel_proto::pb::runnel::v1::replication_service_server::ReplicationServiceServer<
+        replication::ReplicationGrpc,
+    > {
+        replication::ReplicationGrpc::new(Arc::clone(&self.replicas)).into_server()
     }
 
     /// The hosted partitions.
@@ -347,6 +375,36 @@ async fn run_session(
             return SessionEnd::Failed(tonic::Status::unavailable("the session closed"));
         }
     }
+}
+
+/// Sends one AlterPartition to the controller voters in turn (followers forward to the
+/// leader; a NOT_CONTROLLER hint is followed), until one answers or all failed.
+pub(crate) async fn alter_partition(
+    controllers: &[String],
+    request: pb::AlterPartitionRequest,
+    timeout: Duration,
+) -> Result<(), tonic::Status> {
+    let mut picker = Controllers::new(controllers.to_vec(), 0);
+    let mut last = tonic::Status::unavailable("no controller");
+    for _ in 0..controllers.len() + 1 {
+        let addr = picker.current();
+        let mut c = client(&addr, timeout, true)?;
+        match c.alter_partition(request.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                // A refusal with Kafka's code is the controller's answer: do not retry it.
+                if e.metadata().get("runnel-error-code").is_some()
+                    && e.metadata().get(LEADER_KEY).is_none()
+                    && e.code() != tonic::Code::Unavailable
+                {
+                    return Err(e);
+                }
+                picker.failed(&e);
+                last = e;
+            }
+        }
+    }
+    Err(last)
 }
 
 /// Follows the metadata: after every change of the cache's version, brings the hosted

@@ -6,16 +6,20 @@
 //! leader, leader epoch and ISR, and deletes the log when its topic is deleted.
 //!
 //! The high watermark (HW) is the first offset not yet known to be on every ISR member,
-//! fsynced (unless the topic chose `fsync=never`). A leader that is the only member of its
-//! ISR advances it to its own durable end offset. With more members it needs the followers'
-//! offsets, which only replication brings; until then it stays where it is.
+//! fsynced (unless the topic chose `fsync=never`). The leader computes it as the minimum of
+//! its own durable end and the durable end each other member last reported in a replica
+//! fetch ([`Partition::serve_replica_fetch`]), over the committed ISR plus any member whose
+//! addition it has asked the controller for (Kafka's "maximal ISR", so the HW never passes
+//! a replica the controller may already count as in sync). It never moves back, and it
+//! does not move while the committed ISR is smaller than `min.insync.replicas`. A follower
+//! takes the leader's HW, capped at its own log end.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
 
+use runnel_proto::pb::runnel::v1 as pb;
 use runnel_storage::{
     AppendInfo, FsyncPolicy, Log, LogConfig, LogError, LogManager, ReadInfo, TopicPartition, crashsafe,
 };
@@ -67,6 +71,39 @@ pub struct Limits {
     pub min_insync_replicas: usize,
 }
 
+/// What the leader knows of one follower, from its replica fetches.
+#[derive(Debug, Clone, Copy)]
+pub struct FollowerState {
+    /// Where its log ended at its last fetch.
+    pub fetch_offset: u64,
+    /// Its durable end at its last fetch (what counts toward the HW).
+    pub durable_end: u64,
+    /// Its broker epoch.
+    pub broker_epoch: u64,
+    /// The last time it had fetched up to the leader's log end.
+    pub caught_up_at: Instant,
+}
+
+/// The leader's replication bookkeeping. Kept apart from the state lock: the log's durable
+/// listener reads it under the log's lock, and the state lock's holders call into the log.
+/// Lock order: state, then view; log, then view; nothing is called while holding the view.
+#[derive(Debug)]
+struct LeaderView {
+    leader: bool,
+    /// The committed ISR.
+    isr: Vec<u32>,
+    /// Members this leader asked the controller to add, not yet seen committed.
+    pending_adds: Vec<u32>,
+    /// An AlterPartition is in flight.
+    altering: bool,
+    min_isr: usize,
+    followers: HashMap<u32, FollowerState>,
+    /// The log end offset when this leadership began: a follower must reach it to rejoin.
+    epoch_start_offset: u64,
+    /// When this leadership began (followers are given the lag time from then).
+    since: Instant,
+}
+
 /// One hosted partition.
 #[derive(Debug)]
 pub struct Partition {
@@ -77,9 +114,9 @@ pub struct Partition {
     state: RwLock<ReplicaState>,
     limits: RwLock<Limits>,
     progress: watch::Sender<Progress>,
-    /// Leader and only ISR member: the durable end is the HW. Read by the log's durable
-    /// listener, which must not take the state lock (it runs under the log's lock).
-    sole_leader: AtomicBool,
+    view: Mutex<LeaderView>,
+    /// Bumped after every leader append, for replica fetch sessions waiting for data.
+    appended: Arc<watch::Sender<u64>>,
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -90,6 +127,25 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The HW the leader's view allows, given the leader's own durable end.
+fn allowed_high_watermark(view: &LeaderView, me: u32, own_durable: u64) -> Option<u64> {
+    if !view.leader || view.isr.len() < view.min_isr {
+        return None;
+    }
+    let mut hw = own_durable;
+    for member in view.isr.iter().chain(&view.pending_adds) {
+        if *member == me {
+            continue;
+        }
+        hw = hw.min(view.followers.get(member).map_or(0, |f| f.durable_end));
+    }
+    Some(hw)
+}
+
 impl Partition {
     fn new(
         tp: TopicPartition,
@@ -97,6 +153,7 @@ impl Partition {
         broker_id: u32,
         log: Arc<Log>,
         limits: Limits,
+        appended: Arc<watch::Sender<u64>>,
     ) -> Arc<Self> {
         let partition = Arc::new(Partition {
             tp,
@@ -113,17 +170,34 @@ impl Partition {
             }),
             limits: RwLock::new(limits),
             progress: watch::Sender::new(Progress::default()),
-            sole_leader: AtomicBool::new(false),
+            view: Mutex::new(LeaderView {
+                leader: false,
+                isr: Vec::new(),
+                pending_adds: Vec::new(),
+                altering: false,
+                min_isr: limits.min_insync_replicas,
+                followers: HashMap::new(),
+                epoch_start_offset: 0,
+                since: Instant::now(),
+            }),
+            appended,
         });
         let weak: Weak<Partition> = Arc::downgrade(&partition);
         partition.log.set_durable_listener(Arc::new(move |durable| {
-            if let Some(p) = weak.upgrade()
-                && p.sole_leader.load(Ordering::Acquire)
-            {
-                p.raise_high_watermark(durable);
+            if let Some(p) = weak.upgrade() {
+                p.recompute_high_watermark(durable);
             }
         }));
         partition
+    }
+
+    /// Raises the HW to what the leader's view allows, with `own_durable` as the leader's
+    /// durable end. Must not be called with the view lock held.
+    fn recompute_high_watermark(&self, own_durable: u64) {
+        let allowed = allowed_high_watermark(&lock(&self.view), self.broker_id, own_durable);
+        if let Some(hw) = allowed {
+            self.raise_high_watermark(hw);
+        }
     }
 
     /// The topic and partition.
@@ -175,6 +249,7 @@ impl Partition {
     /// Applies the metadata's view of this partition.
     fn apply(&self, entry: &PartitionEntry, limits: Limits) {
         *write(&self.limits) = limits;
+        let log_end = self.log.log_end();
         let changed = {
             let mut st = write(&self.state);
             let next = ReplicaState {
@@ -186,26 +261,36 @@ impl Partition {
                 hosted: true,
             };
             let changed = *st != next;
+            let was_leader = st.leader == Some(self.broker_id);
+            let is_leader = next.leader == Some(self.broker_id);
+            let new_leadership = is_leader && (!was_leader || st.leader_epoch != next.leader_epoch);
             if changed {
-                let was_leader = st.leader == Some(self.broker_id);
-                let is_leader = next.leader == Some(self.broker_id);
-                if is_leader && (!was_leader || st.leader_epoch != next.leader_epoch) {
-                    tracing::info!(partition = %self.tp, epoch = next.leader_epoch, "leading");
+                if new_leadership {
+                    tracing::info!(partition = %self.tp, epoch = next.leader_epoch, isr = ?next.isr, "leading");
                 } else if was_leader && !is_leader {
                     tracing::info!(partition = %self.tp, leader = ?next.leader, "no longer leading");
                 }
-                let sole = is_leader && next.isr == [self.broker_id];
-                self.sole_leader.store(sole, Ordering::Release);
-                *st = next;
             }
+            let mut view = lock(&self.view);
+            view.leader = is_leader;
+            view.min_isr = limits.min_insync_replicas;
+            view.pending_adds.retain(|m| !next.isr.contains(m) && next.replicas.contains(m));
+            if new_leadership {
+                // Followers get the whole lag time from the start of this leadership.
+                view.followers.clear();
+                view.pending_adds.clear();
+                view.altering = false;
+                view.epoch_start_offset = log_end;
+                view.since = Instant::now();
+            }
+            view.isr = next.isr.clone();
+            *st = next;
             changed
         };
         if changed {
             self.progress.send_modify(|p| p.generation += 1);
             // Outside the state lock: the log's lock is taken after the state lock elsewhere.
-            if self.sole_leader.load(Ordering::Acquire) {
-                self.raise_high_watermark(self.log.durable_end());
-            }
+            self.recompute_high_watermark(self.log.durable_end());
         }
     }
 
@@ -216,7 +301,7 @@ impl Partition {
             st.hosted = false;
             st.leader = None;
         }
-        self.sole_leader.store(false, Ordering::Release);
+        lock(&self.view).leader = false;
         self.progress.send_modify(|p| p.generation += 1);
     }
 
@@ -253,7 +338,10 @@ impl Partition {
         }
         // The state lock is held across the append, so the epoch stamped is the epoch this
         // broker leads in at the moment the batch enters the log.
-        self.log.append(batch, epoch).map_err(|e| BrokerError::from_log(&self.tp, e))
+        let info = self.log.append(batch, epoch).map_err(|e| BrokerError::from_log(&self.tp, e))?;
+        drop(st);
+        self.appended.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(info)
     }
 
     /// Waits until the HW passes `end` (the offset after a produced batch), as acks=all
@@ -299,6 +387,255 @@ impl Partition {
                     ));
                 }
             }
+        }
+    }
+
+    /// Answers one partition of a follower's replica fetch, as leader: checks epochs, finds
+    /// a divergence, records the follower's offsets (raising the HW), and reads batches from
+    /// its fetch offset. Blocking: it reads the log.
+    pub fn serve_replica_fetch(
+        &self,
+        request: &pb::ReplicaFetchPartition,
+        follower: u32,
+        follower_epoch: u64,
+        max_bytes: usize,
+    ) -> pb::ReplicaFetchPartitionData {
+        let mut out = pb::ReplicaFetchPartitionData {
+            topic: self.tp.topic.clone(),
+            partition: self.tp.partition,
+            ..Default::default()
+        };
+        let fail = |mut out: pb::ReplicaFetchPartitionData, code: i32, message: String| {
+            out.error_code = code;
+            out.error_message = message;
+            out
+        };
+        {
+            let st = read(&self.state);
+            if !st.hosted || st.leader != Some(self.broker_id) {
+                return fail(out, 6, format!("broker {} does not lead {}", self.broker_id, self.tp));
+            }
+            if !st.replicas.contains(&follower) {
+                return fail(out, 6, format!("broker {follower} is not a replica of {}", self.tp));
+            }
+            if request.current_leader_epoch < st.leader_epoch {
+                return fail(
+                    out,
+                    74,
+                    format!(
+                        "leader epoch {} is fenced: {} is at {}",
+                        request.current_leader_epoch, self.tp, st.leader_epoch
+                    ),
+                );
+            }
+            if request.current_leader_epoch > st.leader_epoch {
+                return fail(
+                    out,
+                    76,
+                    format!(
+                        "leader epoch {} is unknown here: {} is at {}",
+                        request.current_leader_epoch, self.tp, st.leader_epoch
+                    ),
+                );
+            }
+        }
+        let offsets = self.log.offsets();
+        out.log_start_offset = offsets.log_start;
+        out.log_end_offset = offsets.log_end;
+        out.high_watermark = self.high_watermark();
+        let fetch_offset = request.fetch_offset;
+        // KIP-279: the follower's last epoch must end, on the leader, at or after its fetch offset.
+        if request.last_fetched_epoch >= 0 && fetch_offset > offsets.log_start {
+            let diverged = match self.log.end_offset_for_epoch(request.last_fetched_epoch) {
+                Some((epoch, end)) if epoch == request.last_fetched_epoch && end >= fetch_offset => None,
+                Some((epoch, end)) => Some((epoch, end.min(fetch_offset))),
+                None => Some((-1, offsets.log_start)),
+            };
+            if let Some((epoch, end)) = diverged {
+                out.diverging = true;
+                out.diverging_epoch = epoch;
+                out.diverging_end_offset = end;
+                return out;
+            }
+        }
+        if fetch_offset < offsets.log_start || fetch_offset > offsets.log_end {
+            return fail(
+                out,
+                1,
+                format!(
+                    "fetch offset {fetch_offset} is outside the leader's log [{}, {}]",
+                    offsets.log_start, offsets.log_end
+                ),
+            );
+        }
+        let mut buf = Vec::new();
+        if let Err(e) = self.log.read_into(fetch_offset, max_bytes, None, &mut buf) {
+            let e = BrokerError::from_log(&self.tp, e);
+            return fail(out, e.code.code(), e.message);
+        }
+        {
+            let mut view = lock(&self.view);
+            let now = Instant::now();
+            let caught_up_at = if fetch_offset >= offsets.log_end {
+                now
+            } else {
+                view.followers.get(&follower).map_or(view.since, |f| f.caught_up_at)
+            };
+            view.followers.insert(
+                follower,
+                FollowerState {
+                    fetch_offset,
+                    durable_end: request.durable_end.min(fetch_offset),
+                    broker_epoch: follower_epoch,
+                    caught_up_at,
+                },
+            );
+        }
+        self.recompute_high_watermark(offsets.durable_end);
+        out.high_watermark = self.high_watermark();
+        out.batches = bytes::Bytes::from(buf);
+        out
+    }
+
+    /// The fetch request a follower sends for this partition, or `None` when this broker
+    /// does not follow `leader` for it now.
+    pub fn replica_fetch_request(&self, leader: u32) -> Option<pb::ReplicaFetchPartition> {
+        let epoch = {
+            let st = read(&self.state);
+            if !st.hosted || st.leader != Some(leader) || leader == self.broker_id {
+                return None;
+            }
+            st.leader_epoch
+        };
+        let offsets = self.log.offsets();
+        Some(pb::ReplicaFetchPartition {
+            topic: self.tp.topic.clone(),
+            topic_id: self.topic_id.clone(),
+            partition: self.tp.partition,
+            fetch_offset: offsets.log_end,
+            last_fetched_epoch: self.log.latest_epoch().unwrap_or(-1),
+            current_leader_epoch: epoch,
+            durable_end: offsets.durable_end,
+        })
+    }
+
+    /// Applies the leader's answer as a follower: appends its batches, truncates where the
+    /// logs diverged, takes its HW. Answers whether anything was appended. Blocking.
+    pub fn apply_replica_fetch(&self, data: &pb::ReplicaFetchPartitionData) -> Result<bool, BrokerError> {
+        if data.diverging {
+            let own = self.log.end_offset_for_epoch(data.diverging_epoch).map_or(0, |(_, end)| end);
+            let to = data.diverging_end_offset.min(own).max(self.log.log_start());
+            let end = self.log.truncate_to(to).map_err(|e| BrokerError::from_log(&self.tp, e))?;
+            tracing::info!(partition = %self.tp, epoch = data.diverging_epoch, to = end, "truncated where the log diverged from the leader's");
+            return Ok(false);
+        }
+        match data.error_code {
+            0 => {}
+            1 => {
+                let offsets = self.log.offsets();
+                if offsets.log_end < data.log_start_offset {
+                    // Everything the follower has was deleted on the leader: start over there.
+                    self.log
+                        .truncate_fully_and_start_at(data.log_start_offset)
+                        .map_err(|e| BrokerError::from_log(&self.tp, e))?;
+                } else if offsets.log_end > data.log_end_offset {
+                    self.log
+                        .truncate_to(data.log_end_offset)
+                        .map_err(|e| BrokerError::from_log(&self.tp, e))?;
+                }
+                return Ok(false);
+            }
+            code => {
+                return Err(BrokerError::new(
+                    if code == 6 { ErrorCode::NotLeaderOrFollower } else { ErrorCode::UnknownServerError },
+                    format!("{}: the leader answered {code}: {}", self.tp, data.error_message),
+                ));
+            }
+        }
+        let appended = if data.batches.is_empty() {
+            false
+        } else {
+            self.log.append_replicated(&data.batches).map_err(|e| BrokerError::from_log(&self.tp, e))?;
+            true
+        };
+        self.raise_high_watermark(data.high_watermark.min(self.log.log_end()));
+        Ok(appended)
+    }
+
+    /// As leader: the ISR change to ask the controller for now, if any: followers that
+    /// have not caught up within `lag` leave; replicas that reached the HW (and the start of
+    /// this leadership) and are not fenced join. Marks the request in flight; call
+    /// [`Partition::alter_done`] with its outcome.
+    pub fn propose_isr(
+        &self,
+        lag: Duration,
+        live: &dyn Fn(u32) -> bool,
+    ) -> Option<pb::AlterPartitionRequest> {
+        let st = read(&self.state);
+        if !st.hosted || st.leader != Some(self.broker_id) {
+            return None;
+        }
+        let hw = self.high_watermark();
+        let mut view = lock(&self.view);
+        if view.altering {
+            return None;
+        }
+        let now = Instant::now();
+        let mut isr: Vec<u32> = st
+            .isr
+            .iter()
+            .copied()
+            .filter(|&m| {
+                m == self.broker_id
+                    || view.followers.get(&m).map_or(view.since, |f| f.caught_up_at) + lag > now
+            })
+            .collect();
+        let mut added = Vec::new();
+        for &r in &st.replicas {
+            // Only replicas outside the committed ISR join (one just dropped for lag stays out).
+            if st.isr.contains(&r) || r == self.broker_id || !live(r) {
+                continue;
+            }
+            if let Some(f) = view.followers.get(&r)
+                && f.durable_end >= hw
+                && f.fetch_offset >= view.epoch_start_offset
+            {
+                isr.push(r);
+                added.push(r);
+            }
+        }
+        if isr.len() == st.isr.len() && added.is_empty() {
+            return None;
+        }
+        isr.sort_by_key(|m| st.replicas.iter().position(|r| r == m));
+        view.altering = true;
+        view.pending_adds.extend(&added);
+        let new_isr = isr
+            .iter()
+            .map(|&m| pb::IsrMember {
+                broker_id: m,
+                broker_epoch: view.followers.get(&m).map_or(0, |f| f.broker_epoch),
+            })
+            .collect();
+        Some(pb::AlterPartitionRequest {
+            topic: self.tp.topic.clone(),
+            topic_id: self.topic_id.clone(),
+            partition: self.tp.partition,
+            leader_id: self.broker_id,
+            broker_epoch: 0,
+            leader_epoch: st.leader_epoch,
+            partition_epoch: st.partition_epoch,
+            new_isr,
+        })
+    }
+
+    /// An AlterPartition this leader sent has been answered (`ok`) or failed. A failed
+    /// addition no longer holds the HW back.
+    pub fn alter_done(&self, ok: bool) {
+        let mut view = lock(&self.view);
+        view.altering = false;
+        if !ok {
+            view.pending_adds.clear();
         }
     }
 
@@ -385,6 +722,8 @@ pub struct ReplicaManager {
     partitions: RwLock<HashMap<TopicPartition, Arc<Partition>>>,
     /// Partitions whose log could not be opened, with why; retried at each reconcile.
     failed: RwLock<HashMap<TopicPartition, String>>,
+    /// Bumped after every leader append (replica fetch sessions wait on it).
+    appended: Arc<watch::Sender<u64>>,
 }
 
 impl ReplicaManager {
@@ -397,6 +736,7 @@ impl ReplicaManager {
             defaults,
             partitions: RwLock::new(HashMap::new()),
             failed: RwLock::new(HashMap::new()),
+            appended: Arc::new(watch::Sender::new(0)),
         })
     }
 
@@ -408,6 +748,16 @@ impl ReplicaManager {
     /// Why `tp`'s log could not be opened, if it could not.
     pub fn failure(&self, tp: &TopicPartition) -> Option<String> {
         read(&self.failed).get(tp).cloned()
+    }
+
+    /// A receiver woken after every leader append on this broker.
+    pub fn subscribe_appends(&self) -> watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+
+    /// This broker's id.
+    pub fn broker_id(&self) -> u32 {
+        self.broker_id
     }
 
     /// Every hosted partition.
@@ -498,7 +848,14 @@ impl ReplicaManager {
             crashsafe::fsync_dir(self.logs.dir())?;
         }
         let log = self.logs.get_or_create(tp, Some(config))?;
-        Ok(Partition::new(tp.clone(), topic_id.to_vec(), self.broker_id, log, limits))
+        Ok(Partition::new(
+            tp.clone(),
+            topic_id.to_vec(),
+            self.broker_id,
+            log,
+            limits,
+            Arc::clone(&self.appended),
+        ))
     }
 
     /// Runs retention on every hosted log. Blocking.

@@ -500,15 +500,11 @@ async fn controller_leader_that_leads_partitions_killed_is_fenced_and_replaced_w
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs ISR rejoin: a fenced broker leaves every ISR and only a replicating leader's \
-            AlterPartition brings it back, which the broker does not send yet"]
 async fn partition_leader_killed_then_restarted_regains_preferred_leadership() {
     partition_leader_fails_over(Fault::Kill, false, Duration::from_secs(1), true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs ISR rejoin: a fenced broker leaves every ISR and only a replicating leader's \
-            AlterPartition brings it back, which the broker does not send yet"]
 async fn partition_leader_paused_then_resumed_regains_preferred_leadership() {
     partition_leader_fails_over(Fault::Pause, false, Duration::from_secs(4), true).await;
 }

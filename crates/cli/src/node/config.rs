@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 pub(crate) const HEARTBEAT_INTERVAL_MS: u64 = 500;
 /// A broker silent this long is fenced.
 pub(crate) const SESSION_TIMEOUT_MS: u64 = 3_000;
+/// Default `--replica-lag-time-ms` (Kafka's replica.lag.time.max.ms).
+const REPLICA_LAG_TIME_MS: u64 = 10_000;
 /// Raft leader heartbeat period. openraft 0.9 lets a follower start an election only some
 /// time after the timeout proper, so failover takes longer than the timeout suggests:
 /// measured with `scripts/bench-controller.sh` (kill -9 of the leader until the next commit),
@@ -76,6 +78,10 @@ pub(crate) struct NodeArgs {
     /// A broker silent this long is fenced [default: 3000].
     #[arg(long, env = "RUNNEL_SESSION_TIMEOUT_MS")]
     pub(crate) session_timeout_ms: Option<u64>,
+    /// A follower that has not caught up with its leader for this long leaves the ISR
+    /// (Kafka's replica.lag.time.max.ms) [default: 10000].
+    #[arg(long, env = "RUNNEL_REPLICA_LAG_TIME_MS")]
+    pub(crate) replica_lag_time_ms: Option<u64>,
     /// Raft leader heartbeat period [default: 100].
     #[arg(long, env = "RUNNEL_RAFT_HEARTBEAT_INTERVAL_MS")]
     pub(crate) raft_heartbeat_interval_ms: Option<u64>,
@@ -118,6 +124,7 @@ pub(crate) struct NodeSettings {
     pub(crate) kafka_addr: String,
     pub(crate) heartbeat_interval_ms: u64,
     pub(crate) session_timeout_ms: u64,
+    pub(crate) replica_lag_time_ms: u64,
     pub(crate) raft_heartbeat_interval_ms: u64,
     pub(crate) election_timeout_min_ms: u64,
     pub(crate) election_timeout_max_ms: u64,
@@ -144,6 +151,7 @@ impl NodeArgs {
             kafka_addr: self.kafka_addr.or(lower.kafka_addr),
             heartbeat_interval_ms: self.heartbeat_interval_ms.or(lower.heartbeat_interval_ms),
             session_timeout_ms: self.session_timeout_ms.or(lower.session_timeout_ms),
+            replica_lag_time_ms: self.replica_lag_time_ms.or(lower.replica_lag_time_ms),
             raft_heartbeat_interval_ms: self.raft_heartbeat_interval_ms.or(lower.raft_heartbeat_interval_ms),
             election_timeout_min_ms: self.election_timeout_min_ms.or(lower.election_timeout_min_ms),
             election_timeout_max_ms: self.election_timeout_max_ms.or(lower.election_timeout_max_ms),
@@ -226,6 +234,7 @@ impl NodeSettings {
             kafka_addr,
             heartbeat_interval_ms: args.heartbeat_interval_ms.unwrap_or(HEARTBEAT_INTERVAL_MS),
             session_timeout_ms: args.session_timeout_ms.unwrap_or(SESSION_TIMEOUT_MS),
+            replica_lag_time_ms: args.replica_lag_time_ms.unwrap_or(REPLICA_LAG_TIME_MS),
             raft_heartbeat_interval_ms: args.raft_heartbeat_interval_ms.unwrap_or(RAFT_HEARTBEAT_INTERVAL_MS),
             election_timeout_min_ms: args.election_timeout_min_ms.unwrap_or(ELECTION_TIMEOUT_MIN_MS),
             election_timeout_max_ms: args.election_timeout_max_ms.unwrap_or(ELECTION_TIMEOUT_MAX_MS),

@@ -54,6 +54,7 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
                 log_dir: settings.data_dir.join("logs"),
                 log_defaults: LogConfig::default(),
                 retention_check_interval: RETENTION_CHECK_INTERVAL,
+                replica_lag_time: Duration::from_millis(settings.replica_lag_time_ms),
             })
             .context("starting the broker")?,
         )
@@ -67,7 +68,7 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         .context("building the gRPC reflection service")?;
     let mut routes = Routes::new(reflection);
     if let Some(broker) = &broker {
-        routes = routes.add_service(broker.service());
+        routes = routes.add_service(broker.service()).add_service(broker.replication_service());
     }
 
     let cancel = CancellationToken::new();

@@ -44,7 +44,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{self, REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX};
 use super::error::{ControllerError, status_error_code};
 use super::machine::{MetadataMachine, MetadataResponse};
-use crate::metadata::{Applied, ClusterMetadata, Command, ErrorCode, Outcome};
+use crate::metadata::{Applied, ClusterMetadata, Command, ErrorCode, Outcome, PartitionRef};
 use crate::raft::{MachineEvent, MachineView, Node, NodeId, Raft};
 
 /// gRPC metadata key marking a call one controller forwarded to another.
@@ -475,7 +475,25 @@ impl ControllerService for ControllerGrpcService {
         forward_unless_leader!(self, request, alter_partition);
         let command = Command::try_from(request.into_inner())?;
         match self.shared.propose(command).await?.outcome {
-            Outcome::PartitionAltered { partition, state, .. } => {
+            Outcome::PartitionAltered { topic, partition, state } => {
+                // A preferred replica that rejoined the ISR takes its leadership back: the
+                // end of "when a broker comes back, preferred leaders are restored", since a
+                // restarted broker is unfenced before it has caught up and rejoined.
+                let preferred = state.replicas.first().copied();
+                if self.shared.config.restore_preferred_leaders
+                    && preferred.is_some_and(|p| state.isr.contains(&p) && state.leader != Some(p))
+                {
+                    let elect = Command::ElectLeaders {
+                        partitions: Some(vec![PartitionRef { topic: topic.clone(), partition }]),
+                        preferred: true,
+                    };
+                    match self.shared.propose(elect).await {
+                        Ok(_) => {
+                            tracing::info!(%topic, partition, leader = ?preferred, "preferred leader restored")
+                        }
+                        Err(e) => tracing::warn!(%topic, partition, "preferred leader election: {e}"),
+                    }
+                }
                 Ok(Response::new(pb::AlterPartitionResponse {
                     state: Some(convert::partition_info(partition, &state)),
                 }))
