@@ -256,6 +256,8 @@ pub struct Verdict {
     pub acknowledged: usize,
     /// Records refused with an error.
     pub failed: usize,
+    /// Refused records by error name.
+    pub refusals: BTreeMap<String, usize>,
     /// Records with no answer.
     pub unknown: usize,
     /// Unacknowledged records that are in the log (allowed, once).
@@ -309,7 +311,12 @@ impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "records attempted:      {}", self.attempted)?;
         writeln!(f, "  acknowledged:         {}", self.acknowledged)?;
-        writeln!(f, "  refused (error):      {}", self.failed)?;
+        let refusals: Vec<String> = self.refusals.iter().map(|(name, n)| format!("{name} {n}")).collect();
+        if refusals.is_empty() {
+            writeln!(f, "  refused (error):      {}", self.failed)?;
+        } else {
+            writeln!(f, "  refused (error):      {} ({})", self.failed, refusals.join(", "))?;
+        }
         writeln!(f, "  unknown outcome:      {}", self.unknown)?;
         writeln!(f, "  unacknowledged but written: {}", self.unacknowledged_present)?;
         writeln!(
@@ -374,13 +381,14 @@ impl History {
             .unwrap_or_default()
     }
 
-    /// The window without an acknowledgement on `partition` that contains time `at`: from the
-    /// last acknowledgement at or before `at` (or the start) to the first after it (or the end).
-    /// This is the failover time of a fault injected at `at`.
-    pub fn unavailable_around(&self, partition: u32, at: Duration) -> Window {
+    /// The failover after a fault injected at `at` on `partition`: from the last
+    /// acknowledgement before the partition took writes again to the first acknowledgement of a
+    /// request *sent* after `at` (or the end). Requests already in flight at `at` can still be
+    /// acknowledged a moment later (their answers were on the way), so they end no window.
+    pub fn failover_after(&self, partition: u32, at: Duration) -> Window {
         let acks = self.attempts.iter().filter(|a| a.outcome.is_acked() && a.partition == partition);
-        let from = acks.clone().map(|a| a.done).filter(|&d| d <= at).max().unwrap_or_default();
-        let to = acks.map(|a| a.done).filter(|&d| d > at).min().unwrap_or(self.ended.max(at));
+        let to = acks.clone().filter(|a| a.sent >= at).map(|a| a.done).min().unwrap_or(self.ended.max(at));
+        let from = acks.map(|a| a.done).filter(|&d| d < to).max().unwrap_or_default();
         Window { from, to }
     }
 
@@ -397,6 +405,14 @@ impl History {
             acknowledged: self.acknowledged(),
             failed: self.attempts.iter().filter(|a| matches!(a.outcome, Outcome::Failed { .. })).count(),
             unknown: self.attempts.iter().filter(|a| matches!(a.outcome, Outcome::Unknown { .. })).count(),
+            refusals: self.attempts.iter().fold(BTreeMap::new(), |mut m, a| {
+                if let Outcome::Failed { name, .. } = &a.outcome {
+                    // The first word: NOT_CONNECTED carries the transport's message after it.
+                    let name = name.split(':').next().unwrap_or(name).to_owned();
+                    *m.entry(name).or_default() += 1;
+                }
+                m
+            }),
             reads: self.reads.len(),
             final_records: logs.values().map(|l| l.records.len()).sum(),
             ..Verdict::default()
@@ -643,6 +659,7 @@ mod tests {
         let v = c.check();
         assert!(v.ok(), "{v}");
         assert_eq!((v.attempted, v.acknowledged, v.failed, v.unknown), (6, 4, 1, 1));
+        assert_eq!(v.refusals, BTreeMap::from([("NOT_LEADER_OR_FOLLOWER".to_owned(), 1)]));
         assert_eq!((v.unacknowledged_present, v.final_records, v.reads), (1, 5, 1));
         assert_eq!((v.lost, v.duplicated, v.out_of_order), (0, 0, 0));
         assert!(v.to_string().ends_with("verdict: OK"), "{v}");
@@ -864,8 +881,13 @@ mod tests {
         assert_eq!(history.longest_unavailable(Some(0)), Window { from: ms(20), to: ms(900) });
         assert_eq!(history.longest_unavailable(Some(1)), Window { from: ms(0), to: ms(100) });
         assert_eq!(history.longest_unavailable(None).length(), ms(100));
-        assert_eq!(history.unavailable_around(0, ms(300)), Window { from: ms(20), to: ms(900) });
-        assert_eq!(history.unavailable_around(0, ms(950)), Window { from: ms(900), to: ms(1000) });
+        assert_eq!(history.failover_after(0, ms(300)), Window { from: ms(20), to: ms(900) });
+        assert_eq!(history.failover_after(0, ms(950)), Window { from: ms(900), to: ms(1000) });
+        // A request in flight at the fault (sent at 19 ms, acknowledged at 20 ms) ends no window.
+        assert_eq!(
+            history.failover_after(0, Duration::from_micros(19_500)),
+            Window { from: ms(20), to: ms(900) }
+        );
         let mut logs = BTreeMap::new();
         logs.insert(0, FinalLog { log_start: 0, high_watermark: 0, records: vec![] });
         let v = history.check(&logs);
