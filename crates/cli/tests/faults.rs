@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use runnel_proto::pb::runnel::v1 as pb;
 use runnel_testkit::history::History;
-use runnel_testkit::workload::{Workload, WorkloadOpts, acknowledged_ends, read_final};
+use runnel_testkit::workload::{Workload, WorkloadOpts, acknowledged_ends, partition_states, read_final};
 use runnel_testkit::{Cluster, ClusterOpts, POLL_INTERVAL};
 
 /// Raft election timeouts of the controller tests (`cluster.rs`): failover within 2 s.
@@ -224,25 +224,6 @@ async fn rf1_acknowledged_records_survive_kills_restarts_and_a_pause_of_their_on
     }
 }
 
-/// The partition's leader, ISR and leader epoch, from the running node whose Metadata names the
-/// highest leader epoch (a broker that just restarted may lag).
-async fn partition_state(cluster: &Cluster, topic: &str, partition: u32) -> Option<(i64, Vec<u32>, i32)> {
-    let mut best: Option<(i64, Vec<u32>, i32)> = None;
-    for id in cluster.ids().into_iter().filter(|&id| cluster.is_up(id)) {
-        let Ok(mut c) = cluster.broker_client(id).await else { continue };
-        let request = pb::MetadataRequest { topics: vec![topic.to_owned()] };
-        let Ok(Ok(answer)) = tokio::time::timeout(RPC, c.metadata(request)).await else { continue };
-        let answer = answer.into_inner();
-        let Some(p) = answer.topics.first().and_then(|t| t.partitions.get(partition as usize)) else {
-            continue;
-        };
-        if best.as_ref().is_none_or(|b| p.leader_epoch > b.2) {
-            best = Some((p.leader, p.isr.clone(), p.leader_epoch));
-        }
-    }
-    best
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_five_times_under_acks_all_loses_nothing() {
     let mut cluster = start(3, false);
@@ -258,12 +239,20 @@ async fn leader_killed_five_times_under_acks_all_loses_nothing() {
         // Fully replicated again: the last victim caught up and is back in the ISR.
         let deadline = Instant::now() + Duration::from_secs(30);
         let leader = loop {
-            match partition_state(&cluster, "acceptance", 0).await {
-                Some((leader, isr, _)) if leader > 0 && isr.len() == 3 => break leader as u64,
-                state => assert!(
-                    Instant::now() < deadline,
-                    "round {round}: partition 0 not fully in sync: {state:?}"
-                ),
+            let up: Vec<String> = cluster
+                .ids()
+                .into_iter()
+                .filter(|&id| cluster.is_up(id))
+                .map(|id| cluster.node(id).grpc_addr().to_string())
+                .collect();
+            match partition_states(&up, "acceptance").await.remove(&0) {
+                Some(s) if s.leader > 0 && s.isr.len() == 3 => break s.leader as u64,
+                state => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "round {round}: partition 0 not fully in sync: {state:?}"
+                    )
+                }
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         };
@@ -304,4 +293,67 @@ async fn leader_killed_five_times_under_acks_all_loses_nothing() {
     );
     assert!(verdict.ok(), "{verdict}");
     assert!(verdict.acknowledged > 500, "{verdict}");
+}
+
+/// The addresses of the nodes that are up.
+fn up_addrs(cluster: &Cluster) -> Vec<String> {
+    cluster
+        .ids()
+        .into_iter()
+        .filter(|&id| cluster.is_up(id))
+        .map(|id| cluster.node(id).grpc_addr().to_string())
+        .collect()
+}
+
+/// The issue asks writes back within the session timeout plus 1 s after a SIGSTOP; for the
+/// controller leader add an election. Found by scripts/chaos.sh: live brokers spend the new
+/// controller's 1.3 s grace retrying the stopped leader (a stopped process still accepts TCP
+/// connections), so the new leader fences them too; partitions fall below min.insync.replicas
+/// until they return (4-8 s here), or, when every broker was fenced, until the stopped node
+/// resumes, since it is the last ISR member left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails: live brokers are fenced with a SIGSTOPped controller leader (see the doc comment); \
+            run with --ignored once broker liveness moves to the new leader within the grace"]
+async fn controller_leader_paused_writes_resume_while_it_sleeps() {
+    let mut cluster = start(3, false);
+    create_topic_with(&cluster, "paused", 3, 3, &[("min.insync.replicas", "2")]).await;
+    let bootstrap: Vec<String> = cluster.bootstrap().split(',').map(str::to_owned).collect();
+    let mut opts = WorkloadOpts::new(bootstrap, "paused", vec![0, 1, 2]);
+    opts.interval = Duration::from_millis(2);
+    let workload = Workload::start(opts);
+    workload.wait_for_acks_everywhere(20, Duration::from_secs(20)).await.unwrap();
+
+    let victim = cluster.wait_for_leader(None, Duration::from_secs(10)).await.unwrap();
+    cluster.pause(victim).unwrap();
+    let paused_at = workload.elapsed();
+    // Session timeout (3 s) plus an election and the new leader's grace, with slack: writes
+    // must come back on every partition while the old controller leader is still stopped.
+    let bound = Duration::from_secs(8);
+    let counts: Vec<u64> = (0..3).map(|p| workload.acknowledged_on(p)).collect();
+    let mut resumed = Ok(Duration::ZERO);
+    for (p, &n) in counts.iter().enumerate() {
+        let left = bound.saturating_sub(workload.elapsed() - paused_at);
+        if let Err(e) = workload.wait_for_acks_on(p as u32, n + 5, left).await {
+            resumed = Err(e);
+            break;
+        }
+    }
+    let states = partition_states(&up_addrs(&cluster), "paused").await;
+    let fenced: Vec<u32> = cluster
+        .describe_cluster(cluster.ids().into_iter().find(|&id| id != victim).unwrap(), RPC)
+        .await
+        .map(|c| c.brokers.iter().filter(|b| b.fenced).map(|b| b.broker_id).collect())
+        .unwrap_or_default();
+    cluster.resume(victim).unwrap();
+    let (history, verdict) = stop_and_check(&cluster, workload, "paused").await;
+    for p in 0..3 {
+        println!("partition {p}: no acknowledged produce for {}", history.failover_after(p, paused_at));
+    }
+    assert!(verdict.ok(), "{verdict}");
+    if let Err(e) = resumed {
+        panic!(
+            "controller leader {victim} paused: writes did not resume within {bound:?} while it slept ({e:#}); \
+             fenced brokers then: {fenced:?}; partitions: {states:?}"
+        );
+    }
 }

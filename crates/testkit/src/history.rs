@@ -392,6 +392,30 @@ impl History {
         Window { from, to }
     }
 
+    /// The longest stretch without an acknowledgement on `partition` that overlaps `from..to`:
+    /// between consecutive acknowledgements, counting the last one before `from` and the first
+    /// one after `to` (or the start and the end). Use it when the fault's exact moment is not
+    /// known, only a span that contains it and its recovery.
+    pub fn longest_gap_within(&self, partition: u32, from: Duration, to: Duration) -> Window {
+        let mut acks: Vec<Duration> = self
+            .attempts
+            .iter()
+            .filter(|a| a.outcome.is_acked() && a.partition == partition)
+            .map(|a| a.done)
+            .collect();
+        acks.sort();
+        let first = acks.iter().rev().find(|&&d| d < from).copied().unwrap_or_default();
+        let last = acks.iter().find(|&&d| d > to).copied().unwrap_or(self.ended.max(to));
+        let mut points = vec![first];
+        points.extend(acks.iter().filter(|&&d| d >= from && d <= to));
+        points.push(last);
+        points
+            .windows(2)
+            .map(|w| Window { from: w[0], to: w[1] })
+            .min_by_key(|w| (std::cmp::Reverse(w.length()), w.from))
+            .unwrap_or_default()
+    }
+
     /// How many records were acknowledged.
     pub fn acknowledged(&self) -> usize {
         self.attempts.iter().filter(|a| a.outcome.is_acked()).count()
@@ -883,6 +907,9 @@ mod tests {
         assert_eq!(history.longest_unavailable(None).length(), ms(100));
         assert_eq!(history.failover_after(0, ms(300)), Window { from: ms(20), to: ms(900) });
         assert_eq!(history.failover_after(0, ms(950)), Window { from: ms(900), to: ms(1000) });
+        assert_eq!(history.longest_gap_within(0, ms(100), ms(200)), Window { from: ms(20), to: ms(900) });
+        assert_eq!(history.longest_gap_within(1, ms(150), ms(450)).length(), ms(100));
+        assert_eq!(history.longest_gap_within(0, ms(950), ms(990)), Window { from: ms(900), to: ms(1000) });
         // A request in flight at the fault (sent at 19 ms, acknowledged at 20 ms) ends no window.
         assert_eq!(
             history.failover_after(0, Duration::from_micros(19_500)),

@@ -649,3 +649,47 @@ async fn read_partition(
     }
     Ok(FinalLog { log_start, high_watermark: hw, records })
 }
+
+/// A partition as the broker with the newest view (the highest leader epoch) reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionState {
+    /// The leader's broker id, or -1.
+    pub leader: i64,
+    /// The leader epoch.
+    pub leader_epoch: i32,
+    /// The in-sync replicas.
+    pub isr: Vec<u32>,
+    /// The replicas.
+    pub replicas: Vec<u32>,
+}
+
+/// Every partition of `topic`, from the Metadata of whichever of `brokers` answers, keeping per
+/// partition the answer with the highest leader epoch (a broker that just restarted or is cut
+/// off reports an older view). Empty when no broker answers.
+pub async fn partition_states(brokers: &[String], topic: &str) -> BTreeMap<u32, PartitionState> {
+    let routes = Routes::new(topic, brokers.to_vec());
+    let mut calls = JoinSet::new();
+    for addr in brokers {
+        let Ok(mut client) = routes.client(addr) else { continue };
+        let request = pb::MetadataRequest { topics: vec![topic.to_owned()] };
+        calls.spawn(async move { tokio::time::timeout(CALL_TIMEOUT, client.metadata(request)).await });
+    }
+    let mut states: BTreeMap<u32, PartitionState> = BTreeMap::new();
+    while let Some(joined) = calls.join_next().await {
+        let Ok(Ok(Ok(answer))) = joined else { continue };
+        let answer = answer.into_inner();
+        let Some(t) = answer.topics.iter().find(|t| t.name == topic && t.error.is_none()) else { continue };
+        for p in &t.partitions {
+            if states.get(&p.partition).is_none_or(|s| p.leader_epoch > s.leader_epoch) {
+                let state = PartitionState {
+                    leader: p.leader,
+                    leader_epoch: p.leader_epoch,
+                    isr: p.isr.clone(),
+                    replicas: p.replicas.clone(),
+                };
+                states.insert(p.partition, state);
+            }
+        }
+    }
+    states
+}
