@@ -32,8 +32,10 @@ use crate::error::{BrokerError, ErrorCode, LeaderHint};
 /// tells a log of a deleted topic from one of a new topic with the same name.
 pub const TOPIC_ID_FILE: &str = "topic-id";
 
-/// Default `min.insync.replicas` when the topic sets none.
-pub const MIN_INSYNC_REPLICAS_DEFAULT: usize = 1;
+/// Default `min.insync.replicas` when the topic sets none: 2, so that an acks=all write
+/// is on two replicas before it is acknowledged, or the replication factor if that is
+/// smaller (a one-replica topic still takes acks=all writes).
+pub const MIN_INSYNC_REPLICAS_DEFAULT: usize = 2;
 
 /// What waiters watch: the high watermark, and a generation bumped by every change of the
 /// partition's state (leader, epoch, ISR, removal), so waits end when leadership moves.
@@ -117,6 +119,9 @@ pub struct Partition {
     view: Mutex<LeaderView>,
     /// Bumped after every leader append, for replica fetch sessions waiting for data.
     appended: Arc<watch::Sender<u64>>,
+    /// The log's durable end, as the log's durable listener last reported it: a follower
+    /// waits on it, without a blocking thread, before reporting its offsets.
+    durable: watch::Sender<u64>,
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -181,10 +186,13 @@ impl Partition {
                 since: Instant::now(),
             }),
             appended,
+            durable: watch::Sender::new(0),
         });
+        partition.durable.send_replace(partition.log.durable_end());
         let weak: Weak<Partition> = Arc::downgrade(&partition);
         partition.log.set_durable_listener(Arc::new(move |durable| {
             if let Some(p) = weak.upgrade() {
+                p.durable.send_replace(durable);
                 p.recompute_high_watermark(durable);
             }
         }));
@@ -228,6 +236,14 @@ impl Partition {
     /// The high watermark now.
     pub fn high_watermark(&self) -> u64 {
         self.progress.borrow().high_watermark
+    }
+
+    /// Waits until every offset below `end` is durable, or `timeout` passes (false).
+    pub async fn wait_durable(&self, end: u64, timeout: Duration) -> bool {
+        let mut durable = self.durable.subscribe();
+        // A truncation lowers the end below `end` without the listener saying so.
+        let end = end.min(self.log.log_end());
+        matches!(tokio::time::timeout(timeout, durable.wait_for(|d| *d >= end)).await, Ok(Ok(_)))
     }
 
     /// A receiver of every HW advance and state change.
@@ -669,7 +685,11 @@ impl Partition {
 
 /// The log settings and limits a topic's configs ask for, over `defaults`. The controller
 /// validated the values; one that does not parse keeps the default.
-pub fn topic_settings(configs: &BTreeMap<String, String>, defaults: &LogConfig) -> (LogConfig, Limits) {
+pub fn topic_settings(
+    configs: &BTreeMap<String, String>,
+    replication_factor: usize,
+    defaults: &LogConfig,
+) -> (LogConfig, Limits) {
     let mut log = defaults.clone();
     let num = |key: &str| configs.get(key).and_then(|v| v.parse::<i64>().ok());
     let positive = |v: i64| u64::try_from(v).ok();
@@ -698,7 +718,7 @@ pub fn topic_settings(configs: &BTreeMap<String, String>, defaults: &LogConfig) 
         max_message_bytes: log.max_batch_bytes,
         min_insync_replicas: num("min.insync.replicas")
             .and_then(|v| usize::try_from(v).ok())
-            .unwrap_or(MIN_INSYNC_REPLICAS_DEFAULT)
+            .unwrap_or_else(|| MIN_INSYNC_REPLICAS_DEFAULT.min(replication_factor))
             .max(1),
     };
     (log, limits)
@@ -775,7 +795,8 @@ impl ReplicaManager {
         }
         let mut wanted = HashMap::new();
         for (name, topic) in &cache.topics {
-            let (config, limits) = topic_settings(&topic.configs, &self.defaults);
+            let rf = topic.partitions.first().map_or(1, |p| p.replicas.len());
+            let (config, limits) = topic_settings(&topic.configs, rf, &self.defaults);
             for (index, entry) in topic.partitions.iter().enumerate() {
                 if entry.replicas.contains(&self.broker_id) {
                     let tp = TopicPartition::new(name.clone(), index as u32);
@@ -1014,10 +1035,21 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        let (log, limits) = topic_settings(&configs, &LogConfig::default());
+        let (log, limits) = topic_settings(&configs, 3, &LogConfig::default());
         assert_eq!(log.max_batch_bytes, 2048);
         assert_eq!(log.fsync, FsyncPolicy::Never);
         assert_eq!(log.retention_ms, None);
         assert_eq!(limits, Limits { max_message_bytes: 2048, min_insync_replicas: 2 });
+        let none = BTreeMap::new();
+        assert_eq!(topic_settings(&none, 3, &LogConfig::default()).1.min_insync_replicas, 2);
+        assert_eq!(
+            topic_settings(&none, 1, &LogConfig::default()).1.min_insync_replicas,
+            1,
+            "capped by the RF"
+        );
     }
 }
+
+#[cfg(test)]
+#[path = "replica_invariants.rs"]
+mod invariants;

@@ -326,11 +326,8 @@ async fn session(
         }
         // Report only durable offsets: wait for what was appended to reach the disk.
         for p in appended {
-            let end = p.log().log_end();
-            let log = Arc::clone(p.log());
-            let waited = tokio::task::spawn_blocking(move || log.wait_durable(end, DURABLE_WAIT)).await;
-            if let Ok(Err(e)) = waited {
-                tracing::warn!(partition = %p.topic_partition(), "waiting for the replica's fsync: {e}");
+            if !p.wait_durable(p.log().log_end(), DURABLE_WAIT).await {
+                tracing::warn!(partition = %p.topic_partition(), "the replica's fsync took over {DURABLE_WAIT:?}");
             }
         }
         if failures > 0 && failures == response.partitions.len() {

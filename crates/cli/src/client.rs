@@ -21,6 +21,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(8);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long to try connecting to one address.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// `topic create` without `--replication-factor`: 3, or the number of live brokers if fewer.
+const DEFAULT_REPLICATION_FACTOR: u32 = 3;
 /// Largest answer accepted.
 const RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
@@ -210,16 +212,26 @@ pub(crate) async fn topic_create(
     addrs: &[String],
     name: String,
     partitions: u32,
-    replication_factor: u32,
+    replication_factor: Option<u32>,
     configs: Vec<(String, String)>,
 ) -> Result<Value, ClientError> {
+    let addrs = addrs.to_vec();
+    let replication_factor = match replication_factor {
+        Some(rf) => rf,
+        None => {
+            // Kafka's usual production default, capped by what the cluster can place.
+            let cluster: pb::DescribeClusterResponse =
+                call!(addrs, describe_cluster, pb::DescribeClusterRequest {})?;
+            let live = cluster.brokers.iter().filter(|b| !b.fenced).count() as u32;
+            DEFAULT_REPLICATION_FACTOR.min(live.max(1))
+        }
+    };
     let request = pb::CreateTopicRequest {
         name,
         partitions,
         replication_factor,
         configs: configs.into_iter().collect(),
     };
-    let addrs = addrs.to_vec();
     let created: pb::CreateTopicResponse = call!(addrs, create_topic, request)?;
     Ok(created.topic.as_ref().map(topic_json).unwrap_or(Value::Null))
 }

@@ -85,9 +85,9 @@ enum TopicCommand {
         /// The partition count.
         #[arg(long)]
         partitions: u32,
-        /// Replicas per partition.
+        /// Replicas per partition [default: 3, or the number of live brokers if fewer].
         #[arg(long)]
-        replication_factor: u32,
+        replication_factor: Option<u32>,
         /// A config override, key=value (Kafka names, e.g. retention.ms=60000); repeatable.
         #[arg(long = "config", value_parser = parse_key_value)]
         configs: Vec<(String, String)>,

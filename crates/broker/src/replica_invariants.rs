@@ -1,0 +1,254 @@
+//! The replication invariants of docs/architecture.md, each with a test of its own, on
+//! real logs in temp dirs. Brokers are [`ReplicaManager`]s wired by hand: a follower's
+//! request goes straight into the leader's [`Partition::serve_replica_fetch`] and the answer
+//! into the follower's [`Partition::apply_replica_fetch`], with no network in between.
+
+use runnel_storage::{BatchBuilder, Compression, NewRecord};
+
+use super::*;
+use crate::cache::TopicEntry;
+
+const TOPIC_ID: u8 = 9;
+
+fn cache(
+    leader: u32,
+    replicas: &[u32],
+    isr: &[u32],
+    leader_epoch: i32,
+    min_isr: Option<&str>,
+) -> MetadataCache {
+    let mut cache = MetadataCache { loaded: true, version: 1, ..MetadataCache::default() };
+    let configs = min_isr.map(|m| ("min.insync.replicas".to_owned(), m.to_owned())).into_iter().collect();
+    let entry = PartitionEntry {
+        replicas: replicas.to_vec(),
+        isr: isr.to_vec(),
+        leader: Some(leader),
+        leader_epoch,
+        partition_epoch: leader_epoch,
+    };
+    cache.topics.insert("t".into(), TopicEntry { id: vec![TOPIC_ID; 16], configs, partitions: vec![entry] });
+    cache
+}
+
+fn batch(values: &[&str]) -> Vec<u8> {
+    let mut b = BatchBuilder::new(Compression::None);
+    for v in values {
+        b.push(NewRecord::with_value(v.as_bytes().to_vec(), 1_000));
+    }
+    b.build().unwrap()
+}
+
+/// Brokers 1..=n over the same metadata, each with its own data dir (fsync never: durable
+/// at append, so tests control durability only where they mean to).
+struct Brokers {
+    _dirs: Vec<tempfile::TempDir>,
+    managers: Vec<ReplicaManager>,
+}
+
+impl Brokers {
+    fn new(n: u32, metadata: &MetadataCache) -> Self {
+        let defaults = LogConfig { fsync: FsyncPolicy::Never, preallocate_bytes: 0, ..LogConfig::default() };
+        let mut dirs = Vec::new();
+        let mut managers = Vec::new();
+        for id in 1..=n {
+            let dir = tempfile::tempdir().unwrap();
+            let m = ReplicaManager::open(id, dir.path(), defaults.clone()).unwrap();
+            m.reconcile(metadata);
+            dirs.push(dir);
+            managers.push(m);
+        }
+        Brokers { _dirs: dirs, managers }
+    }
+
+    fn p(&self, id: u32) -> Arc<Partition> {
+        self.managers[(id - 1) as usize].get(&TopicPartition::new("t", 0)).unwrap()
+    }
+
+    fn set(&self, id: u32, metadata: &MetadataCache) {
+        self.managers[(id - 1) as usize].reconcile(metadata);
+    }
+
+    /// One fetch round of `follower` from `leader`; answers what the leader said.
+    fn fetch(&self, follower: u32, leader: u32) -> pb::ReplicaFetchPartitionData {
+        let request = self.p(follower).replica_fetch_request(leader).expect("follows the leader");
+        let answer = self.p(leader).serve_replica_fetch(&request, follower, 1, 1 << 20);
+        self.p(follower).apply_replica_fetch(&answer).ok();
+        answer
+    }
+
+    /// Every byte of a broker's log.
+    fn log_bytes(&self, id: u32) -> Vec<u8> {
+        let p = self.p(id);
+        let mut all = Vec::new();
+        let mut offset = p.log().log_start();
+        while offset < p.log().log_end() {
+            let mut buf = Vec::new();
+            let info = p.log().read_into(offset, 1 << 20, None, &mut buf).unwrap();
+            all.extend_from_slice(&buf);
+            offset = info.next_offset;
+        }
+        all
+    }
+}
+
+#[test]
+fn the_hw_is_the_minimum_durable_end_over_the_isr() {
+    let b = Brokers::new(3, &cache(1, &[1, 2, 3], &[1, 2, 3], 0, None));
+    b.p(1).append(&mut batch(&["a", "b", "c"]), true).unwrap();
+    b.fetch(2, 1);
+    b.fetch(2, 1);
+    assert_eq!(b.p(1).high_watermark(), 0, "broker 3 is in the ISR and has nothing");
+    b.fetch(3, 1);
+    assert_eq!(b.p(1).high_watermark(), 0, "broker 3 has the records but has not reported them yet");
+    let answer = b.fetch(3, 1);
+    assert_eq!(b.p(1).high_watermark(), 3);
+    assert_eq!(answer.high_watermark, 3, "followers learn the HW in the answer");
+    b.fetch(2, 1);
+    assert_eq!(b.p(2).high_watermark(), 3, "a follower takes the leader's HW");
+}
+
+#[test]
+fn only_durable_offsets_count_toward_the_hw() {
+    let b = Brokers::new(2, &cache(1, &[1, 2], &[1, 2], 0, Some("2")));
+    b.p(1).append(&mut batch(&["a", "b", "c"]), true).unwrap();
+    b.fetch(2, 1);
+    // The follower has all three but says only one is fsynced.
+    let mut request = b.p(2).replica_fetch_request(1).unwrap();
+    assert_eq!(request.fetch_offset, 3);
+    request.durable_end = 1;
+    b.p(1).serve_replica_fetch(&request, 2, 1, 1 << 20);
+    assert_eq!(b.p(1).high_watermark(), 1);
+    request.durable_end = 3;
+    b.p(1).serve_replica_fetch(&request, 2, 1, 1 << 20);
+    assert_eq!(b.p(1).high_watermark(), 3);
+}
+
+#[test]
+fn the_hw_never_moves_while_the_isr_is_below_min_insync_replicas() {
+    let b = Brokers::new(2, &cache(1, &[1, 2], &[1], 0, Some("2")));
+    b.p(1).append(&mut batch(&["a"]), false).unwrap();
+    assert_eq!(b.p(1).high_watermark(), 0);
+    let err = b.p(1).append(&mut batch(&["b"]), true).unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotEnoughReplicas, "acks=all is refused before the append");
+    assert_eq!(b.p(1).log().log_end(), 1);
+}
+
+#[test]
+fn the_hw_never_moves_back() {
+    let b = Brokers::new(2, &cache(1, &[1, 2], &[1, 2], 0, None));
+    b.p(1).append(&mut batch(&["a", "b"]), true).unwrap();
+    b.fetch(2, 1);
+    b.fetch(2, 1);
+    assert_eq!(b.p(1).high_watermark(), 2);
+    let mut request = b.p(2).replica_fetch_request(1).unwrap();
+    request.fetch_offset = 1;
+    request.durable_end = 1;
+    b.p(1).serve_replica_fetch(&request, 2, 1, 1 << 20);
+    assert_eq!(b.p(1).high_watermark(), 2);
+}
+
+#[tokio::test]
+async fn acks_all_waits_for_the_hw_and_fails_if_the_isr_shrinks_meanwhile() {
+    let b = Brokers::new(2, &cache(1, &[1, 2], &[1, 2], 0, Some("2")));
+    let info = b.p(1).append(&mut batch(&["a"]), true).unwrap();
+    let leader = b.p(1);
+    let waiter =
+        tokio::spawn(
+            async move { leader.wait_committed(info.last_offset + 1, Duration::from_secs(30)).await },
+        );
+    b.fetch(2, 1);
+    b.fetch(2, 1);
+    tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().expect("committed");
+
+    let info = b.p(1).append(&mut batch(&["b"]), true).unwrap();
+    let leader = b.p(1);
+    let waiter =
+        tokio::spawn(
+            async move { leader.wait_committed(info.last_offset + 1, Duration::from_secs(30)).await },
+        );
+    b.set(1, &cache(1, &[1, 2], &[1], 0, Some("2")));
+    let err = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotEnoughReplicasAfterAppend);
+}
+
+#[test]
+fn requests_with_a_stale_or_unknown_leader_epoch_are_refused() {
+    let b = Brokers::new(2, &cache(1, &[1, 2], &[1, 2], 5, None));
+    let mut request = b.p(2).replica_fetch_request(1).unwrap();
+    request.current_leader_epoch = 4;
+    let answer = b.p(1).serve_replica_fetch(&request, 2, 1, 1 << 20);
+    assert_eq!(answer.error_code, 74, "FENCED_LEADER_EPOCH: {}", answer.error_message);
+    request.current_leader_epoch = 6;
+    let answer = b.p(1).serve_replica_fetch(&request, 2, 1, 1 << 20);
+    assert_eq!(answer.error_code, 76, "UNKNOWN_LEADER_EPOCH: {}", answer.error_message);
+    // A broker that is not a replica gets nothing either.
+    request.current_leader_epoch = 5;
+    let answer = b.p(1).serve_replica_fetch(&request, 3, 1, 1 << 20);
+    assert_eq!(answer.error_code, 6);
+    // Nor does anyone once this broker no longer leads.
+    b.set(1, &cache(2, &[1, 2], &[1, 2], 6, None));
+    let answer = b.p(1).serve_replica_fetch(&request, 2, 1, 1 << 20);
+    assert_eq!(answer.error_code, 6);
+    assert!(b.p(1).append(&mut batch(&["x"]), false).is_err(), "a deposed leader takes no writes");
+}
+
+#[test]
+fn a_diverged_follower_truncates_to_the_divergence_point_and_converges() {
+    // Epoch 0: broker 1 leads and both brokers get three records.
+    let b = Brokers::new(2, &cache(1, &[1, 2], &[1, 2], 0, Some("1")));
+    b.p(1).append(&mut batch(&["a", "b", "c"]), true).unwrap();
+    b.fetch(2, 1);
+    b.fetch(2, 1);
+    assert_eq!(b.p(1).high_watermark(), 3);
+    // Epoch 1: broker 2 believes it leads (cut off) and writes two records nobody else has.
+    b.set(2, &cache(2, &[1, 2], &[2], 1, Some("1")));
+    b.p(2).append(&mut batch(&["x", "y"]), false).unwrap();
+    // Epoch 2: broker 1 leads again and writes four others.
+    b.set(1, &cache(1, &[1, 2], &[1], 2, Some("1")));
+    b.p(1).append(&mut batch(&["d", "e", "f", "g"]), true).unwrap();
+    // Broker 2 learns it follows broker 1 in epoch 2.
+    b.set(2, &cache(1, &[1, 2], &[1], 2, Some("1")));
+    let answer = b.fetch(2, 1);
+    assert!(answer.diverging, "{answer:?}");
+    assert_eq!((answer.diverging_epoch, answer.diverging_end_offset), (0, 3));
+    assert_eq!(b.p(2).log().log_end(), 3, "truncated to the divergence point, not below it");
+    b.fetch(2, 1);
+    assert_eq!(b.p(2).log().log_end(), 7);
+    assert_eq!(b.log_bytes(2), b.log_bytes(1), "the logs match byte for byte");
+}
+
+#[test]
+fn isr_changes_count_only_once_committed() {
+    let b = Brokers::new(3, &cache(1, &[1, 2, 3], &[1, 2], 0, Some("1")));
+    b.p(1).append(&mut batch(&["a"]), true).unwrap();
+    // Broker 2 never fetches: after the lag time the leader proposes dropping it...
+    let live = |_: u32| true;
+    let proposal = b.p(1).propose_isr(Duration::ZERO, &live).expect("a shrink");
+    let ids: Vec<u32> = proposal.new_isr.iter().map(|m| m.broker_id).collect();
+    assert_eq!(ids, [1]);
+    assert!(b.p(1).propose_isr(Duration::ZERO, &live).is_none(), "one change in flight at a time");
+    // ...but until the controller commits it, broker 2 still holds the HW back.
+    assert_eq!(b.p(1).state().isr, [1, 2]);
+    assert_eq!(b.p(1).high_watermark(), 0);
+    b.p(1).alter_done(true);
+    b.set(1, &cache(1, &[1, 2, 3], &[1], 0, Some("1")));
+    assert_eq!(b.p(1).high_watermark(), 1, "committed: the leader alone makes the HW");
+
+    // Broker 3 catches up to the HW; the leader proposes adding it and counts it for the
+    // HW at once (the controller may commit it any moment, and could then elect it).
+    b.set(3, &cache(1, &[1, 2, 3], &[1], 0, Some("1")));
+    b.fetch(3, 1);
+    b.fetch(3, 1);
+    let proposal = b.p(1).propose_isr(Duration::from_secs(60), &live).expect("an expansion");
+    let ids: Vec<u32> = proposal.new_isr.iter().map(|m| m.broker_id).collect();
+    assert_eq!(ids, [1, 3]);
+    b.p(1).append(&mut batch(&["b"]), true).unwrap();
+    assert_eq!(b.p(1).high_watermark(), 1, "broker 3 has not got offset 1 yet, and may already count");
+    b.fetch(3, 1);
+    b.fetch(3, 1);
+    assert_eq!(b.p(1).high_watermark(), 2);
+    // A fenced replica is never proposed.
+    b.p(1).alter_done(false);
+    let dead = |id: u32| id != 3;
+    assert!(b.p(1).propose_isr(Duration::from_secs(60), &dead).is_none());
+}

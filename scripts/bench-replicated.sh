@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Replicated produce benchmark on the three-node cluster of scripts/cluster.sh (release
+# build; all nodes and the load generator share this machine's cores):
+#   1. one replica, acks=all (the single-node figure of the same run);
+#   2. replication factor 3, acks=all, min.insync.replicas=2, fsync always (the default);
+#   3. the same with fsync never;
+#   4. replication factor 3 at half the throughput of 2 (latency under load);
+#   5. replication factor 3 with one 1-record request in flight (the latency floor).
+# Each test gets a fresh topic, deleted afterwards, so the disk holds one test's data at a
+# time (3 copies of --records x 1 KiB). Prints one JSON line per test, then a table.
+#
+# Usage: scripts/bench-replicated.sh [--records N (default 1000000)]
+# Uses its own RUNNEL_HOME (a temp dir) and the cluster.sh ports 50051-50053, 8081-8083.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+target=${CARGO_TARGET_DIR:-target}
+bin=$target/release/runnel
+
+records=1000000
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --records) records=$2; shift 2 ;;
+        *) echo "bench-replicated.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+
+export RUNNEL_HOME
+RUNNEL_HOME=$(mktemp -d)
+cleanup() {
+    scripts/cluster.sh down >/dev/null 2>&1 || true
+    rm -rf "$RUNNEL_HOME"
+}
+trap cleanup EXIT
+scripts/cluster.sh up >&2
+
+results=$RUNNEL_HOME/results.jsonl
+n=0
+# bench NAME RF CONFIG... -- BENCH ARGS...: a fresh topic, one run, then the topic is deleted.
+bench() {
+    local label=$1 rf=$2
+    shift 2
+    local configs=()
+    while [[ $1 != -- ]]; do configs+=(--config "$1"); shift; done
+    shift
+    n=$((n + 1))
+    local topic="bench-$n"
+    "$bin" topic create "$topic" --partitions 1 --replication-factor "$rf" "${configs[@]}" >/dev/null
+    sync
+    "$bin" bench produce --topic "$topic" --record-size 1024 --acks all --output json "$@" |
+        python3 -c "import json,sys; r=json.load(sys.stdin); r['label']='$label'; print(json.dumps(r))" |
+        tee -a "$results"
+    "$bin" topic delete "$topic" >/dev/null
+}
+
+bench "1 replica" 1 -- --num-records "$records" --concurrency 2 --max-in-flight 16
+bench "3 replicas, fsync always" 3 min.insync.replicas=2 -- --num-records "$records" --concurrency 2 --max-in-flight 16
+bench "3 replicas, fsync never" 3 min.insync.replicas=2 fsync=never -- --num-records "$records" --concurrency 2 --max-in-flight 16
+max=$(python3 -c "import json; rs=[json.loads(l) for l in open('$results')]; print(int([r for r in rs if r['label']=='3 replicas, fsync always'][0]['records_per_s']))")
+bench "3 replicas, half of max rate" 3 min.insync.replicas=2 -- --num-records "$((records / 2))" --concurrency 2 --max-in-flight 16 --throughput "$((max / 2))"
+bench "3 replicas, 1 record, 1 in flight" 3 min.insync.replicas=2 -- --num-records 20000 --concurrency 1 --max-in-flight 1 --batch-size 1100
+
+python3 - "$results" <<'EOF'
+import json, sys
+print()
+print(f"{'test':<36} {'records/s':>10} {'MB/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8}")
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    l = r["latency_ms"]
+    print(f"{r['label']:<36} {r['records_per_s']:>10.0f} {r['mb_per_s']:>8.1f} {l['p50']:>8.2f} {l['p99']:>8.2f} {l['p999']:>9.2f} {l['max']:>8.2f}")
+EOF
