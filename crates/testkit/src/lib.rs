@@ -25,6 +25,10 @@
 //! API, following leaders, and records every attempt and its outcome; [`history`] checks such a
 //! history against a final read of the log (lost, duplicated, misplaced or reordered records,
 //! gaps, divergent reads) and measures the longest window without a successful produce.
+//!
+//! **`runnel-chaos`** (`src/bin/runnel-chaos.rs`) drives the workload and the checker against
+//! a cluster started by `scripts/cluster.sh`, injecting faults through it; `scripts/chaos.sh`
+//! runs it.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
