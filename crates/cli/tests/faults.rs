@@ -38,6 +38,21 @@ async fn view(cluster: &Cluster, via: u64, broker: u64) -> Option<(u64, bool)> {
 /// and checks that it rejoins: unfenced, and agreeing with the others on the leader.
 async fn isolate_then_heal(cluster: &mut Cluster, victim: u64) {
     let others: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != victim).collect();
+    // Start from a whole cluster: every node sees every broker unfenced (a heal can cost a
+    // controller election, after which a broker may be fenced for a moment).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut whole = true;
+        for via in cluster.ids() {
+            whole &= matches!(cluster.describe_cluster(via, RPC).await,
+                Ok(c) if c.leader_id != 0 && c.brokers.len() == 3 && c.brokers.iter().all(|b| !b.fenced));
+        }
+        if whole {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cluster is not whole before isolating node {victim}");
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
     let was_leader = cluster.wait_for_leader(None, Duration::from_secs(10)).await.unwrap() == victim;
     cluster.isolate(victim).unwrap();
     let cut = Instant::now();
@@ -356,4 +371,62 @@ async fn controller_leader_paused_writes_resume_while_it_sleeps() {
              fenced brokers then: {fenced:?}; partitions: {states:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_cut_off_from_its_followers_acknowledges_nothing_and_loses_nothing() {
+    let mut cluster = start(3, true);
+    create_topic_with(&cluster, "cut", 1, 3, &[("min.insync.replicas", "2")]).await;
+    let bootstrap: Vec<String> = cluster.bootstrap().split(',').map(str::to_owned).collect();
+    let mut opts = WorkloadOpts::new(bootstrap.clone(), "cut", vec![0]);
+    opts.interval = Duration::from_millis(2);
+    let workload = Workload::start(opts);
+    workload.wait_for_acks_on(0, 50, Duration::from_secs(20)).await.unwrap();
+
+    let victim = partition_states(&bootstrap, "cut").await[&0].leader as u64;
+    let victim_addr = cluster.node(victim).grpc_addr().to_string();
+    cluster.isolate(victim).unwrap();
+    let cut_at = workload.elapsed();
+    // The other two fence it and elect a new leader; writes go on there. The cut-off leader
+    // still reaches clients, but cannot reach its ISR, so it can acknowledge nothing.
+    let before = workload.acknowledged_on(0);
+    let moved = workload.wait_for_acks_on(0, before + 50, Duration::from_secs(15)).await.unwrap();
+    cluster.heal(victim).unwrap();
+    let healed_at = workload.elapsed();
+    // After the heal the old leader truncates what it took alone and follows: the ISR is whole.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = partition_states(&bootstrap, "cut").await.remove(&0);
+        if state.as_ref().is_some_and(|s| s.isr.len() == 3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node {victim} did not rejoin the ISR: {state:?}");
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    let before = workload.acknowledged_on(0);
+    workload.wait_for_acks_on(0, before + 50, Duration::from_secs(10)).await.unwrap();
+
+    let (history, verdict) = stop_and_check(&cluster, workload, "cut").await;
+    let window = history.failover_after(0, cut_at);
+    println!(
+        "leader {victim} cut off: writes moved on after {moved:?}; no acknowledged produce for {window}"
+    );
+    assert!(verdict.ok(), "{verdict}");
+    let acked_alone: Vec<_> = history
+        .attempts
+        .iter()
+        .filter(|a| a.broker == victim_addr && a.sent > cut_at && a.done < healed_at && a.outcome.is_acked())
+        .collect();
+    assert!(
+        acked_alone.is_empty(),
+        "the cut-off leader acknowledged {} records: {:?}",
+        acked_alone.len(),
+        acked_alone.first()
+    );
+    let tried_alone = history
+        .attempts
+        .iter()
+        .filter(|a| a.broker == victim_addr && a.sent > cut_at && a.sent < healed_at)
+        .count();
+    println!("{tried_alone} records were sent to the cut-off leader after the cut; none acknowledged");
 }
