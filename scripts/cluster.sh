@@ -2,11 +2,21 @@
 # A local 3-node Runnel cluster: every node runs the controller and broker roles.
 #
 #   scripts/cluster.sh up | down | status | logs N | kill N | pause N | resume N | restart N
+#                      | isolate N | heal N|all      (isolate and heal: netns mode only)
 #
 # Node N (1-3): gRPC 127.0.0.1:5005N, HTTP 127.0.0.1:808N, Kafka 127.0.0.1:909(1+N) (reserved).
 # Data, logs and pid files live in ${RUNNEL_HOME:-<repo>/.runnel}/node-N/. The binary is
 # ${CARGO_TARGET_DIR:-<repo>/target}/release/runnel, rebuilt when older than the sources;
 # RUNNEL_BIN overrides it (no build).
+#
+# Netns mode (root only): `RUNNEL_NETNS=1 scripts/cluster.sh up` runs node N in its own network
+# namespace rnc-node-N with the address 10.213.7.N (RUNNEL_NETNS_SUBNET=a.b.c changes 10.213.7),
+# on a bridge rncbr0 (10.213.7.254) through which this host reaches every node; the ports stay
+# the same. `isolate N` then cuts node N off from the other nodes (their packets are silently
+# dropped: the neighbour entries between them point at a MAC nobody owns) while clients on this
+# host still reach it; `heal N` or `heal all` reconnects. The mode is remembered in
+# $RUNNEL_HOME/netns until `down`, which also removes the namespaces and the bridge. One netns
+# cluster per machine (the names are fixed).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -14,7 +24,6 @@ home=${RUNNEL_HOME:-$repo/.runnel}
 target=${CARGO_TARGET_DIR:-$repo/target}
 bin=${RUNNEL_BIN:-$target/release/runnel}
 nodes=(1 2 3)
-voters="1@127.0.0.1:50051,2@127.0.0.1:50052,3@127.0.0.1:50053"
 ready_timeout_s=${RUNNEL_READY_TIMEOUT_S:-30}
 stop_timeout_s=${RUNNEL_STOP_TIMEOUT_S:-10}
 
@@ -22,13 +31,93 @@ die() { echo "cluster.sh: $*" >&2; exit 1; }
 dir() { echo "$home/node-$1"; }
 pid_of() { cat "$(dir "$1")/pid" 2>/dev/null || true; }
 alive() { local pid; pid=$(pid_of "$1"); [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; }
-http() { echo "127.0.0.1:$((8080 + $1))"; }
 check_node() { [[ $1 =~ ^[1-3]$ ]] || die "node must be 1, 2 or 3 (got '$1')"; }
+
+# Netns mode: the subnet's first three octets live in this file while the mode is on.
+netns_file=$home/netns
+bridge=rncbr0
+dead_mac=02:00:00:de:ad:01
+netns_mode() { [[ -f $netns_file ]]; }
+subnet() { cat "$netns_file"; }
+ns() { echo "rnc-node-$1"; }
+host() { if netns_mode; then echo "$(subnet).$1"; else echo 127.0.0.1; fi; }
+http() { echo "$(host "$1"):$((8080 + $1))"; }
+grpc() { echo "$(host "$1"):$((50050 + $1))"; }
+voters() { echo "1@$(grpc 1),2@$(grpc 2),3@$(grpc 3)"; }
+bootstrap() { echo "$(grpc 1),$(grpc 2),$(grpc 3)"; }
+isolated() { [[ -f $(dir "$1")/isolated ]]; }
+
+netns_up() {
+    [[ $(id -u) == 0 ]] || die "RUNNEL_NETNS=1 needs root: it creates network namespaces, veths and a bridge"
+    command -v ip >/dev/null || die "RUNNEL_NETNS=1 needs iproute2's ip"
+    local subnet=${RUNNEL_NETNS_SUBNET:-10.213.7} n
+    [[ $subnet =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "RUNNEL_NETNS_SUBNET must be three octets like 10.213.7"
+    ip link show "$bridge" >/dev/null 2>&1 &&
+        die "bridge $bridge exists: a netns cluster already runs here (scripts/cluster.sh down with its RUNNEL_HOME)"
+    ip -4 route show | grep -q "^$subnet\.0/24 " && die "$subnet.0/24 is routed already; choose RUNNEL_NETNS_SUBNET"
+    mkdir -p "$home"
+    echo "$subnet" >"$netns_file"
+    ip link add "$bridge" type bridge
+    ip addr add "$subnet.254/24" dev "$bridge"
+    ip link set "$bridge" up
+    for n in "${nodes[@]}"; do
+        ip netns add "$(ns "$n")"
+        ip link add "rncv$n" type veth peer name eth0 netns "$(ns "$n")"
+        ip link set "rncv$n" master "$bridge" up
+        ip -n "$(ns "$n")" link set lo up
+        ip -n "$(ns "$n")" addr add "$subnet.$n/24" dev eth0
+        ip -n "$(ns "$n")" link set eth0 up
+    done
+    echo "netns mode: node N is $subnet.N in namespace rnc-node-N, bridge $bridge is $subnet.254"
+}
+
+netns_down() {
+    local n
+    for n in "${nodes[@]}"; do
+        ip link del "rncv$n" 2>/dev/null || true
+        ip netns del "$(ns "$n")" 2>/dev/null || true
+        rm -f "$(dir "$n")/isolated"
+    done
+    ip link del "$bridge" 2>/dev/null || true
+    rm -f "$netns_file"
+    echo "netns mode: namespaces and bridge removed"
+}
+
+# Packets between nodes $1 and $2 are dropped (cut) or flow again (join), both ways.
+cut() {
+    ip -n "$(ns "$1")" neigh replace "$(subnet).$2" lladdr "$dead_mac" dev eth0 nud permanent
+    ip -n "$(ns "$2")" neigh replace "$(subnet).$1" lladdr "$dead_mac" dev eth0 nud permanent
+}
+join() {
+    ip -n "$(ns "$1")" neigh del "$(subnet).$2" dev eth0 2>/dev/null || true
+    ip -n "$(ns "$2")" neigh del "$(subnet).$1" dev eth0 2>/dev/null || true
+}
+
+isolate() {
+    local n=$1 m
+    netns_mode || die "isolate needs the netns mode: scripts/cluster.sh down, then RUNNEL_NETNS=1 scripts/cluster.sh up (root)"
+    for m in "${nodes[@]}"; do
+        [[ $m == "$n" ]] || cut "$n" "$m"
+    done
+    touch "$(dir "$n")/isolated"
+    echo "node $n isolated from the other nodes (clients on this host still reach $(grpc "$n"))"
+}
+
+heal() {
+    local n=$1 m
+    netns_mode || die "heal needs the netns mode (see isolate)"
+    rm -f "$(dir "$n")/isolated"
+    for m in "${nodes[@]}"; do
+        # A pair stays cut while its other end is isolated.
+        [[ $m == "$n" ]] || isolated "$m" || join "$n" "$m"
+    done
+    echo "node $n healed"
+}
 
 # HTTP status of /readyz (000 when unreachable), using bash's /dev/tcp so curl is optional.
 readyz() {
     (
-        exec 3<>"/dev/tcp/127.0.0.1/$((8080 + $1))" || { echo 000; exit; }
+        exec 3<>"/dev/tcp/$(host "$1")/$((8080 + $1))" || { echo 000; exit; }
         printf 'GET /readyz HTTP/1.1\r\nHost: localhost\r\n\r\n' >&3
         code=$(timeout 2 head -n1 <&3 | awk '{print $2}')
         echo "${code:-000}"
@@ -49,17 +138,23 @@ start() {
     local n=$1 d
     d=$(dir "$n")
     if alive "$n"; then echo "node $n already running (pid $(pid_of "$n"))"; return; fi
-    local port
+    local port h
+    h=$(host "$n")
     for port in $((50050 + n)) $((8080 + n)); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            die "port $port is already in use by another process, so node $n cannot start" \
+        if (exec 3<>"/dev/tcp/$h/$port") 2>/dev/null; then
+            die "port $h:$port is already in use by another process, so node $n cannot start" \
                 "(another cluster with a different RUNNEL_HOME?)"
         fi
     done
     mkdir -p "$d"
-    nohup "$bin" node --id "$n" --data-dir "$d/data" --controller-voters "$voters" \
-        --grpc-addr "127.0.0.1:$((50050 + n))" --http-addr "$(http "$n")" \
-        --kafka-addr "127.0.0.1:$((9091 + n))" >>"$d/node.log" 2>&1 </dev/null &
+    local run=()
+    if netns_mode; then run=(ip netns exec "$(ns "$n")"); fi
+    # setsid: the node gets a session of its own, so a Ctrl-C in the terminal that ran this
+    # script (or scripts/chaos.sh, which restarts nodes) never reaches it. setsid, nohup and
+    # ip netns exec all exec, so $! is the node's pid.
+    setsid nohup "${run[@]}" "$bin" node --id "$n" --data-dir "$d/data" --controller-voters "$(voters)" \
+        --grpc-addr "$(grpc "$n")" --http-addr "$(http "$n")" \
+        --kafka-addr "$h:$((9091 + n))" >>"$d/node.log" 2>&1 </dev/null &
     echo $! >"$d/pid"
     echo "node $n started (pid $!)"
 }
@@ -95,9 +190,13 @@ stop() {
 endpoints() {
     local n
     for n in "${nodes[@]}"; do
-        echo "node $n: grpc=127.0.0.1:$((50050 + n)) http=http://$(http "$n") kafka=127.0.0.1:$((9091 + n)) (reserved)"
+        echo "node $n: grpc=$(grpc "$n") http=http://$(http "$n") kafka=$(host "$n"):$((9091 + n)) (reserved)"
     done
-    echo "try: $bin topic create orders --partitions 3 --replication-factor 3"
+    if netns_mode; then
+        echo "try: $bin topic create orders --partitions 3 --replication-factor 3 --bootstrap $(bootstrap)"
+    else
+        echo "try: $bin topic create orders --partitions 3 --replication-factor 3"
+    fi
 }
 
 signal_node() {
@@ -111,6 +210,12 @@ cmd=${1:-}
 case $cmd in
 up)
     build
+    if [[ ${RUNNEL_NETNS:-0} == 1 ]] && ! netns_mode; then
+        for n in "${nodes[@]}"; do
+            alive "$n" && die "node $n runs on loopback; scripts/cluster.sh down first"
+        done
+        netns_up
+    fi
     for n in "${nodes[@]}"; do start "$n"; done
     wait_ready "${nodes[@]}"
     echo "cluster ready"
@@ -118,13 +223,26 @@ up)
     ;;
 down)
     for n in "${nodes[@]}"; do stop "$n"; done
+    if netns_mode; then netns_down; fi
     ;;
 status)
     for n in "${nodes[@]}"; do
         if alive "$n"; then state="running (pid $(pid_of "$n"))"; else state="down"; fi
+        if isolated "$n"; then state="$state, isolated"; fi
         echo "node $n: $state, /readyz $(readyz "$n")"
     done
-    "$bin" cluster status --bootstrap 127.0.0.1:50051,127.0.0.1:50052,127.0.0.1:50053 || true
+    "$bin" cluster status --bootstrap "$(bootstrap)" || true
+    ;;
+bootstrap) bootstrap ;;
+isolate) check_node "${2:-}"; isolate "$2" ;;
+heal)
+    if [[ ${2:-} == all ]]; then
+        for n in "${nodes[@]}"; do rm -f "$(dir "$n")/isolated"; done
+        for n in "${nodes[@]}"; do heal "$n"; done
+    else
+        check_node "${2:-}"
+        heal "$2"
+    fi
     ;;
 logs)
     check_node "${2:-}"
@@ -141,7 +259,7 @@ restart)
     wait_ready "$2"
     ;;
 *)
-    echo "usage: $0 up|down|status|logs N|kill N|pause N|resume N|restart N" >&2
+    echo "usage: $0 up|down|status|bootstrap|logs N|kill N|pause N|resume N|restart N|isolate N|heal N|all" >&2
     exit 2
     ;;
 esac

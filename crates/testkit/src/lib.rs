@@ -13,6 +13,22 @@
 //!
 //! The API is blocking (std processes, std sockets) so it works from plain `#[test]`s and from
 //! async tests alike; the gRPC helpers are `async`.
+//!
+//! **Network faults.** With [`ClusterOpts::netns`] each node runs in its own Linux network
+//! namespace, on its own address of a private `/24` joined by a bridge to the root namespace,
+//! where the test process reaches every node. [`Cluster::isolate`] then cuts a node off from the
+//! other nodes (packets between them are silently dropped) while the test and its clients can
+//! still talk to it; [`Cluster::heal`] reconnects it. How, and why that way: [`netns`]. The mode
+//! needs root; without it [`Cluster::start`] fails and says so. Loopback ports stay the default.
+//!
+//! **Histories.** [`workload`] produces unique records continuously over the broker's gRPC
+//! API, following leaders, and records every attempt and its outcome; [`history`] checks such a
+//! history against a final read of the log (lost, duplicated, misplaced or reordered records,
+//! gaps, divergent reads) and measures the longest window without a successful produce.
+//!
+//! **`runnel-chaos`** (`src/bin/runnel-chaos.rs`) drives the workload and the checker against
+//! a cluster started by `scripts/cluster.sh`, injecting faults through it; `scripts/chaos.sh`
+//! runs it.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -29,6 +45,12 @@ use runnel_proto::pb::runnel::v1::{
 };
 use rustix::process::{Pid, Signal, kill_process};
 use tonic::transport::Channel;
+
+pub mod history;
+pub mod netns;
+pub mod workload;
+
+pub use netns::Netns;
 
 /// How often readiness and state are polled.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -50,6 +72,10 @@ pub struct ClusterOpts {
     pub log_filter: String,
     /// Appended to every node's command line.
     pub extra_args: Vec<String>,
+    /// Run each node in its own network namespace on a private subnet (see [`netns`]), so
+    /// [`Cluster::isolate`] can cut it off from the others. Needs root; off by default (nodes
+    /// on loopback ports).
+    pub netns: bool,
 }
 
 impl ClusterOpts {
@@ -63,6 +89,7 @@ impl ClusterOpts {
             stop_timeout: Duration::from_secs(10),
             log_filter: "info".to_owned(),
             extra_args: Vec::new(),
+            netns: false,
         }
     }
 }
@@ -79,6 +106,8 @@ pub struct Node {
     stderr_path: PathBuf,
     child: Option<Child>,
     paused: bool,
+    /// The node's network namespace, in netns mode.
+    namespace: Option<String>,
 }
 
 impl Node {
@@ -86,7 +115,7 @@ impl Node {
     pub fn id(&self) -> u64 {
         self.id
     }
-    /// The gRPC listener (RaftService and ControllerService), fixed across restarts.
+    /// The gRPC listener (RaftService, ControllerService, BrokerService), fixed across restarts.
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
     }
@@ -101,6 +130,10 @@ impl Node {
     /// The node's data directory, kept across restarts.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+    /// The node's network namespace, in netns mode.
+    pub fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
     }
     /// Whether a process is running (possibly paused).
     pub fn is_running(&self) -> bool {
@@ -178,6 +211,8 @@ pub struct Cluster {
     opts: ClusterOpts,
     nodes: Vec<Node>,
     voters: String,
+    // Dropped after the nodes are killed (in `drop`), so no process holds a namespace.
+    netns: Option<Netns>,
     // Declared last: dropped after the nodes are killed.
     root: Option<tempfile::TempDir>,
 }
@@ -185,6 +220,14 @@ pub struct Cluster {
 /// How many times [`Cluster::start`] picks fresh ports when a node fails to come up (a port
 /// picked free can be taken by someone else before the node binds it).
 const START_ATTEMPTS: usize = 3;
+
+/// The ports every node uses in netns mode, where each node has an address of its own (the
+/// node's defaults for node 1).
+pub const NETNS_GRPC_PORT: u16 = 50051;
+/// See [`NETNS_GRPC_PORT`].
+pub const NETNS_HTTP_PORT: u16 = 8081;
+/// See [`NETNS_GRPC_PORT`].
+pub const NETNS_KAFKA_PORT: u16 = 9092;
 
 impl Cluster {
     /// Starts `n` nodes and waits until every one is ready.
@@ -205,29 +248,50 @@ impl Cluster {
         Err(last_err.expect("at least one attempt"))
     }
 
-    /// Lays out the temp dir and picks ports, without spawning anything.
+    /// Lays out the temp dir and picks addresses (free loopback ports, or in netns mode each
+    /// node's namespace and address, with fixed ports), without spawning anything.
     pub fn prepare(n: usize, opts: ClusterOpts) -> anyhow::Result<Self> {
         let root = tempfile::Builder::new().prefix("runnel-testkit-").tempdir()?;
-        let ports = free_ports(3 * n)?;
+        let netns =
+            if opts.netns { Some(Netns::create(n).context("setting up network namespaces")?) } else { None };
+        let addrs: Vec<[SocketAddr; 3]> = match &netns {
+            // Every node has an address of its own, so the ports can be the usual ones.
+            Some(net) => (1..=n as u64)
+                .map(|id| {
+                    let ip = net.addr(id);
+                    [
+                        (ip, NETNS_GRPC_PORT).into(),
+                        (ip, NETNS_HTTP_PORT).into(),
+                        (ip, NETNS_KAFKA_PORT).into(),
+                    ]
+                })
+                .collect(),
+            None => free_ports(3 * n)?
+                .chunks(3)
+                .map(|p| p.iter().map(|&port| SocketAddr::from(([127, 0, 0, 1], port))))
+                .map(|mut a| [a.next().unwrap(), a.next().unwrap(), a.next().unwrap()])
+                .collect(),
+        };
         let mut nodes = Vec::with_capacity(n);
-        for (i, p) in ports.chunks(3).enumerate() {
+        for (i, [grpc_addr, http_addr, kafka_addr]) in addrs.into_iter().enumerate() {
             let id = i as u64 + 1;
             let dir = root.path().join(format!("node-{id}"));
             std::fs::create_dir_all(dir.join("data"))?;
             nodes.push(Node {
                 id,
-                grpc_addr: SocketAddr::from(([127, 0, 0, 1], p[0])),
-                http_addr: SocketAddr::from(([127, 0, 0, 1], p[1])),
-                kafka_addr: SocketAddr::from(([127, 0, 0, 1], p[2])),
+                grpc_addr,
+                http_addr,
+                kafka_addr,
                 data_dir: dir.join("data"),
                 stdout_path: dir.join("stdout.log"),
                 stderr_path: dir.join("stderr.log"),
                 child: None,
                 paused: false,
+                namespace: netns.as_ref().map(|net| net.namespace(id).to_owned()),
             });
         }
         let voters = nodes.iter().map(|n| format!("{}@{}", n.id, n.grpc_addr)).collect::<Vec<_>>().join(",");
-        Ok(Self { opts, nodes, voters, root: Some(root) })
+        Ok(Self { opts, nodes, voters, netns, root: Some(root) })
     }
 
     /// Spawns every node that is not running and waits until all are ready.
@@ -296,8 +360,7 @@ impl Cluster {
     pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
         let args = self.node_args(id);
         let binary = self.opts.binary.clone();
-        let log_filter = self.opts.log_filter.clone();
-        let node = self.node_mut(id);
+        let node = self.node(id);
         if node.child.is_some() {
             bail!("node {id} is already running");
         }
@@ -305,17 +368,24 @@ impl Cluster {
         let mut out = append(&node.stdout_path)?;
         let mut err = append(&node.stderr_path)?;
         // Mark each start, so a restarted node's output is told apart.
-        let banner = format!("===== testkit: starting node {id}: {} {}\n", binary.display(), args.join(" "));
+        let place = node.namespace().map(|ns| format!(" in network namespace {ns}")).unwrap_or_default();
+        let banner =
+            format!("===== testkit: starting node {id}{place}: {} {}\n", binary.display(), args.join(" "));
         out.write_all(banner.as_bytes())?;
         err.write_all(banner.as_bytes())?;
-        let child = Command::new(&binary)
+        let mut command = match &self.netns {
+            Some(net) => net.command(id, &binary),
+            None => Command::new(&binary),
+        };
+        let child = command
             .args(&args)
-            .env("RUNNEL_LOG", log_filter)
+            .env("RUNNEL_LOG", &self.opts.log_filter)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
             .with_context(|| format!("spawning {}", binary.display()))?;
+        let node = self.node_mut(id);
         node.child = Some(child);
         node.paused = false;
         Ok(())
@@ -379,6 +449,36 @@ impl Cluster {
         node.signal(Signal::CONT)?;
         node.paused = false;
         Ok(())
+    }
+
+    /// Cuts node `id` off from every other node, silently dropping what they send each other;
+    /// the test process still reaches it. Needs [`ClusterOpts::netns`]. See [`netns`].
+    pub fn isolate(&mut self, id: u64) -> anyhow::Result<()> {
+        self.netns_mut()?.isolate(id)
+    }
+
+    /// Reconnects node `id` to every node that is not itself isolated.
+    pub fn heal(&mut self, id: u64) -> anyhow::Result<()> {
+        self.netns_mut()?.heal(id)
+    }
+
+    /// Reconnects every node.
+    pub fn heal_all(&mut self) -> anyhow::Result<()> {
+        self.netns_mut()?.heal_all()
+    }
+
+    /// Whether node `id` is isolated now.
+    pub fn is_isolated(&self, id: u64) -> bool {
+        self.netns.as_ref().is_some_and(|net| net.isolated().contains(&id))
+    }
+
+    /// The network namespaces, in netns mode.
+    pub fn netns(&self) -> Option<&Netns> {
+        self.netns.as_ref()
+    }
+
+    fn netns_mut(&mut self) -> anyhow::Result<&mut Netns> {
+        self.netns.as_mut().ok_or_else(|| anyhow!("isolating nodes needs ClusterOpts::netns = true"))
     }
 
     /// SIGTERM node `id` and wait for it to exit, at most [`ClusterOpts::stop_timeout`]; past
@@ -554,15 +654,17 @@ impl Cluster {
         tokio::time::timeout(timeout, call).await.map_err(|_| anyhow!("DescribeCluster timed out"))?
     }
 
-    /// Polls the running, unpaused nodes until one names a controller leader that is itself
-    /// running and unpaused (and not `excluding`), or `timeout` passes.
+    /// Polls the running, unpaused, connected nodes until one names a controller leader that is
+    /// itself running, unpaused and not isolated (and not `excluding`), or `timeout` passes. An
+    /// isolated node is neither asked nor accepted: it may still believe it leads.
     pub async fn wait_for_leader(&self, excluding: Option<u64>, timeout: Duration) -> anyhow::Result<u64> {
         let deadline = Instant::now() + timeout;
+        let usable = |n: &Node| n.is_running() && !n.paused && !self.is_isolated(n.id);
         loop {
-            for n in self.nodes.iter().filter(|n| n.is_running() && !n.paused) {
+            for n in self.nodes.iter().filter(|n| usable(n)) {
                 if let Ok(r) = self.describe_cluster(n.id, Duration::from_millis(500)).await {
                     let leader = r.leader_id;
-                    let alive = self.nodes.iter().any(|m| m.id == leader && m.is_running() && !m.paused);
+                    let alive = self.nodes.iter().any(|m| m.id == leader && usable(m));
                     if leader != 0 && alive && Some(leader) != excluding {
                         return Ok(leader);
                     }
@@ -590,6 +692,8 @@ impl Drop for Cluster {
         {
             eprintln!("testkit: kept {}", root.keep().display());
         }
+        // Every process is reaped, so nothing keeps a namespace alive.
+        drop(self.netns.take());
     }
 }
 
