@@ -429,3 +429,72 @@ async fn leader_cut_off_from_its_followers_acknowledges_nothing_and_loses_nothin
         .count();
     println!("{tried_alone} records were sent to the cut-off leader after the cut; none acknowledged");
 }
+
+/// The acceptance scenario 2: a partition leader (not the controller leader) is
+/// SIGSTOPped past the session timeout, so the controller fences it and another replica
+/// leads in a higher epoch; then it resumes. Whatever clients still send it is never
+/// acknowledged and then lost: its followers fetch from the new leader, so its HW cannot
+/// move, and its next metadata makes it a follower that truncates to the divergence point.
+/// The history checker judges every attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_leader_is_deposed_and_nothing_it_accepted_afterwards_is_acknowledged() {
+    let mut cluster = start(3, false);
+    create_topic_with(&cluster, "paused-leader", 3, 3, &[("min.insync.replicas", "2")]).await;
+    let bootstrap: Vec<String> = cluster.bootstrap().split(',').map(str::to_owned).collect();
+    let mut opts = WorkloadOpts::new(bootstrap, "paused-leader", vec![0, 1, 2]);
+    opts.interval = Duration::from_millis(2);
+    let workload = Workload::start(opts);
+    workload.wait_for_acks_everywhere(20, Duration::from_secs(20)).await.unwrap();
+
+    // A partition whose leader does not also lead the controller (leaders are spread over
+    // the three brokers, so two of the three partitions qualify).
+    let controller = cluster.wait_for_leader(None, Duration::from_secs(10)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (partition, leader, epoch) = loop {
+        let states = partition_states(&up_addrs(&cluster), "paused-leader").await;
+        let pick = states
+            .iter()
+            .find(|(_, s)| s.leader > 0 && s.leader as u64 != controller && s.isr.len() == 3)
+            .map(|(&p, s)| (p, s.leader as u64, s.leader_epoch));
+        if let Some(pick) = pick {
+            break pick;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no fully replicated partition led away from the controller: {states:?}"
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    };
+
+    cluster.pause(leader).unwrap();
+    let paused_at = workload.elapsed();
+    let paused = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let deposed = loop {
+        match partition_states(&up_addrs(&cluster), "paused-leader").await.remove(&partition) {
+            Some(s) if s.leader > 0 && s.leader as u64 != leader => break s,
+            state => assert!(Instant::now() < deadline, "the paused leader was never replaced: {state:?}"),
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    };
+    println!(
+        "leader {leader} of partition {partition} paused: replaced after {:?}: {deposed:?}",
+        paused.elapsed()
+    );
+    assert!(deposed.leader_epoch > epoch, "a new leader gets a higher epoch: {deposed:?}");
+    let before = workload.acknowledged_on(partition);
+    workload.wait_for_acks_on(partition, before + 20, Duration::from_secs(10)).await.unwrap();
+    cluster.resume(leader).unwrap();
+    let resumed_at = workload.elapsed();
+    // Writes go on after the deposed leader wakes with its stale view.
+    let before = workload.acknowledged_on(partition);
+    workload.wait_for_acks_on(partition, before + 50, Duration::from_secs(20)).await.unwrap();
+
+    let (history, verdict) = stop_and_check(&cluster, workload, "paused-leader").await;
+    println!(
+        "leader {leader} paused: no acknowledged produce for {}",
+        history.failover_after(partition, paused_at)
+    );
+    println!("after it resumed at {:.3} s: {verdict}", resumed_at.as_secs_f64());
+    assert!(verdict.ok(), "{verdict}");
+}
