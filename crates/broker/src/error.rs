@@ -11,7 +11,8 @@ use tonic::metadata::MetadataValue;
 pub const ERROR_CODE_KEY: &str = "runnel-error-code";
 /// gRPC metadata key: Kafka's name for the error code.
 pub const ERROR_NAME_KEY: &str = "runnel-error-name";
-/// gRPC metadata key: the partition leader's gRPC `host:port`, with NOT_LEADER_OR_FOLLOWER.
+/// gRPC metadata key: the leader's gRPC `host:port`: the partition leader's with
+/// NOT_LEADER_OR_FOLLOWER here, the controller leader's with the controller's NOT_CONTROLLER.
 pub const LEADER_KEY: &str = "runnel-leader";
 /// gRPC metadata key: the partition leader's broker id, with NOT_LEADER_OR_FOLLOWER.
 pub const LEADER_ID_KEY: &str = "runnel-leader-id";

@@ -28,13 +28,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 pub use cache::{CacheError, MetadataCache};
-pub use error::{BrokerError, ErrorCode};
+pub use error::{BrokerError, ERROR_CODE_KEY, ErrorCode, LEADER_KEY};
 pub use replica::ReplicaManager;
 use runnel_storage::{LogConfig, LogError};
 pub use service::{BrokerGrpc, DataPlane};
-
-/// gRPC metadata key the controller sets with NOT_CONTROLLER: the leader's `host:port`.
-pub const LEADER_KEY: &str = "runnel-leader";
 
 /// Largest metadata message accepted from the controller.
 pub const METADATA_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -394,7 +391,7 @@ pub(crate) async fn alter_partition(
             Ok(_) => return Ok(()),
             Err(e) => {
                 // A refusal with Kafka's code is the controller's answer: do not retry it.
-                if e.metadata().get("runnel-error-code").is_some()
+                if e.metadata().get(ERROR_CODE_KEY).is_some()
                     && e.metadata().get(LEADER_KEY).is_none()
                     && e.code() != tonic::Code::Unavailable
                 {

@@ -744,6 +744,8 @@ pub struct ReplicaManager {
     failed: RwLock<HashMap<TopicPartition, String>>,
     /// Bumped after every leader append (replica fetch sessions wait on it).
     appended: Arc<watch::Sender<u64>>,
+    /// Bumped after every reconcile (the follower manager waits on it).
+    reconciled: watch::Sender<u64>,
 }
 
 impl ReplicaManager {
@@ -757,6 +759,7 @@ impl ReplicaManager {
             partitions: RwLock::new(HashMap::new()),
             failed: RwLock::new(HashMap::new()),
             appended: Arc::new(watch::Sender::new(0)),
+            reconciled: watch::Sender::new(0),
         })
     }
 
@@ -793,6 +796,17 @@ impl ReplicaManager {
         if !cache.loaded {
             return;
         }
+        self.apply_metadata(cache);
+        self.reconciled.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver woken after every [`reconcile`](Self::reconcile), when the hosted
+    /// partitions reflect a new metadata version.
+    pub fn subscribe_reconciled(&self) -> watch::Receiver<u64> {
+        self.reconciled.subscribe()
+    }
+
+    fn apply_metadata(&self, cache: &MetadataCache) {
         let mut wanted = HashMap::new();
         for (name, topic) in &cache.topics {
             let rf = topic.partitions.first().map_or(1, |p| p.replicas.len());

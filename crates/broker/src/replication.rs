@@ -200,18 +200,20 @@ pub(crate) fn leaders_followed(replicas: &ReplicaManager) -> Vec<u32> {
 }
 
 /// Keeps one fetch session per leader this broker follows, starting and stopping them as
-/// leadership moves. Woken by every metadata version.
+/// leadership moves. Woken after every reconcile of the hosted partitions (so it sees the
+/// leaders the new metadata gave them, not the metadata before the replicas apply it).
 pub(crate) async fn follow_manager_task(
     replicas: Arc<ReplicaManager>,
     cache: Arc<RwLock<MetadataCache>>,
-    mut status: watch::Receiver<BrokerStatus>,
+    status: watch::Receiver<BrokerStatus>,
     cancel: CancellationToken,
 ) {
+    let mut reconciled = replicas.subscribe_reconciled();
     let mut sessions: HashMap<u32, CancellationToken> = HashMap::new();
-    let mut ticks = tokio::time::interval(Duration::from_millis(200));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        reconciled.borrow_and_update();
         let wanted = leaders_followed(&replicas);
+        // A session that found nothing left to follow cancelled its own token.
         sessions.retain(|leader, token| {
             let keep = wanted.contains(leader) && !token.is_cancelled();
             if !keep {
@@ -234,8 +236,7 @@ pub(crate) async fn follow_manager_task(
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = status.changed() => {}
-            _ = ticks.tick() => {}
+            changed = reconciled.changed() => if changed.is_err() { return },
         }
     }
 }

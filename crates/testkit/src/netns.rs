@@ -338,16 +338,7 @@ fn ip_binary() -> anyhow::Result<PathBuf> {
 }
 
 fn run_ip(ip: &Path, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(ip).args(args).output().with_context(|| format!("running {}", ip.display()))?;
-    if !out.status.success() {
-        bail!(
-            "`ip {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    ip_output(ip, args).map(drop)
 }
 
 fn ip_output(ip: &Path, args: &[&str]) -> anyhow::Result<String> {
