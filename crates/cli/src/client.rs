@@ -46,52 +46,7 @@ pub(crate) struct ClientArgs {
     pub(crate) output: Output,
 }
 
-/// A failed command, printed as `error: <ERROR_NAME> (<code>): <message>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ClientError {
-    pub(crate) name: String,
-    pub(crate) code: i32,
-    pub(crate) message: String,
-}
-
-impl std::fmt::Display for ClientError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}): {}", self.name, self.code, self.message)
-    }
-}
-
-impl From<tonic::Status> for ClientError {
-    fn from(status: tonic::Status) -> Self {
-        let meta = |key: &str| status.metadata().get(key).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        match (meta("runnel-error-name"), meta("runnel-error-code").and_then(|c| c.parse().ok())) {
-            (Some(name), Some(code)) => {
-                // The controller's message may already start with the name and code.
-                let prefix = format!("{name} ({code}): ");
-                let message = status.message();
-                let message = message.strip_prefix(&prefix).unwrap_or(message).to_owned();
-                ClientError { name, code, message }
-            }
-            _ if status.code() == tonic::Code::Unavailable => ClientError {
-                name: "NETWORK_EXCEPTION".into(),
-                code: 13,
-                message: status.message().to_owned(),
-            },
-            _ => ClientError {
-                name: "UNKNOWN_SERVER_ERROR".into(),
-                code: -1,
-                message: format!("{:?}: {}", status.code(), status.message()),
-            },
-        }
-    }
-}
-
-/// Whether the call got no answer from a node (refused, or timed out: a paused node), so
-/// another address may answer.
-pub(crate) fn unreachable(status: &tonic::Status) -> bool {
-    use tonic::Code::{Cancelled, DeadlineExceeded, Unavailable};
-    status.metadata().get("runnel-error-code").is_none()
-        && matches!(status.code(), Unavailable | DeadlineExceeded | Cancelled)
-}
+pub(crate) use runnel_client::{ClientError, unreachable};
 
 fn connect(addr: &str, timeout: Duration) -> Result<ControllerServiceClient<Channel>, tonic::Status> {
     let channel = Endpoint::from_shared(format!("http://{addr}"))

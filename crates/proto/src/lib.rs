@@ -18,6 +18,13 @@ pub mod pb {
 /// gRPC server reflection (`tonic-reflection`'s `register_encoded_file_descriptor_set`).
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/runnel_descriptor.bin"));
 
+/// HTTP/2 flow-control window of one stream, for servers and clients of the data plane.
+/// hyper's defaults (1 MiB on a server, 2 MiB on a client) are smaller than one default
+/// fetch response, so a sender stalls for a window update in the middle of every message.
+pub const HTTP2_STREAM_WINDOW: u32 = 8 << 20;
+/// HTTP/2 flow-control window of a whole connection (several streams share it).
+pub const HTTP2_CONNECTION_WINDOW: u32 = 32 << 20;
+
 #[cfg(test)]
 mod tests {
     use prost::Message;

@@ -7,7 +7,7 @@
 
 /// Kafka's `Utils.murmur2`: 32-bit MurmurHash2 with seed `0x9747b28c`, reading the key
 /// little-endian four bytes at a time, as a signed int (Java's result type).
-pub(crate) fn murmur2(data: &[u8]) -> i32 {
+pub fn murmur2(data: &[u8]) -> i32 {
     const SEED: u32 = 0x9747_b28c;
     const M: u32 = 0x5bd1_e995;
     const R: u32 = 24;
@@ -41,12 +41,12 @@ pub(crate) fn murmur2(data: &[u8]) -> i32 {
 }
 
 /// Kafka's `Utils.toPositive`: clears the sign bit (not `abs`, which overflows on i32::MIN).
-pub(crate) fn to_positive(n: i32) -> u32 {
+pub fn to_positive(n: i32) -> u32 {
     (n & 0x7fff_ffff) as u32
 }
 
 /// The partition Kafka's default partitioner picks for `key` among `partitions`.
-pub(crate) fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
+pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
     assert!(partitions > 0, "a topic has at least one partition");
     to_positive(murmur2(key)) % partitions
 }
@@ -54,7 +54,7 @@ pub(crate) fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
 /// The partition for records without a key: one partition at a time, moving on (round-robin)
 /// whenever the batch being filled for it is cut.
 #[derive(Debug, Clone)]
-pub(crate) struct Sticky {
+pub struct Sticky {
     partitions: u32,
     current: Option<u32>,
     next: u32,
@@ -63,13 +63,13 @@ pub(crate) struct Sticky {
 impl Sticky {
     /// Starts at `first % partitions`; callers pick `first` at random so that many short-lived
     /// producers do not all start on partition 0.
-    pub(crate) fn new(partitions: u32, first: u32) -> Self {
+    pub fn new(partitions: u32, first: u32) -> Self {
         assert!(partitions > 0, "a topic has at least one partition");
         Sticky { partitions, current: None, next: first % partitions }
     }
 
     /// The partition for the next keyless record.
-    pub(crate) fn partition(&mut self) -> u32 {
+    pub fn partition(&mut self) -> u32 {
         *self.current.get_or_insert_with(|| {
             let p = self.next;
             self.next = (self.next + 1) % self.partitions;
@@ -79,7 +79,7 @@ impl Sticky {
 
     /// Tells the partitioner that the batch of `partition` was cut: keyless records move on
     /// if that was the sticky partition.
-    pub(crate) fn batch_cut(&mut self, partition: u32) {
+    pub fn batch_cut(&mut self, partition: u32) {
         if self.current == Some(partition) {
             self.current = None;
         }

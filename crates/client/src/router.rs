@@ -17,12 +17,12 @@ use runnel_proto::pb::runnel::v1 as pb;
 use runnel_proto::pb::runnel::v1::broker_service_client::BrokerServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
-use super::code;
-use crate::client::{ClientError, unreachable};
+use crate::error::code;
+use crate::error::{ClientError, unreachable};
 
 /// Largest message the client sends or accepts: a fetch answers at most 64 MiB of batches,
 /// plus the response's own framing.
-pub(crate) const MESSAGE_BYTES_MAX: usize = 80 * 1024 * 1024;
+pub const MESSAGE_BYTES_MAX: usize = 80 * 1024 * 1024;
 /// How long to try connecting to one broker.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Deadline of one Metadata call (a paused broker must not hold a refresh up for long).
@@ -34,17 +34,17 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long retriable leadership errors (no leader, not the leader, broker unreachable) are
 /// retried before a request fails.
-pub(crate) const LEADER_RETRY_DEADLINE: Duration = Duration::from_secs(30);
+pub const LEADER_RETRY_DEADLINE: Duration = Duration::from_secs(30);
 /// How long a topic or partition nobody knows of is waited for (metadata reaches brokers a
 /// little after a topic is created).
-pub(crate) const UNKNOWN_TOPIC_DEADLINE: Duration = Duration::from_secs(5);
+pub const UNKNOWN_TOPIC_DEADLINE: Duration = Duration::from_secs(5);
 /// First pause between retries; it doubles up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_millis(25);
 const BACKOFF_MAX: Duration = Duration::from_millis(1000);
 
 /// What to do after a failed attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Next {
+pub enum Next {
     /// Retry at once at this address (a NOT_LEADER_OR_FOLLOWER answer named the leader).
     Redirect(String),
     /// Leadership is moving or the broker is unreachable: refresh metadata, back off, retry.
@@ -57,9 +57,9 @@ pub(crate) enum Next {
 
 /// A failed attempt: the error to report and what to do next.
 #[derive(Debug, Clone)]
-pub(crate) struct Failure {
-    pub(crate) error: ClientError,
-    pub(crate) next: Next,
+pub struct Failure {
+    pub error: ClientError,
+    pub next: Next,
 }
 
 impl Failure {
@@ -68,7 +68,7 @@ impl Failure {
     }
 
     /// Classifies a failed unary call or stream made to `addr`.
-    pub(crate) fn from_status(status: tonic::Status, addr: &str) -> Self {
+    pub fn from_status(status: tonic::Status, addr: &str) -> Self {
         let hint = status
             .metadata()
             .get("runnel-leader")
@@ -98,7 +98,7 @@ impl Failure {
     }
 
     /// Classifies an error carried in a stream response (ProduceStream) from `addr`.
-    pub(crate) fn from_pb(error: &pb::Error, addr: &str) -> Self {
+    pub fn from_pb(error: &pb::Error, addr: &str) -> Self {
         let hint = Some(error.leader.clone()).filter(|h| !h.is_empty() && h != addr);
         let next = next_for(error.code, hint);
         Failure {
@@ -108,7 +108,7 @@ impl Failure {
     }
 
     /// Whether the attempt may be retried at all.
-    pub(crate) fn retriable(&self) -> bool {
+    pub fn retriable(&self) -> bool {
         self.next != Next::Fail
     }
 }
@@ -135,24 +135,30 @@ fn next_for(error_code: i32, hint: Option<String>) -> Next {
 
 /// Exponential backoff with jitter, so that many partitions retrying at once spread out.
 #[derive(Debug)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     next: Duration,
 }
 
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Backoff {
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         Backoff { next: BACKOFF_MIN }
     }
 
     /// The pause before the next attempt: the current step, jittered by up to -25 %.
-    pub(crate) fn next_delay(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let step = self.next;
         self.next = (self.next * 2).min(BACKOFF_MAX);
         let jitter = rand::thread_rng().gen_range(0.75..=1.0);
         step.mul_f64(jitter)
     }
 
-    pub(crate) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.next = BACKOFF_MIN;
     }
 }
@@ -161,27 +167,33 @@ impl Backoff {
 /// failure since the last progress (so a stream that was healthy for an hour still gets the
 /// full deadline when it breaks).
 #[derive(Debug)]
-pub(crate) struct Retry {
+pub struct Retry {
     failing_since: Option<Instant>,
     unknown_since: Option<Instant>,
     backoff: Backoff,
     redirects_in_a_row: u32,
 }
 
+impl Default for Retry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Retry {
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         Retry { failing_since: None, unknown_since: None, backoff: Backoff::new(), redirects_in_a_row: 0 }
     }
 
     /// Progress was made: the deadlines start over.
-    pub(crate) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         *self = Retry::new();
     }
 
     /// After `failure`: `Err` (the final error) when it is not retriable or a deadline has
     /// passed; otherwise how long to wait before retrying (zero to follow a first redirect at
     /// once).
-    pub(crate) fn after(&mut self, failure: &Failure) -> Result<Duration, ClientError> {
+    pub fn after(&mut self, failure: &Failure) -> Result<Duration, ClientError> {
         let now = Instant::now();
         let waited = now.duration_since(*self.failing_since.get_or_insert(now));
         let give_up = |what: &str| {
@@ -245,7 +257,7 @@ struct Table {
 
 /// Routes requests to partition leaders. Shared by every task of a command (`Arc<Router>`).
 #[derive(Debug)]
-pub(crate) struct Router {
+pub struct Router {
     bootstrap: Vec<String>,
     clients: Mutex<HashMap<String, BrokerServiceClient<Channel>>>,
     table: Mutex<Table>,
@@ -261,7 +273,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Router {
-    pub(crate) fn new(bootstrap: Vec<String>) -> Self {
+    pub fn new(bootstrap: Vec<String>) -> Self {
         Router {
             bootstrap,
             clients: Mutex::new(HashMap::new()),
@@ -271,7 +283,7 @@ impl Router {
     }
 
     /// A client for the broker at `addr` (one channel per address, connected on first use).
-    pub(crate) fn client(&self, addr: &str) -> Result<BrokerServiceClient<Channel>, ClientError> {
+    pub fn client(&self, addr: &str) -> Result<BrokerServiceClient<Channel>, ClientError> {
         let mut clients = lock(&self.clients);
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
@@ -287,8 +299,8 @@ impl Router {
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true)
-            .initial_stream_window_size(runnel_broker::service::HTTP2_STREAM_WINDOW)
-            .initial_connection_window_size(runnel_broker::service::HTTP2_CONNECTION_WINDOW)
+            .initial_stream_window_size(runnel_proto::HTTP2_STREAM_WINDOW)
+            .initial_connection_window_size(runnel_proto::HTTP2_CONNECTION_WINDOW)
             .connect_lazy();
         let client = BrokerServiceClient::new(channel)
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
@@ -425,7 +437,7 @@ impl Router {
     }
 
     /// Marks `topic`'s cached leaders as suspect.
-    pub(crate) fn invalidate(&self, topic: &str) {
+    pub fn invalidate(&self, topic: &str) {
         lock(&self.table).stale.insert(topic.to_owned());
     }
 
@@ -463,7 +475,7 @@ impl Router {
 
     /// The number of partitions of `topic`, waiting up to [`UNKNOWN_TOPIC_DEADLINE`] for a
     /// topic nobody knows of yet (and [`LEADER_RETRY_DEADLINE`] for unreachable brokers).
-    pub(crate) async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
+    pub async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
         let mut retry = Retry::new();
         loop {
             let answer = self.route(topic).await.and_then(|route| match u32::try_from(route.leaders.len()) {
@@ -487,7 +499,7 @@ impl Router {
     }
 
     /// The leader's address for `topic`/`partition`, as cached (refreshing when stale).
-    pub(crate) async fn leader(&self, topic: &str, partition: u32) -> Result<String, Failure> {
+    pub async fn leader(&self, topic: &str, partition: u32) -> Result<String, Failure> {
         let route = self.route(topic).await?;
         match route.leaders.get(partition as usize) {
             Some(Some(addr)) => Ok(addr.clone()),
@@ -511,7 +523,7 @@ impl Router {
 
     /// Acts on a failed attempt for `topic`/`partition`: remembers a redirect, or marks the
     /// topic's leaders for a refresh.
-    pub(crate) fn note_failure(&self, topic: &str, partition: u32, failure: &Failure) {
+    pub fn note_failure(&self, topic: &str, partition: u32, failure: &Failure) {
         match &failure.next {
             Next::Redirect(addr) => self.set_leader(topic, partition, addr.clone()),
             Next::Refresh | Next::Unknown => self.invalidate(topic),
@@ -521,7 +533,7 @@ impl Router {
 
     /// Runs `op` against the leader of `topic`/`partition`, each attempt bounded by
     /// `attempt_timeout`, retrying as the module docs say.
-    pub(crate) async fn call<T, F, Fut>(
+    pub async fn call<T, F, Fut>(
         &self,
         topic: &str,
         partition: u32,

@@ -1,0 +1,15 @@
+//! Runnel's Rust client, over the cluster's gRPC API (`proto/runnel/v1/`).
+//!
+//! - [`router`] finds partition leaders from `Metadata` and retries requests as leadership
+//!   moves;
+//! - [`partitioner`] is Kafka's default partitioner (murmur2 for keys, sticky without), so a
+//!   key lands in the partition a Kafka producer would pick;
+//! - [`records`] decodes fetch answers (RecordBatch v2) into records;
+//! - [`error`] is the one error type, [`ClientError`], carrying Kafka's error codes.
+
+pub mod error;
+pub mod partitioner;
+pub mod records;
+pub mod router;
+
+pub use error::{ClientError, unreachable};
