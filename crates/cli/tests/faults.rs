@@ -11,12 +11,10 @@ use runnel_testkit::history::History;
 use runnel_testkit::workload::{Workload, WorkloadOpts, acknowledged_ends, partition_states, read_final};
 use runnel_testkit::{Cluster, ClusterOpts, POLL_INTERVAL};
 
-/// Raft election timeouts of the controller tests (`cluster.rs`): failover within 2 s.
+/// The node's default timers.
 fn opts(netns: bool) -> ClusterOpts {
     let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_runnel"));
     opts.netns = netns;
-    opts.extra_args =
-        ["--election-timeout-min-ms", "300", "--election-timeout-max-ms", "600"].map(str::to_owned).to_vec();
     opts
 }
 

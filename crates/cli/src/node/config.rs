@@ -19,17 +19,20 @@ pub(crate) const HEARTBEAT_INTERVAL_MS: u64 = 500;
 pub(crate) const SESSION_TIMEOUT_MS: u64 = 3_000;
 /// Default `--replica-lag-time-ms` (Kafka's replica.lag.time.max.ms).
 const REPLICA_LAG_TIME_MS: u64 = 10_000;
-/// Raft leader heartbeat period. openraft 0.9 lets a follower start an election only some
-/// time after the timeout proper, so failover takes longer than the timeout suggests:
-/// measured with `scripts/bench-controller.sh` (kill -9 of the leader until the next commit),
-/// 500-1000 ms timeouts gave 1.7 s at the median and up to 2.07 s, over the 2 s goal;
-/// 300-600 ms gave 1.08 s at the median and 1.26 s at worst. Three heartbeats still fit in
-/// the shortest timeout, so one late heartbeat does not depose a loaded but live leader.
+/// Raft leader heartbeat period. Elections are started by the controller's elector
+/// (`runnel_controller::raft::elector`), not openraft's timer: the first follower in line asks
+/// for votes after `election_timeout_max` of silence (when every voter's leader lease has run
+/// out), the next one `max - min` later. Measured with
+/// `cargo test -p runnel --test cluster controller_leader_that_leads` (kill -9 of the node that
+/// leads both the controller and partitions, until its partitions have new leaders): with
+/// 300-600 ms, 654-882 ms on a loaded machine (openraft's own timer took 1.27-1.40 s);
+/// 250-500 ms leaves more room under the 1 s goal. Five heartbeats fit in the silence, so a
+/// late heartbeat or two does not depose a loaded but live leader.
 pub(crate) const RAFT_HEARTBEAT_INTERVAL_MS: u64 = 100;
 /// See [`RAFT_HEARTBEAT_INTERVAL_MS`].
-pub(crate) const ELECTION_TIMEOUT_MIN_MS: u64 = 300;
+pub(crate) const ELECTION_TIMEOUT_MIN_MS: u64 = 250;
 /// See [`RAFT_HEARTBEAT_INTERVAL_MS`].
-pub(crate) const ELECTION_TIMEOUT_MAX_MS: u64 = 600;
+pub(crate) const ELECTION_TIMEOUT_MAX_MS: u64 = 500;
 
 /// How the node writes its logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -85,10 +88,10 @@ pub(crate) struct NodeArgs {
     /// Raft leader heartbeat period [default: 100].
     #[arg(long, env = "RUNNEL_RAFT_HEARTBEAT_INTERVAL_MS")]
     pub(crate) raft_heartbeat_interval_ms: Option<u64>,
-    /// Raft election timeout, lower bound [default: 300].
+    /// Raft election timeout, lower bound [default: 250].
     #[arg(long, env = "RUNNEL_ELECTION_TIMEOUT_MIN_MS")]
     pub(crate) election_timeout_min_ms: Option<u64>,
-    /// Raft election timeout, upper bound [default: 600].
+    /// Raft election timeout, upper bound [default: 500].
     #[arg(long, env = "RUNNEL_ELECTION_TIMEOUT_MAX_MS")]
     pub(crate) election_timeout_max_ms: Option<u64>,
     /// Do not move leadership back to preferred replicas when a broker is unfenced.
@@ -283,7 +286,7 @@ mod tests {
         assert_eq!(s.kafka_addr, "127.0.0.1:9093");
         assert_eq!(s.roles, Roles { controller: true, broker: true });
         assert_eq!((s.heartbeat_interval_ms, s.session_timeout_ms), (500, 3000));
-        assert_eq!((s.election_timeout_min_ms, s.election_timeout_max_ms), (300, 600));
+        assert_eq!((s.election_timeout_min_ms, s.election_timeout_max_ms), (250, 500));
         assert!(s.restore_preferred_leaders);
         assert_eq!(s.log_format, LogFormat::Text);
     }

@@ -17,8 +17,8 @@ use super::machine::MetadataMachine;
 use super::service::{ControllerGrpcService, ServiceConfig, Shared, liveness_task};
 use crate::metadata::ClusterMetadata;
 use crate::raft::{
-    GrpcNetworkFactory, MachineView, NetworkConfig, Node, NodeId, Raft, RaftGrpcService, SledStore,
-    StoreError, controller_config,
+    Contact, ElectorTiming, GrpcNetworkFactory, MachineView, NetworkConfig, Node, NodeId, Raft,
+    RaftGrpcService, SledStore, StoreError, controller_config, elector_task,
 };
 
 /// One controller voter: its node id and the `host:port` of its gRPC listener.
@@ -168,6 +168,8 @@ impl Controller {
         raft_config.heartbeat_interval = millis(config.heartbeat_interval);
         raft_config.election_timeout_min = millis(config.election_timeout_min);
         raft_config.election_timeout_max = millis(config.election_timeout_max);
+        // Elections are started by the elector task below, not by openraft's own timer.
+        raft_config.enable_elect = false;
         let raft_config = raft_config.validate().map_err(|e| StartError::Config(e.to_string()))?;
 
         let dir = config.data_dir.clone();
@@ -184,7 +186,14 @@ impl Controller {
         let cancel = CancellationToken::new();
         let shared = Shared::new(id, raft.clone(), view.clone(), config.service.clone(), cancel.clone());
         let mut tasks = JoinSet::new();
-        let raft_service = RaftGrpcService::new(raft.clone()).into_server();
+        let contact = Arc::new(Contact::default());
+        let raft_service =
+            RaftGrpcService::new(raft.clone()).with_contact(Arc::clone(&contact)).into_server();
+        let timing = ElectorTiming {
+            lease: config.election_timeout_max,
+            stagger: config.election_timeout_max.saturating_sub(config.election_timeout_min),
+        };
+        tasks.spawn(elector_task(id, raft.clone(), contact, timing, cancel.clone()));
         let controller_service = ControllerGrpcService::new(Arc::clone(&shared)).into_server();
         let stop = cancel.clone();
         tasks.spawn(async move {

@@ -15,6 +15,7 @@
 //! Durability: see [`store`]. Wire format: `proto/runnel/v1/raft.proto`.
 
 pub mod config;
+pub mod elector;
 pub mod error;
 pub mod machine;
 pub mod network;
@@ -26,6 +27,7 @@ pub mod types;
 mod tests;
 
 pub use config::controller_config;
+pub use elector::{Contact, ElectorTiming, elector_task};
 pub use error::StoreError;
 pub use machine::Machine;
 pub use network::{GrpcNetwork, GrpcNetworkFactory, NetworkConfig};

@@ -6,14 +6,16 @@
 //! own error rather than a transport failure (see `proto/runnel/v1/raft.proto`).
 
 use std::fmt;
+use std::sync::Arc;
 
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest};
 use runnel_proto::pb::runnel::v1 as pb;
 use runnel_proto::pb::runnel::v1::raft_service_server::{RaftService, RaftServiceServer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
 
+use super::elector::Contact;
 use super::machine::Machine;
 use super::network::MESSAGE_BYTES_MAX;
 use super::types::{Raft, TypeConfig};
@@ -22,12 +24,21 @@ use super::types::{Raft, TypeConfig};
 pub struct RaftGrpcService<M: Machine> {
     raft: Raft<M>,
     message_bytes_max: usize,
+    contact: Arc<Contact>,
 }
 
 impl<M: Machine> RaftGrpcService<M> {
     /// A service for `raft`, accepting messages up to [`MESSAGE_BYTES_MAX`].
     pub fn new(raft: Raft<M>) -> Self {
-        Self { raft, message_bytes_max: MESSAGE_BYTES_MAX }
+        Self { raft, message_bytes_max: MESSAGE_BYTES_MAX, contact: Arc::default() }
+    }
+
+    /// Records into `contact` every time a leader is heard from (an AppendEntries or
+    /// InstallSnapshot not refused for a stale vote) or a vote is granted, for the
+    /// [`super::elector`].
+    pub fn with_contact(mut self, contact: Arc<Contact>) -> Self {
+        self.contact = contact;
+        self
     }
 
     /// Changes the largest message accepted or sent, in bytes. It must be at least the
@@ -74,7 +85,14 @@ impl<M: Machine> RaftService for RaftGrpcService<M> {
     ) -> Result<Response<pb::RaftAppendEntriesResponse>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig<M>> =
             decode(&request.into_inner().request_json, "append-entries request")?;
-        let (ok, json) = encode(&self.raft.append_entries(rpc).await)?;
+        // A leader is alive now, however long storing the entries takes; a request from a
+        // deposed leader is refused below, and it learns so from the answer at once.
+        self.contact.touch();
+        let answer = self.raft.append_entries(rpc).await;
+        if matches!(answer, Ok(ref r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+            self.contact.touch();
+        }
+        let (ok, json) = encode(&answer)?;
         use pb::raft_append_entries_response::Result as R;
         let result = if ok { R::ResponseJson(json) } else { R::ErrorJson(json) };
         Ok(Response::new(pb::RaftAppendEntriesResponse { result: Some(result) }))
@@ -85,7 +103,11 @@ impl<M: Machine> RaftService for RaftGrpcService<M> {
         request: Request<pb::RaftVoteRequest>,
     ) -> Result<Response<pb::RaftVoteResponse>, Status> {
         let rpc: VoteRequest<u64> = decode(&request.into_inner().request_json, "vote request")?;
-        let (ok, json) = encode(&self.raft.vote(rpc).await)?;
+        let answer = self.raft.vote(rpc).await;
+        if matches!(answer, Ok(ref r) if r.vote_granted) {
+            self.contact.touch();
+        }
+        let (ok, json) = encode(&answer)?;
         use pb::raft_vote_response::Result as R;
         let result = if ok { R::ResponseJson(json) } else { R::ErrorJson(json) };
         Ok(Response::new(pb::RaftVoteResponse { result: Some(result) }))
@@ -99,7 +121,12 @@ impl<M: Machine> RaftService for RaftGrpcService<M> {
         let mut rpc: InstallSnapshotRequest<TypeConfig<M>> =
             decode(&message.header_json, "install-snapshot request")?;
         rpc.data = message.data;
-        let (ok, json) = encode(&self.raft.install_snapshot(rpc).await)?;
+        let sent_vote = rpc.vote;
+        let answer = self.raft.install_snapshot(rpc).await;
+        if matches!(answer, Ok(ref r) if r.vote == sent_vote) {
+            self.contact.touch();
+        }
+        let (ok, json) = encode(&answer)?;
         use pb::raft_install_snapshot_response::Result as R;
         let result = if ok { R::ResponseJson(json) } else { R::ErrorJson(json) };
         Ok(Response::new(pb::RaftInstallSnapshotResponse { result: Some(result) }))
