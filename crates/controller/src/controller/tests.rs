@@ -597,3 +597,49 @@ async fn alter_partition_is_a_compare_and_swap_served_through_any_node() -> anyh
     .await
     .context("test timed out")?
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_id_blocks_are_unique_through_any_node_and_across_a_leader_change() -> anyhow::Result<()> {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut cluster = Cluster::start(3, Duration::from_secs(60)).await?;
+        let leader = cluster.leader(deadline).await?;
+        // Through a follower, so forwarding to the leader is exercised too.
+        let mut client = cluster.client(follower_of(leader)).await?;
+        let epoch = register(&mut client, 1).await?;
+        let allocate = |mut c: ControllerServiceClient<Channel>, broker_epoch: u64| async move {
+            c.allocate_producer_ids(pb::AllocateProducerIdsRequest { broker_id: 1, broker_epoch })
+                .await
+                .map(tonic::Response::into_inner)
+        };
+        let a = allocate(client.clone(), epoch).await?;
+        let b = allocate(client.clone(), epoch).await?;
+        ensure!((a.first_id, a.count, b.first_id, b.count) == (0, 1000, 1000, 1000), "{a:?} {b:?}");
+        let stale = allocate(client.clone(), epoch - 1).await;
+        ensure!(stale.err().and_then(|s| status_error_code(&s)) == Some(ErrorCode::StaleBrokerEpoch));
+        let unknown = client
+            .allocate_producer_ids(pb::AllocateProducerIdsRequest { broker_id: 9, broker_epoch: epoch })
+            .await;
+        ensure!(unknown.err().and_then(|s| status_error_code(&s)) == Some(ErrorCode::BrokerIdNotRegistered));
+
+        // The leader stops; its successor goes on after the blocks already handed out.
+        cluster.stop(leader).await;
+        let successor = cluster.leader(deadline).await?;
+        let survivor = cluster.client(successor).await?;
+        let c = loop {
+            match allocate(survivor.clone(), epoch).await {
+                Ok(c) => break c,
+                Err(e) if Instant::now() < deadline => tracing::debug!("retrying: {e}"),
+                Err(e) => bail!("no block from the new leader: {e}"),
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        // A call the old leader timed out on may still have committed a block: at least 2000.
+        ensure!(c.first_id >= 2000 && c.first_id % 1000 == 0 && c.count == 1000, "{c:?}");
+
+        cluster.shutdown().await;
+        Ok(())
+    })
+    .await
+    .context("test timed out")?
+}
