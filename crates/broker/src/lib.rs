@@ -11,6 +11,7 @@
 
 pub mod cache;
 pub mod error;
+pub mod group;
 pub mod replica;
 pub mod replication;
 pub mod service;
