@@ -249,13 +249,16 @@ async fn committed_offsets_survive_kill_9_of_the_coordinator() {
     assert_eq!(before, expected(&later));
 
     let coordinator = find_coordinator(&cluster, group).await;
+    let controller = cluster.wait_for_leader(None, DEADLINE).await.unwrap();
     cluster.kill(coordinator).unwrap();
     let killed = Instant::now();
     let successor = find_coordinator(&cluster, group).await;
     assert_ne!(successor, coordinator);
     let after = fetch(&cluster, group).await;
     println!(
-        "coordinator node {coordinator} killed; node {successor} serves the same offsets after {:?}",
+        "coordinator node {coordinator} (controller leader: {}) killed; node {successor} serves the same \
+         offsets after {:?}",
+        controller == coordinator,
         killed.elapsed()
     );
     assert_eq!(after, before, "the offsets committed before the kill are the ones used after");
