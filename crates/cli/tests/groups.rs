@@ -417,6 +417,13 @@ async fn members_split_partitions_and_rebalance_on_join_and_silence() {
     .into_inner();
     assert_eq!(described.members.len(), 2);
     assert_eq!(described.assignor, "uniform");
+    for m in &described.members {
+        assert_eq!(m.client_id, "groups-test");
+        assert!(m.host.starts_with("127.0.0.1:"), "the peer address: {:?}", m.host);
+        assert_eq!(m.subscribed_topics, vec![TOPIC.to_owned()]);
+        let target: usize = m.target_assignment.iter().map(|t| t.partitions.len()).sum();
+        assert_eq!(target, 3);
+    }
     assert!(matches!(described.state.as_str(), "stable" | "reconciling"), "{}", described.state);
 }
 
