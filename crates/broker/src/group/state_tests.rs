@@ -548,3 +548,16 @@ fn members_rejoining_a_new_coordinator_keep_what_they_own() {
     assert_eq!(a2.assignment, mine_a);
     assert_eq!(h.group().state(), GroupState::Stable);
 }
+
+#[test]
+fn a_full_group_refuses_another_member() {
+    let mut h = Harness::new(topics(&[("t", 2)]));
+    for _ in 0..GROUP_MEMBERS_MAX {
+        h.join();
+    }
+    let e = h.beat(hb("", 0, TpSet::new())).unwrap_err();
+    assert_eq!(e.code, GroupErrorCode::GroupMaxSizeReached);
+    assert_eq!(h.group().members.len(), GROUP_MEMBERS_MAX);
+    // A member already in it may still rejoin under its id.
+    assert!(h.beat(hb("m1", 0, TpSet::new())).is_ok());
+}
