@@ -40,6 +40,8 @@ pub enum ErrorCode {
     RequestTimedOut,
     /// 10: a record, batch or request is over its limit.
     MessageTooLarge,
+    /// 17: the topic cannot take this request (a produce to an internal topic).
+    InvalidTopic,
     /// 19: the ISR is smaller than min.insync.replicas.
     NotEnoughReplicas,
     /// 20: appended, but the ISR shrank below min.insync.replicas before it was replicated.
@@ -68,6 +70,7 @@ impl ErrorCode {
             ErrorCode::NotLeaderOrFollower => 6,
             ErrorCode::RequestTimedOut => 7,
             ErrorCode::MessageTooLarge => 10,
+            ErrorCode::InvalidTopic => 17,
             ErrorCode::NotEnoughReplicas => 19,
             ErrorCode::NotEnoughReplicasAfterAppend => 20,
             ErrorCode::InvalidRequest => 42,
@@ -89,6 +92,7 @@ impl ErrorCode {
             ErrorCode::NotLeaderOrFollower => "NOT_LEADER_OR_FOLLOWER",
             ErrorCode::RequestTimedOut => "REQUEST_TIMED_OUT",
             ErrorCode::MessageTooLarge => "MESSAGE_TOO_LARGE",
+            ErrorCode::InvalidTopic => "INVALID_TOPIC_EXCEPTION",
             ErrorCode::NotEnoughReplicas => "NOT_ENOUGH_REPLICAS",
             ErrorCode::NotEnoughReplicasAfterAppend => "NOT_ENOUGH_REPLICAS_AFTER_APPEND",
             ErrorCode::InvalidRequest => "INVALID_REQUEST",
@@ -107,6 +111,7 @@ impl ErrorCode {
             ErrorCode::CorruptMessage
             | ErrorCode::MessageTooLarge
             | ErrorCode::InvalidRequest
+            | ErrorCode::InvalidTopic
             | ErrorCode::InvalidRecord => Code::InvalidArgument,
             ErrorCode::UnknownTopicOrPartition => Code::NotFound,
             ErrorCode::LeaderNotAvailable

@@ -213,6 +213,13 @@ impl DataPlane {
             ms => Duration::from_millis(ms),
         };
         let producer = request.producer.as_ref().map(validated_producer).transpose()?;
+        if request.topic == crate::group::OFFSETS_TOPIC {
+            // Its coordinators would believe a well-formed forged commit record.
+            return Err(BrokerError::new(
+                ErrorCode::InvalidTopic,
+                format!("{} is internal: only group coordinators write to it", request.topic),
+            ));
+        }
         let partition = self.leader_partition(&request.topic, request.partition)?;
         let max = partition.limits().max_message_bytes;
         let mut batch = match request.data {

@@ -169,6 +169,10 @@ async fn malformed_requests_get_clear_errors_and_leave_the_log_unchanged() {
     assert!(e.message().contains("has 2 partitions"), "{}", e.message());
     let e = c.fetch(fetch("t", 7, 0, pb::RecordFormat::Records)).await.unwrap_err();
     assert_error(&e, "UNKNOWN_TOPIC_OR_PARTITION", 3);
+    // The group coordinators' internal topic takes no produce from clients, whether or not
+    // it exists yet.
+    let e = c.produce(produce_records("__consumer_offsets", 0, vec![record(None, "x")])).await.unwrap_err();
+    assert_error(&e, "INVALID_TOPIC_EXCEPTION", 17);
 
     // A negative offset, and one past the high watermark: the valid range comes back.
     for offset in [-1, 4, i64::MAX] {
