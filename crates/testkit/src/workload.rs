@@ -45,6 +45,16 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Deadline of one Metadata, Fetch or ListOffsets call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a Metadata refresh waits for the other brokers once one has answered (a
+/// stopped broker must not hold every refresh for a whole call timeout).
+const REFRESH_GRACE: Duration = Duration::from_millis(150);
+/// A produce unanswered this long makes the producer ask the other brokers whether
+/// leadership moved, and again every [`LEADER_CHECK_INTERVAL`]: a stopped leader (SIGSTOP)
+/// still holds its connections open, and would otherwise keep the producer until the
+/// request's deadline.
+const LEADER_CHECK_AFTER: Duration = Duration::from_millis(300);
+/// See [`LEADER_CHECK_AFTER`].
+const LEADER_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 /// How long the client waits past the produce's own `timeout_ms` before it gives up.
 const PRODUCE_DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 /// Backoff after a failed attempt: doubling from the minimum to the maximum.
@@ -111,8 +121,9 @@ struct Routes {
     clients: Mutex<HashMap<String, BrokerServiceClient<Channel>>>,
     /// Broker id → address, from every answer.
     brokers: Mutex<BTreeMap<u32, String>>,
-    /// Partition → leader address.
-    leaders: Mutex<HashMap<u32, String>>,
+    /// Partition → leader address, and the leader epoch it was learned with (a hint's
+    /// leader is given the epoch after the last one known).
+    leaders: Mutex<HashMap<u32, (String, i32)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -153,11 +164,11 @@ impl Routes {
 
     /// The cached leader of `partition`, or a fresh one from Metadata.
     async fn leader(&self, partition: u32) -> Option<String> {
-        if let Some(addr) = lock(&self.leaders).get(&partition) {
+        if let Some((addr, _)) = lock(&self.leaders).get(&partition) {
             return Some(addr.clone());
         }
         self.refresh().await;
-        lock(&self.leaders).get(&partition).cloned()
+        lock(&self.leaders).get(&partition).map(|(addr, _)| addr.clone())
     }
 
     fn forget(&self, partition: u32) {
@@ -165,27 +176,79 @@ impl Routes {
     }
 
     fn follow(&self, partition: u32, addr: String) {
-        lock(&self.leaders).insert(partition, addr);
+        let mut leaders = lock(&self.leaders);
+        let epoch = leaders.get(&partition).map_or(-1, |(_, e)| e.saturating_add(1));
+        leaders.insert(partition, (addr, epoch));
     }
 
-    /// Asks every known broker for Metadata at once and keeps, per partition, the leader named
-    /// with the highest leader epoch.
-    async fn refresh(&self) {
+    /// Resolves once the brokers other than `addr` name another leader of `partition` with a
+    /// newer epoch than the one `addr` was learned with (checked every
+    /// [`LEADER_CHECK_INTERVAL`] after [`LEADER_CHECK_AFTER`]); the new leader is then the
+    /// route. Never resolves while `addr` stays the leader.
+    async fn moved_from(&self, partition: u32, addr: &str) -> String {
+        tokio::time::sleep(LEADER_CHECK_AFTER).await;
+        loop {
+            let known = lock(&self.leaders).get(&partition).cloned();
+            let epoch = match known {
+                Some((a, epoch)) if a == addr => epoch,
+                // Someone else already moved the route.
+                Some((a, _)) => return a,
+                None => -1,
+            };
+            let others: Vec<String> = self.addresses().into_iter().filter(|a| a != addr).collect();
+            if let Some((newer, new_epoch)) =
+                self.ask(&others).await.remove(&partition).filter(|(a, e)| a != addr && *e > epoch)
+            {
+                lock(&self.leaders).insert(partition, (newer.clone(), new_epoch));
+                return newer;
+            }
+            tokio::time::sleep(LEADER_CHECK_INTERVAL).await;
+        }
+    }
+
+    /// The bootstrap addresses and every broker learned since.
+    fn addresses(&self) -> Vec<String> {
         let mut addrs = self.bootstrap.clone();
         for a in lock(&self.brokers).values() {
             if !addrs.contains(a) {
                 addrs.push(a.clone());
             }
         }
+        addrs
+    }
+
+    /// Asks every known broker for Metadata at once and keeps, per partition, the leader named
+    /// with the highest leader epoch.
+    async fn refresh(&self) {
+        let best = self.ask(&self.addresses()).await;
+        let mut leaders = lock(&self.leaders);
+        for (partition, route) in best {
+            leaders.insert(partition, route);
+        }
+    }
+
+    /// Asks `addrs` for Metadata at once: per partition, the leader named with the highest
+    /// epoch. Once one broker has answered, the others get [`REFRESH_GRACE`] more.
+    async fn ask(&self, addrs: &[String]) -> HashMap<u32, (String, i32)> {
         let mut calls = JoinSet::new();
         for addr in addrs {
-            let Ok(mut client) = self.client(&addr) else { continue };
+            let Ok(mut client) = self.client(addr) else { continue };
             let request = pb::MetadataRequest { topics: vec![self.topic.clone()] };
             calls.spawn(async move { tokio::time::timeout(CALL_TIMEOUT, client.metadata(request)).await });
         }
         let mut best: HashMap<u32, (i32, String)> = HashMap::new();
-        while let Some(joined) = calls.join_next().await {
+        let mut grace_ends: Option<tokio::time::Instant> = None;
+        loop {
+            let joined = match grace_ends {
+                None => calls.join_next().await,
+                Some(end) => match tokio::time::timeout_at(end, calls.join_next()).await {
+                    Ok(joined) => joined,
+                    Err(_) => break, // The rest are slow or stopped: go with what answered.
+                },
+            };
+            let Some(joined) = joined else { break };
             let Ok(Ok(Ok(answer))) = joined else { continue };
+            grace_ends.get_or_insert_with(|| tokio::time::Instant::now() + REFRESH_GRACE);
             let answer = answer.into_inner();
             let names: HashMap<u32, String> =
                 answer.brokers.iter().map(|b| (b.broker_id, b.grpc.clone())).collect();
@@ -200,10 +263,8 @@ impl Routes {
                 }
             }
         }
-        let mut leaders = lock(&self.leaders);
-        for (partition, (_, addr)) in best {
-            leaders.insert(partition, addr);
-        }
+        calls.abort_all();
+        best.into_iter().map(|(partition, (epoch, addr))| (partition, (addr, epoch))).collect()
     }
 }
 
@@ -407,10 +468,22 @@ async fn produce_loop(shared: Arc<Shared>, producer: u32, partition: u32) {
         };
         let sent = shared.now();
         let result = match shared.routes.client(&addr) {
-            Ok(mut client) => tokio::time::timeout(deadline, client.produce(request)).await,
+            Ok(mut client) => tokio::select! {
+                answer = tokio::time::timeout(deadline, client.produce(request)) => answer,
+                // Leadership moved while the leader kept this request: its outcome is unknown
+                // (a deposed leader acknowledges nothing, but it may have appended it first).
+                moved = shared.routes.moved_from(partition, &addr) => {
+                    backoff = BACKOFF_MIN;
+                    redirected = false;
+                    let reason = format!("unanswered, and leadership moved to {moved}");
+                    let unknown = vec![Outcome::Unknown { reason }; n as usize];
+                    record_attempts(&shared, producer, partition, &addr, sent, values, unknown);
+                    seq += n;
+                    continue;
+                }
+            },
             Err(e) => Ok(Err(tonic::Status::invalid_argument(format!("{e:#}")))),
         };
-        let done = shared.now();
         let mut next_pause = Duration::ZERO;
         let outcomes: Vec<Outcome> = match result {
             Ok(Ok(answer)) => {
@@ -463,29 +536,43 @@ async fn produce_loop(shared: Arc<Shared>, producer: u32, partition: u32) {
         if next_pause == backoff {
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
-        let acked = outcomes.iter().filter(|o| o.is_acked()).count() as u64;
-        {
-            let mut attempts = lock(&shared.attempts);
-            for (value, outcome) in values.into_iter().zip(outcomes) {
-                let (_, s) = crate::history::parse_value(&value).expect("made by record_value");
-                attempts.push(Attempt {
-                    producer,
-                    seq: s,
-                    partition,
-                    value,
-                    broker: addr.clone(),
-                    sent,
-                    done,
-                    outcome,
-                });
-            }
-        }
-        *lock(&shared.acked).entry(partition).or_default() += acked;
+        record_attempts(&shared, producer, partition, &addr, sent, values, outcomes);
         seq += n;
         if !next_pause.is_zero() {
             shared.pause(next_pause).await;
         }
     }
+}
+
+/// Adds one request's records, with their outcomes, to the history.
+fn record_attempts(
+    shared: &Shared,
+    producer: u32,
+    partition: u32,
+    addr: &str,
+    sent: Duration,
+    values: Vec<String>,
+    outcomes: Vec<Outcome>,
+) {
+    let done = shared.now();
+    let acked = outcomes.iter().filter(|o| o.is_acked()).count() as u64;
+    {
+        let mut attempts = lock(&shared.attempts);
+        for (value, outcome) in values.into_iter().zip(outcomes) {
+            let (_, s) = crate::history::parse_value(&value).expect("made by record_value");
+            attempts.push(Attempt {
+                producer,
+                seq: s,
+                partition,
+                value,
+                broker: addr.to_owned(),
+                sent,
+                done,
+                outcome,
+            });
+        }
+    }
+    *lock(&shared.acked).entry(partition).or_default() += acked;
 }
 
 /// Value of a fetched record as the history stores it.
