@@ -4,10 +4,12 @@
 //!   moves;
 //! - [`partitioner`] is Kafka's default partitioner (murmur2 for keys, sticky without), so a
 //!   key lands in the partition a Kafka producer would pick;
+//! - [`fetch`] reads a partition across leader changes;
 //! - [`records`] decodes fetch answers (RecordBatch v2) into records;
 //! - [`error`] is the one error type, [`ClientError`], carrying Kafka's error codes.
 
 pub mod error;
+pub mod fetch;
 pub mod partitioner;
 pub mod records;
 pub mod router;
