@@ -91,6 +91,8 @@ pub(crate) struct ConsumeArgs {
     #[arg(long, default_value = "\t", value_name = "SEP")]
     pub(crate) key_separator: String,
     #[command(flatten)]
+    pub(crate) group: crate::group::GroupConsumeArgs,
+    #[command(flatten)]
     pub(crate) bootstrap: Bootstrap,
 }
 
@@ -219,6 +221,22 @@ pub(crate) fn run_produce(args: ProduceArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs `runnel consume`: exits 1 when reading stopped on an error.
 pub(crate) fn run_consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
+    let print = PrintOptions {
+        output: args.output,
+        print_key: args.print_key,
+        key_separator: args.key_separator.clone(),
+    };
+    if args.group.group.is_some() {
+        let b = &args.bootstrap.bootstrap;
+        return crate::group::run_group_consume(
+            args.topic,
+            &args.group,
+            b,
+            args.from_beginning,
+            args.max_messages,
+            print,
+        );
+    }
     let start = match (args.from_beginning, args.offset) {
         (_, Some(n)) => Start::Offset(n),
         (true, None) => Start::Earliest,
@@ -230,11 +248,7 @@ pub(crate) fn run_consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
         start,
         max_messages: args.max_messages,
         follow: args.follow,
-        print: PrintOptions {
-            output: args.output,
-            print_key: args.print_key,
-            key_separator: args.key_separator,
-        },
+        print,
     };
     let router = args.bootstrap.router();
     let runtime = runtime()?;
