@@ -11,6 +11,7 @@
 
 pub mod cache;
 pub mod error;
+pub mod group;
 pub mod replica;
 pub mod replication;
 pub mod service;
@@ -62,6 +63,8 @@ pub struct BrokerConfig {
     /// A follower that has not caught up with its leader for this long leaves the ISR
     /// (Kafka's `replica.lag.time.max.ms`, 10 s by default).
     pub replica_lag_time: Duration,
+    /// Partitions of `__consumer_offsets` when this broker is the one to create it.
+    pub offsets_topic_partitions: u32,
 }
 
 /// The broker's standing with the controller, for readiness and metrics.
@@ -84,6 +87,7 @@ pub struct Broker {
     cache: Arc<RwLock<MetadataCache>>,
     replicas: Arc<ReplicaManager>,
     plane: Arc<DataPlane>,
+    groups: Arc<group::GroupCoordinator>,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -173,9 +177,21 @@ impl Broker {
             config.request_timeout,
             cancel.clone(),
         ));
+        let groups = Arc::new(group::GroupCoordinator::new(
+            config.id,
+            group::GroupConfig {
+                offsets_topic_partitions: config.offsets_topic_partitions,
+                controllers: config.controllers.clone(),
+                request_timeout: config.request_timeout,
+            },
+            Arc::clone(&replicas),
+            Arc::clone(&cache),
+            status.clone(),
+        ));
+        tasks.spawn(group::coordinator::run(Arc::clone(&groups), cancel.clone()));
         tasks.spawn(watch_task(config.clone(), Arc::clone(&cache), Arc::clone(&status_tx), cancel.clone()));
         tasks.spawn(liveness_task(config, status_tx, cancel.clone()));
-        Ok(Self { status, cache, replicas, plane, cancel, tasks })
+        Ok(Self { status, cache, replicas, plane, groups, cancel, tasks })
     }
 
     /// The client API over this broker's partitions, for a gRPC server to serve.
@@ -183,6 +199,13 @@ impl Broker {
         &self,
     ) -> runnel_proto::pb::runnel::v1::broker_service_server::BrokerServiceServer<BrokerGrpc> {
         BrokerGrpc::new(Arc::clone(&self.plane)).into_server()
+    }
+
+    /// The consumer-group API (`GroupService`), for a gRPC server to serve.
+    pub fn group_service(
+        &self,
+    ) -> runnel_proto::pb::runnel::v1::group_service_server::GroupServiceServer<group::GroupGrpc> {
+        group::GroupGrpc::new(Arc::clone(&self.groups)).into_server()
     }
 
     /// The leader side of replication (followers' fetch sessions), for a gRPC server.

@@ -19,6 +19,9 @@ pub(crate) const HEARTBEAT_INTERVAL_MS: u64 = 500;
 pub(crate) const SESSION_TIMEOUT_MS: u64 = 3_000;
 /// Default `--replica-lag-time-ms` (Kafka's replica.lag.time.max.ms).
 const REPLICA_LAG_TIME_MS: u64 = 10_000;
+/// Most partitions `--offsets-topic-partitions` may ask for (a topic's limit is 10,000; a
+/// coordinator per partition past a few hundred is no use).
+const OFFSETS_TOPIC_PARTITIONS_MAX: u32 = 1_000;
 /// Raft leader heartbeat period. openraft 0.9 lets a follower start an election only some
 /// time after the timeout proper, so failover takes longer than the timeout suggests:
 /// measured with `scripts/bench-controller.sh` (kill -9 of the leader until the next commit),
@@ -82,6 +85,10 @@ pub(crate) struct NodeArgs {
     /// (Kafka's replica.lag.time.max.ms) [default: 10000].
     #[arg(long, env = "RUNNEL_REPLICA_LAG_TIME_MS")]
     pub(crate) replica_lag_time_ms: Option<u64>,
+    /// Partitions of the internal `__consumer_offsets` topic, used by the broker that
+    /// creates it on the first group call; fixed once the topic exists [default: 8].
+    #[arg(long, env = "RUNNEL_OFFSETS_TOPIC_PARTITIONS")]
+    pub(crate) offsets_topic_partitions: Option<u32>,
     /// Raft leader heartbeat period [default: 100].
     #[arg(long, env = "RUNNEL_RAFT_HEARTBEAT_INTERVAL_MS")]
     pub(crate) raft_heartbeat_interval_ms: Option<u64>,
@@ -125,6 +132,7 @@ pub(crate) struct NodeSettings {
     pub(crate) heartbeat_interval_ms: u64,
     pub(crate) session_timeout_ms: u64,
     pub(crate) replica_lag_time_ms: u64,
+    pub(crate) offsets_topic_partitions: u32,
     pub(crate) raft_heartbeat_interval_ms: u64,
     pub(crate) election_timeout_min_ms: u64,
     pub(crate) election_timeout_max_ms: u64,
@@ -152,6 +160,7 @@ impl NodeArgs {
             heartbeat_interval_ms: self.heartbeat_interval_ms.or(lower.heartbeat_interval_ms),
             session_timeout_ms: self.session_timeout_ms.or(lower.session_timeout_ms),
             replica_lag_time_ms: self.replica_lag_time_ms.or(lower.replica_lag_time_ms),
+            offsets_topic_partitions: self.offsets_topic_partitions.or(lower.offsets_topic_partitions),
             raft_heartbeat_interval_ms: self.raft_heartbeat_interval_ms.or(lower.raft_heartbeat_interval_ms),
             election_timeout_min_ms: self.election_timeout_min_ms.or(lower.election_timeout_min_ms),
             election_timeout_max_ms: self.election_timeout_max_ms.or(lower.election_timeout_max_ms),
@@ -235,6 +244,9 @@ impl NodeSettings {
             heartbeat_interval_ms: args.heartbeat_interval_ms.unwrap_or(HEARTBEAT_INTERVAL_MS),
             session_timeout_ms: args.session_timeout_ms.unwrap_or(SESSION_TIMEOUT_MS),
             replica_lag_time_ms: args.replica_lag_time_ms.unwrap_or(REPLICA_LAG_TIME_MS),
+            offsets_topic_partitions: args
+                .offsets_topic_partitions
+                .unwrap_or(runnel_broker::group::OFFSETS_TOPIC_PARTITIONS_DEFAULT),
             raft_heartbeat_interval_ms: args.raft_heartbeat_interval_ms.unwrap_or(RAFT_HEARTBEAT_INTERVAL_MS),
             election_timeout_min_ms: args.election_timeout_min_ms.unwrap_or(ELECTION_TIMEOUT_MIN_MS),
             election_timeout_max_ms: args.election_timeout_max_ms.unwrap_or(ELECTION_TIMEOUT_MAX_MS),
@@ -245,6 +257,9 @@ impl NodeSettings {
             || settings.heartbeat_interval_ms >= settings.session_timeout_ms
         {
             bail!("--heartbeat-interval-ms must be positive and below --session-timeout-ms");
+        }
+        if !(1..=OFFSETS_TOPIC_PARTITIONS_MAX).contains(&settings.offsets_topic_partitions) {
+            bail!("--offsets-topic-partitions must be 1 to {OFFSETS_TOPIC_PARTITIONS_MAX}");
         }
         if settings.raft_heartbeat_interval_ms == 0
             || settings.raft_heartbeat_interval_ms >= settings.election_timeout_min_ms
@@ -286,6 +301,7 @@ mod tests {
         assert_eq!((s.election_timeout_min_ms, s.election_timeout_max_ms), (300, 600));
         assert!(s.restore_preferred_leaders);
         assert_eq!(s.log_format, LogFormat::Text);
+        assert_eq!(s.offsets_topic_partitions, 8);
     }
 
     #[test]
@@ -323,6 +339,11 @@ mod tests {
         assert!(with(&["--id", "1", "--roles", "storage"]).is_err());
         assert!(with(&["--id", "1", "--heartbeat-interval-ms", "5000"]).is_err());
         assert!(with(&["--id", "1", "--election-timeout-min-ms", "2000"]).is_err());
+        assert!(with(&["--id", "1", "--offsets-topic-partitions", "0"]).is_err());
+        assert!(
+            with(&["--id", "1", "--offsets-topic-partitions", "3"])
+                .is_ok_and(|s| s.offsets_topic_partitions == 3)
+        );
         assert!(
             with(&["--id", "1", "--no-restore-preferred-leaders"])
                 .is_ok_and(|s| !s.restore_preferred_leaders)

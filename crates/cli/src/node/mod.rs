@@ -55,6 +55,7 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
                 log_defaults: LogConfig::default(),
                 retention_check_interval: RETENTION_CHECK_INTERVAL,
                 replica_lag_time: Duration::from_millis(settings.replica_lag_time_ms),
+                offsets_topic_partitions: settings.offsets_topic_partitions,
             })
             .context("starting the broker")?,
         )
@@ -68,7 +69,10 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         .context("building the gRPC reflection service")?;
     let mut routes = Routes::new(reflection);
     if let Some(broker) = &broker {
-        routes = routes.add_service(broker.service()).add_service(broker.replication_service());
+        routes = routes
+            .add_service(broker.service())
+            .add_service(broker.replication_service())
+            .add_service(broker.group_service());
     }
 
     let cancel = CancellationToken::new();

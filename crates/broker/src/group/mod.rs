@@ -1,0 +1,27 @@
+//! Consumer groups (`runnel.v1.GroupService`, `proto/runnel/v1/group.proto`): membership and
+//! assignment by KIP-848 heartbeats, and committed offsets kept in the internal, replicated
+//! topic `__consumer_offsets`.
+//!
+//! The coordinator of a group is the leader of the offsets partition its id hashes to
+//! ([`coordinator_partition`]). The pieces:
+//! - [`state`]: the groups of one offsets partition as a pure, deterministic state machine
+//!   (membership, epochs, fencing, reconciliation, expiry, commit checks);
+//! - [`assign`]: the "uniform" and "range" assignors;
+//! - [`record`]: the versioned key/value encoding of committed offsets in the log;
+//! - [`coordinator`]: the I/O shell (leadership, loading, acks=all commits, topic creation,
+//!   the clock);
+//! - [`service`]: the gRPC edge, which validates requests into the state machine's types.
+
+pub mod assign;
+pub mod coordinator;
+pub mod error;
+pub mod record;
+pub mod service;
+pub mod state;
+
+pub use coordinator::{
+    GroupConfig, GroupCoordinator, OFFSETS_TOPIC, OFFSETS_TOPIC_PARTITIONS_DEFAULT, coordinator_partition,
+    java_string_hash,
+};
+pub use error::{GroupError, GroupErrorCode};
+pub use service::GroupGrpc;
