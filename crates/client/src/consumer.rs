@@ -286,7 +286,9 @@ pub struct Consumer {
     /// Positions last handed to the commit task, so auto-commit skips unchanged ones.
     last_commit: HashMap<TopicPartition, i64>,
     next_auto_commit: Instant,
-    listener: Option<Box<dyn RebalanceListener>>,
+    /// In a mutex only so the consumer is `Sync` (its futures `Send`); `poll` has it by
+    /// `&mut self` and never locks.
+    listener: Option<Mutex<Box<dyn RebalanceListener>>>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -346,7 +348,7 @@ impl Consumer {
 
     /// Sets the rebalance listener.
     pub fn set_listener(&mut self, listener: Box<dyn RebalanceListener>) {
-        self.listener = Some(listener);
+        self.listener = Some(Mutex::new(listener));
     }
 
     /// Reads exactly `partitions`, without group membership (commits still go to the
@@ -603,6 +605,10 @@ impl Consumer {
         result
     }
 
+    fn listener(&mut self) -> Option<&mut Box<dyn RebalanceListener>> {
+        Some(self.listener.as_mut()?.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
     fn auto_committing(&self) -> bool {
         self.config.enable_auto_commit && self.coordinator.is_some()
     }
@@ -637,7 +643,7 @@ impl Consumer {
             self.buffered.retain(|b| !plan.lost.contains(&b.tp));
             if !plan.lost.is_empty() {
                 tracing::warn!(partitions = %list(&plan.lost), "partitions lost: the member was fenced or its session expired");
-                if let Some(l) = self.listener.as_mut() {
+                if let Some(l) = self.listener() {
                     l.on_lost(&plan.lost);
                 }
             }
@@ -660,7 +666,7 @@ impl Consumer {
                 }
                 tracing::info!(partitions = %list(&taken), "partitions assigned");
                 group.wake.notify_one();
-                if let Some(l) = self.listener.as_mut() {
+                if let Some(l) = self.listener() {
                     l.on_assigned(&taken);
                 }
             }
@@ -695,7 +701,7 @@ impl Consumer {
         }
         let mut revocation =
             Revocation { partitions: partitions.clone(), positions, commits: BTreeMap::new() };
-        if let Some(l) = self.listener.as_mut() {
+        if let Some(l) = self.listener() {
             l.on_revoked(&mut revocation);
         }
         if !revocation.commits.is_empty()
