@@ -376,6 +376,15 @@ async fn members_split_six_partitions_rebalance_on_join_and_take_over_a_killed_m
     assert_eq!(d["partitions"][2]["lag"], 293, "{d}");
 }
 
+/// Sets its flag when partitions are lost.
+struct OnLost(Arc<std::sync::atomic::AtomicBool>);
+
+impl runnel_client::consumer::RebalanceListener for OnLost {
+    fn on_lost(&mut self, _: &BTreeSet<TopicPartition>) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offsets_committed_before_the_coordinators_node_is_killed_are_used_after() {
     let mut cluster = start3();
@@ -400,8 +409,6 @@ async fn offsets_committed_before_the_coordinators_node_is_killed_are_used_after
     let committed: BTreeMap<TopicPartition, i64> =
         (0..3).map(|p| (TopicPartition::new(topic, p), 10 + 5 * i64::from(p))).collect();
     first.commit_offsets_sync(committed.clone()).await.unwrap();
-    // Leaves without committing more (auto-commit is off).
-    first.close().await.unwrap();
 
     let coordinator = Coordinator::new(addrs.clone(), group);
     let coordinator_id = {
@@ -414,6 +421,26 @@ async fn offsets_committed_before_the_coordinators_node_is_killed_are_used_after
     };
     eprintln!("killing node {coordinator_id}, the coordinator");
     cluster.kill(u64::from(coordinator_id)).unwrap();
+    let killed_at = Instant::now();
+
+    // The member lives on: the new coordinator does not know it, so it loses its partitions
+    // (nothing more was committed) and, rejoined, reads them again from the committed offsets.
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    first.set_listener(Box::new(OnLost(lost.clone())));
+    let mut again: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+    let deadline = Instant::now() + DEADLINE;
+    while again.len() < 3 {
+        assert!(Instant::now() < deadline, "the member did not resume every partition: {again:?}");
+        for r in first.poll(Duration::from_millis(200)).await.unwrap() {
+            if lost.load(std::sync::atomic::Ordering::SeqCst) {
+                again.entry(r.topic_partition()).or_insert(r.offset);
+            }
+        }
+    }
+    eprintln!("the member resumed {:?} after the kill", killed_at.elapsed());
+    assert_eq!(again, committed, "resumed at the committed offsets");
+    // Leaves without committing more (auto-commit is off).
+    first.close().await.unwrap();
 
     // A new member, after the failover, starts exactly at the committed offsets.
     let mut second = Consumer::new(config).unwrap();
