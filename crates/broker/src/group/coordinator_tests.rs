@@ -11,6 +11,11 @@ use crate::cache::{BrokerEntry, PartitionEntry, TopicEntry};
 use crate::group::state::Heartbeat;
 
 fn cache(offsets_leader: u32, epoch: i32) -> MetadataCache {
+    cache_with_isr(offsets_leader, epoch, vec![1])
+}
+
+/// `isr` are the offsets partition's replicas and ISR; broker 2 never fetches in these tests.
+fn cache_with_isr(offsets_leader: u32, epoch: i32, isr: Vec<u32>) -> MetadataCache {
     let mut cache = MetadataCache { loaded: true, version: epoch as u64 + 1, ..MetadataCache::default() };
     for id in [1, 2] {
         cache.brokers.insert(
@@ -31,9 +36,10 @@ fn cache(offsets_leader: u32, epoch: i32) -> MetadataCache {
         leader_epoch: epoch,
         partition_epoch: epoch,
     };
+    let offsets = PartitionEntry { replicas: isr.clone(), isr, ..entry(offsets_leader) };
     cache.topics.insert(
         OFFSETS_TOPIC.into(),
-        TopicEntry { id: vec![9; 16], configs: BTreeMap::new(), partitions: vec![entry(offsets_leader)] },
+        TopicEntry { id: vec![9; 16], configs: BTreeMap::new(), partitions: vec![offsets] },
     );
     cache.topics.insert(
         "t".into(),
@@ -53,9 +59,13 @@ struct Node {
 
 impl Node {
     fn start(dir: &std::path::Path, leader: u32) -> Node {
+        Self::start_with(dir, cache(leader, 1))
+    }
+
+    fn start_with(dir: &std::path::Path, first: MetadataCache) -> Node {
         let defaults = LogConfig { fsync: FsyncPolicy::Never, preallocate_bytes: 0, ..LogConfig::default() };
         let replicas = Arc::new(ReplicaManager::open(1, dir, defaults).unwrap());
-        let cache = Arc::new(RwLock::new(cache(leader, 1)));
+        let cache = Arc::new(RwLock::new(first));
         replicas.reconcile(&cache.read().unwrap());
         let (status, rx) = watch::channel(BrokerStatus::default());
         let config = GroupConfig {
@@ -215,5 +225,31 @@ async fn a_broker_that_does_not_lead_the_partition_points_at_the_one_that_does()
     let found = node.coordinator.find_coordinator("g").await.unwrap();
     assert_eq!((found.broker_id, found.address.as_str(), found.partition), (2, "127.0.0.1:50052", 0));
     assert_eq!(node.coordinator.find_coordinator("").await.unwrap_err().code, GroupErrorCode::InvalidGroupId);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_leader_loads_only_once_its_log_end_is_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), 1);
+    let none = Committer::Member { id: "", epoch: -1 };
+    loaded(|| node.coordinator.commit("g", none, vec![entry(0, 5)])).await.unwrap();
+    node.stop().await;
+
+    // Leading again with a follower in the ISR that has not fetched: the HW stays below the
+    // log end, so the records could still be truncated, and nothing is served.
+    let node = Node::start_with(dir.path(), cache_with_isr(1, 2, vec![1, 2]));
+    for _ in 0..20 {
+        let e = node.coordinator.fetch_offsets("g", Vec::new()).await.unwrap_err();
+        assert_eq!(e.code, GroupErrorCode::CoordinatorLoadInProgress, "{e}");
+        let e = node.coordinator.commit("g", none, vec![entry(0, 6)]).await.unwrap_err();
+        assert_eq!(e.code, GroupErrorCode::CoordinatorLoadInProgress, "{e}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The follower leaves the ISR: the HW reaches the log end and the load completes.
+    let shrunk = cache_with_isr(1, 2, vec![1]);
+    node.replicas.reconcile(&shrunk);
+    *node.cache.write().unwrap() = shrunk;
+    assert_eq!(fetch(&node).await, vec![(0, 5, "at 5".to_owned())]);
     node.stop().await;
 }

@@ -109,13 +109,6 @@ pub struct Member {
     pub revoking_since_ms: Option<u64>,
 }
 
-impl Member {
-    /// The partitions no other member may be given: what it owns or was told to own.
-    fn holds(&self) -> impl Iterator<Item = &Tp> {
-        self.owned.iter().chain(self.assigned.iter())
-    }
-}
-
 /// A group's state, as ListGroups and DescribeGroup name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupState {
@@ -239,12 +232,25 @@ impl Group {
 
     /// Reconciles member `id` against its target and answers what it should own.
     fn reconcile(&mut self, id: &str, now_ms: u64) -> TpSet {
-        let target = self.target.get(id).cloned().unwrap_or_default();
-        let held: TpSet =
-            self.members.values().filter(|m| m.id != id).flat_map(Member::holds).cloned().collect();
+        let empty = TpSet::new();
+        let target = self.target.get(id).unwrap_or(&empty);
+        let Some(member) = self.members.get(id) else { return TpSet::new() };
+        // Partitions of its target it does not own yet are given only if no other member
+        // holds them. Checked per missing partition, so a stable member costs nothing here.
+        let answer: TpSet = target
+            .iter()
+            .filter(|tp| {
+                member.owned.contains(*tp)
+                    || !self
+                        .members
+                        .values()
+                        .any(|m| m.id != id && (m.owned.contains(*tp) || m.assigned.contains(*tp)))
+            })
+            .cloned()
+            .collect();
+        let revoking = member.owned.iter().any(|tp| !target.contains(tp));
         let assignment_epoch = self.assignment_epoch;
         let Some(member) = self.members.get_mut(id) else { return TpSet::new() };
-        let revoking = member.owned.iter().any(|tp| !target.contains(tp));
         if revoking {
             member.revoking_since_ms.get_or_insert(now_ms);
         } else {
@@ -254,8 +260,6 @@ impl Group {
                 member.epoch = assignment_epoch;
             }
         }
-        let answer: TpSet =
-            target.iter().filter(|tp| member.owned.contains(*tp) || !held.contains(*tp)).cloned().collect();
         member.assigned = answer.clone();
         answer
     }
