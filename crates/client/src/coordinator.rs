@@ -166,7 +166,23 @@ impl Coordinator {
         let client = self.client(&addr)?;
         let result = match tokio::time::timeout(timeout, op(client)).await {
             Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(status)) => Err(Failure::from_status(status, &addr).error),
+            Ok(Err(status)) => {
+                // NOT_COORDINATOR names the coordinator in `runnel-leader`: go there next.
+                let hint = status
+                    .metadata()
+                    .get("runnel-leader")
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|h| !h.is_empty() && *h != addr)
+                    .map(str::to_owned);
+                let e = Failure::from_status(status, &addr).error;
+                if e.code == group_code::NOT_COORDINATOR
+                    && let Some(hint) = hint
+                {
+                    *lock(&self.current) = Some(hint);
+                    return Err(e);
+                }
+                Err(e)
+            }
             Err(_) => Err(error(
                 code::REQUEST_TIMED_OUT,
                 "REQUEST_TIMED_OUT",
