@@ -475,3 +475,18 @@ async fn payroll_applies_each_employees_updates_in_the_order_sent() {
     assert_eq!(report.out_of_order, 0, "each employee's updates in the order sent");
     assert_eq!(report.salaries.len(), 30, "every employee paid");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_e2e_receives_every_record_it_sends_through_a_group() {
+    let cluster = start3();
+    create(&cluster, "latency", 3).await;
+    let out = cluster.runnel_with_timeout(
+        &["bench", "e2e", "--topic", "latency", "--rate", "1000", "--duration", "2", "--output", "json"],
+        DEADLINE,
+    );
+    assert!(out.success(), "{}\n{}", out.stdout, out.stderr);
+    let report = out.json().unwrap();
+    eprintln!("bench e2e: {report}");
+    assert_eq!((report["sent"].as_u64(), report["missing"].as_u64()), (Some(2000), Some(0)), "{report}");
+    assert!(report["latency_ms"]["p50"].as_f64().unwrap() > 0.0, "{report}");
+}

@@ -103,6 +103,8 @@ pub(crate) enum BenchCommand {
     Produce(BenchProduceArgs),
     /// Read records and report throughput.
     Consume(BenchConsumeArgs),
+    /// End-to-end latency at a fixed rate, from produce to a consumer group member's poll.
+    E2e(crate::e2e::E2eArgs),
 }
 
 /// `runnel bench produce`.
@@ -275,6 +277,7 @@ pub(crate) fn run_consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
 /// Runs `runnel bench produce|consume`: exits 1 when records failed.
 pub(crate) fn run_bench(command: BenchCommand) -> anyhow::Result<ExitCode> {
     let (report, output) = match command {
+        BenchCommand::E2e(args) => return crate::e2e::run(args),
         BenchCommand::Produce(a) => {
             let duration = a.duration.map(|d| seconds("--duration", d)).transpose()?;
             if a.throughput == 0.0 || (a.throughput < 0.0 && a.throughput != -1.0) {
