@@ -590,8 +590,12 @@ impl Consumer {
             }
             lock(&group.membership).leave();
             group.wake.notify_one();
-            if let Some(task) = self.heartbeat.take() {
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, task).await;
+            if let Some(mut task) = self.heartbeat.take()
+                && tokio::time::timeout(CLOSE_TIMEOUT, &mut task).await.is_err()
+            {
+                // The coordinator did not answer the leave: it removes the member after
+                // its session timeout instead.
+                task.abort();
             }
         } else if self.auto_committing() {
             result = self.commit_sync().await;
@@ -599,8 +603,10 @@ impl Consumer {
         self.parts.clear();
         // The commit task ends once its queue is closed and drained.
         self.commits = None;
-        if let Some(task) = self.committer.take() {
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, task).await;
+        if let Some(mut task) = self.committer.take()
+            && tokio::time::timeout(CLOSE_TIMEOUT, &mut task).await.is_err()
+        {
+            task.abort();
         }
         result
     }
