@@ -92,6 +92,18 @@ pub(crate) struct GroupConsumeArgs {
     pub(crate) client_id: String,
 }
 
+/// A token cancelled on Ctrl-C (SIGINT).
+pub(crate) fn cancel_on_ctrl_c(runtime: &tokio::runtime::Runtime) -> CancellationToken {
+    let cancel = CancellationToken::new();
+    let on_interrupt = cancel.clone();
+    runtime.spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            on_interrupt.cancel();
+        }
+    });
+    cancel
+}
+
 fn fail(e: &ClientError) -> ExitCode {
     eprintln!("error: {e}");
     ExitCode::FAILURE
@@ -114,13 +126,7 @@ pub(crate) fn run_group_consume(
     config.session_timeout = Duration::from_millis(u64::from(group.session_timeout_ms));
     config.auto_commit_interval = Duration::from_millis(group.auto_commit_interval_ms);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let cancel = CancellationToken::new();
-    let on_interrupt = cancel.clone();
-    runtime.spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            on_interrupt.cancel();
-        }
-    });
+    let cancel = cancel_on_ctrl_c(&runtime);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
     let result = runtime.block_on(async {

@@ -16,7 +16,7 @@ use runnel_proto::pb::runnel::v1::group_service_client::GroupServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{ClientError, code, error};
-use crate::router::{Backoff, Failure};
+use crate::router::{Backoff, Failure, leader_hint};
 
 /// Kafka's error codes of the group protocol (see `group.proto`).
 pub mod group_code {
@@ -168,12 +168,7 @@ impl Coordinator {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(status)) => {
                 // NOT_COORDINATOR names the coordinator in `runnel-leader`: go there next.
-                let hint = status
-                    .metadata()
-                    .get("runnel-leader")
-                    .and_then(|v| v.to_str().ok())
-                    .filter(|h| !h.is_empty() && *h != addr)
-                    .map(str::to_owned);
+                let hint = leader_hint(&status, &addr);
                 let e = Failure::from_status(status, &addr).error;
                 if e.code == group_code::NOT_COORDINATOR
                     && let Some(hint) = hint

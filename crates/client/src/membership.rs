@@ -23,24 +23,9 @@ use runnel_proto::pb::runnel::v1 as pb;
 use crate::coordinator::{coordinator_moved, group_code};
 use crate::error::ClientError;
 
-/// A partition of a topic.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TopicPartition {
-    pub topic: String,
-    pub partition: u32,
-}
-
-impl TopicPartition {
-    pub fn new(topic: impl Into<String>, partition: u32) -> Self {
-        TopicPartition { topic: topic.into(), partition }
-    }
-}
-
-impl std::fmt::Display for TopicPartition {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.topic, self.partition)
-    }
-}
+/// A partition of a topic (the storage crate's type: ordered, hashable, shown as
+/// `topic-partition`).
+pub use runnel_storage::TopicPartition;
 
 /// Partitions as the proto groups them: one entry per topic.
 pub fn to_pb(partitions: &BTreeSet<TopicPartition>) -> Vec<pb::TopicPartitions> {

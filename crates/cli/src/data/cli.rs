@@ -6,8 +6,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
 use super::bench::{self, ConsumeBench, DURATION_MAX, ProduceBench};
 use super::consume::{self, ConsumeOptions, PrintOptions, Start};
 use super::produce::{self, Acks, BatchLimits, ProduceOptions};
@@ -254,13 +252,7 @@ pub(crate) fn run_consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
     };
     let router = args.bootstrap.router();
     let runtime = runtime()?;
-    let cancel = CancellationToken::new();
-    let on_interrupt = cancel.clone();
-    runtime.spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            on_interrupt.cancel();
-        }
-    });
+    let cancel = crate::group::cancel_on_ctrl_c(&runtime);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
     let result = runtime.block_on(consume::consume(router, options, &mut out, cancel));
