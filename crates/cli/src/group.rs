@@ -77,7 +77,7 @@ pub(crate) struct GroupConsumeArgs {
     /// Consume as a member of this group: partitions are assigned by the group's
     /// coordinator, reading starts at the committed offsets, and positions are committed
     /// (every --auto-commit-interval-ms, before a partition is given up, and at exit). Runs
-    /// until --max-messages or Ctrl-C.
+    /// until --max-messages, Ctrl-C or SIGTERM.
     #[arg(long, conflicts_with_all = ["partition", "offset", "follow"])]
     pub(crate) group: Option<String>,
     /// How long the coordinator waits for a heartbeat before giving this member's
@@ -92,14 +92,25 @@ pub(crate) struct GroupConsumeArgs {
     pub(crate) client_id: String,
 }
 
-/// A token cancelled on Ctrl-C (SIGINT).
+/// A token cancelled on Ctrl-C (SIGINT) or SIGTERM, so that a consumer stopped either way
+/// commits and leaves its group.
 pub(crate) fn cancel_on_ctrl_c(runtime: &tokio::runtime::Runtime) -> CancellationToken {
     let cancel = CancellationToken::new();
     let on_interrupt = cancel.clone();
     runtime.spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            on_interrupt.cancel();
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => if r.is_err() { return },
+            () = terminate => {}
         }
+        on_interrupt.cancel();
     });
     cancel
 }
@@ -109,7 +120,7 @@ fn fail(e: &ClientError) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// `runnel consume TOPIC --group G`: prints records until --max-messages or Ctrl-C, then
+/// `runnel consume TOPIC --group G`: prints records until --max-messages, Ctrl-C or SIGTERM, then
 /// commits and leaves the group. Exits 1 on an error.
 pub(crate) fn run_group_consume(
     topic: String,
