@@ -300,6 +300,8 @@ struct Member {
     epoch: i32,
     owned: BTreeSet<u32>,
     last_ok: Option<Instant>,
+    /// Times it joined again after UNKNOWN_MEMBER_ID.
+    rejoins: u32,
 }
 
 const SESSION_MS: u32 = 3_000;
@@ -310,9 +312,17 @@ async fn beat(cluster: &Cluster, group: &str, m: &mut Member) {
         let request = request.clone();
         async move { c.consumer_group_heartbeat(request).await }
     })
-    .await
-    .unwrap_or_else(|e| panic!("heartbeat of {m:?}: {e:?}"))
-    .into_inner();
+    .await;
+    let answer = match answer {
+        // A new coordinator does not know the member: it joins again under its id, reporting
+        // what it still owns (group.proto).
+        Err(e) if error_name(&e) == "UNKNOWN_MEMBER_ID" && m.epoch > 0 => {
+            m.epoch = 0;
+            m.rejoins += 1;
+            return Box::pin(beat(cluster, group, m)).await;
+        }
+        other => other.unwrap_or_else(|e| panic!("heartbeat of {m:?}: {e:?}")).into_inner(),
+    };
     assert!(answer.heartbeat_interval_ms > 0 && answer.heartbeat_interval_ms <= 1_000);
     m.id = answer.member_id;
     m.epoch = answer.member_epoch;
@@ -407,5 +417,43 @@ async fn members_split_partitions_and_rebalance_on_join_and_silence() {
     .into_inner();
     assert_eq!(described.members.len(), 2);
     assert_eq!(described.assignor, "uniform");
+    for m in &described.members {
+        assert_eq!(m.client_id, "groups-test");
+        assert!(m.host.starts_with("127.0.0.1:"), "the peer address: {:?}", m.host);
+        assert_eq!(m.subscribed_topics, vec![TOPIC.to_owned()]);
+        let target: usize = m.target_assignment.iter().map(|t| t.partitions.len()).sum();
+        assert_eq!(target, 3);
+    }
     assert!(matches!(described.state.as_str(), "stable" | "reconciling"), "{}", described.state);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_keep_their_partitions_across_kill_9_of_the_coordinator() {
+    let mut cluster = start3();
+    create_topic(&cluster).await;
+    let group = "steadfast";
+    let mut members: Vec<Member> = (0..2).map(|_| Member::default()).collect();
+    converge(&cluster, group, &mut members, &[0, 1], &[3, 3]).await;
+    let before: Vec<BTreeSet<u32>> = members.iter().map(|m| m.owned.clone()).collect();
+
+    let coordinator = find_coordinator(&cluster, group).await;
+    cluster.kill(coordinator).unwrap();
+    let killed = Instant::now();
+    // Both rejoin the new coordinator reporting what they own; neither loses a partition,
+    // and no partition is ever given to the other one meanwhile.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        for i in 0..2 {
+            beat(&cluster, group, &mut members[i]).await;
+            assert!(members[0].owned.is_disjoint(&members[1].owned), "owned twice: {members:?}");
+        }
+        let rejoined = members.iter().all(|m| m.rejoins > 0);
+        if rejoined && members.iter().zip(&before).all(|(m, b)| m.owned == *b) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the members did not settle on the new coordinator: {members:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("both members rejoined with their partitions {:?} after the kill", killed.elapsed());
+    assert_ne!(find_coordinator(&cluster, group).await, coordinator);
 }

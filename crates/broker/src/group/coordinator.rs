@@ -660,7 +660,12 @@ async fn load(coordinator: Arc<GroupCoordinator>, index: u32, epoch: i32, partit
         let started = Instant::now();
         let read = tokio::task::spawn_blocking(move || read_groups(&reader, hw)).await;
         match read {
-            Ok(Ok((groups, stats))) => {
+            Ok(Ok((mut groups, stats))) => {
+                // Leader epoch 0 is the partition's first leadership: no coordinator ran
+                // before this one, so no member can own anything it does not know of.
+                if epoch > 0 {
+                    groups.taken_over_at(coordinator.now_ms());
+                }
                 let mut shards = lock(&coordinator.shards);
                 if matches!(shards.get(&index), Some(Shard::Loading { epoch: e }) if *e == epoch) {
                     tracing::info!(

@@ -59,7 +59,8 @@ struct Node {
 
 impl Node {
     fn start(dir: &std::path::Path, leader: u32) -> Node {
-        Self::start_with(dir, cache(leader, 1))
+        // Leader epoch 0: the partition's first leadership, with no takeover grace.
+        Self::start_with(dir, cache(leader, 0))
     }
 
     fn start_with(dir: &std::path::Path, first: MetadataCache) -> Node {

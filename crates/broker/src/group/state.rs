@@ -214,15 +214,30 @@ impl Group {
         if self.epoch <= self.assignment_epoch {
             return;
         }
-        let empty = TpSet::new();
+        // Stickiness starts from what each member owns, then the rest of its target that no
+        // other member owns: after a takeover (no targets yet) members keep what they report.
+        let mut owner: BTreeMap<&Tp, &str> = BTreeMap::new();
+        for m in self.members.values() {
+            for tp in &m.owned {
+                owner.entry(tp).or_insert(m.id.as_str());
+            }
+        }
+        let current: Vec<TpSet> = self
+            .members
+            .values()
+            .map(|m| {
+                let mut keep = m.owned.clone();
+                if let Some(target) = self.target.get(&m.id) {
+                    keep.extend(target.iter().filter(|tp| owner.get(tp).is_none_or(|o| *o == m.id)).cloned());
+                }
+                keep
+            })
+            .collect();
         let specs: Vec<MemberSpec<'_>> = self
             .members
             .values()
-            .map(|m| MemberSpec {
-                id: &m.id,
-                subscribed: &m.subscribed,
-                current: self.target.get(&m.id).unwrap_or(&empty),
-            })
+            .zip(&current)
+            .map(|(m, current)| MemberSpec { id: &m.id, subscribed: &m.subscribed, current })
             .collect();
         self.target = assign(assignor, &specs, &seen);
         self.assignor = assignor;
@@ -231,20 +246,23 @@ impl Group {
     }
 
     /// Reconciles member `id` against its target and answers what it should own.
-    fn reconcile(&mut self, id: &str, now_ms: u64) -> TpSet {
+    fn reconcile(&mut self, id: &str, now_ms: u64, taken_over_ms: Option<u64>) -> TpSet {
         let empty = TpSet::new();
         let target = self.target.get(id).unwrap_or(&empty);
         let Some(member) = self.members.get(id) else { return TpSet::new() };
+        let longest_session = self.members.values().map(|m| m.session_timeout_ms).max().unwrap_or(0);
+        let in_grace = taken_over_ms.is_some_and(|t| now_ms < t.saturating_add(longest_session));
         // Partitions of its target it does not own yet are given only if no other member
         // holds them. Checked per missing partition, so a stable member costs nothing here.
         let answer: TpSet = target
             .iter()
             .filter(|tp| {
                 member.owned.contains(*tp)
-                    || !self
-                        .members
-                        .values()
-                        .any(|m| m.id != id && (m.owned.contains(*tp) || m.assigned.contains(*tp)))
+                    || !in_grace
+                        && !self
+                            .members
+                            .values()
+                            .any(|m| m.id != id && (m.owned.contains(*tp) || m.assigned.contains(*tp)))
             })
             .cloned()
             .collect();
@@ -314,6 +332,8 @@ pub enum Expiry {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Groups {
     groups: BTreeMap<String, Group>,
+    /// When this coordinator took the groups over (see [`Groups::taken_over_at`]).
+    taken_over_ms: Option<u64>,
 }
 
 fn unknown_member(group: &str, member: &str) -> GroupError {
@@ -327,6 +347,16 @@ impl Groups {
     /// No groups.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Marks the groups as taken over from another coordinator at `now_ms`. Membership is
+    /// not persisted, so this coordinator does not know who owned what before: a member of
+    /// the previous coordinator may still own any partition until it rejoins (reporting what
+    /// it owns) or its own session runs out. Until `now_ms` plus the longest session timeout
+    /// among a group's members, that group's members are given back only partitions they say
+    /// they own; anything else is withheld until then.
+    pub fn taken_over_at(&mut self, now_ms: u64) {
+        self.taken_over_ms = Some(now_ms);
     }
 
     /// The group `id`, if it has members or offsets.
@@ -421,7 +451,7 @@ impl Groups {
                     group.bump();
                 }
                 group.refresh_target(topics);
-                let assignment = group.reconcile(&id, now_ms);
+                let assignment = group.reconcile(&id, now_ms, self.taken_over_ms);
                 let member = group.members.get_mut(&id).ok_or_else(|| unknown_member(group_id, &id))?;
                 // A joining member always leaves with an epoch of the group, never 0.
                 if member.epoch == 0 {
@@ -466,7 +496,7 @@ impl Groups {
                     group.bump();
                 }
                 group.refresh_target(topics);
-                let assignment = group.reconcile(&hb.member_id, now_ms);
+                let assignment = group.reconcile(&hb.member_id, now_ms, self.taken_over_ms);
                 let epoch = group.members.get(&hb.member_id).map_or(-1, |m| m.epoch);
                 Ok(HeartbeatAnswer {
                     member_id: hb.member_id,

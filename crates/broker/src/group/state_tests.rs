@@ -313,6 +313,8 @@ enum Op {
     Resubscribe(usize, bool),
     Time(u64),
     Grow(u32),
+    /// The coordinator fails over: a new one starts with no members.
+    Failover,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -326,6 +328,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => ((0usize..8), any::<bool>()).prop_map(|(i, b)| Op::Resubscribe(i, b)),
         2 => (0u64..4_000).prop_map(Op::Time),
         1 => (1u32..4).prop_map(Op::Grow),
+        1 => Just(Op::Failover),
     ]
 }
 
@@ -360,14 +363,18 @@ impl Model {
                 c.owned = answer.assignment.clone();
             }
             Err(e) => {
-                assert!(
-                    matches!(e.code, GroupErrorCode::UnknownMemberId | GroupErrorCode::FencedMemberEpoch),
-                    "unexpected error {e}"
-                );
-                // Drop everything, then join again.
                 let c = &mut self.clients[i];
-                c.owned.clear();
-                c.revoking.clear();
+                match e.code {
+                    // Fenced: drop everything, then join again (group.proto).
+                    GroupErrorCode::FencedMemberEpoch => {
+                        c.owned.clear();
+                        c.revoking.clear();
+                    }
+                    // Unknown (a new coordinator, or removed after its session, when it has
+                    // already stopped by itself): join again reporting what it still owns.
+                    GroupErrorCode::UnknownMemberId => {}
+                    _ => panic!("unexpected error {e}"),
+                }
                 c.epoch = 0;
             }
         }
@@ -457,6 +464,11 @@ impl Model {
                 }
                 self.h.groups.expire(now);
             }
+            Op::Failover => {
+                let mut fresh = Groups::new();
+                fresh.taken_over_at(self.h.now);
+                self.h.groups = fresh;
+            }
             Op::Grow(n) => {
                 for count in self.h.topics.values_mut() {
                     *count = (*count + n).min(24);
@@ -504,4 +516,48 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn after_a_takeover_members_get_back_only_what_they_own_until_the_sessions_run_out() {
+    let mut h = Harness::new(topics(&[("t", 4)]));
+    h.groups.taken_over_at(h.now);
+    // "a" rejoins first, owning 0 and 1; "b" (owning 2 and 3) has not found us yet.
+    let a = h.beat(hb("a", 0, tps("t", &[0, 1]))).unwrap();
+    assert_eq!(a.assignment, tps("t", &[0, 1]), "2 and 3 may still be b's");
+    h.now += 9_999;
+    let a2 = h.beat(hb("a", a.member_epoch, a.assignment.clone())).unwrap();
+    assert_eq!(a2.assignment, tps("t", &[0, 1]));
+    // A whole session after the takeover, b has rejoined or stopped by itself.
+    h.now += 1;
+    let a3 = h.beat(hb("a", a2.member_epoch, a2.assignment.clone())).unwrap();
+    assert_eq!(a3.assignment, tps("t", &[0, 1, 2, 3]));
+}
+
+#[test]
+fn members_rejoining_a_new_coordinator_keep_what_they_own() {
+    let mut h = Harness::new(topics(&[("t", 6)]));
+    h.groups.taken_over_at(h.now);
+    let (mine_a, mine_b) = (tps("t", &[1, 3, 5]), tps("t", &[0, 2, 4]));
+    let b = h.beat(hb("b", 0, mine_b.clone())).unwrap();
+    let a = h.beat(hb("a", 0, mine_a.clone())).unwrap();
+    assert_eq!(a.assignment, mine_a);
+    let b2 = h.beat(hb("b", b.member_epoch, b.assignment.clone())).unwrap();
+    assert_eq!(b2.assignment, mine_b, "no revocation: the targets follow what they own");
+    let a2 = h.beat(hb("a", a.member_epoch, a.assignment.clone())).unwrap();
+    assert_eq!(a2.assignment, mine_a);
+    assert_eq!(h.group().state(), GroupState::Stable);
+}
+
+#[test]
+fn a_full_group_refuses_another_member() {
+    let mut h = Harness::new(topics(&[("t", 2)]));
+    for _ in 0..GROUP_MEMBERS_MAX {
+        h.join();
+    }
+    let e = h.beat(hb("", 0, TpSet::new())).unwrap_err();
+    assert_eq!(e.code, GroupErrorCode::GroupMaxSizeReached);
+    assert_eq!(h.group().members.len(), GROUP_MEMBERS_MAX);
+    // A member already in it may still rejoin under its id.
+    assert!(h.beat(hb("m1", 0, TpSet::new())).is_ok());
 }
