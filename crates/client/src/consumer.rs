@@ -864,6 +864,10 @@ async fn fetch_task(
 async fn heartbeat_task(shared: Arc<GroupShared>, coordinator: Arc<Coordinator>) {
     let mut backoff = Backoff::new();
     let mut last_answer = Instant::now();
+    // When the last answered heartbeat was sent, and whether the coordinator failed or moved
+    // since (see `Membership::on_error`).
+    let mut last_answered_sent = Instant::now();
+    let mut coordinator_trouble = false;
     let mut delay = Duration::ZERO;
     loop {
         if !delay.is_zero() {
@@ -889,6 +893,7 @@ async fn heartbeat_task(shared: Arc<GroupShared>, coordinator: Arc<Coordinator>)
             continue;
         };
         let timeout = HEARTBEAT_TIMEOUT.min(session_timeout / 2);
+        let sent_at = Instant::now();
         let answer = coordinator
             .attempt(timeout, |mut c| {
                 let request = request.clone();
@@ -898,6 +903,8 @@ async fn heartbeat_task(shared: Arc<GroupShared>, coordinator: Arc<Coordinator>)
         match answer {
             Ok(answer) => {
                 last_answer = Instant::now();
+                last_answered_sent = sent_at;
+                coordinator_trouble = false;
                 backoff.reset();
                 let mut m = lock(&shared.membership);
                 if m.on_answer(&request, answer) {
@@ -909,9 +916,11 @@ async fn heartbeat_task(shared: Arc<GroupShared>, coordinator: Arc<Coordinator>)
                 delay = m.heartbeat_interval();
             }
             Err(e) => {
-                let after = lock(&shared.membership).on_error(&e);
+                let failed_over = coordinator_trouble && last_answered_sent.elapsed() < session_timeout;
+                let after = lock(&shared.membership).on_error(&e, failed_over);
                 match after {
                     AfterError::FindCoordinator => {
+                        coordinator_trouble = true;
                         delay = backoff.next_delay();
                         tracing::debug!(error = %e, ?delay, "heartbeat failed; finding the coordinator again");
                         let mut m = lock(&shared.membership);
@@ -925,6 +934,10 @@ async fn heartbeat_task(shared: Arc<GroupShared>, coordinator: Arc<Coordinator>)
                             m.fence();
                             shared.changed.notify_one();
                         }
+                    }
+                    AfterError::Rejoin if failed_over => {
+                        tracing::info!(error = %e, "the new coordinator does not know this member; rejoining with its partitions");
+                        delay = Duration::ZERO;
                     }
                     AfterError::Rejoin => {
                         tracing::warn!(error = %e, "fenced by the coordinator; rejoining");

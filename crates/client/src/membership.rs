@@ -208,12 +208,23 @@ impl Membership {
         changed
     }
 
-    /// Takes a failed heartbeat: what to do next.
-    pub fn on_error(&mut self, e: &ClientError) -> AfterError {
+    /// Takes a failed heartbeat: what to do next. `failed_over` says the coordinator moved
+    /// since the last answered heartbeat, which was sent less than a session timeout ago:
+    /// then UNKNOWN_MEMBER_ID means the new coordinator never knew the member (membership
+    /// lives in the coordinator's memory), not that it was removed, and no other member can
+    /// have been given its partitions, so it rejoins reporting them and keeps them (the new
+    /// coordinator gives back what a rejoining member reports).
+    pub fn on_error(&mut self, e: &ClientError, failed_over: bool) -> AfterError {
         if coordinator_moved(e) {
             return AfterError::FindCoordinator;
         }
         match e.code {
+            group_code::UNKNOWN_MEMBER_ID if failed_over && self.phase == Phase::Member => {
+                self.phase = Phase::Joining;
+                self.epoch = 0;
+                self.target = None;
+                AfterError::Rejoin
+            }
             group_code::FENCED_MEMBER_EPOCH | group_code::UNKNOWN_MEMBER_ID => {
                 if self.phase == Phase::Leaving {
                     // Already gone: the leave is done.
@@ -325,6 +336,30 @@ mod tests {
         ClientError::new(code, name, "x")
     }
 
+    impl Membership {
+        fn on_error_(&mut self, e: &ClientError) -> AfterError {
+            self.on_error(e, false)
+        }
+    }
+
+    #[test]
+    fn after_a_coordinator_failover_an_unknown_member_rejoins_keeping_its_partitions() {
+        let mut m = Membership::new(settings());
+        let join = m.request().unwrap();
+        m.on_answer(&join, answer("m1", 4, &[0, 1]));
+        m.acquired(&set(&[0, 1]));
+        assert_eq!(m.on_error(&err(25, "UNKNOWN_MEMBER_ID"), true), AfterError::Rejoin);
+        assert!(m.plan().is_empty(), "nothing lost");
+        let rejoin = m.request().unwrap();
+        assert_eq!((rejoin.member_epoch, rejoin.member_id.as_str()), (0, "m1"));
+        assert_eq!(from_pb(&rejoin.owned_partitions), set(&[0, 1]), "reports what it owns");
+        assert!(!m.on_answer(&rejoin, answer("m1", 1, &[0, 1])), "given back: nothing to do");
+        assert_eq!(m.request().unwrap().member_epoch, 1);
+        // A fence is a fence, failover or not.
+        assert_eq!(m.on_error(&err(110, "FENCED_MEMBER_EPOCH"), true), AfterError::Rejoin);
+        assert_eq!(m.plan().lost, set(&[0, 1]));
+    }
+
     #[test]
     fn join_then_assign_then_revoke_before_the_release_is_reported() {
         let mut m = Membership::new(settings());
@@ -356,7 +391,7 @@ mod tests {
         m.on_answer(&join, answer("m1", 1, &[0, 1]));
         m.acquired(&set(&[0, 1]));
         let hb = m.request().unwrap();
-        assert_eq!(m.on_error(&err(110, "FENCED_MEMBER_EPOCH")), AfterError::Rejoin);
+        assert_eq!(m.on_error_(&err(110, "FENCED_MEMBER_EPOCH")), AfterError::Rejoin);
         assert_eq!(m.request(), None, "no heartbeat while the application still holds partitions");
         // A late answer to the heartbeat sent before the fence changes nothing.
         assert!(!m.on_answer(&hb, answer("m1", 2, &[0, 1, 2])));
@@ -369,17 +404,17 @@ mod tests {
         // UNKNOWN_MEMBER_ID is a fence too.
         m.on_answer(&rejoin, answer("m1", 5, &[3]));
         m.acquired(&set(&[3]));
-        assert_eq!(m.on_error(&err(25, "UNKNOWN_MEMBER_ID")), AfterError::Rejoin);
+        assert_eq!(m.on_error_(&err(25, "UNKNOWN_MEMBER_ID")), AfterError::Rejoin);
         assert_eq!(m.plan().lost, set(&[3]));
     }
 
     #[test]
     fn errors_are_sorted_into_retry_rejoin_and_fatal() {
         let mut m = Membership::new(settings());
-        assert_eq!(m.on_error(&err(16, "NOT_COORDINATOR")), AfterError::FindCoordinator);
-        assert_eq!(m.on_error(&err(13, "NETWORK_EXCEPTION")), AfterError::FindCoordinator);
+        assert_eq!(m.on_error_(&err(16, "NOT_COORDINATOR")), AfterError::FindCoordinator);
+        assert_eq!(m.on_error_(&err(13, "NETWORK_EXCEPTION")), AfterError::FindCoordinator);
         assert_eq!(m.phase(), Phase::Joining);
-        assert_eq!(m.on_error(&err(24, "INVALID_GROUP_ID")), AfterError::Fatal);
+        assert_eq!(m.on_error_(&err(24, "INVALID_GROUP_ID")), AfterError::Fatal);
         assert_eq!(m.phase(), Phase::Done);
         assert_eq!(m.request(), None);
     }
