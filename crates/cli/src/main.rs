@@ -11,6 +11,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod client;
 mod data;
+mod e2e;
+mod group;
 mod node;
 
 use std::io::Write;
@@ -64,6 +66,13 @@ enum Command {
     Produce(data::cli::ProduceArgs),
     /// Print a topic's records: the value per line, or one JSON object per record.
     Consume(data::cli::ConsumeArgs),
+    /// Consumer groups: list, describe (members, assignment, lag), reset offsets.
+    Group {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(subcommand)]
+        command: group::GroupCommand,
+    },
     /// Measure produce or consume throughput and latency.
     #[command(subcommand)]
     Bench(data::cli::BenchCommand),
@@ -224,6 +233,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Produce(args) => data::cli::run_produce(args),
         Command::Consume(args) => data::cli::run_consume(args),
         Command::Bench(command) => data::cli::run_bench(command),
+        Command::Group { client, command } => group::run(client, command),
         Command::Log(LogCommand::Dump { partition_dir, records, max_batch_bytes }) => {
             if !partition_dir.is_dir() {
                 anyhow::bail!("{} is not a directory", partition_dir.display());

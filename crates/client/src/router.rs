@@ -69,12 +69,7 @@ impl Failure {
 
     /// Classifies a failed unary call or stream made to `addr`.
     pub fn from_status(status: tonic::Status, addr: &str) -> Self {
-        let hint = status
-            .metadata()
-            .get("runnel-leader")
-            .and_then(|v| v.to_str().ok())
-            .filter(|h| !h.is_empty() && *h != addr)
-            .map(str::to_owned);
+        let hint = leader_hint(&status, addr);
         // A broker dying under a call or stream surfaces as an h2 error with code Unknown
         // ("error reading a body from connection"): no answer either.
         let transport = unreachable(&status)
@@ -111,6 +106,17 @@ impl Failure {
     pub fn retriable(&self) -> bool {
         self.next != Next::Fail
     }
+}
+
+/// The address a refusal from `addr` names in `runnel-leader` (the partition's leader, or a
+/// group's coordinator), unless it names `addr` itself.
+pub fn leader_hint(status: &tonic::Status, addr: &str) -> Option<String> {
+    status
+        .metadata()
+        .get("runnel-leader")
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| !h.is_empty() && *h != addr)
+        .map(str::to_owned)
 }
 
 /// The `runnel-log-start-offset` and `runnel-high-watermark` of an OFFSET_OUT_OF_RANGE status.

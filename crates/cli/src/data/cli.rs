@@ -6,8 +6,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
 use super::bench::{self, ConsumeBench, DURATION_MAX, ProduceBench};
 use super::consume::{self, ConsumeOptions, PrintOptions, Start};
 use super::produce::{self, Acks, BatchLimits, ProduceOptions};
@@ -91,6 +89,8 @@ pub(crate) struct ConsumeArgs {
     #[arg(long, default_value = "\t", value_name = "SEP")]
     pub(crate) key_separator: String,
     #[command(flatten)]
+    pub(crate) group: crate::group::GroupConsumeArgs,
+    #[command(flatten)]
     pub(crate) bootstrap: Bootstrap,
 }
 
@@ -101,6 +101,8 @@ pub(crate) enum BenchCommand {
     Produce(BenchProduceArgs),
     /// Read records and report throughput.
     Consume(BenchConsumeArgs),
+    /// End-to-end latency at a fixed rate, from produce to a consumer group member's poll.
+    E2e(crate::e2e::E2eArgs),
 }
 
 /// `runnel bench produce`.
@@ -219,6 +221,22 @@ pub(crate) fn run_produce(args: ProduceArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs `runnel consume`: exits 1 when reading stopped on an error.
 pub(crate) fn run_consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
+    let print = PrintOptions {
+        output: args.output,
+        print_key: args.print_key,
+        key_separator: args.key_separator.clone(),
+    };
+    if args.group.group.is_some() {
+        let b = &args.bootstrap.bootstrap;
+        return crate::group::run_group_consume(
+            args.topic,
+            &args.group,
+            b,
+            args.from_beginning,
+            args.max_messages,
+            print,
+        );
+    }
     let start = match (args.from_beginning, args.offset) {
         (_, Some(n)) => Start::Offset(n),
         (true, None) => Start::Earliest,
@@ -230,21 +248,11 @@ pub(crate) fn run_consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
         start,
         max_messages: args.max_messages,
         follow: args.follow,
-        print: PrintOptions {
-            output: args.output,
-            print_key: args.print_key,
-            key_separator: args.key_separator,
-        },
+        print,
     };
     let router = args.bootstrap.router();
     let runtime = runtime()?;
-    let cancel = CancellationToken::new();
-    let on_interrupt = cancel.clone();
-    runtime.spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            on_interrupt.cancel();
-        }
-    });
+    let cancel = crate::group::cancel_on_ctrl_c(&runtime);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
     let result = runtime.block_on(consume::consume(router, options, &mut out, cancel));
@@ -261,6 +269,7 @@ pub(crate) fn run_consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
 /// Runs `runnel bench produce|consume`: exits 1 when records failed.
 pub(crate) fn run_bench(command: BenchCommand) -> anyhow::Result<ExitCode> {
     let (report, output) = match command {
+        BenchCommand::E2e(args) => return crate::e2e::run(args),
         BenchCommand::Produce(a) => {
             let duration = a.duration.map(|d| seconds("--duration", d)).transpose()?;
             if a.throughput == 0.0 || (a.throughput < 0.0 && a.throughput != -1.0) {

@@ -18,5 +18,5 @@ pub(crate) mod consume;
 pub(crate) mod produce;
 
 pub(crate) use runnel_client::error::{code, error};
-pub(crate) use runnel_client::records::{decode_batches, payload_len};
+pub(crate) use runnel_client::records::payload_len;
 pub(crate) use runnel_client::{partitioner, router};
