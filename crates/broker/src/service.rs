@@ -208,12 +208,18 @@ impl DataPlane {
         let log_start_offset = partition.log().log_start() as i64;
         Ok(match acks {
             pb::Acks::None => {
-                AfterAppend::Done(pb::ProduceResponse { base_offset: -1, last_offset: -1, log_start_offset })
+                AfterAppend::Done(pb::ProduceResponse {
+                    base_offset: -1,
+                    last_offset: -1,
+                    log_start_offset,
+                    duplicate: false,
+                })
             }
             pb::Acks::Leader => AfterAppend::Done(pb::ProduceResponse {
                 base_offset: info.base_offset as i64,
                 last_offset: info.last_offset as i64,
                 log_start_offset,
+                duplicate: false,
             }),
             pb::Acks::All | pb::Acks::Unspecified => AfterAppend::Commit {
                 partition,
@@ -223,6 +229,7 @@ impl DataPlane {
                     base_offset: info.base_offset as i64,
                     last_offset: info.last_offset as i64,
                     log_start_offset,
+                    duplicate: false,
                 },
             },
         })
@@ -671,6 +678,15 @@ impl BrokerService for BrokerGrpc {
     ) -> Result<Response<pb::MetadataResponse>, Status> {
         Ok(Response::new(self.plane.metadata(request.get_ref())?))
     }
+
+    /// Producer ids are branch `idem`'s (the broker side of idempotence); until it is merged
+    /// this broker refuses idempotent producers, which then say so.
+    async fn init_producer_id(
+        &self,
+        _: Request<pb::InitProducerIdRequest>,
+    ) -> Result<Response<pb::InitProducerIdResponse>, Status> {
+        Err(Status::unimplemented("this broker does not hand out producer ids yet"))
+    }
 }
 
 fn stream_response(id: u64, result: Result<pb::ProduceResponse, BrokerError>) -> pb::ProduceStreamResponse {
@@ -702,6 +718,7 @@ mod tests {
             data: Some(pb::produce_request::Data::Records(pb::RecordList {
                 records: vec![pb::Record { value: Some(Bytes::from_static(b"v")), ..Default::default() }],
             })),
+            producer: None,
         };
         let e = plane.produce(request.clone()).await.unwrap_err();
         assert_eq!(e.code, ErrorCode::LeaderNotAvailable);

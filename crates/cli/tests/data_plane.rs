@@ -63,6 +63,7 @@ fn produce_records(topic: &str, partition: u32, records: Vec<pb::Record>) -> pb:
         acks: pb::Acks::All as i32,
         timeout_ms: 10_000,
         data: Some(pb::produce_request::Data::Records(pb::RecordList { records })),
+        producer: None,
     }
 }
 
@@ -73,6 +74,7 @@ fn produce_batch(topic: &str, partition: u32, batch: Vec<u8>) -> pb::ProduceRequ
         acks: pb::Acks::All as i32,
         timeout_ms: 10_000,
         data: Some(pb::produce_request::Data::Batch(Bytes::from(batch))),
+        producer: None,
     }
 }
 

@@ -80,6 +80,7 @@ async fn produce(cluster: &Cluster, topic: &str, values: &[String]) -> i64 {
         acks: pb::Acks::All as i32,
         timeout_ms: 10_000,
         data: Some(pb::produce_request::Data::Records(pb::RecordList { records })),
+        producer: None,
     };
     let deadline = Instant::now() + DEADLINE;
     loop {

@@ -710,6 +710,7 @@ mod tests {
                     base_offset: 7,
                     last_offset: 7,
                     log_start_offset: 0,
+                    duplicate: false,
                 }));
             }
             let mut s = status(6, "NOT_LEADER_OR_FOLLOWER", self.0.hint.then_some(self.0.addrs[1].as_str()));
@@ -738,6 +739,12 @@ mod tests {
             &self,
             _: tonic::Request<pb::ListOffsetsRequest>,
         ) -> Result<tonic::Response<pb::ListOffsetsResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this fake"))
+        }
+        async fn init_producer_id(
+            &self,
+            _: tonic::Request<pb::InitProducerIdRequest>,
+        ) -> Result<tonic::Response<pb::InitProducerIdResponse>, tonic::Status> {
             Err(tonic::Status::unimplemented("not in this fake"))
         }
         async fn metadata(

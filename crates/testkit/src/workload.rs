@@ -403,6 +403,7 @@ async fn produce_loop(shared: Arc<Shared>, producer: u32, partition: u32) {
             acks: opts.acks as i32,
             timeout_ms,
             data: Some(pb::produce_request::Data::Records(pb::RecordList { records })),
+            producer: None,
         };
         let sent = shared.now();
         let result = match shared.routes.client(&addr) {

@@ -261,6 +261,7 @@ impl Worker {
                 acks: self.bench.acks.to_pb() as i32,
                 timeout_ms: ACKS_TIMEOUT_MS,
                 data: Some(pb::produce_request::Data::Batch(pending.batch.clone())),
+                producer: None,
             }),
         };
         // The channel holds a whole window, so this waits only if the stream stalls.

@@ -302,6 +302,7 @@ async fn send_partition(
             acks: acks.to_pb() as i32,
             timeout_ms: ACKS_TIMEOUT_MS,
             data: Some(pb::produce_request::Data::Batch(Bytes::from(ready.batch))),
+            producer: None,
         };
         let answer = router
             .call(&topic, partition, PRODUCE_ATTEMPT_TIMEOUT, |mut client| {

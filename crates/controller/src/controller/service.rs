@@ -489,6 +489,14 @@ impl ControllerService for ControllerGrpcService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    /// Producer id blocks are branch `idem`'s; until it is merged no broker asks for one.
+    async fn allocate_producer_ids(
+        &self,
+        _: Request<pb::AllocateProducerIdsRequest>,
+    ) -> Result<Response<pb::AllocateProducerIdsResponse>, Status> {
+        Err(Status::unimplemented("producer ids are not allocated yet"))
+    }
+
     async fn alter_partition(
         &self,
         request: Request<pb::AlterPartitionRequest>,
