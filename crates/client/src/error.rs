@@ -80,5 +80,10 @@ pub mod code {
     pub const NETWORK_EXCEPTION: i32 = 13;
     pub const NOT_ENOUGH_REPLICAS: i32 = 19;
     pub const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i32 = 20;
+    pub const MESSAGE_TOO_LARGE: i32 = 10;
     pub const INVALID_REQUEST: i32 = 42;
+    pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i32 = 45;
+    pub const INVALID_PRODUCER_EPOCH: i32 = 47;
+    pub const UNKNOWN_PRODUCER_ID: i32 = 59;
+    pub const INVALID_RECORD: i32 = 87;
 }
