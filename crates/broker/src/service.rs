@@ -207,14 +207,12 @@ impl DataPlane {
             .map_err(|e| self.enrich(&request.topic, request.partition, e))?;
         let log_start_offset = partition.log().log_start() as i64;
         Ok(match acks {
-            pb::Acks::None => {
-                AfterAppend::Done(pb::ProduceResponse {
-                    base_offset: -1,
-                    last_offset: -1,
-                    log_start_offset,
-                    duplicate: false,
-                })
-            }
+            pb::Acks::None => AfterAppend::Done(pb::ProduceResponse {
+                base_offset: -1,
+                last_offset: -1,
+                log_start_offset,
+                duplicate: false,
+            }),
             pb::Acks::Leader => AfterAppend::Done(pb::ProduceResponse {
                 base_offset: info.base_offset as i64,
                 last_offset: info.last_offset as i64,

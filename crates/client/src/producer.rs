@@ -247,20 +247,51 @@ pub struct RecordMetadata {
     pub timestamp_ms: i64,
 }
 
+/// A record that was not delivered, and where it was going (as Kafka's callbacks get the
+/// partition of a failed record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryError {
+    /// The topic.
+    pub topic: String,
+    /// The partition, when one was chosen before the failure.
+    pub partition: Option<u32>,
+    /// Why.
+    pub error: ClientError,
+}
+
+impl std::fmt::Display for DeliveryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for DeliveryError {}
+
+impl From<DeliveryError> for ClientError {
+    fn from(e: DeliveryError) -> Self {
+        e.error
+    }
+}
+
 /// The result of sending one record.
-pub type Delivery = Result<RecordMetadata, ClientError>;
+pub type Delivery = Result<RecordMetadata, DeliveryError>;
 
 /// Resolves when the record is acknowledged or has failed for good.
 #[derive(Debug)]
 pub struct DeliveryFuture {
     rx: oneshot::Receiver<Delivery>,
+    topic: String,
 }
 
 impl Future for DeliveryFuture {
     type Output = Delivery;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Delivery> {
-        Pin::new(&mut self.rx).poll(cx).map(|r| r.unwrap_or_else(|_| Err(stopped())))
+        let topic = &self.topic;
+        let topic = topic.clone();
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| Err(DeliveryError { topic, partition: None, error: stopped() })))
     }
 }
 
@@ -461,6 +492,12 @@ impl Producer {
         self.shared.ids
     }
 
+    /// The number of partitions of `topic`, from the producer's metadata (waiting briefly for a
+    /// topic that was just created).
+    pub async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
+        self.shared.router.partition_count(topic).await
+    }
+
     /// What the producer did so far.
     pub fn stats(&self) -> ProducerStats {
         let c = &self.shared.counters;
@@ -479,8 +516,9 @@ impl Producer {
     /// partition, bigger than the buffer, closed producer) resolves with the error at once.
     pub async fn send(&self, record: ProducerRecord) -> DeliveryFuture {
         let (tx, rx) = oneshot::channel();
+        let topic = record.topic.clone();
         self.enqueue(record, Waiter::Future(tx)).await;
-        DeliveryFuture { rx }
+        DeliveryFuture { rx, topic }
     }
 
     /// As [`Producer::send`], with `callback` called once with the delivery, on a producer
@@ -493,43 +531,56 @@ impl Producer {
     }
 
     async fn enqueue(&self, record: ProducerRecord, waiter: Waiter) {
+        let fail = |waiter: Waiter, topic: String, error: ClientError| {
+            waiter.complete(Err(DeliveryError { topic, partition: record.partition, error }))
+        };
         if self.closed.load(Ordering::Acquire) {
-            return waiter.complete(Err(closed()));
+            return fail(waiter, record.topic, closed());
         }
         let partitions = match self.shared.router.partition_count(&record.topic).await {
             Ok(n) => n,
-            Err(e) => return waiter.complete(Err(e)),
+            Err(e) => return fail(waiter, record.topic, e),
         };
         if let Some(p) = record.partition.filter(|&p| p >= partitions) {
-            return waiter.complete(Err(ClientError::new(
-                code::UNKNOWN_TOPIC_OR_PARTITION,
-                "UNKNOWN_TOPIC_OR_PARTITION",
-                format!("topic {:?} has {partitions} partitions; there is no partition {p}", record.topic),
-            )));
+            let topic = record.topic.clone();
+            return fail(
+                waiter,
+                topic,
+                ClientError::new(
+                    code::UNKNOWN_TOPIC_OR_PARTITION,
+                    "UNKNOWN_TOPIC_OR_PARTITION",
+                    format!(
+                        "topic {:?} has {partitions} partitions; there is no partition {p}",
+                        record.topic
+                    ),
+                ),
+            );
         }
         let timestamp_ms = record.timestamp_ms.unwrap_or_else(now_ms);
+        let (topic, fixed) = (record.topic, record.partition);
         let new = NewRecord { key: record.key, value: record.value, headers: record.headers, timestamp_ms };
         let bytes = record_size_max(&new);
         let Some(permits) = u32::try_from(bytes).ok().filter(|_| bytes <= self.shared.config.buffer_memory)
         else {
-            return waiter.complete(Err(ClientError::new(
-                code::MESSAGE_TOO_LARGE,
-                "MESSAGE_TOO_LARGE",
-                format!(
-                    "a record of up to {bytes} bytes does not fit the producer's buffer of {} bytes",
-                    self.shared.config.buffer_memory
-                ),
-            )));
+            let message = format!(
+                "a record of up to {bytes} bytes does not fit the producer's buffer of {} bytes",
+                self.shared.config.buffer_memory
+            );
+            return fail(
+                waiter,
+                topic,
+                ClientError::new(code::MESSAGE_TOO_LARGE, "MESSAGE_TOO_LARGE", message),
+            );
         };
         match self.shared.memory.acquire_many(permits).await {
             // Given back by the partition task when the record's batch completes.
             Ok(permit) => permit.forget(),
-            Err(_) => return waiter.complete(Err(closed())),
+            Err(_) => return fail(waiter, topic, closed()),
         }
         let command = Command::Record {
-            topic: Arc::from(record.topic),
+            topic: Arc::from(topic.as_str()),
             partitions,
-            fixed: record.partition,
+            fixed,
             record: new,
             pending: Pending { waiter, timestamp_ms },
             bytes,
@@ -537,7 +588,7 @@ impl Producer {
         if let Err(mpsc::error::SendError(command)) = self.tx.send(command) {
             self.shared.memory.add_permits(bytes);
             if let Command::Record { pending, .. } = command {
-                pending.waiter.complete(Err(closed()));
+                fail(pending.waiter, topic, closed());
             }
         }
     }
@@ -600,7 +651,14 @@ async fn drive(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Command>) {
             if let Err(mpsc::error::SendError(ToPartition::Batch(cut))) = inbox.send(ToPartition::Batch(cut))
             {
                 shared.memory.add_permits(cut.bytes);
-                cut.waiters.into_iter().for_each(|p| p.waiter.complete(Err(stopped())));
+                for p in cut.waiters {
+                    let error = DeliveryError {
+                        topic: cut.tp.0.to_string(),
+                        partition: Some(cut.tp.1),
+                        error: stopped(),
+                    };
+                    p.waiter.complete(Err(error));
+                }
             }
         }
     };
@@ -971,7 +1029,11 @@ impl PartitionSender {
                     offset: if *base >= 0 { base + i as i64 } else { -1 },
                     timestamp_ms: p.timestamp_ms,
                 }),
-                Err(e) => Err(e.clone()),
+                Err(e) => Err(DeliveryError {
+                    topic: self.topic.to_string(),
+                    partition: Some(self.partition),
+                    error: e.clone(),
+                }),
             };
             p.waiter.complete(delivery);
         }

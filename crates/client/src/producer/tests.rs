@@ -416,9 +416,10 @@ async fn a_batch_failing_for_good_fails_the_later_ones_and_the_partition_starts_
         results.push(f.await);
     }
     assert_eq!(results[0].as_ref().unwrap().offset, 0);
-    assert_eq!(results[1].as_ref().unwrap_err().code, 10);
+    assert_eq!(results[1].as_ref().unwrap_err().error.code, 10);
+    assert_eq!(results[1].as_ref().unwrap_err().partition, Some(0));
     for r in &results[2..] {
-        let e = r.as_ref().unwrap_err();
+        let e = &r.as_ref().unwrap_err().error;
         assert_eq!(e.code, 10);
         assert!(e.message.contains("an earlier batch of partition 0 failed"), "{e}");
     }
@@ -473,7 +474,7 @@ async fn flush_delivers_without_waiting_for_linger_and_close_refuses_more() {
     }
     producer.close().await;
     let e = producer.send(record(2, 3)).await.await.unwrap_err();
-    assert_eq!(e.name, "PRODUCER_CLOSED");
+    assert_eq!(e.error.name, "PRODUCER_CLOSED");
     let e = producer.send(ProducerRecord::new("t", "x").partition(9)).await;
     assert!(e.await.is_err());
 }
