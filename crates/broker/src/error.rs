@@ -46,6 +46,10 @@ pub enum ErrorCode {
     NotEnoughReplicasAfterAppend,
     /// 42: the request is malformed.
     InvalidRequest,
+    /// 45: an idempotent batch whose sequence does not follow the producer's last one.
+    OutOfOrderSequenceNumber,
+    /// 47: an idempotent batch from an older epoch of its producer.
+    InvalidProducerEpoch,
     /// 56: the log cannot be written (a failed disk).
     KafkaStorageError,
     /// 87: a record the broker refuses.
@@ -67,6 +71,8 @@ impl ErrorCode {
             ErrorCode::NotEnoughReplicas => 19,
             ErrorCode::NotEnoughReplicasAfterAppend => 20,
             ErrorCode::InvalidRequest => 42,
+            ErrorCode::OutOfOrderSequenceNumber => 45,
+            ErrorCode::InvalidProducerEpoch => 47,
             ErrorCode::KafkaStorageError => 56,
             ErrorCode::InvalidRecord => 87,
         }
@@ -86,6 +92,8 @@ impl ErrorCode {
             ErrorCode::NotEnoughReplicas => "NOT_ENOUGH_REPLICAS",
             ErrorCode::NotEnoughReplicasAfterAppend => "NOT_ENOUGH_REPLICAS_AFTER_APPEND",
             ErrorCode::InvalidRequest => "INVALID_REQUEST",
+            ErrorCode::OutOfOrderSequenceNumber => "OUT_OF_ORDER_SEQUENCE_NUMBER",
+            ErrorCode::InvalidProducerEpoch => "INVALID_PRODUCER_EPOCH",
             ErrorCode::KafkaStorageError => "KAFKA_STORAGE_ERROR",
             ErrorCode::InvalidRecord => "INVALID_RECORD",
         }
@@ -106,6 +114,8 @@ impl ErrorCode {
             | ErrorCode::NotEnoughReplicas
             | ErrorCode::NotEnoughReplicasAfterAppend => Code::Unavailable,
             ErrorCode::RequestTimedOut => Code::DeadlineExceeded,
+            // Retrying the same batch cannot succeed: the producer has to act.
+            ErrorCode::OutOfOrderSequenceNumber | ErrorCode::InvalidProducerEpoch => Code::FailedPrecondition,
         }
     }
 }
@@ -196,6 +206,17 @@ impl BrokerError {
             }
             other => BrokerError::new(ErrorCode::UnknownServerError, format!("{what}: {other}")),
         }
+    }
+
+    /// An idempotent batch the partition's producer state refuses.
+    pub fn from_producer(what: impl std::fmt::Display, error: crate::producer::ProducerError) -> Self {
+        use crate::producer::ProducerError;
+        let code = match error {
+            ProducerError::Invalid { .. } => ErrorCode::InvalidRecord,
+            ProducerError::FencedEpoch { .. } => ErrorCode::InvalidProducerEpoch,
+            ProducerError::OutOfOrder { .. } => ErrorCode::OutOfOrderSequenceNumber,
+        };
+        BrokerError::new(code, format!("{what}: {error}"))
     }
 
     /// A refused batch: its CRC or framing is wrong, or it is too large.

@@ -11,6 +11,7 @@
 
 pub mod cache;
 pub mod error;
+pub mod producer;
 pub mod replica;
 pub mod replication;
 pub mod service;
@@ -147,8 +148,13 @@ impl Broker {
             Arc::new(ReplicaManager::open(config.id, &config.log_dir, config.log_defaults.clone())?);
         let cancel = CancellationToken::new();
         let cache = Arc::new(RwLock::new(MetadataCache::default()));
-        let plane = Arc::new(DataPlane::new(config.id, Arc::clone(&replicas), Arc::clone(&cache)));
         let (status_tx, status) = watch::channel(BrokerStatus { fenced: true, ..BrokerStatus::default() });
+        let producer_ids =
+            ProducerIds::new(config.id, config.controllers.clone(), config.request_timeout, status.clone());
+        let plane = Arc::new(
+            DataPlane::new(config.id, Arc::clone(&replicas), Arc::clone(&cache))
+                .with_producer_ids(Arc::new(producer_ids)),
+        );
         let status_tx = Arc::new(status_tx);
         let mut tasks = JoinSet::new();
         tasks.spawn(reconcile_task(
@@ -403,6 +409,112 @@ pub(crate) async fn alter_partition(
         }
     }
     Err(last)
+}
+
+/// Calls the controller leader with `call`, trying the voters in turn (followers forward to
+/// the leader; a NOT_CONTROLLER hint is followed), until one answers or all failed. A
+/// refusal with Kafka's code is the controller's answer and is not retried.
+async fn call_controller<T, F, Fut>(
+    controllers: &[String],
+    timeout: Duration,
+    mut call: F,
+) -> Result<T, tonic::Status>
+where
+    F: FnMut(ControllerServiceClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let mut picker = Controllers::new(controllers.to_vec(), 0);
+    let mut last = tonic::Status::unavailable("no controller");
+    for _ in 0..controllers.len() + 1 {
+        let addr = picker.current();
+        match call(client(&addr, timeout, true)?).await {
+            Ok(response) => return Ok(response.into_inner()),
+            Err(e) => {
+                if e.metadata().get(ERROR_CODE_KEY).is_some()
+                    && e.metadata().get(LEADER_KEY).is_none()
+                    && e.code() != tonic::Code::Unavailable
+                {
+                    return Err(e);
+                }
+                picker.failed(&e);
+                last = e;
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Hands out producer ids for `InitProducerId` from blocks the controller quorum allocates
+/// to this broker (`AllocateProducerIds`), so no id is handed out twice in the cluster. Ids
+/// left in a block when the process stops are never used: a restarted broker asks for a
+/// new block.
+#[derive(Debug)]
+pub struct ProducerIds {
+    broker_id: u32,
+    controllers: Vec<String>,
+    request_timeout: Duration,
+    status: watch::Receiver<BrokerStatus>,
+    /// The unused rest of the current block. The async lock is held across a block fetch, so
+    /// concurrent callers wait for one fetch instead of each fetching a block.
+    block: tokio::sync::Mutex<std::ops::Range<i64>>,
+}
+
+impl ProducerIds {
+    /// Ids for broker `broker_id` (its epoch read from `status`), from `controllers`.
+    pub fn new(
+        broker_id: u32,
+        controllers: Vec<String>,
+        request_timeout: Duration,
+        status: watch::Receiver<BrokerStatus>,
+    ) -> Self {
+        ProducerIds { broker_id, controllers, request_timeout, status, block: tokio::sync::Mutex::new(0..0) }
+    }
+
+    /// The next unused producer id. Fails with LEADER_NOT_AVAILABLE before the broker has
+    /// registered, and REQUEST_TIMED_OUT when the controller quorum cannot allocate a block
+    /// now; both are retriable.
+    pub async fn next(&self) -> Result<i64, BrokerError> {
+        let mut block = self.block.lock().await;
+        if let Some(id) = block.next() {
+            return Ok(id);
+        }
+        let broker_epoch = self.status.borrow().epoch;
+        if broker_epoch == 0 {
+            return Err(BrokerError::new(
+                ErrorCode::LeaderNotAvailable,
+                "this broker has not registered with the controller yet; retry",
+            ));
+        }
+        let request = pb::AllocateProducerIdsRequest { broker_id: self.broker_id, broker_epoch };
+        let answer = call_controller(&self.controllers, self.request_timeout, |mut c| async move {
+            c.allocate_producer_ids(request).await
+        })
+        .await
+        .map_err(|e| {
+            tracing::warn!(broker = self.broker_id, "allocating producer ids failed: {e}");
+            BrokerError::new(
+                ErrorCode::RequestTimedOut,
+                format!("the controller quorum could not allocate producer ids now; retry ({})", e.message()),
+            )
+        })?;
+        let end = answer.first_id.checked_add(i64::from(answer.count));
+        match end {
+            Some(end) if answer.first_id >= 0 && answer.count > 0 => {
+                tracing::info!(
+                    broker = self.broker_id,
+                    first = answer.first_id,
+                    end,
+                    "got a block of producer ids"
+                );
+                *block = answer.first_id + 1..end;
+                Ok(answer.first_id)
+            }
+            _ => Err(BrokerError::new(
+                ErrorCode::UnknownServerError,
+                format!("the controller answered an invalid producer id block {answer:?}"),
+            )),
+        }
+    }
 }
 
 /// Follows the metadata: after every change of the cache's version, brings the hosted

@@ -21,12 +21,14 @@ use std::time::{Duration, Instant};
 
 use runnel_proto::pb::runnel::v1 as pb;
 use runnel_storage::{
-    AppendInfo, FsyncPolicy, Log, LogConfig, LogError, LogManager, ReadInfo, TopicPartition, crashsafe,
+    BATCH_BYTES_LIMIT, BatchHeader, FsyncPolicy, Log, LogConfig, LogError, LogManager, ReadInfo,
+    TopicPartition, crashsafe,
 };
 use tokio::sync::watch;
 
 use crate::cache::{MetadataCache, PartitionEntry};
 use crate::error::{BrokerError, ErrorCode, LeaderHint};
+use crate::producer::{ProducerBatch, ProducerStates, Verdict};
 
 /// Name of the file, in each partition directory, holding the topic id (32 hex digits). It
 /// tells a log of a deleted topic from one of a new topic with the same name.
@@ -71,6 +73,18 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// `min.insync.replicas`.
     pub min_insync_replicas: usize,
+}
+
+/// Where a produced batch is in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Offset of its first record.
+    pub base_offset: u64,
+    /// Offset of its last record.
+    pub last_offset: u64,
+    /// True when the batch was an idempotent producer's retry of a batch already in the log:
+    /// nothing was appended, and the offsets are the original's.
+    pub duplicate: bool,
 }
 
 /// What the leader knows of one follower, from its replica fetches.
@@ -122,6 +136,10 @@ pub struct Partition {
     /// The log's durable end, as the log's durable listener last reported it: a follower
     /// waits on it, without a blocking thread, before reporting its offsets.
     durable: watch::Sender<u64>,
+    /// The idempotent producers of the log, always describing exactly its batches: held
+    /// across every change of the log (a leader's check and append, a follower's append or
+    /// truncation and the rebuild after it). Lock order: state, then producers, then log.
+    producers: Mutex<ProducerStates>,
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -160,6 +178,7 @@ impl Partition {
         limits: Limits,
         appended: Arc<watch::Sender<u64>>,
     ) -> Arc<Self> {
+        let producers = rebuild_producers(&tp, &log);
         let partition = Arc::new(Partition {
             tp,
             topic_id,
@@ -187,6 +206,7 @@ impl Partition {
             }),
             appended,
             durable: watch::Sender::new(0),
+            producers: Mutex::new(producers),
         });
         partition.durable.send_replace(partition.log.durable_end());
         let weak: Weak<Partition> = Arc::downgrade(&partition);
@@ -335,9 +355,19 @@ impl Partition {
         }
     }
 
+    /// The latest epoch and remembered batches of an idempotent producer, if known here.
+    pub fn producer_state(&self, producer_id: i64) -> Option<(i16, Vec<crate::producer::BatchEntry>)> {
+        lock(&self.producers).producer(producer_id)
+    }
+
     /// Appends one batch as leader, stamping the current leader epoch. With `acks_all`, first
     /// checks that the ISR has at least `min.insync.replicas` members.
-    pub fn append(&self, batch: &mut [u8], acks_all: bool) -> Result<AppendInfo, BrokerError> {
+    ///
+    /// A batch of an idempotent producer (producer id >= 0 in its header) is checked against
+    /// the producer state first: a retry of one of the producer's last batches is answered
+    /// with the original's offsets and not appended; an older epoch is INVALID_PRODUCER_EPOCH,
+    /// a sequence that does not follow OUT_OF_ORDER_SEQUENCE_NUMBER.
+    pub fn append(&self, batch: &mut [u8], acks_all: bool) -> Result<Appended, BrokerError> {
         let st = read(&self.state);
         let epoch = self.leader_epoch_of(&st)?;
         let min = read(&self.limits).min_insync_replicas;
@@ -352,12 +382,30 @@ impl Partition {
                 ),
             ));
         }
+        // A header that does not parse is refused by the log below, with the reason.
+        let producer = match BatchHeader::parse(batch, BATCH_BYTES_LIMIT) {
+            Ok(header) => ProducerBatch::of(&header).map_err(|e| BrokerError::from_producer(&self.tp, e))?,
+            Err(_) => None,
+        };
+        // The producer lock is held from the check to the record, so two copies of one batch
+        // (a retry racing its original) cannot both pass the check.
+        let mut producers = lock(&self.producers);
+        if let Some(p) = &producer
+            && let Verdict::Duplicate { first_offset, last_offset } =
+                producers.check(p).map_err(|e| BrokerError::from_producer(&self.tp, e))?
+        {
+            return Ok(Appended { base_offset: first_offset, last_offset, duplicate: true });
+        }
         // The state lock is held across the append, so the epoch stamped is the epoch this
         // broker leads in at the moment the batch enters the log.
         let info = self.log.append(batch, epoch).map_err(|e| BrokerError::from_log(&self.tp, e))?;
+        if let Some(p) = &producer {
+            producers.record(p, info.base_offset, info.last_offset);
+        }
+        drop(producers);
         drop(st);
         self.appended.send_modify(|n| *n = n.wrapping_add(1));
-        Ok(info)
+        Ok(Appended { base_offset: info.base_offset, last_offset: info.last_offset, duplicate: false })
     }
 
     /// Waits until the HW passes `end` (the offset after a produced batch), as acks=all
@@ -538,10 +586,17 @@ impl Partition {
     /// Applies the leader's answer as a follower: appends its batches, truncates where the
     /// logs diverged, takes its HW. Answers whether anything was appended. Blocking.
     pub fn apply_replica_fetch(&self, data: &pb::ReplicaFetchPartitionData) -> Result<bool, BrokerError> {
+        // Held across every change of the log below, so the producer state follows it: a
+        // follower that becomes leader already deduplicates its predecessor's batches.
+        let mut producers = lock(&self.producers);
         if data.diverging {
             let own = self.log.end_offset_for_epoch(data.diverging_epoch).map_or(0, |(_, end)| end);
             let to = data.diverging_end_offset.min(own).max(self.log.log_start());
+            let before = self.log.log_end();
             let end = self.log.truncate_to(to).map_err(|e| BrokerError::from_log(&self.tp, e))?;
+            if end < before {
+                *producers = rebuild_producers(&self.tp, &self.log);
+            }
             tracing::info!(partition = %self.tp, epoch = data.diverging_epoch, to = end, "truncated where the log diverged from the leader's");
             return Ok(false);
         }
@@ -554,10 +609,12 @@ impl Partition {
                     self.log
                         .truncate_fully_and_start_at(data.log_start_offset)
                         .map_err(|e| BrokerError::from_log(&self.tp, e))?;
+                    *producers = ProducerStates::new();
                 } else if offsets.log_end > data.log_end_offset {
                     self.log
                         .truncate_to(data.log_end_offset)
                         .map_err(|e| BrokerError::from_log(&self.tp, e))?;
+                    *producers = rebuild_producers(&self.tp, &self.log);
                 }
                 return Ok(false);
             }
@@ -572,8 +629,15 @@ impl Partition {
             false
         } else {
             self.log.append_replicated(&data.batches).map_err(|e| BrokerError::from_log(&self.tp, e))?;
+            // append_replicated checked every batch (CRCs included): only headers are read here.
+            let mut rest: &[u8] = &data.batches;
+            while let Ok(header) = BatchHeader::parse(rest, BATCH_BYTES_LIMIT) {
+                producers.record_header(&header);
+                rest = rest.get(header.total_len()..).unwrap_or_default();
+            }
             true
         };
+        drop(producers);
         self.raise_high_watermark(data.high_watermark.min(self.log.log_end()));
         Ok(appended)
     }
@@ -681,6 +745,43 @@ impl Partition {
             Err(e) => Err(BrokerError::from_log(&self.tp, e)),
         }
     }
+}
+
+/// The idempotent-producer state of `log`, rebuilt from its batch headers from the log
+/// start: one 61-byte `pread` per batch, records untouched, so about a second per million
+/// batches from the page cache (more from a cold disk), paid when the log is opened and
+/// after a follower truncates. A damaged segment is skipped with a warning: its producers
+/// may then see a retry appended again or an OUT_OF_ORDER_SEQUENCE_NUMBER.
+fn rebuild_producers(tp: &TopicPartition, log: &Log) -> ProducerStates {
+    let started = Instant::now();
+    let headers = match log.batch_headers(log.log_start()) {
+        Ok(headers) => headers,
+        Err(e) => {
+            tracing::warn!(partition = %tp, "cannot read the log to rebuild the producer state: {e}");
+            return ProducerStates::new();
+        }
+    };
+    let mut batches = 0u64;
+    let states = ProducerStates::rebuild(headers.filter_map(|header| match header {
+        Ok(header) => {
+            batches += 1;
+            Some(header)
+        }
+        Err(e) => {
+            tracing::warn!(partition = %tp, "skipping a damaged segment while rebuilding the producer state: {e}");
+            None
+        }
+    }));
+    if batches > 0 {
+        tracing::info!(
+            partition = %tp,
+            batches,
+            producers = states.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "rebuilt the idempotent producer state from the log"
+        );
+    }
+    states
 }
 
 /// The log settings and limits a topic's configs ask for, over `defaults`. The controller

@@ -252,3 +252,123 @@ fn isr_changes_count_only_once_committed() {
     let dead = |id: u32| id != 3;
     assert!(b.p(1).propose_isr(Duration::from_secs(60), &dead).is_none());
 }
+
+// ----- idempotent producers -----
+
+fn idempotent(producer_id: i64, epoch: i16, base_sequence: i32, values: &[&str]) -> Vec<u8> {
+    let mut b = BatchBuilder::new(Compression::None).producer(producer_id, epoch, base_sequence);
+    for v in values {
+        b.push(NewRecord::with_value(v.as_bytes().to_vec(), 1_000));
+    }
+    b.build().unwrap()
+}
+
+#[test]
+fn a_follower_that_replicated_a_batch_answers_its_retry_as_a_duplicate_once_it_leads() {
+    let b = Brokers::new(2, &cache(1, &[1, 2], &[1, 2], 0, Some("1")));
+    let first = b.p(1).append(&mut idempotent(5, 0, 0, &["a", "b", "c"]), false).unwrap();
+    let second = b.p(1).append(&mut idempotent(5, 0, 3, &["d", "e"]), false).unwrap();
+    assert_eq!((second.base_offset, second.last_offset, second.duplicate), (3, 4, false));
+    let retry = b.p(1).append(&mut idempotent(5, 0, 0, &["a", "b", "c"]), false).unwrap();
+    assert_eq!(
+        (retry.base_offset, retry.last_offset, retry.duplicate),
+        (first.base_offset, first.last_offset, true)
+    );
+    b.fetch(2, 1);
+    b.fetch(2, 1);
+    assert_eq!(b.p(2).log().log_end(), 5);
+
+    // Broker 1 dies; broker 2 leads in epoch 1 and gets the producer's retry of its last batch.
+    b.set(2, &cache(2, &[1, 2], &[2], 1, Some("1")));
+    let answer = b.p(2).append(&mut idempotent(5, 0, 3, &["d", "e"]), true).unwrap();
+    assert_eq!((answer.base_offset, answer.last_offset, answer.duplicate), (3, 4, true));
+    assert_eq!(b.p(2).log().log_end(), 5, "the retry was not appended again");
+    let err = b.p(2).append(&mut idempotent(5, 0, 9, &["z"]), true).unwrap_err();
+    assert_eq!(err.code, ErrorCode::OutOfOrderSequenceNumber);
+    let next = b.p(2).append(&mut idempotent(5, 0, 5, &["f"]), true).unwrap();
+    assert_eq!((next.base_offset, next.duplicate), (5, false));
+    assert_eq!(b.p(2).producer_state(5).unwrap().1.len(), 3);
+}
+
+#[test]
+fn a_follower_that_truncates_rebuilds_its_producer_state_from_what_is_left() {
+    // Epoch 0: broker 1 leads; producer 1's first batch reaches both brokers.
+    let b = Brokers::new(2, &cache(1, &[1, 2], &[1, 2], 0, Some("1")));
+    b.p(1).append(&mut idempotent(1, 0, 0, &["a", "b", "c"]), true).unwrap();
+    b.fetch(2, 1);
+    b.fetch(2, 1);
+    // Epoch 1: broker 2, cut off, believes it leads and takes producer 1's next batch alone.
+    b.set(2, &cache(2, &[1, 2], &[2], 1, Some("1")));
+    b.p(2).append(&mut idempotent(1, 0, 3, &["x", "y"]), false).unwrap();
+    assert_eq!(b.p(2).producer_state(1).unwrap().1.len(), 2);
+    // Epoch 2: broker 1 leads again and takes another producer's batch.
+    b.set(1, &cache(1, &[1, 2], &[1], 2, Some("1")));
+    b.p(1).append(&mut idempotent(2, 0, 0, &["d", "e", "f", "g"]), true).unwrap();
+    b.set(2, &cache(1, &[1, 2], &[1], 2, Some("1")));
+    let answer = b.fetch(2, 1);
+    assert!(answer.diverging, "{answer:?}");
+    assert_eq!(b.p(2).log().log_end(), 3);
+    assert_eq!(
+        b.p(2).producer_state(1),
+        b.p(1).producer_state(1),
+        "the batch cut off by the truncation is forgotten"
+    );
+    assert_eq!(b.p(2).producer_state(1).unwrap().1.len(), 1);
+    b.fetch(2, 1);
+    assert_eq!(b.p(2).producer_state(2), b.p(1).producer_state(2));
+
+    // Broker 2 leads next: producer 1's retry of the lost batch is appended, not a duplicate.
+    b.set(2, &cache(2, &[1, 2], &[2], 3, Some("1")));
+    let retry = b.p(2).append(&mut idempotent(1, 0, 3, &["x", "y"]), true).unwrap();
+    assert_eq!((retry.base_offset, retry.duplicate), (7, false));
+}
+
+#[test]
+fn a_reopened_log_rebuilds_its_producer_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let defaults = LogConfig {
+        fsync: FsyncPolicy::Never,
+        segment_bytes: 1024,
+        index_interval_bytes: 256,
+        preallocate_bytes: 0,
+        ..LogConfig::default()
+    };
+    let metadata = cache(1, &[1], &[1], 0, None);
+    let tp = TopicPartition::new("t", 0);
+    let value = "v".repeat(200);
+    let before = {
+        let m = ReplicaManager::open(1, dir.path(), defaults.clone()).unwrap();
+        m.reconcile(&metadata);
+        let p = m.get(&tp).unwrap();
+        for seq in 0..12 {
+            p.append(&mut idempotent(3, 0, seq, &[&value]), false).unwrap();
+            p.append(&mut batch(&["plain"]), false).unwrap();
+        }
+        p.append(&mut idempotent(4, 2, 0, &["a", "b"]), false).unwrap();
+        assert!(p.log().segment_count() > 2, "the rebuild must cross segments");
+        (p.producer_state(3), p.producer_state(4))
+    };
+    let m = ReplicaManager::open(1, dir.path(), defaults).unwrap();
+    m.reconcile(&metadata);
+    let p = m.get(&tp).unwrap();
+    assert_eq!((p.producer_state(3), p.producer_state(4)), before);
+    let retry = p.append(&mut idempotent(3, 0, 11, &[&value]), false).unwrap();
+    assert_eq!((retry.base_offset, retry.duplicate), (22, true));
+    let fenced = p.append(&mut idempotent(4, 1, 2, &["c"]), false).unwrap_err();
+    assert_eq!(fenced.code, ErrorCode::InvalidProducerEpoch);
+}
+
+#[test]
+fn concurrent_copies_of_one_batch_are_appended_once() {
+    let b = Brokers::new(1, &cache(1, &[1], &[1], 0, None));
+    let p = b.p(1);
+    let answers: Vec<Appended> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| p.append(&mut idempotent(6, 0, 0, &["only", "once"]), false).unwrap()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(answers.iter().filter(|a| !a.duplicate).count(), 1);
+    assert!(answers.iter().all(|a| (a.base_offset, a.last_offset) == (0, 1)));
+    assert_eq!(p.log().log_end(), 2);
+}

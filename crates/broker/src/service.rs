@@ -1,5 +1,5 @@
 //! The client gRPC API (`BrokerService` of `proto/runnel/v1/broker.proto`): produce, fetch,
-//! list offsets and metadata, over the hosted partitions.
+//! list offsets, metadata and producer ids, over the hosted partitions.
 //!
 //! Every request is validated into plain values before it touches a log. Stored batches are
 //! served as they are with `RECORD_FORMAT_BATCHES`; only `RECORD_FORMAT_RECORDS` decodes.
@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::ProducerIds;
 use crate::cache::MetadataCache;
 use crate::error::{BrokerError, ErrorCode, LeaderHint};
 use crate::replica::{Partition, ReplicaManager};
@@ -39,7 +40,12 @@ pub const PRODUCE_TIMEOUT_MAX: Duration = Duration::from_secs(300);
 /// Requests a produce stream may have in flight before the broker stops reading more
 /// (`produce_stream_in_flight_max`); HTTP/2 flow control then holds the client back.
 pub const PRODUCE_STREAM_IN_FLIGHT_MAX: usize = 256;
-pub use runnel_proto::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW};
+/// HTTP/2 flow-control window of one stream, for servers and clients of this service.
+/// hyper's defaults (1 MiB on a server, 2 MiB on a client) are smaller than one default
+/// fetch response, so a sender stalls for a window update in the middle of every message.
+pub const HTTP2_STREAM_WINDOW: u32 = 8 << 20;
+/// HTTP/2 flow-control window of a whole connection (several streams share it).
+pub const HTTP2_CONNECTION_WINDOW: u32 = 32 << 20;
 /// Responses a fetch stream buffers ahead of the client.
 const FETCH_STREAM_BUFFER: usize = 2;
 /// How long one wait of a fetch stream lasts before it checks again that it still leads.
@@ -51,6 +57,25 @@ pub struct DataPlane {
     broker_id: u32,
     replicas: Arc<ReplicaManager>,
     cache: Arc<RwLock<MetadataCache>>,
+    /// Where InitProducerId gets ids; `None` in tests without a controller.
+    producer_ids: Option<Arc<ProducerIds>>,
+}
+
+/// The idempotence fields of a `records` produce request: producer id, epoch, base sequence.
+fn validated_producer(producer: &pb::ProducerBatch) -> Result<(i64, i16, i32), BrokerError> {
+    let epoch = i16::try_from(producer.producer_epoch).ok().filter(|e| *e >= 0);
+    match epoch {
+        Some(epoch) if producer.producer_id >= 0 && producer.base_sequence >= 0 => {
+            Ok((producer.producer_id, epoch, producer.base_sequence))
+        }
+        _ => Err(BrokerError::invalid(format!(
+            "producer id {}, epoch {} and base sequence {} must be >= 0, and the epoch at most {}",
+            producer.producer_id,
+            producer.producer_epoch,
+            producer.base_sequence,
+            i16::MAX
+        ))),
+    }
 }
 
 fn validated_acks(acks: i32) -> Result<pb::Acks, BrokerError> {
@@ -78,7 +103,24 @@ enum AfterAppend {
 impl DataPlane {
     /// A data plane over `replicas`, looking partitions up in `cache`.
     pub fn new(broker_id: u32, replicas: Arc<ReplicaManager>, cache: Arc<RwLock<MetadataCache>>) -> Self {
-        DataPlane { broker_id, replicas, cache }
+        DataPlane { broker_id, replicas, cache, producer_ids: None }
+    }
+
+    /// The same, answering InitProducerId from `producer_ids`.
+    pub fn with_producer_ids(mut self, producer_ids: Arc<ProducerIds>) -> Self {
+        self.producer_ids = Some(producer_ids);
+        self
+    }
+
+    /// A producer id and epoch for a new idempotent producer.
+    pub async fn init_producer_id(&self) -> Result<pb::InitProducerIdResponse, BrokerError> {
+        let Some(ids) = &self.producer_ids else {
+            return Err(BrokerError::new(
+                ErrorCode::UnknownServerError,
+                "this data plane runs without a controller and hands out no producer ids",
+            ));
+        };
+        Ok(pb::InitProducerIdResponse { producer_id: ids.next().await?, producer_epoch: 0 })
     }
 
     fn cache(&self) -> std::sync::RwLockReadGuard<'_, MetadataCache> {
@@ -175,11 +217,18 @@ impl DataPlane {
             }
             ms => Duration::from_millis(ms),
         };
+        let producer = request.producer.as_ref().map(validated_producer).transpose()?;
         let partition = self.leader_partition(&request.topic, request.partition)?;
         let max = partition.limits().max_message_bytes;
         let mut batch = match request.data {
             None => return Err(BrokerError::invalid("a produce request needs records or a batch")),
-            Some(pb::produce_request::Data::Records(list)) => build_batch(list.records, max)?,
+            Some(pb::produce_request::Data::Records(list)) => build_batch(list.records, max, producer)?,
+            Some(pb::produce_request::Data::Batch(_)) if producer.is_some() => {
+                return Err(BrokerError::invalid(
+                    "`producer` goes with `records` only: a batch carries its producer id, epoch and \
+                     base sequence in its own header",
+                ));
+            }
             Some(pb::produce_request::Data::Batch(bytes)) => {
                 if bytes.len() > max {
                     return Err(BrokerError::new(
@@ -206,19 +255,21 @@ impl DataPlane {
             .append(&mut batch, acks_all)
             .map_err(|e| self.enrich(&request.topic, request.partition, e))?;
         let log_start_offset = partition.log().log_start() as i64;
+        let duplicate = info.duplicate;
         Ok(match acks {
             pb::Acks::None => AfterAppend::Done(pb::ProduceResponse {
                 base_offset: -1,
                 last_offset: -1,
                 log_start_offset,
-                duplicate: false,
+                duplicate,
             }),
             pb::Acks::Leader => AfterAppend::Done(pb::ProduceResponse {
                 base_offset: info.base_offset as i64,
                 last_offset: info.last_offset as i64,
                 log_start_offset,
-                duplicate: false,
+                duplicate,
             }),
+            // A duplicate waits too: its original may not be committed yet.
             pb::Acks::All | pb::Acks::Unspecified => AfterAppend::Commit {
                 partition,
                 end: info.last_offset + 1,
@@ -227,7 +278,7 @@ impl DataPlane {
                     base_offset: info.base_offset as i64,
                     last_offset: info.last_offset as i64,
                     log_start_offset,
-                    duplicate: false,
+                    duplicate,
                 },
             },
         })
@@ -369,8 +420,13 @@ impl DataPlane {
     }
 }
 
-/// Builds one uncompressed batch from a request's records, checking each against the limit.
-fn build_batch(records: Vec<pb::Record>, max: usize) -> Result<Vec<u8>, BrokerError> {
+/// Builds one uncompressed batch from a request's records, checking each against the limit,
+/// with the idempotent producer's id, epoch and base sequence in its header if given.
+fn build_batch(
+    records: Vec<pb::Record>,
+    max: usize,
+    producer: Option<(i64, i16, i32)>,
+) -> Result<Vec<u8>, BrokerError> {
     if records.is_empty() {
         return Err(BrokerError::invalid("a produce request needs at least one record"));
     }
@@ -378,6 +434,9 @@ fn build_batch(records: Vec<pb::Record>, max: usize) -> Result<Vec<u8>, BrokerEr
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     let mut builder = BatchBuilder::new(Compression::None);
+    if let Some((producer_id, epoch, base_sequence)) = producer {
+        builder = builder.producer(producer_id, epoch, base_sequence);
+    }
     for (i, record) in records.into_iter().enumerate() {
         let timestamp_ms = match record.timestamp_ms {
             None => now,
@@ -670,20 +729,18 @@ impl BrokerService for BrokerGrpc {
         Ok(Response::new(self.plane.list_offsets(request.get_ref())?))
     }
 
+    async fn init_producer_id(
+        &self,
+        _request: Request<pb::InitProducerIdRequest>,
+    ) -> Result<Response<pb::InitProducerIdResponse>, Status> {
+        Ok(Response::new(self.plane.init_producer_id().await?))
+    }
+
     async fn metadata(
         &self,
         request: Request<pb::MetadataRequest>,
     ) -> Result<Response<pb::MetadataResponse>, Status> {
         Ok(Response::new(self.plane.metadata(request.get_ref())?))
-    }
-
-    /// Producer ids are branch `idem`'s (the broker side of idempotence); until it is merged
-    /// this broker refuses idempotent producers, which then say so.
-    async fn init_producer_id(
-        &self,
-        _: Request<pb::InitProducerIdRequest>,
-    ) -> Result<Response<pb::InitProducerIdResponse>, Status> {
-        Err(Status::unimplemented("this broker does not hand out producer ids yet"))
     }
 }
 

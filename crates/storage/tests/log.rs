@@ -439,3 +439,96 @@ fn fsync_policy_parses_and_config_is_validated() {
         assert!(matches!(Log::open(d.path(), bad), Err(LogError::Config(_))));
     }
 }
+
+/// The header of every batch, read through `batch_headers` from `from`.
+fn walked(log: &Log, from: u64) -> Vec<runnel_storage::BatchHeader> {
+    log.batch_headers(from).unwrap().map(|h| h.expect("a valid header")).collect()
+}
+
+#[test]
+fn batch_headers_walk_every_segment_from_any_offset_without_reading_records() {
+    let d = tempfile::tempdir().unwrap();
+    let log = open(d.path(), FsyncPolicy::Never);
+    let value = "v".repeat(300);
+    let mut expected = Vec::new();
+    for i in 0..40u32 {
+        let values: Vec<&str> = (0..=(i % 3)).map(|_| value.as_str()).collect();
+        let mut b = runnel_storage::BatchBuilder::new(Compression::None);
+        for v in &values {
+            b.push(runnel_storage::NewRecord::with_value(v.as_bytes().to_vec(), 5));
+        }
+        let mut bytes = b.producer(7, 1, i as i32 * 10).build().unwrap();
+        let info = log.append(&mut bytes, 3).unwrap();
+        expected.push((info.base_offset as i64, info.last_offset as i64, i as i32 * 10));
+    }
+    assert!(log.segment_count() > 3, "the walk must cross segments");
+
+    let all = walked(&log, 0);
+    let got: Vec<(i64, i64, i32)> =
+        all.iter().map(|h| (h.base_offset, h.last_offset(), h.base_sequence)).collect();
+    assert_eq!(got, expected);
+    assert!(all.iter().all(|h| h.producer_id == 7 && h.producer_epoch == 1 && h.partition_leader_epoch == 3));
+    assert_eq!(all, headers(&read_whole(&log)), "the same headers as reading the batches");
+
+    // From the middle of a batch: that whole batch first, as reads do.
+    let (base, last, _) = expected[20];
+    let from_mid = walked(&log, (last as u64).max(base as u64));
+    assert_eq!(from_mid.first().map(|h| h.base_offset), Some(base));
+    assert_eq!(from_mid.len(), 20);
+    assert!(walked(&log, log.log_end()).is_empty());
+    assert_eq!(walked(&log, u64::MAX).len(), 0);
+
+    // Below the log start after retention-like truncation: from the log start.
+    log.truncate_to(expected[10].0 as u64).unwrap();
+    assert_eq!(walked(&log, 0).len(), 10, "nothing past a truncation is seen");
+}
+
+/// Every batch of the log, concatenated.
+fn read_whole(log: &Log) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut offset = log.log_start();
+    loop {
+        let (buf, info) = log.read(offset, 1 << 20).unwrap();
+        if info.first_offset.is_none() {
+            return out;
+        }
+        out.extend_from_slice(&buf);
+        offset = info.next_offset;
+    }
+}
+
+#[test]
+fn batch_headers_see_a_snapshot_and_report_damage_per_segment() {
+    let d = tempfile::tempdir().unwrap();
+    let log = open(d.path(), FsyncPolicy::Always);
+    let value = "w".repeat(500);
+    for _ in 0..30 {
+        log.append(&mut batch_of(&[&value], 1), 0).unwrap();
+    }
+    log.flush().unwrap();
+    let segments = log.segment_count();
+    assert!(segments >= 3);
+    let mut walk = log.batch_headers(0).unwrap();
+    let first = walk.next().unwrap().unwrap();
+    log.append(&mut batch_of(&["later"], 1), 0).unwrap();
+    let rest: Vec<_> = walk.map(|h| h.unwrap()).collect();
+    assert_eq!(1 + rest.len(), 30, "a batch appended after the call is not seen");
+    assert_eq!(first.base_offset, 0);
+    drop(log);
+
+    // Damage the second batch header of the first segment (its magic byte).
+    let first_segment = d.path().join(format!("{:020}.log", 0));
+    let bytes = std::fs::read(&first_segment).unwrap();
+    let second = runnel_storage::BatchHeader::parse(&bytes, 1 << 20).unwrap().total_len();
+    let mut damaged = bytes.clone();
+    damaged[second + 16] = 9;
+    std::fs::write(&first_segment, &damaged).unwrap();
+    let log = open(d.path(), FsyncPolicy::Always);
+    let results: Vec<_> = log.batch_headers(0).unwrap().collect();
+    let errors = results.iter().filter(|r| r.is_err()).count();
+    assert_eq!(errors, 1, "one error for the damaged segment: {results:?}");
+    assert!(results[0].is_ok(), "the batch before the damage is seen");
+    assert!(matches!(results[1], Err(LogError::Corrupt { .. })));
+    let last = results.last().unwrap().as_ref().unwrap();
+    assert_eq!(last.next_offset() as u64, log.log_end(), "later segments are still walked");
+}

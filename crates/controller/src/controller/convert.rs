@@ -110,6 +110,12 @@ impl TryFrom<pb::RegisterBrokerRequest> for Command {
     }
 }
 
+impl From<pb::AllocateProducerIdsRequest> for Command {
+    fn from(request: pb::AllocateProducerIdsRequest) -> Command {
+        Command::AllocateProducerIds { broker_id: request.broker_id, broker_epoch: request.broker_epoch }
+    }
+}
+
 impl TryFrom<pb::AlterPartitionRequest> for Command {
     type Error = ControllerError;
 
@@ -187,8 +193,8 @@ pub(crate) fn image(image: &ClusterMetadata) -> pb::MetadataImage {
     }
 }
 
-/// One delta as protobuf.
-pub(crate) fn delta(delta: &MetadataDelta) -> pb::MetadataDelta {
+/// One delta as protobuf; `None` for a change brokers do not watch (producer-id blocks).
+pub(crate) fn delta(delta: &MetadataDelta) -> Option<pb::MetadataDelta> {
     use pb::metadata_delta::Change;
     let change = match delta {
         MetadataDelta::BrokerChanged(broker) => Change::BrokerChanged(broker_info(broker)),
@@ -208,8 +214,9 @@ pub(crate) fn delta(delta: &MetadataDelta) -> pb::MetadataDelta {
                 state: Some(partition_info(*partition, state)),
             })
         }
+        MetadataDelta::ProducerIdsAllocated { .. } => return None,
     };
-    pb::MetadataDelta { change: Some(change) }
+    Some(pb::MetadataDelta { change: Some(change) })
 }
 
 #[cfg(test)]

@@ -489,14 +489,6 @@ impl ControllerService for ControllerGrpcService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    /// Producer id blocks are branch `idem`'s; until it is merged no broker asks for one.
-    async fn allocate_producer_ids(
-        &self,
-        _: Request<pb::AllocateProducerIdsRequest>,
-    ) -> Result<Response<pb::AllocateProducerIdsResponse>, Status> {
-        Err(Status::unimplemented("producer ids are not allocated yet"))
-    }
-
     async fn alter_partition(
         &self,
         request: Request<pb::AlterPartitionRequest>,
@@ -526,6 +518,20 @@ impl ControllerService for ControllerGrpcService {
                 Ok(Response::new(pb::AlterPartitionResponse {
                     state: Some(convert::partition_info(partition, &state)),
                 }))
+            }
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn allocate_producer_ids(
+        &self,
+        request: Request<pb::AllocateProducerIdsRequest>,
+    ) -> Result<Response<pb::AllocateProducerIdsResponse>, Status> {
+        forward_unless_leader!(self, request, allocate_producer_ids);
+        let command = Command::from(request.into_inner());
+        match self.shared.propose(command).await?.outcome {
+            Outcome::ProducerIdsAllocated { first_id, count, .. } => {
+                Ok(Response::new(pb::AllocateProducerIdsResponse { first_id, count }))
             }
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
@@ -677,7 +683,10 @@ async fn watch(shared: Arc<Shared>, tx: mpsc::Sender<Result<pb::MetadataUpdate, 
                 Ok(MachineEvent::Applied { index, response: MetadataResponse::Command(Ok(applied)) })
                     if !applied.deltas.is_empty() =>
                 {
-                    let deltas = applied.deltas.iter().map(convert::delta).collect();
+                    // A change brokers do not watch still moves the version: the update
+                    // then carries no delta, and the watcher's version follows the image's
+                    // (unfencing waits for a broker to report the version it was given).
+                    let deltas = applied.deltas.iter().filter_map(convert::delta).collect();
                     pb::MetadataUpdate {
                         version: index,
                         update: Some(Update::Deltas(pb::MetadataDeltas { deltas })),

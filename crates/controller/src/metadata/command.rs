@@ -118,6 +118,16 @@ pub enum Command {
         /// The proposed ISR; it must hold the leader.
         new_isr: Vec<IsrMember>,
     },
+    /// A broker asks for the next block of [`PRODUCER_ID_BLOCK_SIZE`](super::PRODUCER_ID_BLOCK_SIZE)
+    /// producer ids, to hand out to idempotent producers. The next free id is part of the
+    /// image, so blocks never overlap, across controller failovers included.
+    AllocateProducerIds {
+        /// The asking broker, which must be registered.
+        broker_id: u32,
+        /// Its current broker epoch: a broker process that restarted since asks again with
+        /// its new epoch.
+        broker_epoch: u64,
+    },
     /// Move leadership: to the preferred replica (`preferred`), or to any eligible ISR member
     /// for partitions without a leader.
     ElectLeaders {
@@ -193,6 +203,15 @@ pub enum Outcome {
     /// One result per partition considered. With `partitions: None`, partitions that
     /// already had the leader the election would pick are left out, as Kafka does.
     LeadersElected(Vec<ElectionResult>),
+    /// The broker owns the producer ids `[first_id, first_id + count)`.
+    ProducerIdsAllocated {
+        /// The broker id.
+        broker_id: u32,
+        /// The first id of the block.
+        first_id: i64,
+        /// How many ids the block holds.
+        count: u32,
+    },
 }
 
 /// One change to the image. Applying a command's deltas, in order, to the image before the
@@ -229,6 +248,17 @@ pub enum MetadataDelta {
         partition: u32,
         /// The whole new state.
         state: PartitionState,
+    },
+    /// Producer ids below `next_producer_id` are handed out; the block
+    /// `[first_id, next_producer_id)` went to `broker_id`. Brokers do not watch this (the
+    /// gRPC watch has no form for it), but it moves the version like any change.
+    ProducerIdsAllocated {
+        /// The broker the block went to.
+        broker_id: u32,
+        /// The first id of the block: the image's next free id before this change.
+        first_id: i64,
+        /// The next free id after it.
+        next_producer_id: i64,
     },
 }
 

@@ -195,6 +195,14 @@ pub enum DeltaError {
         /// The partition index.
         partition: u32,
     },
+    /// A producer-id block that does not start at the image's next free id.
+    #[error("a producer id block starting at {first_id} does not follow the next free id {next}")]
+    ProducerIdsOutOfOrder {
+        /// Where the block starts.
+        first_id: i64,
+        /// The image's next free id.
+        next: i64,
+    },
 }
 
 /// A snapshot that cannot be loaded.

@@ -26,6 +26,9 @@ pub const ENDPOINT_LEN_MAX: usize = 512;
 pub const RACK_LEN_MAX: usize = 255;
 /// Most partitions one ElectLeaders command may list.
 pub const ELECTION_PARTITIONS_MAX: usize = 10_000;
+/// Producer ids in one block a broker gets with `AllocateProducerIds` (Kafka's size too): a
+/// broker asks the quorum once per this many `InitProducerId` calls.
+pub const PRODUCER_ID_BLOCK_SIZE: u32 = 1000;
 
 /// Kafka's topic name rule: 1 to 249 of `[a-zA-Z0-9._-]`, and not `.` or `..`.
 pub fn is_valid_topic_name(name: &str) -> bool {
@@ -100,6 +103,10 @@ pub struct ClusterMetadata {
     version: u64,
     brokers: BTreeMap<u32, Broker>,
     topics: BTreeMap<String, Topic>,
+    /// The first producer id no broker has been given. Snapshots written before idempotent
+    /// producers existed lack it; no id was handed out then, so 0 is right for them.
+    #[serde(default)]
+    next_producer_id: i64,
 }
 
 impl ClusterMetadata {
@@ -138,6 +145,11 @@ impl ClusterMetadata {
     /// Every topic, by name.
     pub fn topics(&self) -> impl Iterator<Item = &Topic> {
         self.topics.values()
+    }
+
+    /// The first producer id not yet allocated to any broker.
+    pub fn next_producer_id(&self) -> i64 {
+        self.next_producer_id
     }
 
     /// Partition `partition` of topic `topic`, if both exist.
@@ -206,6 +218,9 @@ impl ClusterMetadata {
             Command::ElectLeaders { partitions, preferred } => {
                 self.elect_leaders(partitions.as_deref(), *preferred)
             }
+            Command::AllocateProducerIds { broker_id, broker_epoch } => {
+                self.allocate_producer_ids(*broker_id, *broker_epoch)
+            }
         }?;
         if !deltas.is_empty() {
             self.apply_deltas(index, &deltas).expect("deltas computed from this image apply to it");
@@ -264,6 +279,15 @@ impl ClusterMetadata {
                         || DeltaError::UnknownPartition { topic: topic.clone(), partition: *partition },
                     )?;
                 *slot = state.clone();
+            }
+            MetadataDelta::ProducerIdsAllocated { first_id, next_producer_id, .. } => {
+                if *first_id != self.next_producer_id || next_producer_id <= first_id {
+                    return Err(DeltaError::ProducerIdsOutOfOrder {
+                        first_id: *first_id,
+                        next: self.next_producer_id,
+                    });
+                }
+                self.next_producer_id = *next_producer_id;
             }
         }
         Ok(())
@@ -391,6 +415,20 @@ impl ClusterMetadata {
             }
         }
         Ok((Outcome::BrokerUnfenced { id, already: false }, deltas))
+    }
+
+    // ----- producer ids -----
+
+    fn allocate_producer_ids(&self, broker_id: u32, broker_epoch: u64) -> Change {
+        self.current_broker(broker_id, broker_epoch)?;
+        let first_id = self.next_producer_id;
+        let Some(next_producer_id) = first_id.checked_add(i64::from(PRODUCER_ID_BLOCK_SIZE)) else {
+            return err(ErrorCode::UnknownServerError, "the producer id space is exhausted");
+        };
+        Ok((
+            Outcome::ProducerIdsAllocated { broker_id, first_id, count: PRODUCER_ID_BLOCK_SIZE },
+            vec![MetadataDelta::ProducerIdsAllocated { broker_id, first_id, next_producer_id }],
+        ))
     }
 
     // ----- topics -----
@@ -750,6 +788,9 @@ impl ClusterMetadata {
     /// Checks every invariant the state machine maintains; a description of the first one
     /// broken. Run on images from outside (snapshots) and in tests.
     pub fn check_invariants(&self) -> Result<(), String> {
+        if self.next_producer_id < 0 {
+            return Err(format!("the next producer id {} is negative", self.next_producer_id));
+        }
         for (&id, broker) in &self.brokers {
             if broker.id != id {
                 return Err(format!("broker {} filed under id {id}", broker.id));

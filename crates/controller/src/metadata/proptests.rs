@@ -62,6 +62,10 @@ enum Op {
         preferred: bool,
         only: Option<(usize, u32)>,
     },
+    AllocateProducerIds {
+        id: u32,
+        stale: bool,
+    },
 }
 
 /// How an AlterPartition deviates from what the current leader would send.
@@ -137,6 +141,8 @@ fn op() -> impl Strategy<Value = Op> {
             }),
         3 => (proptest::bool::weighted(0.8), proptest::option::of((topic, 0u32..5)))
             .prop_map(|(preferred, only)| Op::Elect { preferred, only }),
+        1 => (broker.clone(), proptest::bool::weighted(0.2))
+            .prop_map(|(id, stale)| Op::AllocateProducerIds { id, stale }),
     ]
 }
 
@@ -261,6 +267,10 @@ fn command(c: &Cluster, op: &Op) -> Command {
                 vec![PartitionRef { topic: name.to_owned(), partition: resolve(image, name, partition) }]
             }),
             preferred,
+        },
+        Op::AllocateProducerIds { id, stale } => Command::AllocateProducerIds {
+            broker_id: id,
+            broker_epoch: epoch_of(id).saturating_sub(u64::from(stale)),
         },
     }
 }

@@ -651,3 +651,78 @@ fn the_same_log_gives_the_same_image() {
     c.unfence(2);
     assert_eq!(c.replay(), c.image);
 }
+
+// ----- producer ids -----
+
+fn allocate(c: &mut Cluster, broker_id: u32) -> (i64, u32) {
+    let broker_epoch = c.epoch(broker_id);
+    match c.ok(Command::AllocateProducerIds { broker_id, broker_epoch }).outcome {
+        Outcome::ProducerIdsAllocated { broker_id: to, first_id, count } => {
+            assert_eq!(to, broker_id);
+            (first_id, count)
+        }
+        other => panic!("unexpected outcome {other:?}"),
+    }
+}
+
+#[test]
+fn producer_id_blocks_are_consecutive_and_never_overlap() {
+    let mut c = Cluster::with_brokers(&[1, 2, 3], None);
+    assert_eq!(c.image.next_producer_id(), 0);
+    let mut blocks = Vec::new();
+    for broker in [1, 2, 1, 3, 2] {
+        let version = c.image.version();
+        let block = allocate(&mut c, broker);
+        assert!(c.image.version() > version, "an allocation changes the image, so the version moves");
+        blocks.push(block);
+    }
+    assert_eq!(
+        blocks,
+        (0..5).map(|i| (i * i64::from(PRODUCER_ID_BLOCK_SIZE), PRODUCER_ID_BLOCK_SIZE)).collect::<Vec<_>>()
+    );
+    assert_eq!(c.image.next_producer_id(), 5 * i64::from(PRODUCER_ID_BLOCK_SIZE));
+    assert_eq!(c.replay(), c.image, "replaying the log allocates the same blocks");
+}
+
+#[test]
+fn producer_ids_go_only_to_a_registered_broker_at_its_current_epoch() {
+    let mut c = Cluster::with_brokers(&[1, 2], None);
+    let old_epoch = c.epoch(1);
+    c.register(1, None); // a restart: a new epoch
+    assert_eq!(
+        c.refused(Command::AllocateProducerIds { broker_id: 1, broker_epoch: old_epoch }),
+        ErrorCode::StaleBrokerEpoch
+    );
+    assert_eq!(
+        c.refused(Command::AllocateProducerIds { broker_id: 9, broker_epoch: 1 }),
+        ErrorCode::BrokerIdNotRegistered
+    );
+    assert_eq!(c.image.next_producer_id(), 0, "refusals allocate nothing");
+    assert_eq!(allocate(&mut c, 1).0, 0, "the new epoch is accepted");
+    // A fenced broker is still registered; its ids stay unique whatever its standing.
+    c.fence(2);
+    assert_eq!(allocate(&mut c, 2).0, i64::from(PRODUCER_ID_BLOCK_SIZE));
+}
+
+#[test]
+fn the_next_producer_id_survives_snapshots_and_old_snapshots_start_at_zero() {
+    let mut c = Cluster::with_brokers(&[1], None);
+    allocate(&mut c, 1);
+    allocate(&mut c, 1);
+    let back = decode_snapshot(&encode_snapshot(&c.image)).unwrap();
+    assert_eq!(back.next_producer_id(), 2 * i64::from(PRODUCER_ID_BLOCK_SIZE));
+    assert_eq!(back, c.image);
+
+    // A snapshot written before producer ids existed has no such field.
+    let mut old = Cluster::with_brokers(&[1], None);
+    old.ok(create("t", 1, 1));
+    let text = String::from_utf8(encode_snapshot(&old.image)).unwrap();
+    let without = text.replace(",\"next_producer_id\":0", "");
+    assert_ne!(without, text, "the field is in the new encoding");
+    let loaded = decode_snapshot(without.as_bytes()).expect("an old snapshot loads");
+    assert_eq!(loaded.next_producer_id(), 0);
+    assert_eq!(loaded, old.image);
+
+    let negative = text.replace("\"next_producer_id\":0", "\"next_producer_id\":-5");
+    assert!(matches!(decode_snapshot(negative.as_bytes()), Err(SnapshotError::Inconsistent(_))));
+}
