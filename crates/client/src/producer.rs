@@ -64,7 +64,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use self::accumulator::{Accumulator, BatchLimits, Cut, Tp, record_size_max};
 use crate::error::{ClientError, code};
-use crate::router::{Backoff, Failure, Next, Router, UNKNOWN_TOPIC_DEADLINE};
+use crate::router::{Backoff, Failure, Next, Retry, Router, UNKNOWN_TOPIC_DEADLINE};
 
 /// Most records in one batch (its byte size usually cuts it first).
 const BATCH_RECORDS_MAX: usize = 100_000;
@@ -362,48 +362,62 @@ pub struct ProducerIds {
 }
 
 /// Asks the brokers at `addrs`, in turn, for a producer id; answers the first valid answer or
-/// the last error.
-async fn init_producer_id(router: &Router, addrs: &[String]) -> Result<ProducerIds, ClientError> {
-    let mut last = ClientError::new(code::NETWORK_EXCEPTION, "NETWORK_EXCEPTION", "no broker address");
+/// the last failure, classified for a retry.
+async fn init_producer_id_once(router: &Router, addrs: &[String]) -> Result<ProducerIds, Failure> {
+    let mut last = network("-", "no broker address");
     for addr in addrs {
         let mut client = match router.client(addr) {
             Ok(c) => c,
-            Err(e) => {
-                last = e;
+            Err(error) => {
+                last = Failure { error, next: Next::Fail };
                 continue;
             }
         };
-        match tokio::time::timeout(INIT_TIMEOUT, client.init_producer_id(pb::InitProducerIdRequest {})).await
-        {
+        let call = client.init_producer_id(pb::InitProducerIdRequest {});
+        last = match tokio::time::timeout(INIT_TIMEOUT, call).await {
             Ok(Ok(answer)) => {
                 let answer = answer.into_inner();
                 match i16::try_from(answer.producer_epoch) {
                     Ok(epoch) if answer.producer_id >= 0 && epoch >= 0 => {
                         return Ok(ProducerIds { id: answer.producer_id, epoch });
                     }
-                    _ => {
-                        last = ClientError::new(
+                    _ => Failure {
+                        error: ClientError::new(
                             -1,
                             "UNKNOWN_SERVER_ERROR",
                             format!(
                                 "broker {addr} handed out producer id {} epoch {}",
                                 answer.producer_id, answer.producer_epoch
                             ),
-                        )
-                    }
+                        ),
+                        next: Next::Refresh,
+                    },
                 }
             }
-            Ok(Err(status)) => last = Failure::from_status(status, addr).error,
-            Err(_) => {
-                last = ClientError::new(
+            Ok(Err(status)) => Failure::from_status(status, addr),
+            Err(_) => Failure {
+                error: ClientError::new(
                     code::REQUEST_TIMED_OUT,
                     "REQUEST_TIMED_OUT",
                     format!("broker {addr}: InitProducerId timed out after {INIT_TIMEOUT:?}"),
-                )
-            }
-        }
+                ),
+                next: Next::Refresh,
+            },
+        };
     }
     Err(last)
+}
+
+/// [`init_producer_id_once`], retried while the failure is retriable (a broker without its
+/// block of ids yet answers LEADER_NOT_AVAILABLE), within the router's deadlines.
+async fn init_producer_id(router: &Router, addrs: &[String]) -> Result<ProducerIds, ClientError> {
+    let mut retry = Retry::new();
+    loop {
+        match init_producer_id_once(router, addrs).await {
+            Ok(ids) => return Ok(ids),
+            Err(failure) => tokio::time::sleep(retry.after(&failure)?).await,
+        }
+    }
 }
 
 /// Counters of what a producer did.
@@ -924,16 +938,17 @@ impl PartitionSender {
                         addrs.push(leader);
                     }
                     addrs.extend(self.shared.config.bootstrap.iter().cloned());
-                    match init_producer_id(&self.shared.router, &addrs).await {
+                    match init_producer_id_once(&self.shared.router, &addrs).await {
                         Ok(ids) => {
                             self.shared.counters.id_resets.fetch_add(1, Ordering::Relaxed);
                             self.ids = Some(ids);
                             self.next_sequence = 0;
                             ids
                         }
-                        Err(error) => {
+                        Err(failure) => {
                             self.pending[i].builder = Some(builder);
-                            return Err((Failure { error, next: Next::Refresh }, true));
+                            let retriable = failure.retriable();
+                            return Err((failure, retriable));
                         }
                     }
                 }
