@@ -30,7 +30,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail};
 use bytes::Bytes;
 use runnel_client::error::code;
-use runnel_client::producer::{Acks, Delivery, DeliveryFuture, Producer, ProducerConfig, ProducerRecord};
+use runnel_client::producer::{
+    Acks, Delivery, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, ProducerStats,
+};
 use runnel_proto::pb::runnel::v1 as pb;
 use runnel_proto::pb::runnel::v1::broker_service_client::BrokerServiceClient;
 use tokio::task::JoinSet;
@@ -245,6 +247,8 @@ struct Shared {
     reads: Mutex<Vec<Read>>,
     /// Acknowledged records per partition.
     acked: Mutex<BTreeMap<u32, u64>>,
+    /// The client producer of [`ProduceMode::Producer`], once it has its id.
+    client: Mutex<Option<Producer>>,
 }
 
 impl Shared {
@@ -283,6 +287,7 @@ impl Workload {
             attempts: Mutex::new(Vec::new()),
             reads: Mutex::new(Vec::new()),
             acked: Mutex::new(opts.partitions.iter().map(|&p| (p, 0)).collect()),
+            client: Mutex::new(None),
             opts,
         });
         let mut tasks = JoinSet::new();
@@ -316,6 +321,12 @@ impl Workload {
     /// Time since the start, on the history's clock.
     pub fn elapsed(&self) -> Duration {
         self.shared.now()
+    }
+
+    /// What the client producer did so far ([`ProduceMode::Producer`] only): batches, retries,
+    /// and the duplicates the leaders dropped.
+    pub fn client_stats(&self) -> Option<ProducerStats> {
+        lock(&self.shared.client).as_ref().map(Producer::stats)
     }
 
     /// Records acknowledged so far, on every partition.
@@ -554,6 +565,7 @@ async fn client_producers(shared: Arc<Shared>, idempotence: bool) {
             }
         }
     };
+    *lock(&shared.client) = Some(producer.clone());
     let mut loops = JoinSet::new();
     let mut id = 0;
     for _ in 0..opts.producers_per_partition {
