@@ -9,6 +9,8 @@
 //! - [`records`] decodes fetch answers (RecordBatch v2) into records;
 //! - [`error`] is the one error type, [`ClientError`], carrying Kafka's error codes.
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod error;
 pub mod partitioner;

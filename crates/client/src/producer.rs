@@ -164,7 +164,8 @@ impl ProducerConfig {
             return invalid(format!("buffer_memory {} is more than 4 GiB", self.buffer_memory));
         }
         if self.idempotence && self.acks != Acks::All {
-            return invalid(format!("idempotence needs acks=all, not {:?}", self.acks));
+            let acks = if self.acks == Acks::Leader { "1" } else { "0" };
+            return invalid(format!("idempotence needs acks=all, not acks={acks}"));
         }
         if self.idempotence && self.max_in_flight > IDEMPOTENT_IN_FLIGHT_MAX {
             return invalid(format!(

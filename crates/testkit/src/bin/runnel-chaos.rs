@@ -262,7 +262,15 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         println!("[{:>8.3} s] interrupted: stopping", workload.elapsed().as_secs_f64());
     }
 
+    let client_stats = workload.client_stats();
     let history = workload.stop().await;
+    if let Some(stats) = client_stats {
+        println!(
+            "client producer: {} batches acknowledged, {} resent, {} answered as duplicates (dropped by the \
+             leaders), {} failed",
+            stats.batches, stats.retries, stats.duplicates, stats.failed_batches
+        );
+    }
     if let Some(last) = injected.last_mut() {
         last.until = history.ended;
     }
