@@ -824,6 +824,11 @@ impl PartitionSender {
             }
             if self.not_before.is_none() {
                 self.fill().await;
+                // A failure that retries at once (a first redirect) leaves batches to send and
+                // nothing in flight: send them now rather than wait for an unrelated event.
+                if self.sent == 0 && !self.pending.is_empty() && self.not_before.is_none() {
+                    continue;
+                }
             }
             let front_deadline = (self.sent > 0).then(|| self.pending[0].sent_at + self.attempt_timeout());
             let not_before = self.not_before;

@@ -17,6 +17,9 @@ enum Fault {
     /// Append it, then answer this code instead of the offsets (an answer lost after the
     /// append, as with a timed out acks=all wait).
     AppendThenRefuse(i32),
+    /// Refuse it with NOT_LEADER_OR_FOLLOWER naming another address of this same broker
+    /// (`localhost` instead of `127.0.0.1`), which the producer follows at once.
+    Redirect,
 }
 
 #[derive(Debug, Default)]
@@ -82,6 +85,10 @@ impl Fake {
         let fault = log.faults.get(&n).copied();
         if let Some(Fault::Refuse(code)) = fault {
             return Err(kafka_error(code));
+        }
+        if let Some(Fault::Redirect) = fault {
+            let addr = lock(&self.addr).replace("127.0.0.1", "localhost");
+            return Err(pb::Error { leader: addr, ..kafka_error(6) });
         }
         let Some(pb::produce_request::Data::Batch(bytes)) = &request.data else {
             return Err(kafka_error(42));
@@ -400,6 +407,20 @@ async fn a_failed_batch_is_resent_with_every_later_in_flight_batch_in_order() {
     // 0 ok; 1 refused (not seen); 2, 3, 4 out of order; then 1, 2, 3, 4 again and the rest.
     assert_eq!(&bases[..8], &[0, 2, 3, 4, 1, 2, 3, 4], "{bases:?}");
     assert!(producer.stats().retries >= 4, "{:?}", producer.stats());
+}
+
+#[tokio::test]
+async fn a_redirect_is_followed_at_once() {
+    let fake = fake(&[(0, Fault::Redirect)], 0).await;
+    let producer = Producer::new(config(&fake)).await.unwrap();
+    let futures = send_all(&producer, 0, 0..3).await;
+    // One retry, to the address the hint named, with no backoff.
+    for (i, f) in futures.into_iter().enumerate() {
+        let m = tokio::time::timeout(Duration::from_secs(10), f).await.expect("delivered").unwrap();
+        assert_eq!(m.offset, i as i64);
+    }
+    assert_eq!(fake.values(0), expected(0..3));
+    assert_eq!(producer.stats().retries, 1);
 }
 
 #[tokio::test]
