@@ -78,6 +78,9 @@ const INIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest idempotent in-flight window: brokers remember the last five batches of each
 /// producer and partition, as Kafka's do.
 pub const IDEMPOTENT_IN_FLIGHT_MAX: usize = 5;
+/// How long a topic's partition count is trusted before `send` asks the metadata again (a
+/// topic that grew gets records in its new partitions after at most this long).
+const METADATA_MAX_AGE: Duration = Duration::from_secs(300);
 /// The gRPC metadata key that carries [`ProducerConfig::client_id`].
 pub const CLIENT_ID_KEY: &str = "runnel-client-id";
 
@@ -455,6 +458,9 @@ struct Shared {
     /// Room for records, in bytes: taken by `send`, given back when a batch completes.
     memory: Arc<Semaphore>,
     counters: Counters,
+    /// Partition counts by topic, with when they were learned: `send` looks here first, so
+    /// a record costs no metadata lookup (Kafka's `metadata.max.age.ms` bounds their age).
+    partition_counts: std::sync::Mutex<HashMap<String, (u32, Instant)>>,
 }
 
 /// What the driver task is asked to do.
@@ -495,7 +501,14 @@ impl Producer {
         let ids =
             if config.idempotence { Some(init_producer_id(&router, &config.bootstrap).await?) } else { None };
         let memory = Arc::new(Semaphore::new(config.buffer_memory));
-        let shared = Arc::new(Shared { config, router, ids, memory, counters: Counters::default() });
+        let shared = Arc::new(Shared {
+            config,
+            router,
+            ids,
+            memory,
+            counters: Counters::default(),
+            partition_counts: std::sync::Mutex::default(),
+        });
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(drive(shared.clone(), rx));
         Ok(Producer { shared, tx, closed: Arc::new(AtomicBool::new(false)) })
@@ -510,7 +523,21 @@ impl Producer {
     /// The number of partitions of `topic`, from the producer's metadata (waiting briefly for a
     /// topic that was just created).
     pub async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
-        self.shared.router.partition_count(topic).await
+        let now = Instant::now();
+        {
+            let counts =
+                self.shared.partition_counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(&(count, at)) = counts.get(topic)
+                && now.saturating_duration_since(at) < METADATA_MAX_AGE
+            {
+                return Ok(count);
+            }
+        }
+        let count = self.shared.router.partition_count(topic).await?;
+        let mut counts =
+            self.shared.partition_counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        counts.insert(topic.to_owned(), (count, now));
+        Ok(count)
     }
 
     /// What the producer did so far.
@@ -552,7 +579,7 @@ impl Producer {
         if self.closed.load(Ordering::Acquire) {
             return fail(waiter, record.topic, closed());
         }
-        let partitions = match self.shared.router.partition_count(&record.topic).await {
+        let partitions = match self.partition_count(&record.topic).await {
             Ok(n) => n,
             Err(e) => return fail(waiter, record.topic, e),
         };
