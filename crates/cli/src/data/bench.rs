@@ -312,10 +312,13 @@ pub(crate) async fn produce(
         config.max_in_flight = bench.max_in_flight;
         config.idempotence = false;
         config.delivery_timeout = DELIVERY_TIMEOUT;
-        // Room for every partition's window of full batches.
-        config.buffer_memory =
-            (bench.batch_size.saturating_mul(bench.max_in_flight + 1).saturating_mul(partitions.len()))
-                .clamp(32 << 20, 1 << 30);
+        // Room for every partition's window of full batches and one filling, no more: a
+        // bigger buffer would only queue records in the client, and the latency measured
+        // would be that queue's rather than the requests'. (A record's bytes in the buffer
+        // are an upper bound of its size in the batch, hence the factor 2.)
+        config.buffer_memory = (bench.batch_size.saturating_mul(2 * (bench.max_in_flight + 1)))
+            .saturating_mul(partitions.len())
+            .clamp(1 << 20, 1 << 30);
         producers.push(Producer::new(config).await?);
     }
     let start = Instant::now();
