@@ -4,12 +4,18 @@
 # leaders one at a time, then read everything back and print the verdict.
 #
 #   scripts/chaos.sh [--duration SECONDS] [--faults kill,pause,restart,isolate] [--partitions P]
-#                    [--replication-factor R] [--min-insync-replicas M] [--seed N] ...
+#                    [--replication-factor R] [--min-insync-replicas M] [--seed N]
+#                    [--idempotent | --client-producer] ...
 #
 # Defaults: 60 s, faults kill,pause,restart (plus isolate when the cluster runs in netns mode:
 # RUNNEL_NETNS=1 scripts/cluster.sh up, root only; on loopback a node cannot be cut off from the
 # others while clients still reach it), a fresh topic chaos-<time> with 3 partitions,
 # replication factor 3, min.insync.replicas 2. `--help` lists every option.
+#
+# By default the workload never retries a record (each value is one attempt). `--idempotent`
+# produces through the client crate's idempotent Producer instead, which retries the same
+# records across leader changes: duplicates must stay 0. `--client-producer` does the same
+# without idempotence, where retries can duplicate.
 #
 # Prints each fault as it happens, each fault's failover (the longest stretch without an
 # acknowledged produce on a partition the node led), then the verdict: records attempted,

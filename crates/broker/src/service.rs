@@ -40,7 +40,12 @@ pub const PRODUCE_TIMEOUT_MAX: Duration = Duration::from_secs(300);
 /// Requests a produce stream may have in flight before the broker stops reading more
 /// (`produce_stream_in_flight_max`); HTTP/2 flow control then holds the client back.
 pub const PRODUCE_STREAM_IN_FLIGHT_MAX: usize = 256;
-pub use runnel_proto::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW};
+/// HTTP/2 flow-control window of one stream, for servers and clients of this service.
+/// hyper's defaults (1 MiB on a server, 2 MiB on a client) are smaller than one default
+/// fetch response, so a sender stalls for a window update in the middle of every message.
+pub const HTTP2_STREAM_WINDOW: u32 = 8 << 20;
+/// HTTP/2 flow-control window of a whole connection (several streams share it).
+pub const HTTP2_CONNECTION_WINDOW: u32 = 32 << 20;
 /// Responses a fetch stream buffers ahead of the client.
 const FETCH_STREAM_BUFFER: usize = 2;
 /// How long one wait of a fetch stream lasts before it checks again that it still leads.

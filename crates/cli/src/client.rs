@@ -1,30 +1,18 @@
-//! The client commands (`runnel cluster ...`, `runnel topic ...`) over the controller's gRPC
-//! API. Any controller voter answers (followers forward to the leader); the bootstrap list
-//! is tried in order when one cannot be reached, and a NOT_CONTROLLER answer's
-//! `runnel-leader` hint is followed once.
+//! The client commands (`runnel cluster ...`, `runnel topic ...`), through the client crate's
+//! [`Admin`] (any controller voter answers; the bootstrap list is tried in order when one
+//! cannot be reached, and a NOT_CONTROLLER answer's `runnel-leader` hint is followed once).
 //!
 //! JSON output (`--output json`) is one object per command, documented in the README; fields
 //! are only ever added.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use runnel_proto::pb::runnel::v1 as pb;
-use runnel_proto::pb::runnel::v1::controller_service_client::ControllerServiceClient;
+use runnel_client::admin::{Admin, NewTopic, TopicDescription};
 use serde_json::{Value, json};
-use tonic::transport::{Channel, Endpoint};
 
-/// Deadline of one call (a write waits up to the controller's own 5 s write timeout).
-const CALL_TIMEOUT: Duration = Duration::from_secs(8);
 /// Deadline of asking one voter about itself in `cluster status` (a paused voter must not
 /// hold the command up for long).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long to try connecting to one address.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// `topic create` without `--replication-factor`: 3, or the number of live brokers if fewer.
-const DEFAULT_REPLICATION_FACTOR: u32 = 3;
-/// Largest answer accepted.
-const RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// How the answer is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -46,58 +34,7 @@ pub(crate) struct ClientArgs {
     pub(crate) output: Output,
 }
 
-pub(crate) use runnel_client::{ClientError, unreachable};
-
-fn connect(addr: &str, timeout: Duration) -> Result<ControllerServiceClient<Channel>, tonic::Status> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| tonic::Status::invalid_argument(format!("bad address {addr:?}: {e}")))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(timeout)
-        .connect_lazy();
-    Ok(ControllerServiceClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX))
-}
-
-/// Calls `call` on the bootstrap addresses in turn until one answers.
-macro_rules! call {
-    ($addrs:expr, $method:ident, $request:expr) => {
-        call!($addrs, $method, $request, CALL_TIMEOUT)
-    };
-    ($addrs:expr, $method:ident, $request:expr, $timeout:expr) => {{
-        let mut addrs: Vec<String> = $addrs.clone();
-        let mut last = tonic::Status::unavailable("no bootstrap address");
-        let mut followed = false;
-        let mut i = 0;
-        loop {
-            let Some(addr) = addrs.get(i).cloned() else { break Err(last) };
-            i += 1;
-            let answer = match connect(&addr, $timeout) {
-                Ok(mut client) => client.$method($request.clone()).await,
-                Err(status) => Err(status),
-            };
-            match answer {
-                Ok(response) => break Ok(response.into_inner()),
-                Err(status) if unreachable(&status) => {
-                    last = tonic::Status::unavailable(format!("{addr}: {}", status.message()));
-                }
-                Err(status) => {
-                    let hint = status.metadata().get("runnel-leader").and_then(|v| v.to_str().ok());
-                    match hint {
-                        Some(leader) if !followed => {
-                            followed = true;
-                            addrs.insert(i, leader.to_owned());
-                            last = status;
-                        }
-                        _ => break Err(status),
-                    }
-                }
-            }
-        }
-    }};
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub(crate) use runnel_client::ClientError;
 
 /// Parses `--bootstrap`.
 pub(crate) fn bootstrap(list: &str) -> Vec<String> {
@@ -106,24 +43,18 @@ pub(crate) fn bootstrap(list: &str) -> Vec<String> {
 
 /// `runnel cluster status`.
 pub(crate) async fn cluster_status(addrs: &[String]) -> Result<Value, ClientError> {
-    let addrs = addrs.to_vec();
-    let cluster: pb::DescribeClusterResponse =
-        call!(addrs, describe_cluster, pb::DescribeClusterRequest {}, PROBE_TIMEOUT)?;
+    let admin = Admin::new(addrs.to_vec());
+    let cluster = admin.describe_cluster_at(addrs, PROBE_TIMEOUT).await?;
     // Each voter knows its own term and indexes exactly: ask each one.
     let mut voters = Vec::new();
     for voter in &cluster.voters {
-        let own: Result<pb::DescribeClusterResponse, _> = call!(
-            vec![voter.address.clone()],
-            describe_cluster,
-            pb::DescribeClusterRequest {},
-            PROBE_TIMEOUT
-        );
-        let own = own.ok().and_then(|c| c.voters.into_iter().find(|v| v.node_id == voter.node_id));
+        let own = admin.describe_cluster_at(std::slice::from_ref(&voter.address), PROBE_TIMEOUT).await;
+        let own = own.ok().and_then(|c| c.voters.into_iter().find(|v| v.id == voter.id));
         voters.push(json!({
-            "id": voter.node_id,
+            "id": voter.id,
             "address": voter.address,
             "reachable": own.is_some(),
-            "is_leader": voter.node_id == cluster.leader_id,
+            "is_leader": Some(voter.id) == cluster.leader_id,
             "term": own.as_ref().map(|v| v.term),
             "last_log_index": own.as_ref().map(|v| v.matched_index),
             "applied_index": own.as_ref().map(|v| v.applied_index),
@@ -133,14 +64,13 @@ pub(crate) async fn cluster_status(addrs: &[String]) -> Result<Value, ClientErro
         .brokers
         .iter()
         .map(|b| {
-            let e = b.endpoints.clone().unwrap_or_default();
-            json!({"id": b.broker_id, "epoch": b.broker_epoch, "fenced": b.fenced,
-                   "grpc": e.grpc, "kafka": e.kafka, "http": e.http})
+            json!({"id": b.id, "epoch": b.epoch, "fenced": b.fenced,
+                   "grpc": b.grpc, "kafka": b.kafka, "http": b.http})
         })
         .collect();
     Ok(json!({
-        "leader_id": (cluster.leader_id != 0).then_some(cluster.leader_id),
-        "leader_address": (!cluster.leader_address.is_empty()).then_some(cluster.leader_address),
+        "leader_id": cluster.leader_id,
+        "leader_address": cluster.leader_address,
         "answered_by": cluster.answered_by,
         "metadata_version": cluster.metadata_version,
         "voters": voters,
@@ -148,18 +78,18 @@ pub(crate) async fn cluster_status(addrs: &[String]) -> Result<Value, ClientErro
     }))
 }
 
-fn topic_json(topic: &pb::TopicInfo) -> Value {
+fn topic_json(topic: &TopicDescription) -> Value {
     let partitions: Vec<Value> = topic
         .partitions
         .iter()
         .map(|p| {
-            json!({"partition": p.partition, "leader": (p.leader >= 0).then_some(p.leader),
+            json!({"partition": p.partition, "leader": p.leader,
                    "replicas": p.replicas, "isr": p.isr, "leader_epoch": p.leader_epoch,
                    "partition_epoch": p.partition_epoch})
         })
         .collect();
-    let configs: BTreeMap<&String, &String> = topic.configs.iter().collect();
-    json!({"name": topic.name, "topic_id": hex(&topic.topic_id), "configs": configs, "partitions": partitions})
+    json!({"name": topic.name, "topic_id": topic.id.to_string(), "configs": topic.configs,
+           "partitions": partitions})
 }
 
 /// `runnel topic create`.
@@ -170,44 +100,24 @@ pub(crate) async fn topic_create(
     replication_factor: Option<u32>,
     configs: Vec<(String, String)>,
 ) -> Result<Value, ClientError> {
-    let addrs = addrs.to_vec();
-    let replication_factor = match replication_factor {
-        Some(rf) => rf,
-        None => {
-            // Kafka's usual production default, capped by what the cluster can place.
-            let cluster: pb::DescribeClusterResponse =
-                call!(addrs, describe_cluster, pb::DescribeClusterRequest {})?;
-            let live = cluster.brokers.iter().filter(|b| !b.fenced).count() as u32;
-            DEFAULT_REPLICATION_FACTOR.min(live.max(1))
-        }
-    };
-    let request = pb::CreateTopicRequest {
-        name,
-        partitions,
-        replication_factor,
-        configs: configs.into_iter().collect(),
-    };
-    let created: pb::CreateTopicResponse = call!(addrs, create_topic, request)?;
-    Ok(created.topic.as_ref().map(topic_json).unwrap_or(Value::Null))
+    let topic = NewTopic { name, partitions, replication_factor, configs: configs.into_iter().collect() };
+    let created = Admin::new(addrs.to_vec()).create_topic(topic).await?;
+    Ok(topic_json(&created))
 }
 
 /// `runnel topic describe`.
 pub(crate) async fn topic_describe(addrs: &[String], name: String) -> Result<Value, ClientError> {
-    let addrs = addrs.to_vec();
-    let request = pb::DescribeTopicRequest { name };
-    let described: pb::DescribeTopicResponse = call!(addrs, describe_topic, request)?;
-    Ok(described.topic.as_ref().map(topic_json).unwrap_or(Value::Null))
+    let described = Admin::new(addrs.to_vec()).describe_topic(&name).await?;
+    Ok(topic_json(&described))
 }
 
 /// `runnel topic list`.
 pub(crate) async fn topic_list(addrs: &[String]) -> Result<Value, ClientError> {
-    let addrs = addrs.to_vec();
-    let listed: pb::ListTopicsResponse = call!(addrs, list_topics, pb::ListTopicsRequest {})?;
+    let listed = Admin::new(addrs.to_vec()).list_topics().await?;
     let topics: Vec<Value> = listed
-        .topics
         .iter()
         .map(|t| {
-            json!({"name": t.name, "topic_id": hex(&t.topic_id), "partitions": t.partitions,
+            json!({"name": t.name, "topic_id": t.id.to_string(), "partitions": t.partitions,
                    "replication_factor": t.replication_factor})
         })
         .collect();
@@ -216,10 +126,8 @@ pub(crate) async fn topic_list(addrs: &[String]) -> Result<Value, ClientError> {
 
 /// `runnel topic delete`.
 pub(crate) async fn topic_delete(addrs: &[String], name: String) -> Result<Value, ClientError> {
-    let addrs = addrs.to_vec();
-    let request = pb::DeleteTopicRequest { name: name.clone() };
-    let deleted: pb::DeleteTopicResponse = call!(addrs, delete_topic, request)?;
-    Ok(json!({"deleted": name, "topic_id": hex(&deleted.topic_id)}))
+    let id = Admin::new(addrs.to_vec()).delete_topic(&name).await?;
+    Ok(json!({"deleted": name, "topic_id": id.to_string()}))
 }
 
 fn opt(value: &Value) -> String {
@@ -327,7 +235,7 @@ mod tests {
         status.metadata_mut().insert("runnel-error-name", "TOPIC_ALREADY_EXISTS".parse().unwrap());
         assert_eq!(ClientError::from(status).to_string(), "TOPIC_ALREADY_EXISTS (36): topic t exists");
         let down = tonic::Status::unavailable("connection refused");
-        assert!(unreachable(&down));
+        assert!(runnel_client::unreachable(&down));
         assert_eq!(ClientError::from(down).to_string(), "NETWORK_EXCEPTION (13): connection refused");
         assert_eq!(bootstrap(" a:1, b:2,"), ["a:1", "b:2"]);
     }

@@ -5,8 +5,9 @@
 //! producer sends at a fixed rate: record `i` is due at `start + i / rate`, and its latency
 //! runs from that due time, not from when it was actually sent, so a producer that falls
 //! behind shows up in the figures instead of hiding them (no coordinated omission). Each
-//! tick sends the records due by then as one Produce request to the next partition in turn,
-//! with up to [`IN_FLIGHT_MAX`] requests outstanding. The consumer is a member of a fresh
+//! tick hands the records due by then to the client's `Producer` (idempotent under acks=all,
+//! keyless records spread by its sticky partitioner, `--linger-ms` of batching), with up to
+//! [`IN_FLIGHT_MAX`] records awaiting their acknowledgement. The consumer is a member of a fresh
 //! group (`runnel-e2e-<pid>`) that has been assigned every partition, with positions at the
 //! log end, before the first record is sent. Each value starts with the record's sequence
 //! number and due time (16 bytes), padded to `--record-size`.
@@ -23,16 +24,15 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use runnel_client::consumer::{Consumer, ConsumerConfig, OffsetReset};
+use runnel_client::producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord};
 use runnel_client::router::Router;
-use runnel_proto::pb::runnel::v1 as pb;
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
 
 use crate::client::{self, ClientError, Output};
 use crate::data::produce::Acks;
 
-/// Produce requests outstanding at once.
-const IN_FLIGHT_MAX: usize = 256;
+/// Records handed to the producer and not yet acknowledged, at most.
+const IN_FLIGHT_MAX: usize = 100_000;
 /// How often the producer sends what is due.
 const TICK: Duration = Duration::from_millis(2);
 /// Longest `--duration`.
@@ -62,6 +62,9 @@ pub(crate) struct E2eArgs {
     /// all, 1 or 0 (as for `runnel produce`).
     #[arg(long, value_enum, default_value = "all")]
     acks: Acks,
+    /// How long the producer lets a batch wait for more records (Kafka's linger.ms).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    linger_ms: u32,
     /// Report format.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
@@ -149,16 +152,14 @@ async fn e2e(args: &E2eArgs) -> Result<Value, ClientError> {
     }
 
     let start = Instant::now();
-    let producer = tokio::spawn(produce(
-        router,
-        args.topic.clone(),
-        partitions,
-        args.rate,
-        args.record_size as usize,
-        args.acks,
-        total,
-        start,
-    ));
+    let mut config = ProducerConfig::new(client::bootstrap(&args.bootstrap.bootstrap));
+    config.client_id = "runnel-bench-e2e".into();
+    config.acks = args.acks.to_client();
+    config.idempotence = args.acks == Acks::All;
+    config.linger = Duration::from_millis(u64::from(args.linger_ms));
+    let client = Producer::new(config).await?;
+    let producer =
+        tokio::spawn(produce(client, args.topic.clone(), args.rate, args.record_size as usize, total, start));
     let mut samples: Vec<u32> = Vec::with_capacity(usize::try_from(total).unwrap_or(0).min(10_000_000));
     let mut seen: HashSet<u64> = HashSet::new();
     let mut produced: Option<(u64, u64)> = None;
@@ -218,82 +219,52 @@ async fn e2e(args: &E2eArgs) -> Result<Value, ClientError> {
     }))
 }
 
-/// Sends `total` records at `rate` per second; answers (acknowledged, failed).
-#[allow(clippy::too_many_arguments)]
+/// Sends `total` records at `rate` per second through `client`; answers (acknowledged,
+/// failed).
 async fn produce(
-    router: Arc<Router>,
+    client: Producer,
     topic: String,
-    partitions: u32,
     rate: u32,
     record_size: usize,
-    acks: Acks,
     total: u64,
     start: Instant,
 ) -> (u64, u64) {
     let padding = Bytes::from(vec![b'x'; record_size - HEADER_BYTES]);
-    let permits = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
-    let mut tasks = tokio::task::JoinSet::new();
-    // Records acknowledged; everything else sent (a refusal, a panicked task) failed.
-    let mut acked = 0u64;
+    // A collector awaits the deliveries in send order; the bounded channel holds the sender
+    // back once too many are outstanding.
+    let (deliveries, mut answered) = tokio::sync::mpsc::channel::<DeliveryFuture>(IN_FLIGHT_MAX);
+    let collector = tokio::spawn(async move {
+        let mut acked = 0u64;
+        while let Some(delivery) = answered.recv().await {
+            match delivery.await {
+                Ok(_) => acked += 1,
+                Err(e) => tracing::warn!(partition = e.partition, error = %e.error, "produce failed"),
+            }
+        }
+        acked
+    });
     let mut next = 0u64;
-    let mut partition = 0u32;
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    while next < total {
+    'send: while next < total {
         ticker.tick().await;
         let elapsed = start.elapsed().as_secs_f64();
         let due_now = ((elapsed * f64::from(rate)) as u64 + 1).min(total);
-        if due_now <= next {
-            continue;
-        }
-        let records: Vec<pb::Record> = (next..due_now)
-            .map(|seq| {
-                let due = Duration::from_secs_f64(seq as f64 / f64::from(rate));
-                let mut value = BytesMut::with_capacity(record_size);
-                value.put_u64(seq);
-                value.put_u64(micros(due));
-                value.extend_from_slice(&padding);
-                pb::Record { value: Some(value.freeze()), ..Default::default() }
-            })
-            .collect();
-        let count = due_now - next;
-        next = due_now;
-        let request = pb::ProduceRequest {
-            topic: topic.clone(),
-            partition,
-            acks: acks.to_pb() as i32,
-            timeout_ms: 30_000,
-            data: Some(pb::produce_request::Data::Records(pb::RecordList { records })),
-            producer: None,
-        };
-        partition = (partition + 1) % partitions;
-        let Ok(permit) = permits.clone().acquire_owned().await else { break };
-        let router = router.clone();
-        let topic = topic.clone();
-        tasks.spawn(async move {
-            let _permit = permit;
-            let p = request.partition;
-            let result = router
-                .call(&topic, p, Duration::from_secs(35), |mut c| {
-                    let request = request.clone();
-                    async move { c.produce(request).await.map(|_| ()) }
-                })
-                .await;
-            if let Err(e) = &result {
-                tracing::warn!(partition = p, error = %e, "produce failed");
+        while next < due_now {
+            let due = Duration::from_secs_f64(next as f64 / f64::from(rate));
+            let mut value = BytesMut::with_capacity(record_size);
+            value.put_u64(next);
+            value.put_u64(micros(due));
+            value.extend_from_slice(&padding);
+            let delivery = client.send(ProducerRecord::new(topic.clone(), value.freeze())).await;
+            if deliveries.send(delivery).await.is_err() {
+                break 'send; // The collector stopped (it panicked).
             }
-            (count, result.is_ok())
-        });
-        while let Some(done) = tasks.try_join_next() {
-            if let Ok((n, true)) = done {
-                acked += n;
-            }
+            next += 1;
         }
     }
-    while let Some(done) = tasks.join_next().await {
-        if let Ok((n, true)) = done {
-            acked += n;
-        }
-    }
+    drop(deliveries);
+    let acked = collector.await.unwrap_or(0);
+    client.close().await;
     (acked, total - acked)
 }

@@ -71,6 +71,7 @@ pub struct ConsumerConfig {
     /// Commit positions every `auto_commit_interval` (in `poll`), before a revocation and on
     /// close.
     pub enable_auto_commit: bool,
+    /// How often auto-commit commits the positions (Kafka's `auto.commit.interval.ms`).
     pub auto_commit_interval: Duration,
     /// How long the coordinator waits for a heartbeat before it removes the member.
     pub session_timeout: Duration,
@@ -116,12 +117,19 @@ impl ConsumerConfig {
 /// A record as `poll` returns it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConsumerRecord {
+    /// The topic it was read from.
     pub topic: String,
+    /// The partition it was read from.
     pub partition: u32,
+    /// Its offset in the partition.
     pub offset: i64,
+    /// Its timestamp, in milliseconds since the Unix epoch.
     pub timestamp_ms: i64,
+    /// The key; `None` is a null key.
     pub key: Option<Bytes>,
+    /// The value; `None` is a null value (a tombstone).
     pub value: Option<Bytes>,
+    /// The headers, in order.
     pub headers: Vec<Header>,
 }
 

@@ -20,13 +20,21 @@ use crate::router::{Backoff, Failure, leader_hint};
 
 /// Kafka's error codes of the group protocol (see `group.proto`).
 pub mod group_code {
+    /// The coordinator is still reading its partition (retriable).
     pub const COORDINATOR_LOAD_IN_PROGRESS: i32 = 14;
+    /// The group's partition has no leader right now (retriable).
     pub const COORDINATOR_NOT_AVAILABLE: i32 = 15;
+    /// The broker asked does not coordinate the group (find it again).
     pub const NOT_COORDINATOR: i32 = 16;
+    /// An empty or over-long group id.
     pub const INVALID_GROUP_ID: i32 = 24;
+    /// The member is not in the group: join again with epoch 0.
     pub const UNKNOWN_MEMBER_ID: i32 = 25;
+    /// The operation needs a group without members.
     pub const NON_EMPTY_GROUP: i32 = 68;
+    /// The member's epoch is not the coordinator's: drop every partition and join again.
     pub const FENCED_MEMBER_EPOCH: i32 = 110;
+    /// A commit from an epoch the member has since left.
     pub const STALE_MEMBER_EPOCH: i32 = 113;
 }
 

@@ -71,14 +71,34 @@ pub fn error(code: i32, name: &str, message: impl Into<String>) -> ClientError {
 
 /// Kafka's error codes, as the brokers send them in `runnel-error-code`.
 pub mod code {
+    /// A fetch offset below the log start or above the high watermark.
     pub const OFFSET_OUT_OF_RANGE: i32 = 1;
+    /// A batch whose framing or CRC is wrong.
     pub const CORRUPT_MESSAGE: i32 = 2;
+    /// No such topic or partition (yet).
     pub const UNKNOWN_TOPIC_OR_PARTITION: i32 = 3;
+    /// The partition has no leader at the moment (retriable).
     pub const LEADER_NOT_AVAILABLE: i32 = 5;
+    /// The broker does not lead the partition (it names the leader when it knows it).
     pub const NOT_LEADER_OR_FOLLOWER: i32 = 6;
+    /// No answer in time, or an acks=all wait that timed out (retriable).
     pub const REQUEST_TIMED_OUT: i32 = 7;
+    /// A record or batch bigger than the limit.
+    pub const MESSAGE_TOO_LARGE: i32 = 10;
+    /// No answer from a node (the client's code for transport failures).
     pub const NETWORK_EXCEPTION: i32 = 13;
+    /// Fewer in-sync replicas than `min.insync.replicas` (retriable).
     pub const NOT_ENOUGH_REPLICAS: i32 = 19;
+    /// The ISR shrank below `min.insync.replicas` after the append (retriable).
     pub const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i32 = 20;
+    /// A malformed request.
     pub const INVALID_REQUEST: i32 = 42;
+    /// An idempotent batch whose first sequence does not follow the producer's last one.
+    pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i32 = 45;
+    /// An idempotent batch with an epoch older than the producer's latest.
+    pub const INVALID_PRODUCER_EPOCH: i32 = 47;
+    /// A producer id no broker handed out.
+    pub const UNKNOWN_PRODUCER_ID: i32 = 59;
+    /// A record the broker refuses (for example a bad timestamp).
+    pub const INVALID_RECORD: i32 = 87;
 }

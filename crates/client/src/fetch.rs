@@ -42,7 +42,9 @@ pub async fn list_offset(
 /// Records read from one partition in one go.
 #[derive(Debug)]
 pub struct Chunk {
+    /// The partition read.
     pub partition: u32,
+    /// Its records, in offset order.
     pub records: Vec<Record>,
 }
 
@@ -62,6 +64,8 @@ pub struct PartitionReader {
 }
 
 impl PartitionReader {
+    /// A reader of `topic`/`partition` from offset `from`, stopping before `end` (`None`:
+    /// following the partition as it grows).
     pub fn new(router: Arc<Router>, topic: String, partition: u32, from: i64, end: Option<i64>) -> Self {
         PartitionReader {
             router,

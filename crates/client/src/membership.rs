@@ -50,11 +50,17 @@ pub fn from_pb(partitions: &[pb::TopicPartitions]) -> BTreeSet<TopicPartition> {
 /// What the member sends in every heartbeat besides its state.
 #[derive(Debug, Clone)]
 pub struct MemberSettings {
+    /// The group to be a member of.
     pub group_id: String,
+    /// For people and `runnel group describe`.
     pub client_id: String,
+    /// The subscribed topics.
     pub topics: Vec<String>,
+    /// "uniform" or "range".
     pub assignor: String,
+    /// How long the coordinator waits for a heartbeat before it removes the member.
     pub session_timeout: Duration,
+    /// How long the member may take to release revoked partitions.
     pub rebalance_timeout: Duration,
 }
 
@@ -83,6 +89,7 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
         self.lost.is_empty() && self.revoke.is_empty() && self.assign.is_empty()
     }
@@ -121,6 +128,7 @@ pub struct Membership {
 const HEARTBEAT_INTERVAL_DEFAULT: Duration = Duration::from_millis(500);
 
 impl Membership {
+    /// A member about to join, with no id and epoch 0.
     pub fn new(settings: MemberSettings) -> Self {
         Membership {
             settings,
@@ -133,21 +141,27 @@ impl Membership {
         }
     }
 
+    /// Where the member is in the protocol.
     pub fn phase(&self) -> Phase {
         self.phase
     }
+    /// The id the coordinator gave (empty before the first answer).
     pub fn member_id(&self) -> &str {
         &self.member_id
     }
+    /// The member epoch to send next.
     pub fn epoch(&self) -> i32 {
         self.epoch
     }
+    /// The partitions the member owns now.
     pub fn owned(&self) -> &BTreeSet<TopicPartition> {
         &self.owned
     }
+    /// How often to heartbeat, as the coordinator last said.
     pub fn heartbeat_interval(&self) -> Duration {
         self.heartbeat_interval
     }
+    /// What the member sends besides its state.
     pub fn settings(&self) -> &MemberSettings {
         &self.settings
     }

@@ -68,6 +68,11 @@ impl Sticky {
         Sticky { partitions, current: None, next: first % partitions }
     }
 
+    /// The partition count it spreads records over.
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
     /// The partition for the next keyless record.
     pub fn partition(&mut self) -> u32 {
         *self.current.get_or_insert_with(|| {

@@ -58,7 +58,9 @@ pub enum Next {
 /// A failed attempt: the error to report and what to do next.
 #[derive(Debug, Clone)]
 pub struct Failure {
+    /// What to report if the request gives up.
     pub error: ClientError,
+    /// What to do about it.
     pub next: Next,
 }
 
@@ -152,6 +154,7 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// Starts at the shortest pause.
     pub fn new() -> Self {
         Backoff { next: BACKOFF_MIN }
     }
@@ -164,6 +167,7 @@ impl Backoff {
         step.mul_f64(jitter)
     }
 
+    /// Back to the shortest pause (after progress).
     pub fn reset(&mut self) {
         self.next = BACKOFF_MIN;
     }
@@ -187,6 +191,7 @@ impl Default for Retry {
 }
 
 impl Retry {
+    /// A request that has not failed yet.
     pub fn new() -> Self {
         Retry { failing_since: None, unknown_since: None, backoff: Backoff::new(), redirects_in_a_row: 0 }
     }
@@ -279,6 +284,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Router {
+    /// A router that asks the brokers at `bootstrap` (`host:port`) for metadata first.
     pub fn new(bootstrap: Vec<String>) -> Self {
         Router {
             bootstrap,

@@ -12,6 +12,12 @@
 //! loop stops when [`Workload::stop`] is called, and a producer stops by itself after
 //! [`WorkloadOpts::max_records_per_producer`].
 //!
+//! With [`ProduceMode::Producer`], the producers are loops over the client crate's
+//! [`Producer`] instead (one client producer for the whole workload): each loop keeps up to
+//! five requests' worth of records outstanding, and the client batches, retries (with the same
+//! value: its retries are what is being judged) and, when idempotent, numbers the batches so
+//! the leader drops repeats. Each record is one attempt whose outcome is its delivery result.
+//!
 //! [`read_final`] then reads every partition from its log start to its high watermark, from the
 //! leader, after waiting (bounded) for the high watermark to reach every acknowledged offset: a
 //! new leader may learn the high watermark a moment after it takes over.
@@ -23,6 +29,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use bytes::Bytes;
+use runnel_client::error::code;
+use runnel_client::producer::{
+    Acks, Delivery, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, ProducerStats,
+};
 use runnel_proto::pb::runnel::v1 as pb;
 use runnel_proto::pb::runnel::v1::broker_service_client::BrokerServiceClient;
 use tokio::task::JoinSet;
@@ -92,6 +102,23 @@ pub struct WorkloadOpts {
     /// Whether one reader per partition tails it while the producers run, recording what it
     /// reads (so the checker can compare it with the final log).
     pub read_during_run: bool,
+    /// Who sends the records.
+    pub mode: ProduceMode,
+}
+
+/// Who sends a workload's records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProduceMode {
+    /// The workload's own loop: one Produce request in flight per producer, never retried
+    /// with the same value.
+    #[default]
+    Direct,
+    /// The client crate's [`Producer`], which retries with the same records: with
+    /// `idempotence` the leader drops repeats, without it a retry can append a record twice.
+    Producer {
+        /// Whether the client producer is idempotent.
+        idempotence: bool,
+    },
 }
 
 impl WorkloadOpts {
@@ -109,6 +136,7 @@ impl WorkloadOpts {
             interval: Duration::ZERO,
             max_records_per_producer: 1_000_000,
             read_during_run: true,
+            mode: ProduceMode::Direct,
         }
     }
 }
@@ -280,6 +308,8 @@ struct Shared {
     reads: Mutex<Vec<Read>>,
     /// Acknowledged records per partition.
     acked: Mutex<BTreeMap<u32, u64>>,
+    /// The client producer of [`ProduceMode::Producer`], once it has its id.
+    client: Mutex<Option<Producer>>,
 }
 
 impl Shared {
@@ -318,14 +348,22 @@ impl Workload {
             attempts: Mutex::new(Vec::new()),
             reads: Mutex::new(Vec::new()),
             acked: Mutex::new(opts.partitions.iter().map(|&p| (p, 0)).collect()),
+            client: Mutex::new(None),
             opts,
         });
         let mut tasks = JoinSet::new();
-        let mut producer = 0;
-        for _ in 0..shared.opts.producers_per_partition {
-            for &partition in &shared.opts.partitions {
-                tasks.spawn(produce_loop(shared.clone(), producer, partition));
-                producer += 1;
+        match shared.opts.mode {
+            ProduceMode::Direct => {
+                let mut producer = 0;
+                for _ in 0..shared.opts.producers_per_partition {
+                    for &partition in &shared.opts.partitions {
+                        tasks.spawn(produce_loop(shared.clone(), producer, partition));
+                        producer += 1;
+                    }
+                }
+            }
+            ProduceMode::Producer { idempotence } => {
+                tasks.spawn(client_producers(shared.clone(), idempotence));
             }
         }
         if shared.opts.read_during_run {
@@ -344,6 +382,12 @@ impl Workload {
     /// Time since the start, on the history's clock.
     pub fn elapsed(&self) -> Duration {
         self.shared.now()
+    }
+
+    /// What the client producer did so far ([`ProduceMode::Producer`] only): batches, retries,
+    /// and the duplicates the leaders dropped.
+    pub fn client_stats(&self) -> Option<ProducerStats> {
+        lock(&self.shared.client).as_ref().map(Producer::stats)
     }
 
     /// Records acknowledged so far, on every partition.
@@ -573,6 +617,119 @@ fn record_attempts(
         }
     }
     *lock(&shared.acked).entry(partition).or_default() += acked;
+}
+
+/// Records each client-producer loop keeps outstanding, per record of a request.
+const CLIENT_WINDOW_REQUESTS: u64 = 5;
+/// How long the client producer may take to deliver a record, retries included.
+const CLIENT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// [`ProduceMode::Producer`]: one client producer, one send loop per workload producer.
+async fn client_producers(shared: Arc<Shared>, idempotence: bool) {
+    let opts = &shared.opts;
+    let mut config = ProducerConfig::new(opts.bootstrap.clone());
+    config.client_id = "runnel-testkit".into();
+    config.acks = match opts.acks {
+        pb::Acks::Leader => Acks::Leader,
+        pb::Acks::None => Acks::None,
+        pb::Acks::All | pb::Acks::Unspecified => Acks::All,
+    };
+    config.idempotence = idempotence;
+    config.request_timeout = opts.produce_timeout;
+    config.delivery_timeout = CLIENT_DELIVERY_TIMEOUT;
+    // Getting a producer id needs a broker: retry until one answers or the workload stops.
+    let mut backoff = BACKOFF_MIN;
+    let producer = loop {
+        match Producer::new(config.clone()).await {
+            Ok(p) => break p,
+            Err(e) if shared.stopped() => {
+                eprintln!("workload: no client producer before the workload stopped: {e}");
+                return;
+            }
+            Err(_) => {
+                shared.pause(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    };
+    *lock(&shared.client) = Some(producer.clone());
+    let mut loops = JoinSet::new();
+    let mut id = 0;
+    for _ in 0..opts.producers_per_partition {
+        for &partition in &opts.partitions {
+            loops.spawn(client_produce_loop(shared.clone(), producer.clone(), id, partition));
+            id += 1;
+        }
+    }
+    while let Some(joined) = loops.join_next().await {
+        if let Err(e) = joined
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+    producer.close().await;
+}
+
+/// Sends producer `producer`'s records to `partition`, a window at a time, and records each
+/// delivery as an attempt.
+async fn client_produce_loop(shared: Arc<Shared>, client: Producer, producer: u32, partition: u32) {
+    let opts = &shared.opts;
+    let window = CLIENT_WINDOW_REQUESTS * u64::from(opts.records_per_request);
+    let mut outstanding: std::collections::VecDeque<(u64, Duration, DeliveryFuture)> = Default::default();
+    let mut seq = 0u64;
+    while !shared.stopped() && seq < opts.max_records_per_producer {
+        while outstanding.len() as u64 >= window {
+            if let Some((s, sent, delivery)) = outstanding.pop_front() {
+                note_delivery(&shared, producer, partition, s, sent, delivery.await);
+            }
+        }
+        let record =
+            ProducerRecord::new(opts.topic.clone(), record_value(producer, seq)).partition(partition);
+        let sent = shared.now();
+        outstanding.push_back((seq, sent, client.send(record).await));
+        seq += 1;
+        if seq.is_multiple_of(u64::from(opts.records_per_request)) && !opts.interval.is_zero() {
+            shared.pause(opts.interval).await;
+        }
+    }
+    // Every record's outcome, which the client's delivery timeout bounds.
+    while let Some((s, sent, delivery)) = outstanding.pop_front() {
+        note_delivery(&shared, producer, partition, s, sent, delivery.await);
+    }
+}
+
+fn note_delivery(
+    shared: &Shared,
+    producer: u32,
+    partition: u32,
+    seq: u64,
+    sent: Duration,
+    delivery: Delivery,
+) {
+    let outcome = match delivery {
+        Ok(m) => Outcome::Acked { offset: m.offset },
+        Err(e) => match e.error.code {
+            // No answer, or one that may come after the append.
+            code::NETWORK_EXCEPTION | code::REQUEST_TIMED_OUT => {
+                Outcome::Unknown { reason: e.error.to_string() }
+            }
+            code => Outcome::Failed { code, name: e.error.name },
+        },
+    };
+    if outcome.is_acked() {
+        *lock(&shared.acked).entry(partition).or_default() += 1;
+    }
+    lock(&shared.attempts).push(Attempt {
+        producer,
+        seq,
+        partition,
+        value: record_value(producer, seq),
+        broker: "client producer".into(),
+        sent,
+        done: shared.now(),
+        outcome,
+    });
 }
 
 /// Value of a fetched record as the history stores it.

@@ -1,13 +1,14 @@
 //! `runnel bench produce|consume`: throughput and latency, in the manner of Kafka's
 //! `kafka-producer-perf-test` and `kafka-consumer-perf-test`.
 //!
-//! Produce: `--concurrency` workers each send batches over `ProduceStream`s (one per leader
-//! they write to) with at most `--max-in-flight` requests outstanding per stream. A worker
-//! writes to its share of the partitions, one batch per partition in turn. Latency is measured
-//! per batch, from sending the request to its answer: what each record of the batch waits.
-//! A batch whose answer is a retriable error (leadership moved) is sent again, to the new
-//! leader, until the router's deadline; so under leader changes a record may be written twice
-//! and partitions are not kept in order (a benchmark needs neither).
+//! Produce: `--concurrency` workers, each with a [`Producer`] of its own (so its own produce
+//! streams, one per partition) and at most `--max-in-flight` batches outstanding per
+//! partition. A worker writes to its share of the partitions, `--batch-size` bytes of values
+//! to one partition, then to the next. Latency is measured per batch: from handing the last
+//! record of each batch-sized run to the producer (which then cuts the batch) to that
+//! record's acknowledgement, i.e. what the batch's request waits. Retriable errors are retried
+//! by the producer; the benchmark runs it without idempotence (its window may exceed the five
+//! batches idempotence allows), so under leader changes a record may be written twice.
 //!
 //! Consume: one `FetchStream` reader per partition from the log start, decoding every batch
 //! into records, until `--num-records` or, without it, the high watermark each partition had
@@ -16,35 +17,29 @@
 //! Megabytes are 10^6 bytes. Payload bytes are the records' keys and values (as Kafka's tools
 //! count), not the batch framing.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::Rng;
 use rand::distributions::Alphanumeric;
+use runnel_client::producer::{Producer, ProducerConfig, ProducerRecord, ProducerStats};
 use runnel_proto::pb::runnel::v1 as pb;
-use runnel_storage::{BatchBuilder, Compression, NewRecord};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::ReceiverStream;
 
 use super::consume::{PartitionReader, list_offset};
 use super::partitioner::partition_for_key;
 use super::produce::{Acks, now_ms};
-use super::router::{Backoff, Failure, LEADER_RETRY_DEADLINE, Next, Router};
+use super::router::Router;
 use super::{code, error, payload_len};
 use crate::client::ClientError;
 
-/// How long the leader may wait for acks=all.
-const ACKS_TIMEOUT_MS: u32 = 30_000;
-/// Deadline of opening a stream.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the last answers are waited for once every batch is sent: the acks wait plus
-/// the leader-retry deadline.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(65);
+/// How long a record may take to be acknowledged, retries included (it bounds the wait for
+/// the last answers too).
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest a benchmark may be asked to run.
 pub(crate) const DURATION_MAX: Duration = Duration::from_secs(24 * 3600);
 /// Errors kept for the report (the rest are counted).
@@ -135,56 +130,17 @@ fn claim(budget: &AtomicU64, want: u64) -> u64 {
     granted
 }
 
-/// A batch sent (or to send again).
-#[derive(Debug)]
-struct Pending {
-    partition: u32,
-    records: u64,
-    batch: Bytes,
-    /// When the batch was first sent: its retry deadline runs from here.
-    first_sent: Instant,
-}
-
-#[derive(Debug)]
-struct InFlight {
-    id: u64,
-    sent: Instant,
-    pending: Pending,
-}
-
-/// One answer of a ProduceStream, stamped when it arrived.
-type Answer = (Instant, Result<Option<pb::ProduceStreamResponse>, tonic::Status>);
-
-/// One ProduceStream to one broker. A task reads its answers as they arrive, so latencies
-/// do not include the time the worker spends pacing or building batches.
-#[derive(Debug)]
-struct Conn {
-    addr: String,
-    tx: mpsc::Sender<pb::ProduceStreamRequest>,
-    answers: mpsc::Receiver<Answer>,
-    reader: tokio::task::JoinHandle<()>,
-    in_flight: VecDeque<InFlight>,
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
-}
-
-/// What one worker measured.
+/// What the workers measured, updated by the producers' callbacks.
 #[derive(Debug, Default)]
-struct WorkerReport {
+struct Tally {
     acknowledged: u64,
     failed: u64,
-    batches: u64,
-    retried: u64,
     latencies: Latencies,
     errors: Vec<String>,
     errors_total: u64,
 }
 
-impl WorkerReport {
+impl Tally {
     fn fail(&mut self, records: u64, error: &ClientError) {
         self.failed += records;
         self.errors_total += 1;
@@ -194,223 +150,73 @@ impl WorkerReport {
     }
 }
 
+fn lock(tally: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
+    // Counter updates only: a poisoned lock still holds sound counts.
+    tally.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One worker: a producer and its share of the partitions.
 #[derive(Debug)]
 struct Worker {
-    router: Arc<Router>,
+    producer: Producer,
     bench: Arc<ProduceBench>,
     partitions: Vec<u32>,
     /// Per partition of this worker: the keys that hash to it (empty without --keys).
     keys: HashMap<u32, Vec<Bytes>>,
     payload: Bytes,
-    conns: HashMap<String, Conn>,
-    retries: VecDeque<Pending>,
-    next_id: u64,
-    report: WorkerReport,
+    tally: Arc<Mutex<Tally>>,
 }
 
 impl Worker {
-    /// Builds a batch of `records` records for `partition`.
-    fn build(&self, partition: u32, records: u64) -> Result<Bytes, ClientError> {
-        let mut builder = BatchBuilder::new(Compression::None);
-        let ts = now_ms();
-        let keys = self.keys.get(&partition).filter(|k| !k.is_empty());
-        let mut rng = rand::thread_rng();
-        for _ in 0..records {
-            let key = keys.map(|k| k[rng.gen_range(0..k.len())].clone());
-            builder.push(NewRecord {
-                key,
-                value: Some(self.payload.clone()),
-                headers: Vec::new(),
-                timestamp_ms: ts,
-            });
-        }
-        builder
-            .build()
-            .map(Bytes::from)
-            .map_err(|e| error(code::INVALID_REQUEST, "INVALID_RECORD", format!("cannot build a batch: {e}")))
-    }
-
-    /// Sends `pending` to its partition's leader, waiting for room in that stream's window.
-    async fn send(&mut self, pending: Pending) {
-        let addr = match self.router.leader(&self.bench.topic, pending.partition).await {
-            Ok(addr) => addr,
-            Err(failure) => return self.retry_later(pending, &failure),
+    /// Hands one record to the producer; `timed`: measure its latency.
+    async fn send(&self, partition: u32, timed: bool) {
+        let key = self.keys.get(&partition).filter(|k| !k.is_empty()).map(|k| {
+            let i = rand::thread_rng().gen_range(0..k.len());
+            k[i].clone()
+        });
+        let record = ProducerRecord {
+            topic: self.bench.topic.clone(),
+            partition: Some(partition),
+            key,
+            value: Some(self.payload.clone()),
+            headers: Vec::new(),
+            timestamp_ms: Some(now_ms()),
         };
-        if !self.conns.contains_key(&addr) {
-            match self.open(&addr).await {
-                Ok(conn) => {
-                    self.conns.insert(addr.clone(), conn);
-                }
-                Err(failure) => return self.retry_later(pending, &failure),
-            }
-        }
-        while self.conns.get(&addr).is_some_and(|c| c.in_flight.len() >= self.bench.max_in_flight) {
-            self.receive(&addr).await;
-        }
-        let Some(conn) = self.conns.get_mut(&addr) else {
-            // The stream failed while we waited for room; its batches are queued for retry.
-            return self.retries.push_back(pending);
-        };
-        let id = self.next_id;
-        self.next_id += 1;
-        let request = pb::ProduceStreamRequest {
-            id,
-            request: Some(pb::ProduceRequest {
-                topic: self.bench.topic.clone(),
-                partition: pending.partition,
-                acks: self.bench.acks.to_pb() as i32,
-                timeout_ms: ACKS_TIMEOUT_MS,
-                data: Some(pb::produce_request::Data::Batch(pending.batch.clone())),
-                producer: None,
-            }),
-        };
-        // The channel holds a whole window, so this waits only if the stream stalls.
-        if conn.tx.send(request).await.is_err() {
-            self.broken(&addr, "the produce stream closed");
-            return self.retries.push_back(pending);
-        }
-        conn.in_flight.push_back(InFlight { id, sent: Instant::now(), pending });
-    }
-
-    async fn open(&self, addr: &str) -> Result<Conn, Failure> {
-        let mut client = self.router.client(addr).map_err(|error| Failure { error, next: Next::Fail })?;
-        // Room for a whole window: sends never wait on the stream while it is healthy.
-        let (tx, rx) = mpsc::channel(self.bench.max_in_flight + 1);
-        match tokio::time::timeout(OPEN_TIMEOUT, client.produce_stream(ReceiverStream::new(rx))).await {
-            Ok(Ok(response)) => {
-                let mut responses = response.into_inner();
-                let (answer_tx, answers) = mpsc::channel(self.bench.max_in_flight + 1);
-                let reader = tokio::spawn(async move {
-                    loop {
-                        let answer = responses.message().await;
-                        let last = !matches!(answer, Ok(Some(_)));
-                        if answer_tx.send((Instant::now(), answer)).await.is_err() || last {
-                            return;
+        let tally = self.tally.clone();
+        let sent = Instant::now();
+        self.producer
+            .send_with_callback(record, move |delivery| {
+                let mut t = lock(&tally);
+                match delivery {
+                    Ok(_) => {
+                        t.acknowledged += 1;
+                        if timed {
+                            t.latencies.record(sent.elapsed());
                         }
                     }
-                });
-                Ok(Conn { addr: addr.to_owned(), tx, answers, reader, in_flight: VecDeque::new() })
-            }
-            Ok(Err(status)) => Err(Failure::from_status(status, addr)),
-            Err(_) => Err(Failure {
-                error: error(
-                    code::REQUEST_TIMED_OUT,
-                    "REQUEST_TIMED_OUT",
-                    format!("broker {addr} did not open a produce stream"),
-                ),
-                next: Next::Refresh,
-            }),
-        }
+                    Err(e) => t.fail(1, &e.error),
+                }
+            })
+            .await;
     }
 
-    /// Waits for the next answer on the stream to `addr` and accounts for it.
-    async fn receive(&mut self, addr: &str) {
-        let Some(conn) = self.conns.get_mut(addr) else { return };
-        let (arrived, response) = match conn.answers.recv().await {
-            Some((at, Ok(Some(response)))) => (at, response),
-            None | Some((_, Ok(None))) => return self.broken(addr, "the produce stream ended"),
-            Some((_, Err(status))) => {
-                let failure = Failure::from_status(status, addr);
-                return self.broken(addr, &failure.error.to_string());
-            }
-        };
-        let Some(front) = conn.in_flight.pop_front() else {
-            return self.broken(addr, &format!("an answer (id {}) to no request", response.id));
-        };
-        if front.id != response.id {
-            // Answers come in request order; anything else breaks the protocol.
-            let msg = format!("answer id {} where {} was expected", response.id, front.id);
-            conn.in_flight.push_front(front);
-            return self.broken(addr, &msg);
-        }
-        match response.result {
-            Some(pb::produce_stream_response::Result::Response(_)) => {
-                self.report.latencies.record(arrived.saturating_duration_since(front.sent));
-                self.report.acknowledged += front.pending.records;
-                self.report.batches += 1;
-            }
-            Some(pb::produce_stream_response::Result::Error(e)) => {
-                let failure = Failure::from_pb(&e, addr);
-                self.retry_later(front.pending, &failure);
-            }
-            None => {
-                let e = error(
-                    -1,
-                    "UNKNOWN_SERVER_ERROR",
-                    format!("answer {} carries neither a response nor an error", response.id),
-                );
-                self.report.fail(front.pending.records, &e);
-            }
-        }
-    }
-
-    /// The stream to `addr` failed: its unanswered batches go back to the retry queue.
-    fn broken(&mut self, addr: &str, why: &str) {
-        let Some(mut conn) = self.conns.remove(addr) else { return };
-        tracing::debug!(addr = conn.addr, why, in_flight = conn.in_flight.len(), "produce stream broken");
-        self.router.invalidate(&self.bench.topic);
-        let failure = Failure {
-            error: error(code::NETWORK_EXCEPTION, "NETWORK_EXCEPTION", format!("broker {addr}: {why}")),
-            next: Next::Refresh,
-        };
-        for f in std::mem::take(&mut conn.in_flight) {
-            self.retry_later(f.pending, &failure);
-        }
-    }
-
-    /// Queues a failed batch to be sent again, or counts it as failed when its error is
-    /// final or its deadline passed.
-    fn retry_later(&mut self, pending: Pending, failure: &Failure) {
-        self.router.note_failure(&self.bench.topic, pending.partition, failure);
-        let expired = pending.first_sent.elapsed() >= LEADER_RETRY_DEADLINE;
-        if failure.retriable() && !expired {
-            self.report.retried += 1;
-            self.retries.push_back(pending);
-        } else {
-            let mut e = failure.error.clone();
-            if expired {
-                e.message = format!(
-                    "{} (partition {}, gave up after {:?})",
-                    e.message, pending.partition, LEADER_RETRY_DEADLINE
-                );
-            }
-            self.report.fail(pending.records, &e);
-        }
-    }
-
-    /// Sends every queued retry once, after a backoff pause.
-    async fn resend(&mut self, backoff: &mut Backoff) {
-        if self.retries.is_empty() {
-            backoff.reset();
-            return;
-        }
-        tokio::time::sleep(backoff.next_delay()).await;
-        let queued: Vec<Pending> = self.retries.drain(..).collect();
-        for p in queued {
-            self.send(p).await;
-        }
-    }
-
-    fn in_flight(&self) -> usize {
-        self.conns.values().map(|c| c.in_flight.len()).sum()
-    }
-
+    /// Sends until the budget or the duration runs out, then waits (bounded) for the answers.
+    /// Answers how many records it handed to the producer, and the producer's counters.
     async fn run(
-        mut self,
+        self,
         budget: Arc<AtomicU64>,
         start: Instant,
         sent_total: Arc<AtomicU64>,
-    ) -> WorkerReport {
+    ) -> (u64, ProducerStats) {
         let bench = self.bench.clone();
         let per_batch = (bench.batch_size / bench.record_size.max(1)).max(1) as u64;
         let stop_at = bench.duration.map(|d| start + d);
-        let mut backoff = Backoff::new();
         let mut turn = 0usize;
-        loop {
+        let mut sent = 0u64;
+        'sending: loop {
             if stop_at.is_some_and(|t| Instant::now() >= t) {
                 break;
             }
-            self.resend(&mut backoff).await;
             let want = if stop_at.is_some() { per_batch } else { claim(&budget, per_batch) };
             if want == 0 {
                 break;
@@ -422,47 +228,20 @@ impl Worker {
                 let Ok(offset) = Duration::try_from_secs_f64(n as f64 / rate) else { break };
                 let Some(due) = start.checked_add(offset) else { break };
                 if stop_at.is_some_and(|t| due > t) {
-                    break;
+                    break 'sending;
                 }
                 tokio::time::sleep_until(due.into()).await;
             }
             let partition = self.partitions[turn % self.partitions.len()];
             turn = turn.wrapping_add(1);
-            match self.build(partition, want) {
-                Ok(batch) => {
-                    self.send(Pending { partition, records: want, batch, first_sent: Instant::now() }).await
-                }
-                Err(e) => {
-                    self.report.fail(want, &e);
-                    break;
-                }
+            for i in 0..want {
+                self.send(partition, i + 1 == want).await;
             }
+            sent += want;
         }
-        // Drain: every answer, and every retry, within a bound.
-        let drain_until = Instant::now() + DRAIN_TIMEOUT;
-        while (self.in_flight() > 0 || !self.retries.is_empty()) && Instant::now() < drain_until {
-            self.resend(&mut backoff).await;
-            let Some(addr) = self.conns.iter().find(|(_, c)| !c.in_flight.is_empty()).map(|(a, _)| a.clone())
-            else {
-                continue;
-            };
-            let left = drain_until.saturating_duration_since(Instant::now());
-            if tokio::time::timeout(left, self.receive(&addr)).await.is_err() {
-                break;
-            }
-        }
-        let lost: u64 =
-            self.conns.values().flat_map(|c| &c.in_flight).map(|f| f.pending.records).sum::<u64>()
-                + self.retries.iter().map(|p| p.records).sum::<u64>();
-        if lost > 0 {
-            let e = error(
-                code::REQUEST_TIMED_OUT,
-                "REQUEST_TIMED_OUT",
-                format!("no answer within {DRAIN_TIMEOUT:?} of the end"),
-            );
-            self.report.fail(lost, &e);
-        }
-        self.report
+        // Drain: every answer; the producer's delivery timeout bounds the wait.
+        self.producer.close().await;
+        (sent, self.producer.stats())
     }
 }
 
@@ -485,8 +264,19 @@ async fn bench_partitions(router: &Router, topic: &str, asked: &[u32]) -> Result
     Ok(ps)
 }
 
+/// What all workers did.
+#[derive(Debug)]
+struct Total {
+    stats: ProducerStats,
+    tally: Tally,
+}
+
 /// `runnel bench produce`: the report as JSON (see the README).
-pub(crate) async fn produce(router: Arc<Router>, bench: ProduceBench) -> Result<Value, ClientError> {
+pub(crate) async fn produce(
+    router: Arc<Router>,
+    bootstrap: &[String],
+    bench: ProduceBench,
+) -> Result<Value, ClientError> {
     let count = router.partition_count(&bench.topic).await?;
     let mut partitions = bench_partitions(&router, &bench.topic, &bench.partitions).await?;
     let mut keys_by_partition: HashMap<u32, Vec<Bytes>> = HashMap::new();
@@ -512,37 +302,61 @@ pub(crate) async fn produce(router: Arc<Router>, bench: ProduceBench) -> Result<
     let bench = Arc::new(bench);
     let budget = Arc::new(AtomicU64::new(bench.num_records));
     let sent_total = Arc::new(AtomicU64::new(0));
+    let tally: Arc<Mutex<Tally>> = Arc::default();
+    let mut producers = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let mut config = ProducerConfig::new(bootstrap.to_vec());
+        config.client_id = "runnel-bench".into();
+        config.acks = bench.acks.to_client();
+        config.batch_size = bench.batch_size;
+        config.max_in_flight = bench.max_in_flight;
+        config.idempotence = false;
+        config.delivery_timeout = DELIVERY_TIMEOUT;
+        // Room for every partition's window of full batches and one filling, no more: a
+        // bigger buffer would only queue records in the client, and the latency measured
+        // would be that queue's rather than the requests'. (A record's bytes in the buffer
+        // are an upper bound of its size in the batch, hence the factor 2.)
+        config.buffer_memory = (bench.batch_size.saturating_mul(2 * (bench.max_in_flight + 1)))
+            .saturating_mul(partitions.len())
+            .clamp(1 << 20, 1 << 30);
+        producers.push(Producer::new(config).await?);
+    }
     let start = Instant::now();
     let mut tasks = JoinSet::new();
-    for w in 0..concurrency {
+    for (w, producer) in producers.into_iter().enumerate() {
         let mine = worker_partitions(&partitions, w, concurrency);
         let keys = mine.iter().filter_map(|p| keys_by_partition.get(p).map(|k| (*p, k.clone()))).collect();
         let worker = Worker {
-            router: router.clone(),
+            producer,
             bench: bench.clone(),
             partitions: mine,
             keys,
             payload: payload.clone(),
-            conns: HashMap::new(),
-            retries: VecDeque::new(),
-            next_id: 0,
-            report: WorkerReport::default(),
+            tally: tally.clone(),
         };
         tasks.spawn(worker.run(budget.clone(), start, sent_total.clone()));
     }
-    let mut total = WorkerReport::default();
+    let mut sent = 0u64;
+    let mut stats = ProducerStats::default();
     while let Some(joined) = tasks.join_next().await {
-        let r = joined.map_err(|e| error(-1, "UNKNOWN_SERVER_ERROR", format!("bench worker: {e}")))?;
-        total.acknowledged += r.acknowledged;
-        total.failed += r.failed;
-        total.batches += r.batches;
-        total.retried += r.retried;
-        total.latencies.0.extend(r.latencies.0);
-        total.errors_total += r.errors_total;
-        total.errors.extend(r.errors.into_iter().take(ERRORS_KEPT_MAX.saturating_sub(total.errors.len())));
+        let (n, s) = joined.map_err(|e| error(-1, "UNKNOWN_SERVER_ERROR", format!("bench worker: {e}")))?;
+        sent += n;
+        stats.batches += s.batches;
+        stats.retries += s.retries;
     }
+    let mut total = std::mem::take(&mut *lock(&tally));
+    let unanswered = sent.saturating_sub(total.acknowledged + total.failed);
+    if unanswered > 0 {
+        let e = error(
+            code::REQUEST_TIMED_OUT,
+            "REQUEST_TIMED_OUT",
+            format!("no answer within {DELIVERY_TIMEOUT:?}"),
+        );
+        total.fail(unanswered, &e);
+    }
+    let total = Total { stats, tally: total };
     let elapsed = start.elapsed().as_secs_f64().max(1e-9);
-    let bytes = total.acknowledged * bench.record_size as u64;
+    let bytes = total.tally.acknowledged * bench.record_size as u64;
     Ok(json!({
         "test": "produce",
         "topic": bench.topic,
@@ -551,17 +365,17 @@ pub(crate) async fn produce(router: Arc<Router>, bench: ProduceBench) -> Result<
         "acks": match bench.acks { Acks::All => "all", Acks::Leader => "1", Acks::None => "0" },
         "record_size": bench.record_size,
         "batch_size": bench.batch_size,
-        "records": total.acknowledged,
-        "failed_records": total.failed,
-        "batches": total.batches,
-        "retried_batches": total.retried,
+        "records": total.tally.acknowledged,
+        "failed_records": total.tally.failed,
+        "batches": total.stats.batches,
+        "retried_batches": total.stats.retries,
         "bytes": bytes,
         "elapsed_s": round3(elapsed),
-        "records_per_s": round3(total.acknowledged as f64 / elapsed),
+        "records_per_s": round3(total.tally.acknowledged as f64 / elapsed),
         "mb_per_s": round3(bytes as f64 / 1e6 / elapsed),
-        "latency_ms": total.latencies.summary(),
-        "errors": total.errors,
-        "errors_total": total.errors_total,
+        "latency_ms": total.tally.latencies.summary(),
+        "errors": total.tally.errors,
+        "errors_total": total.tally.errors_total,
     }))
 }
 

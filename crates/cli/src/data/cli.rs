@@ -8,12 +8,9 @@ use std::time::Duration;
 
 use super::bench::{self, ConsumeBench, DURATION_MAX, ProduceBench};
 use super::consume::{self, ConsumeOptions, PrintOptions, Start};
-use super::produce::{self, Acks, BatchLimits, ProduceOptions};
+use super::produce::{self, Acks, ProduceOptions};
 use super::router::Router;
 use crate::client::{self, ClientError, Output};
-
-/// Most records in one produced batch (its size limit usually cuts first).
-const PRODUCE_RECORDS_PER_BATCH_MAX: usize = 100_000;
 
 /// Where to reach the cluster.
 #[derive(Debug, Clone, clap::Args)]
@@ -54,6 +51,10 @@ pub(crate) struct ProduceArgs {
     /// How long a batch waits for more records, in milliseconds.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub(crate) linger_ms: u64,
+    /// Idempotent appends: retries never write a record twice (the producer numbers its
+    /// batches and the leader drops repeats). Default true with --acks all, which it needs.
+    #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
+    pub(crate) idempotence: Option<bool>,
     #[command(flatten)]
     pub(crate) bootstrap: Bootstrap,
 }
@@ -194,14 +195,12 @@ pub(crate) fn run_produce(args: ProduceArgs) -> anyhow::Result<ExitCode> {
         partition: args.partition,
         key_separator: args.key_separator,
         acks: args.acks,
-        limits: BatchLimits {
-            bytes_max: args.batch_size as usize,
-            records_max: PRODUCE_RECORDS_PER_BATCH_MAX,
-            linger: Duration::from_millis(args.linger_ms),
-        },
+        batch_size: args.batch_size as usize,
+        linger: Duration::from_millis(args.linger_ms),
+        idempotence: args.idempotence.unwrap_or(args.acks == Acks::All),
+        bootstrap: client::bootstrap(&args.bootstrap.bootstrap),
     };
-    let router = args.bootstrap.router();
-    let summary = match runtime()?.block_on(produce::produce(router, options)) {
+    let summary = match runtime()?.block_on(produce::produce(options)) {
         Ok(summary) => summary,
         Err(e) => return Ok(fail(&e)),
     };
@@ -210,6 +209,12 @@ pub(crate) fn run_produce(args: ProduceArgs) -> anyhow::Result<ExitCode> {
     for (partition, outcome) in &summary.failures {
         if let Some(e) = &outcome.error {
             eprintln!("error: {e} (partition {partition}: {} records not acknowledged)", outcome.failed);
+        }
+        code = ExitCode::FAILURE;
+    }
+    if let Some(outcome) = &summary.unplaced {
+        if let Some(e) = &outcome.error {
+            eprintln!("error: {e} ({} records not acknowledged)", outcome.failed);
         }
         code = ExitCode::FAILURE;
     }
@@ -289,7 +294,8 @@ pub(crate) fn run_bench(command: BenchCommand) -> anyhow::Result<ExitCode> {
                 batch_size: a.batch_size as usize,
             };
             let router = a.bootstrap.router();
-            (runtime()?.block_on(bench::produce(router, bench)), a.output)
+            let bootstrap = client::bootstrap(&a.bootstrap.bootstrap);
+            (runtime()?.block_on(bench::produce(router, &bootstrap, bench)), a.output)
         }
         BenchCommand::Consume(a) => {
             let bench = ConsumeBench {

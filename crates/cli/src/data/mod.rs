@@ -5,7 +5,7 @@
 //! - [`router`] finds partition leaders from `Metadata` and retries requests as leadership
 //!   moves;
 //! - [`partitioner`] is Kafka's default partitioner (murmur2 for keys, sticky without);
-//! - [`produce`] batches lines of stdin into RecordBatch v2 per partition;
+//! - [`produce`] sends lines of stdin with the client crate's `Producer`;
 //! - [`consume`] reads partitions with `FetchStream` and prints records as text or JSON;
 //! - [`bench`] measures produce and consume throughput and latency.
 //!

@@ -27,7 +27,7 @@ use rand::{Rng, SeedableRng};
 use runnel_proto::pb::runnel::v1 as pb;
 use runnel_testkit::history::Window;
 use runnel_testkit::workload::{
-    PartitionState, Workload, WorkloadOpts, acknowledged_ends, partition_states, read_final,
+    PartitionState, ProduceMode, Workload, WorkloadOpts, acknowledged_ends, partition_states, read_final,
 };
 use runnel_testkit::{grpc_client, percentile};
 use tokio::sync::watch;
@@ -113,6 +113,15 @@ struct Args {
     /// Seed of the fault schedule (default: from the clock); printed so a run can be repeated.
     #[arg(long)]
     seed: Option<u64>,
+    /// Produce through the client crate's idempotent Producer (it retries with the same
+    /// records, and the leaders drop repeats) instead of the workload's own loop, which never
+    /// retries a value. Duplicates must then be 0.
+    #[arg(long, conflicts_with = "client_producer")]
+    idempotent: bool,
+    /// Produce through the client's Producer without idempotence: its retries may append a
+    /// record twice, which the verdict counts (the contrast to --idempotent).
+    #[arg(long)]
+    client_producer: bool,
 }
 
 /// One injected fault.
@@ -171,6 +180,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let mut opts = WorkloadOpts::new(args.bootstrap.clone(), topic.clone(), partitions.clone());
     opts.producers_per_partition = args.producers_per_partition;
     opts.interval = Duration::from_millis(args.interval_ms);
+    opts.mode = match (args.idempotent, args.client_producer) {
+        (true, _) => ProduceMode::Producer { idempotence: true },
+        (false, true) => ProduceMode::Producer { idempotence: false },
+        (false, false) => ProduceMode::Direct,
+    };
+    println!("runnel-chaos: producing with {:?}", opts.mode);
     let workload = Workload::start(opts);
     let end = Instant::now() + Duration::from_secs(args.duration);
     let mut rng = StdRng::seed_from_u64(seed);
@@ -247,7 +262,15 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         println!("[{:>8.3} s] interrupted: stopping", workload.elapsed().as_secs_f64());
     }
 
+    let client_stats = workload.client_stats();
     let history = workload.stop().await;
+    if let Some(stats) = client_stats {
+        println!(
+            "client producer: {} batches acknowledged, {} resent, {} answered as duplicates (dropped by the \
+             leaders), {} failed",
+            stats.batches, stats.retries, stats.duplicates, stats.failed_batches
+        );
+    }
     if let Some(last) = injected.last_mut() {
         last.until = history.ended;
     }
