@@ -347,19 +347,6 @@ async fn idempotent_producer_writes_every_record_exactly_once_while_the_leader_i
     println!("records not acknowledged: {unacknowledged}");
 }
 
-/// The contrast: the same run with the client's Producer *without* idempotence. Its retries
-/// resend records whose first append may have succeeded, so the checker usually counts
-/// duplicates here (how many depends on timing, so only loss is asserted). Run it by hand:
-/// `cargo test -p runnel --test faults -- --ignored --nocapture non_idempotent`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a contrast run for people (duplicates depend on timing); see its doc"]
-async fn non_idempotent_producer_may_duplicate_while_the_leader_is_killed_five_times() {
-    let mode = ProduceMode::Producer { idempotence: false };
-    let (_, verdict) = leader_killed_five_times(mode, "acceptance-at-least-once").await;
-    println!("without idempotence: {} duplicated, {} lost", verdict.duplicated, verdict.lost);
-    assert_eq!(verdict.lost, 0, "{verdict}");
-}
-
 /// The addresses of the nodes that are up.
 fn up_addrs(cluster: &Cluster) -> Vec<String> {
     cluster

@@ -9,11 +9,11 @@
 //!
 //! The argument is the number of updates (default 300), split over the departments; the
 //! example exits once every update has been applied (1 if one was applied out of order, or
-//! not at all within two minutes). It creates the topic `payroll` (6 partitions) through the
-//! ControllerService's CreateTopic when it is missing, with the raw gRPC client: the client
-//! crate's Admin type is being written elsewhere. It produces with the broker's Produce RPC
-//! through the client's `Router` and `partitioner`, one acknowledged (acks=all) update at a
-//! time per department, for the same reason (the Producer type is not on this branch yet).
+//! not at all within two minutes). It creates the topic `payroll` (6 partitions) with `Admin`
+//! when it is missing. Each department sends its updates through its own idempotent
+//! `Producer` (acks=all, batched, several batches in flight): the Producer acknowledges a
+//! partition's records in send order and never writes a record twice, even when it retries
+//! through a leader change.
 //!
 //! Each run tags its updates with a run id, so a topic that already holds updates of earlier
 //! runs is fine: the consumers (a fresh group per run, reading from the earliest offset) skip
@@ -24,12 +24,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use runnel_client::ClientError;
+use runnel_client::admin::{Admin, NewTopic};
 use runnel_client::consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset};
-use runnel_client::partitioner::partition_for_key;
-use runnel_client::router::Router;
-use runnel_proto::pb::runnel::v1 as pb;
+use runnel_client::producer::{Producer, ProducerConfig, ProducerRecord};
 
 /// The topic, and its partition count when the example creates it.
 pub(crate) const TOPIC: &str = "payroll";
@@ -39,8 +37,6 @@ const DEPARTMENTS: [&str; 3] = ["engineering", "sales", "support"];
 const EMPLOYEES: u32 = 10;
 /// How long the consumers may take to apply every update.
 const APPLY_DEADLINE: Duration = Duration::from_secs(120);
-/// Deadline of one Produce attempt (acks=all).
-const PRODUCE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a run found.
 #[derive(Debug, Default, Clone)]
@@ -80,83 +76,58 @@ fn parse_value(value: &[u8]) -> Option<(String, u64, u64)> {
     Some((run?, seq?, salary?))
 }
 
-/// Creates the topic unless it exists (replication factor 3, or the number of brokers if
-/// fewer), asking each bootstrap address in turn.
-async fn ensure_topic(router: &Router, bootstrap: &[String]) -> Result<(), ClientError> {
-    use runnel_proto::pb::runnel::v1::controller_service_client::ControllerServiceClient;
-    let mut brokers = 0;
-    for addr in bootstrap {
-        if let Ok(answer) = router.client(addr)?.metadata(pb::MetadataRequest { topics: Vec::new() }).await {
-            brokers = answer.into_inner().brokers.len() as u32;
-            if brokers > 0 {
-                break;
-            }
-        }
+/// Creates the topic unless it exists (replication factor 3, or the number of live brokers
+/// if fewer). Another run creating it at the same moment is fine.
+async fn ensure_topic(bootstrap: &[String]) -> Result<(), ClientError> {
+    let admin = Admin::new(bootstrap.to_vec());
+    if admin.topic_exists(TOPIC).await? {
+        return Ok(());
     }
-    let mut last = ClientError::new(13, "NETWORK_EXCEPTION", "no bootstrap address");
-    for addr in bootstrap {
-        let mut client = match ControllerServiceClient::connect(format!("http://{addr}")).await {
-            Ok(c) => c,
-            Err(e) => {
-                last = ClientError::new(13, "NETWORK_EXCEPTION", format!("{addr}: {e}"));
-                continue;
-            }
-        };
-        let request = pb::CreateTopicRequest {
-            name: TOPIC.into(),
-            partitions: PARTITIONS,
-            replication_factor: brokers.clamp(1, 3),
-            configs: HashMap::new(),
-        };
-        match client.create_topic(request).await {
-            Ok(_) => return Ok(()),
-            Err(status) => {
-                let e = ClientError::from(status);
-                if e.name == "TOPIC_ALREADY_EXISTS" {
-                    return Ok(());
-                }
-                last = e;
-            }
-        }
+    match admin.create_topic(NewTopic::new(TOPIC, PARTITIONS)).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.name == "TOPIC_ALREADY_EXISTS" => Ok(()),
+        Err(e) => Err(e),
     }
-    Err(last)
 }
 
-/// One department: `count` updates, each for one of its employees in turn, sent one at a
-/// time (each acknowledged before the next), so an employee's updates reach its partition in
-/// the order of their sequence numbers.
-async fn department(router: Arc<Router>, run: String, dept: usize, count: u64) -> Result<u64, ClientError> {
-    let partitions = router.partition_count(TOPIC).await?;
+/// One department: `count` updates, each for one of its employees in turn, keyed by the
+/// employee id. Kafka's partitioner sends an employee's updates to one partition, and the
+/// producer appends them there in the order of `send`.
+async fn department(
+    bootstrap: Vec<String>,
+    run: String,
+    dept: usize,
+    count: u64,
+) -> Result<u64, ClientError> {
+    let mut config = ProducerConfig::new(bootstrap);
+    config.client_id = format!("payroll-{}", DEPARTMENTS[dept]);
+    let producer = Producer::new(config).await?;
     let mut seqs = vec![0u64; EMPLOYEES as usize];
+    let mut deliveries = Vec::new();
     for i in 0..count {
         let employee = (i % u64::from(EMPLOYEES)) as usize;
         let key = format!("{}-{employee}", DEPARTMENTS[dept]);
         let seq = seqs[employee];
         seqs[employee] += 1;
         let salary = 50_000 + 1_000 * seq + employee as u64;
-        let partition = partition_for_key(key.as_bytes(), partitions);
-        let request = pb::ProduceRequest {
-            topic: TOPIC.into(),
-            partition,
-            acks: pb::Acks::All as i32,
-            timeout_ms: 5_000,
-            data: Some(pb::produce_request::Data::Records(pb::RecordList {
-                records: vec![pb::Record {
-                    key: Some(Bytes::from(key)),
-                    value: Some(Bytes::from(update_value(&run, seq, salary))),
-                    ..Default::default()
-                }],
-            })),
-            producer: None,
-        };
-        router
-            .call(TOPIC, partition, PRODUCE_TIMEOUT, |mut c| {
-                let request = request.clone();
-                async move { c.produce(request).await.map(tonic::Response::into_inner) }
-            })
-            .await?;
+        let record = ProducerRecord::new(TOPIC, update_value(&run, seq, salary)).key(key);
+        deliveries.push(producer.send(record).await);
     }
-    Ok(count)
+    let mut sent = 0;
+    let mut failure = None;
+    for delivery in deliveries {
+        match delivery.await {
+            Ok(_) => sent += 1,
+            Err(e) => {
+                failure.get_or_insert(e.error);
+            }
+        }
+    }
+    producer.close().await;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(sent),
+    }
 }
 
 /// The payroll's books, shared by the two consumers.
@@ -221,8 +192,7 @@ async fn payroll_consumer(
 /// Runs the payroll: `updates` salary updates over three departments, applied by a group
 /// of two consumers, against the cluster at `bootstrap`.
 pub(crate) async fn run(bootstrap: Vec<String>, updates: u64) -> Result<Report, ClientError> {
-    let router = Arc::new(Router::new(bootstrap.clone()));
-    ensure_topic(&router, &bootstrap).await?;
+    ensure_topic(&bootstrap).await?;
     let run = format!("{}-{}", std::process::id(), unix_ms());
     let group = format!("payroll-{run}");
     let books = Arc::new(Mutex::new(Books::default()));
@@ -243,7 +213,7 @@ pub(crate) async fn run(bootstrap: Vec<String>, updates: u64) -> Result<Report, 
     let producers: Vec<_> = (0..DEPARTMENTS.len())
         .map(|d| {
             let count = per_department + u64::from((d as u64) < updates % DEPARTMENTS.len() as u64);
-            tokio::spawn(department(router.clone(), run.clone(), d, count))
+            tokio::spawn(department(bootstrap.clone(), run.clone(), d, count))
         })
         .collect();
     let mut sent = 0;

@@ -173,5 +173,28 @@ fn sequential_read(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, append, sequential_read);
+/// The header walk the broker runs to rebuild its idempotent-producer state (at every log
+/// open and after a follower truncates): 200,000 one-record batches from the page cache.
+fn batch_headers(c: &mut Criterion) {
+    let dir = bench_dir();
+    let log = Log::open(dir.path(), config(FsyncPolicy::Never)).expect("open");
+    let batches = 200_000u64;
+    let template = sample_batch(1);
+    for _ in 0..batches {
+        log.append(&mut template.clone(), 0).expect("append");
+    }
+    let mut group = c.benchmark_group("batch_headers");
+    group.sample_size(10).measurement_time(Duration::from_secs(8));
+    group.throughput(Throughput::Elements(batches));
+    group.bench_function("200k_batches", |b| {
+        b.iter(|| {
+            let n = log.batch_headers(0).expect("walk").filter(|h| h.is_ok()).count();
+            assert_eq!(n as u64, batches);
+            n
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, append, sequential_read, batch_headers);
 criterion_main!(benches);

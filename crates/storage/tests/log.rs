@@ -532,31 +532,3 @@ fn batch_headers_see_a_snapshot_and_report_damage_per_segment() {
     let last = results.last().unwrap().as_ref().unwrap();
     assert_eq!(last.next_offset() as u64, log.log_end(), "later segments are still walked");
 }
-
-/// Measures the header walk (the broker's producer-state rebuild) over many small batches.
-/// Run with `cargo test --release -p runnel-storage --test log -- --ignored --nocapture
-/// batch_headers_cost`.
-#[test]
-#[ignore = "a measurement, not a check"]
-fn batch_headers_cost() {
-    let d = tempfile::tempdir().unwrap();
-    let config =
-        LogConfig { segment_bytes: 64 << 20, index_interval_bytes: 4096, ..small_config(FsyncPolicy::Never) };
-    let log = Log::open(d.path(), config).unwrap();
-    let batches = 200_000u64;
-    let template = batch_of(&["a-small-record-value"], 1);
-    for _ in 0..batches {
-        log.append(&mut template.clone(), 0).unwrap();
-    }
-    for pass in ["first", "second"] {
-        let started = std::time::Instant::now();
-        let n = log.batch_headers(0).unwrap().map(|h| h.unwrap()).filter(|h| h.records_count == 1).count();
-        let elapsed = started.elapsed();
-        assert_eq!(n as u64, batches);
-        println!(
-            "{pass} walk: {batches} batches, {} bytes, in {elapsed:?} ({:.2} µs per batch)",
-            log.size_bytes(),
-            elapsed.as_secs_f64() * 1e6 / batches as f64
-        );
-    }
-}
