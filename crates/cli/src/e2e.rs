@@ -62,6 +62,10 @@ pub(crate) struct E2eArgs {
     /// all, 1 or 0 (as for `runnel produce`).
     #[arg(long, value_enum, default_value = "all")]
     acks: Acks,
+    /// Exactly-once appends per partition across retries [default: true with --acks all,
+    /// else false].
+    #[arg(long, action = clap::ArgAction::Set, value_name = "BOOL")]
+    idempotence: Option<bool>,
     /// How long the producer lets a batch wait for more records (Kafka's linger.ms).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=1000))]
     linger_ms: u32,
@@ -155,7 +159,7 @@ async fn e2e(args: &E2eArgs) -> Result<Value, ClientError> {
     let mut config = ProducerConfig::new(client::bootstrap(&args.bootstrap.bootstrap));
     config.client_id = "runnel-bench-e2e".into();
     config.acks = args.acks.to_client();
-    config.idempotence = args.acks == Acks::All;
+    config.idempotence = args.idempotence.unwrap_or(args.acks == Acks::All);
     config.linger = Duration::from_millis(u64::from(args.linger_ms));
     let client = Producer::new(config).await?;
     let producer =
