@@ -57,7 +57,7 @@ bench "3 replicas, fsync always" 3 min.insync.replicas=2 -- --num-records "$reco
 bench "3 replicas, fsync never" 3 min.insync.replicas=2 fsync=never -- --num-records "$records" --concurrency 2 --max-in-flight 16
 max=$(python3 -c "import json; rs=[json.loads(l) for l in open('$results')]; print(int([r for r in rs if r['label']=='3 replicas, fsync always'][0]['records_per_s']))")
 bench "3 replicas, half of max rate" 3 min.insync.replicas=2 -- --num-records "$((records / 2))" --concurrency 2 --max-in-flight 16 --throughput "$((max / 2))"
-bench "3 replicas, 1 record, 1 in flight" 3 min.insync.replicas=2 -- --num-records 20000 --concurrency 1 --max-in-flight 1 --batch-size 1100
+bench "3 replicas, 1 record, 1 in flight" 3 min.insync.replicas=2 -- --num-records 20000 --concurrency 1 --max-in-flight 1 --batch-size 1100 --linger-ms 0
 
 python3 - "$results" <<'EOF'
 import json, sys

@@ -706,6 +706,17 @@ async fn drive(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Command>) {
     };
     loop {
         let command = match acc.next_due() {
+            // A batch already due (always so without linger): take what is queued first, so
+            // records that arrived together go together, then cut, without a trip through
+            // the timer wheel (whose tick is a millisecond).
+            Some(due) if due <= Instant::now() => match rx.try_recv() {
+                Ok(command) => Some(command),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    forward(acc.due(Instant::now()), &mut partitions, &mut tasks);
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            },
             Some(due) => tokio::select! {
                 c = rx.recv() => c,
                 () = tokio::time::sleep_until(due) => {

@@ -65,6 +65,8 @@ pub(crate) struct ProduceBench {
     pub(crate) keys: Option<u32>,
     /// Payload bytes per batch (at least one record per batch).
     pub(crate) batch_size: usize,
+    /// The producers' linger.
+    pub(crate) linger: Duration,
 }
 
 /// Latency samples in microseconds.
@@ -168,8 +170,9 @@ struct Worker {
 }
 
 impl Worker {
-    /// Hands one record to the producer; `timed`: measure its latency.
-    async fn send(&self, partition: u32, timed: bool) {
+    /// Hands one record to the producer; `timed`: measure its latency, and answer a receiver
+    /// that resolves once the record is answered.
+    async fn send(&self, partition: u32, timed: bool) -> Option<tokio::sync::oneshot::Receiver<()>> {
         let key = self.keys.get(&partition).filter(|k| !k.is_empty()).map(|k| {
             let i = rand::thread_rng().gen_range(0..k.len());
             k[i].clone()
@@ -184,6 +187,12 @@ impl Worker {
         };
         let tally = self.tally.clone();
         let sent = Instant::now();
+        let (answered, receiver) = if timed {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         self.producer
             .send_with_callback(record, move |delivery| {
                 let mut t = lock(&tally);
@@ -196,8 +205,13 @@ impl Worker {
                     }
                     Err(e) => t.fail(1, &e.error),
                 }
+                drop(t);
+                if let Some(tx) = answered {
+                    let _ = tx.send(());
+                }
             })
             .await;
+        receiver
     }
 
     /// Sends until the budget or the duration runs out, then waits (bounded) for the answers.
@@ -213,6 +227,12 @@ impl Worker {
         let stop_at = bench.duration.map(|d| start + d);
         let mut turn = 0usize;
         let mut sent = 0u64;
+        // A closed loop: at most --max-in-flight runs (batches) outstanding per partition, as
+        // the bench's window. Without it, records would queue in the producer's buffer and
+        // the latency measured would be that queue's.
+        let window = bench.max_in_flight.max(1) * self.partitions.len();
+        let mut outstanding: std::collections::VecDeque<tokio::sync::oneshot::Receiver<()>> =
+            std::collections::VecDeque::new();
         'sending: loop {
             if stop_at.is_some_and(|t| Instant::now() >= t) {
                 break;
@@ -232,10 +252,18 @@ impl Worker {
                 }
                 tokio::time::sleep_until(due.into()).await;
             }
+            while outstanding.len() >= window {
+                if let Some(oldest) = outstanding.pop_front() {
+                    // An error also ends the wait: the callback ran either way.
+                    let _ = oldest.await;
+                }
+            }
             let partition = self.partitions[turn % self.partitions.len()];
             turn = turn.wrapping_add(1);
             for i in 0..want {
-                self.send(partition, i + 1 == want).await;
+                if let Some(answered) = self.send(partition, i + 1 == want).await {
+                    outstanding.push_back(answered);
+                }
             }
             sent += want;
         }
@@ -309,6 +337,7 @@ pub(crate) async fn produce(
         config.client_id = "runnel-bench".into();
         config.acks = bench.acks.to_client();
         config.batch_size = bench.batch_size;
+        config.linger = bench.linger;
         config.max_in_flight = bench.max_in_flight;
         config.idempotence = false;
         config.delivery_timeout = DELIVERY_TIMEOUT;
