@@ -240,24 +240,48 @@ fn ascii(value: &str) -> Option<MetadataValue<tonic::metadata::Ascii>> {
     value.parse().ok()
 }
 
+/// A status with Kafka's code and name in its metadata and, when given, a leader (or
+/// coordinator) to retry at: what every Runnel service answers a refusal with.
+pub(crate) fn kafka_status(
+    grpc: Code,
+    code: i32,
+    name: &str,
+    message: String,
+    leader_address: Option<&str>,
+    leader_id: Option<i64>,
+) -> tonic::Status {
+    let mut status = tonic::Status::new(grpc, message);
+    let meta = status.metadata_mut();
+    if let Some(v) = ascii(&code.to_string()) {
+        meta.insert(ERROR_CODE_KEY, v);
+    }
+    if let Some(v) = ascii(name) {
+        meta.insert(ERROR_NAME_KEY, v);
+    }
+    if let Some(v) = leader_address.and_then(ascii) {
+        meta.insert(LEADER_KEY, v);
+    }
+    if let Some(v) = leader_id.and_then(|id| ascii(&id.to_string())) {
+        meta.insert(LEADER_ID_KEY, v);
+    }
+    status
+}
+
 impl From<BrokerError> for tonic::Status {
     fn from(error: BrokerError) -> tonic::Status {
-        let mut status = tonic::Status::new(error.code.grpc(), error.to_string());
+        let (address, id) = match &error.leader {
+            Some(leader) => (leader.address.as_deref(), leader.id.map(i64::from)),
+            None => (None, None),
+        };
+        let mut status = kafka_status(
+            error.code.grpc(),
+            error.code.code(),
+            error.code.name(),
+            error.to_string(),
+            address,
+            id,
+        );
         let meta = status.metadata_mut();
-        if let Some(v) = ascii(&error.code.code().to_string()) {
-            meta.insert(ERROR_CODE_KEY, v);
-        }
-        if let Some(v) = ascii(error.code.name()) {
-            meta.insert(ERROR_NAME_KEY, v);
-        }
-        if let Some(leader) = &error.leader {
-            if let Some(v) = leader.address.as_deref().and_then(ascii) {
-                meta.insert(LEADER_KEY, v);
-            }
-            if let Some(v) = leader.id.and_then(|id| ascii(&id.to_string())) {
-                meta.insert(LEADER_ID_KEY, v);
-            }
-        }
         if let Some((start, hw)) = error.range {
             if let Some(v) = ascii(&start.to_string()) {
                 meta.insert(LOG_START_KEY, v);

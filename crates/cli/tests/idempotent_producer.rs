@@ -87,19 +87,6 @@ fn idempotent(
     }
 }
 
-/// The partition's state as node `via` describes it.
-async fn describe(cluster: &Cluster, via: u64, topic: &str) -> Option<pb::PartitionInfo> {
-    let mut c = cluster.controller_client(via).await.ok()?;
-    let r = tokio::time::timeout(
-        Duration::from_secs(2),
-        c.describe_topic(pb::DescribeTopicRequest { name: topic.into() }),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    r.into_inner().topic?.partitions.into_iter().next()
-}
-
 /// Polls the running nodes until `check` holds for the partition's state.
 async fn wait_state(
     cluster: &Cluster,
@@ -107,20 +94,7 @@ async fn wait_state(
     what: &str,
     check: impl Fn(&pb::PartitionInfo) -> bool,
 ) -> pb::PartitionInfo {
-    let deadline = Instant::now() + DEADLINE;
-    let mut last = None;
-    loop {
-        for id in cluster.ids().into_iter().filter(|&id| cluster.is_up(id)) {
-            if let Some(state) = describe(cluster, id, topic).await {
-                if check(&state) {
-                    return state;
-                }
-                last = Some(state);
-            }
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {DEADLINE:?}; last state {last:?}");
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
+    cluster.wait_for_first_partition(topic, what, DEADLINE, check).await.unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Sends `request` to broker `leader` until it answers other than with a retriable

@@ -31,40 +31,14 @@ async fn create(cluster: &Cluster, name: &str) {
     .unwrap();
 }
 
-/// The partition's state as node `via` describes it.
-async fn describe(cluster: &Cluster, via: u64, topic: &str) -> Option<pb::PartitionInfo> {
-    let mut c = cluster.controller_client(via).await.ok()?;
-    let r = tokio::time::timeout(
-        Duration::from_secs(2),
-        c.describe_topic(pb::DescribeTopicRequest { name: topic.into() }),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    r.into_inner().topic?.partitions.into_iter().next()
-}
-
-/// Polls until `check` holds for the partition's state (asked of any running node).
+/// Polls the running nodes until `check` holds for the partition's state.
 async fn wait_state(
     cluster: &Cluster,
     topic: &str,
     what: &str,
     check: impl Fn(&pb::PartitionInfo) -> bool,
 ) -> pb::PartitionInfo {
-    let deadline = Instant::now() + DEADLINE;
-    let mut last = None;
-    loop {
-        for id in cluster.ids().into_iter().filter(|&id| cluster.is_up(id)) {
-            if let Some(state) = describe(cluster, id, topic).await {
-                if check(&state) {
-                    return state;
-                }
-                last = Some(state);
-            }
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {DEADLINE:?}; last state {last:?}");
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
+    cluster.wait_for_first_partition(topic, what, DEADLINE, check).await.unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Produces `values` at acks=all to the partition's leader, retrying (with the same values)
@@ -107,7 +81,7 @@ async fn produce(cluster: &Cluster, topic: &str, values: &[String]) -> i64 {
 
 async fn describe_leader(cluster: &Cluster, topic: &str) -> Option<u64> {
     for id in cluster.ids().into_iter().filter(|&id| cluster.is_up(id)) {
-        if let Some(state) = describe(cluster, id, topic).await {
+        if let Some(state) = cluster.first_partition(id, topic).await {
             return u64::try_from(state.leader).ok().filter(|&l| cluster.is_up(l));
         }
     }

@@ -41,7 +41,8 @@ use anyhow::{Context, anyhow, bail};
 use runnel_proto::pb::runnel::v1::broker_service_client::BrokerServiceClient;
 use runnel_proto::pb::runnel::v1::controller_service_client::ControllerServiceClient;
 use runnel_proto::pb::runnel::v1::{
-    DescribeClusterRequest, DescribeClusterResponse, ListOffsetsRequest, MetadataRequest,
+    DescribeClusterRequest, DescribeClusterResponse, DescribeTopicRequest, ListOffsetsRequest,
+    MetadataRequest, PartitionInfo,
 };
 use rustix::process::{Pid, Signal, kill_process};
 use tonic::transport::Channel;
@@ -652,6 +653,44 @@ impl Cluster {
             Ok::<_, anyhow::Error>(c.describe_cluster(DescribeClusterRequest {}).await?.into_inner())
         };
         tokio::time::timeout(timeout, call).await.map_err(|_| anyhow!("DescribeCluster timed out"))?
+    }
+
+    /// The first partition of `topic` as node `via` describes it; `None` when the node does
+    /// not answer within 2 s or knows no such topic.
+    pub async fn first_partition(&self, via: u64, topic: &str) -> Option<PartitionInfo> {
+        let call = async {
+            let mut c = self.controller_client(via).await.ok()?;
+            let r = c.describe_topic(DescribeTopicRequest { name: topic.into() }).await.ok()?;
+            r.into_inner().topic?.partitions.into_iter().next()
+        };
+        tokio::time::timeout(Duration::from_secs(2), call).await.ok().flatten()
+    }
+
+    /// Polls the running nodes until `check` holds for the first partition of `topic`, and
+    /// answers that state; after `timeout`, an error naming `what` and the last state seen.
+    pub async fn wait_for_first_partition(
+        &self,
+        topic: &str,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&PartitionInfo) -> bool,
+    ) -> anyhow::Result<PartitionInfo> {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        loop {
+            for id in self.ids().into_iter().filter(|&id| self.is_up(id)) {
+                if let Some(state) = self.first_partition(id, topic).await {
+                    if check(&state) {
+                        return Ok(state);
+                    }
+                    last = Some(state);
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!("{what}: not within {timeout:?}; last state {last:?}");
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
     }
 
     /// Polls the running, unpaused, connected nodes until one names a controller leader that is

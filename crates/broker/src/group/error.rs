@@ -3,9 +3,8 @@
 //! `runnel-leader` with NOT_COORDINATOR when the coordinator is known).
 
 use tonic::Code;
-use tonic::metadata::MetadataValue;
 
-use crate::error::{BrokerError, ERROR_CODE_KEY, ERROR_NAME_KEY, ErrorCode, LEADER_ID_KEY, LEADER_KEY};
+use crate::error::{BrokerError, ErrorCode, kafka_status};
 
 /// Kafka's error codes that the group calls answer (numbers and names are Kafka's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,35 +147,20 @@ impl GroupError {
     }
 }
 
-fn ascii(value: &str) -> Option<MetadataValue<tonic::metadata::Ascii>> {
-    value.parse().ok()
-}
-
 impl From<GroupError> for tonic::Status {
     fn from(error: GroupError) -> tonic::Status {
-        let mut status = tonic::Status::new(error.code.grpc(), error.to_string());
-        let meta = status.metadata_mut();
-        if let Some(v) = ascii(&error.code.code().to_string()) {
-            meta.insert(ERROR_CODE_KEY, v);
-        }
-        if let Some(v) = ascii(error.code.name()) {
-            meta.insert(ERROR_NAME_KEY, v);
-        }
-        if let Some((id, address)) = &error.coordinator {
-            if let Some(v) = ascii(address) {
-                meta.insert(LEADER_KEY, v);
-            }
-            if let Some(v) = ascii(&id.to_string()) {
-                meta.insert(LEADER_ID_KEY, v);
-            }
-        }
-        status
+        let (address, id) = match &error.coordinator {
+            Some((id, address)) => (Some(address.as_str()), Some(i64::from(*id))),
+            None => (None, None),
+        };
+        kafka_status(error.code.grpc(), error.code.code(), error.code.name(), error.to_string(), address, id)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::{ERROR_CODE_KEY, ERROR_NAME_KEY, LEADER_ID_KEY, LEADER_KEY};
 
     #[test]
     fn a_status_carries_the_code_the_name_and_the_coordinator() {
