@@ -411,27 +411,12 @@ pub(crate) async fn alter_partition(
     request: pb::AlterPartitionRequest,
     timeout: Duration,
 ) -> Result<(), tonic::Status> {
-    let mut picker = Controllers::new(controllers.to_vec(), 0);
-    let mut last = tonic::Status::unavailable("no controller");
-    for _ in 0..controllers.len() + 1 {
-        let addr = picker.current();
-        let mut c = client(&addr, timeout, true)?;
-        match c.alter_partition(request.clone()).await {
-            Ok(_) => return Ok(()),
-            Err(e) => {
-                // A refusal with Kafka's code is the controller's answer: do not retry it.
-                if e.metadata().get(ERROR_CODE_KEY).is_some()
-                    && e.metadata().get(LEADER_KEY).is_none()
-                    && e.code() != tonic::Code::Unavailable
-                {
-                    return Err(e);
-                }
-                picker.failed(&e);
-                last = e;
-            }
-        }
-    }
-    Err(last)
+    call_controller(controllers, timeout, |mut c| {
+        let request = request.clone();
+        async move { c.alter_partition(request).await }
+    })
+    .await
+    .map(|_| ())
 }
 
 /// Calls the controller leader with `call`, trying the voters in turn (followers forward to
