@@ -21,8 +21,35 @@ fn opts() -> ClusterOpts {
     ClusterOpts::new(env!("CARGO_BIN_EXE_runnel"))
 }
 
-fn start3() -> Cluster {
-    Cluster::start(3, opts()).unwrap_or_else(|e| panic!("cluster start: {e:#}"))
+/// Serializes this file's clusters: its tests assert the failover and timeout bounds
+/// (1 s, 2 s, 4 s), and two clusters fsyncing on one disk at once made a Raft vote's fsync
+/// alone take over a second (seen once in CI: a 1.75 s fencing).
+static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A cluster that holds this file's turn until it is dropped (the nodes stop first).
+struct Serial {
+    cluster: Cluster,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+impl std::ops::Deref for Serial {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.cluster
+    }
+}
+
+impl std::ops::DerefMut for Serial {
+    fn deref_mut(&mut self) -> &mut Cluster {
+        &mut self.cluster
+    }
+}
+
+fn start3() -> Serial {
+    // A test that panicked still leaves the lock usable.
+    let turn = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let cluster = Cluster::start(3, opts()).unwrap_or_else(|e| panic!("cluster start: {e:#}"));
+    Serial { cluster, _turn: turn }
 }
 
 fn rpc_timeout() -> Duration {
