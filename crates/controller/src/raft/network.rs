@@ -59,7 +59,10 @@ pub struct NetworkConfig {
     pub connect_timeout: Duration,
     /// First pause after a peer is found unreachable.
     pub backoff_initial: Duration,
-    /// Longest pause between attempts to reach an unreachable peer.
+    /// Longest pause between attempts to reach an unreachable peer. It must stay well below
+    /// the silence after which a follower stands for election (the election timeout's upper
+    /// bound plus a margin, 550 ms by default): a peer that comes back has to hear from the
+    /// leader before then, or it deposes a healthy leader.
     pub backoff_max: Duration,
     /// Largest message sent or received, in bytes.
     pub message_bytes_max: usize,
@@ -70,7 +73,7 @@ impl Default for NetworkConfig {
         Self {
             connect_timeout: Duration::from_secs(1),
             backoff_initial: Duration::from_millis(50),
-            backoff_max: Duration::from_secs(2),
+            backoff_max: Duration::from_millis(200),
             message_bytes_max: MESSAGE_BYTES_MAX,
         }
     }
