@@ -348,6 +348,14 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// How many records with a `key_len`-byte key (`None`: no key), a `value_len`-byte value and
+/// no headers the producer puts in one batch of at most `batch_size` bytes: the batch is cut
+/// as soon as another such record would not fit. A benchmark that hands the producer runs
+/// of this many records gets one full batch per run.
+pub fn records_per_batch(batch_size: usize, key_len: Option<usize>, value_len: usize) -> usize {
+    accumulator::records_per_batch(batch_size.max(1), BATCH_RECORDS_MAX, key_len, value_len)
+}
+
 /// The sequence after a batch of `records` records starting at `base`: Kafka's numbering wraps
 /// from `i32::MAX` to 0.
 pub fn next_sequence(base: i32, records: usize) -> i32 {

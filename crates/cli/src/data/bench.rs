@@ -3,9 +3,10 @@
 //!
 //! Produce: `--concurrency` workers, each with a [`Producer`] of its own (so its own produce
 //! streams, one per partition) and at most `--max-in-flight` batches outstanding per
-//! partition. A worker writes to its share of the partitions, `--batch-size` bytes of values
-//! to one partition, then to the next. Latency is measured per batch: from handing the last
-//! record of each batch-sized run to the producer (which then cuts the batch) to that
+//! partition. A worker writes to its share of the partitions, one batch's worth of records
+//! (as many as the producer fits in `--batch-size` bytes) to one partition, then to the next.
+//! Latency is measured per batch: from handing the last record of each run to the producer
+//! (which fills the batch, so the producer sends it at once) to that
 //! record's acknowledgement, i.e. what the batch's request waits. Retriable errors are retried
 //! by the producer; the benchmark runs it without idempotence (its window may exceed the five
 //! batches idempotence allows), so under leader changes a record may be written twice.
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rand::Rng;
 use rand::distributions::Alphanumeric;
-use runnel_client::producer::{Producer, ProducerConfig, ProducerRecord, ProducerStats};
+use runnel_client::producer::{Producer, ProducerConfig, ProducerRecord, ProducerStats, records_per_batch};
 use runnel_proto::pb::runnel::v1 as pb;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
@@ -223,7 +224,10 @@ impl Worker {
         sent_total: Arc<AtomicU64>,
     ) -> (u64, ProducerStats) {
         let bench = self.bench.clone();
-        let per_batch = (bench.batch_size / bench.record_size.max(1)).max(1) as u64;
+        // One run is one batch: the last record of a run fills it, so the record timed is
+        // sent at once and its latency is its batch's (not a linger's).
+        let key_len = self.keys.values().flatten().map(Bytes::len).max();
+        let per_batch = records_per_batch(bench.batch_size, key_len, bench.record_size) as u64;
         let stop_at = bench.duration.map(|d| start + d);
         let mut turn = 0usize;
         let mut sent = 0u64;

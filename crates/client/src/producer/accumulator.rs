@@ -30,6 +30,26 @@ pub(crate) fn record_size_max(record: &NewRecord) -> usize {
         + headers
 }
 
+/// How many records with `key_len`-byte keys (`None`: no key) and `value_len`-byte values,
+/// no headers, one batch of at most `bytes_max` bytes and `records_max` records holds
+/// under [`Accumulator::push`]'s rule (the record that would not fit starts the next batch).
+pub(crate) fn records_per_batch(bytes_max: usize, records_max: usize, key_len: Option<usize>, value_len: usize) -> usize {
+    let record = || NewRecord {
+        key: key_len.map(|n| Bytes::from(vec![b'k'; n])),
+        value: Some(Bytes::from(vec![b'v'; value_len])),
+        headers: Vec::new(),
+        timestamp_ms: 0,
+    };
+    let size = record_size_max(&record());
+    let mut builder = BatchBuilder::new(Compression::None);
+    loop {
+        builder.push(record());
+        if builder.len() >= records_max || builder.estimated_size().saturating_add(size) > bytes_max {
+            return builder.len();
+        }
+    }
+}
+
 /// Where a batch is cut.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BatchLimits {
@@ -138,8 +158,10 @@ impl<T> Accumulator<T> {
         open.builder.push(record);
         open.waiters.push(waiter);
         open.bytes += bytes;
+        // Full when another record of this one's size would not fit: sent now rather than
+        // when the next record arrives or the linger runs out.
         if open.builder.len() >= self.limits.records_max
-            || open.builder.estimated_size() >= self.limits.bytes_max
+            || open.builder.estimated_size().saturating_add(size) > self.limits.bytes_max
         {
             ready.extend(self.cut(&tp));
         }
@@ -212,6 +234,33 @@ mod tests {
         let bytes = cut.builder.build().unwrap();
         let (_, records) = decode_batch(&bytes, &Default::default()).unwrap();
         records.iter().map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_batch_that_cannot_take_another_record_like_its_last_is_cut_at_once() {
+        let t = Instant::now();
+        for (bytes_max, key, value) in [(65_536, None, 1024), (16_384, Some(7), 100), (1100, None, 1024), (50, None, 100)] {
+            let n = records_per_batch(bytes_max, 100_000, key, value);
+            assert!(n >= 1);
+            let mut acc = Accumulator::new(limits(bytes_max, 100_000));
+            let record = || NewRecord {
+                key: key.map(|k| Bytes::from(vec![b'k'; k])),
+                value: Some(Bytes::from(vec![b'v'; value])),
+                headers: Vec::new(),
+                timestamp_ms: 1_700_000_000_000,
+            };
+            for i in 0..n - 1 {
+                assert!(acc.push(tp(0), record(), i, 1, t).is_empty(), "cut early at record {i} of {n}");
+            }
+            let cut = acc.push(tp(0), record(), n - 1, 1, t);
+            assert_eq!(cut.len(), 1, "the {n}th record fills the batch ({bytes_max} bytes)");
+            assert_eq!(cut[0].waiters.len(), n);
+            let size = cut[0].builder.estimated_size();
+            let built = cut.into_iter().next().unwrap().builder.build().unwrap();
+            assert!(built.len() <= bytes_max || n == 1, "{} bytes in a batch of at most {bytes_max}", built.len());
+            assert_eq!(built.len(), size);
+            assert!(acc.flush().is_empty());
+        }
     }
 
     #[test]
