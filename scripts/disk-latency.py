@@ -112,7 +112,7 @@ def main():
         "achieved_mb_per_s": round(len(lat) * a.block_size / max(elapsed, a.duration) / 1e6, 1),
         "latency_ms": {"p50": ms(percentile(lat, 50)), "p99": ms(percentile(lat, 99)),
                        "p999": ms(percentile(lat, 99.9)), "max": ms(lat[-1] if lat else 0)},
-        "late_over_5ms_share": round(union_length(spans) / a.duration, 4),
+        "late_over_5ms_share": round(union_length(spans) / max(elapsed, a.duration), 4),
     }))
     return 0
 

@@ -7,7 +7,8 @@
 //! key, else the sticky partition of the topic, see [`crate::partitioner`]) and takes room for
 //! it in the buffer ([`ProducerConfig::buffer_memory`]); when the buffer is full, `send` waits:
 //! that is the backpressure. A driver task keeps one open batch per partition and cuts it when
-//! it reaches [`ProducerConfig::batch_size`] or has waited [`ProducerConfig::linger`]. Each
+//! it reaches [`ProducerConfig::batch_size`] (or could not take another record the size of its
+//! last) or has waited [`ProducerConfig::linger`]. Each
 //! partition then has a sender task of its own with one `ProduceStream` to the partition's
 //! leader; the broker appends a stream's requests in the order they arrive and answers in that
 //! order, so up to [`ProducerConfig::max_in_flight`] batches are in flight per partition
