@@ -482,11 +482,31 @@ async fn leader_cut_off_from_its_followers_acknowledges_nothing_and_loses_nothin
 /// The history checker judges every attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_leader_is_deposed_and_nothing_it_accepted_afterwards_is_acknowledged() {
+    let verdict = paused_leader(ProduceMode::Direct, "paused-leader").await;
+    assert!(verdict.ok(), "{verdict}");
+}
+
+/// Scenario 2 through the client's idempotent Producer: it leaves the stopped leader for the
+/// one the other brokers name (a stopped process keeps its connections open, so nothing
+/// fails there until a keepalive or request timeout), and the new leader answers the batches
+/// it already had as duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_producer_moves_to_the_new_leader_while_the_old_one_is_paused() {
+    let verdict = paused_leader(ProduceMode::Producer { idempotence: true }, "paused-leader-producer").await;
+    assert!(verdict.ok(), "{verdict}");
+    assert_eq!((verdict.lost, verdict.duplicated), (0, 0), "{verdict}");
+}
+
+/// Pauses (SIGSTOP) the leader of a partition that does not also lead the controller, checks
+/// that it is deposed with a higher epoch, that writes come back within the session timeout
+/// plus 1 s, and that they go on after it resumes. Answers the checker's verdict.
+async fn paused_leader(mode: ProduceMode, topic: &str) -> Verdict {
     let mut cluster = start(3, false);
-    create_topic_with(&cluster, "paused-leader", 3, 3, &[("min.insync.replicas", "2")]).await;
+    create_topic_with(&cluster, topic, 3, 3, &[("min.insync.replicas", "2")]).await;
     let bootstrap: Vec<String> = cluster.bootstrap().split(',').map(str::to_owned).collect();
-    let mut opts = WorkloadOpts::new(bootstrap, "paused-leader", vec![0, 1, 2]);
+    let mut opts = WorkloadOpts::new(bootstrap, topic, vec![0, 1, 2]);
     opts.interval = Duration::from_millis(2);
+    opts.mode = mode;
     let workload = Workload::start(opts);
     workload.wait_for_acks_everywhere(20, Duration::from_secs(20)).await.unwrap();
 
@@ -495,7 +515,7 @@ async fn paused_leader_is_deposed_and_nothing_it_accepted_afterwards_is_acknowle
     let controller = cluster.wait_for_leader(None, Duration::from_secs(10)).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let (partition, leader, epoch) = loop {
-        let states = partition_states(&up_addrs(&cluster), "paused-leader").await;
+        let states = partition_states(&up_addrs(&cluster), topic).await;
         let pick = states
             .iter()
             .find(|(_, s)| s.leader > 0 && s.leader as u64 != controller && s.isr.len() == 3)
@@ -515,12 +535,13 @@ async fn paused_leader_is_deposed_and_nothing_it_accepted_afterwards_is_acknowle
     let paused = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(20);
     let deposed = loop {
-        match partition_states(&up_addrs(&cluster), "paused-leader").await.remove(&partition) {
+        match partition_states(&up_addrs(&cluster), topic).await.remove(&partition) {
             Some(s) if s.leader > 0 && s.leader as u64 != leader => break s,
             state => assert!(Instant::now() < deadline, "the paused leader was never replaced: {state:?}"),
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     };
+    let deposed_at = workload.elapsed();
     println!(
         "leader {leader} of partition {partition} paused: replaced after {:?}: {deposed:?}",
         paused.elapsed()
@@ -534,12 +555,19 @@ async fn paused_leader_is_deposed_and_nothing_it_accepted_afterwards_is_acknowle
     let before = workload.acknowledged_on(partition);
     workload.wait_for_acks_on(partition, before + 50, Duration::from_secs(20)).await.unwrap();
 
-    let (history, verdict) = stop_and_check(&cluster, workload, "paused-leader").await;
-    let gap = history.failover_after(partition, paused_at);
+    let (history, verdict) = stop_and_check(&cluster, workload, topic).await;
+    let gap = match mode {
+        // A request sent after the pause ends the window.
+        ProduceMode::Direct => history.failover_after(partition, paused_at),
+        // The client's producer holds records sent during the pause and delivers them in
+        // order, so a record sent after it can be acknowledged a moment after the stuck ones:
+        // the longest stretch without any acknowledgement around the failover is the window.
+        ProduceMode::Producer { .. } => history.longest_gap_within(partition, paused_at, deposed_at),
+    };
     println!("leader {leader} paused: no acknowledged produce for {gap}");
     println!("after it resumed at {:.3} s: {verdict}", resumed_at.as_secs_f64());
-    assert!(verdict.ok(), "{verdict}");
     // The bound: the session timeout (3 s) plus 1 s, as the producer sees it (it asks
     // the other brokers whether leadership moved while the stopped leader holds a request).
     assert!(gap.length() <= Duration::from_secs(4), "writes stopped for {gap} after the SIGSTOP");
+    verdict
 }

@@ -74,6 +74,26 @@ const BATCH_RECORDS_MAX: usize = 100_000;
 const ATTEMPT_MARGIN: Duration = Duration::from_millis(500);
 /// Deadline of opening a produce stream.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the oldest batch in flight may wait for its answer before the sender asks the
+/// other brokers whether leadership moved ([`Router::moved_from`]); then again every
+/// [`LEADER_CHECK_INTERVAL`]. A stopped leader (SIGSTOP) or one cut off from its cluster
+/// keeps the connection open, so without asking, the batches would wait for the request
+/// timeout.
+const LEADER_CHECK_AFTER: Duration = Duration::from_millis(300);
+/// See [`LEADER_CHECK_AFTER`].
+const LEADER_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+
+/// A [`Router::moved_from`] call in progress, and the broker it asks about.
+struct LeaderCheck {
+    from: String,
+    answer: Pin<Box<dyn Future<Output = Option<String>> + Send>>,
+}
+
+impl std::fmt::Debug for LeaderCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaderCheck").field("from", &self.from).finish_non_exhaustive()
+    }
+}
 /// Deadline of one InitProducerId call.
 const INIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest idempotent in-flight window: brokers remember the last five batches of each
@@ -446,6 +466,9 @@ pub struct ProducerStats {
     pub failed_batches: u64,
     /// Producer ids taken after the first (a partition started over after a failure).
     pub id_resets: u64,
+    /// Times batches waiting on a silent leader were sent to the new leader the other
+    /// brokers named ([`Router::moved_from`]).
+    pub leader_moves: u64,
 }
 
 #[derive(Debug, Default)]
@@ -455,6 +478,7 @@ struct Counters {
     duplicates: AtomicU64,
     failed_batches: AtomicU64,
     id_resets: AtomicU64,
+    leader_moves: AtomicU64,
 }
 
 /// What every task of a producer shares.
@@ -558,6 +582,7 @@ impl Producer {
             duplicates: c.duplicates.load(Ordering::Relaxed),
             failed_batches: c.failed_batches.load(Ordering::Relaxed),
             id_resets: c.id_resets.load(Ordering::Relaxed),
+            leader_moves: c.leader_moves.load(Ordering::Relaxed),
         }
     }
 
@@ -826,6 +851,10 @@ struct PartitionSender {
     backoff: Backoff,
     redirects_in_a_row: u32,
     unknown_since: Option<Instant>,
+    /// Asking whether leadership moved while the front batch waits ([`LEADER_CHECK_AFTER`]),
+    /// and when the last such question was answered.
+    leader_check: Option<LeaderCheck>,
+    leader_checked_at: Option<Instant>,
     /// Batches received and batches finished (acknowledged or failed), for flushes.
     received: u64,
     finished: u64,
@@ -851,6 +880,8 @@ impl PartitionSender {
             backoff: Backoff::new(),
             redirects_in_a_row: 0,
             unknown_since: None,
+            leader_check: None,
+            leader_checked_at: None,
             received: 0,
             finished: 0,
             flushes: Vec::new(),
@@ -878,6 +909,10 @@ impl PartitionSender {
                 }
             }
             let front_deadline = (self.sent > 0).then(|| self.pending[0].sent_at + self.attempt_timeout());
+            let check_at = (self.sent > 0 && self.conn.is_some() && self.leader_check.is_none()).then(|| {
+                let due = self.pending[0].sent_at + LEADER_CHECK_AFTER;
+                self.leader_checked_at.map_or(due, |at| due.max(at + LEADER_CHECK_INTERVAL))
+            });
             let not_before = self.not_before;
             tokio::select! {
                 message = self.inbox.recv(), if !self.inbox_closed => match message {
@@ -917,8 +952,48 @@ impl PartitionSender {
                     self.on_failure(failure);
                 }
                 () = sleep_until_some(not_before), if not_before.is_some() => self.not_before = None,
+                () = sleep_until_some(check_at), if check_at.is_some() => self.start_leader_check(),
+                moved = leader_check_answer(&mut self.leader_check), if self.leader_check.is_some() => {
+                    self.on_leader_check(moved);
+                }
             }
         }
+    }
+
+    /// Asks the other brokers whether the partition's leadership moved away from the broker
+    /// the front batch waits on.
+    fn start_leader_check(&mut self) {
+        let Some(conn) = &self.conn else { return };
+        let from = conn.addr.clone();
+        let router = self.shared.router.clone();
+        let (topic, partition, asked) = (self.topic.clone(), self.partition, from.clone());
+        let answer = Box::pin(async move { router.moved_from(&topic, partition, &asked).await });
+        self.leader_check = Some(LeaderCheck { from, answer });
+    }
+
+    /// Leadership moved to `moved` while batches wait on the old leader: resend them there
+    /// (with idempotence the new leader answers any it already holds as duplicates).
+    fn on_leader_check(&mut self, moved: Option<String>) {
+        let Some(check) = self.leader_check.take() else { return };
+        self.leader_checked_at = Some(Instant::now());
+        let Some(to) = moved else { return };
+        let waiting_there = self.sent > 0 && self.conn.as_ref().is_some_and(|c| c.addr == check.from);
+        if !waiting_there {
+            return;
+        }
+        self.shared.counters.leader_moves.fetch_add(1, Ordering::Relaxed);
+        let error = ClientError::new(
+            code::NOT_LEADER_OR_FOLLOWER,
+            "NOT_LEADER_OR_FOLLOWER",
+            format!(
+                "broker {} has not answered for {:?} and the other brokers name {to} the leader of {}-{}",
+                check.from,
+                self.pending[0].sent_at.elapsed(),
+                self.topic,
+                self.partition
+            ),
+        );
+        self.on_failure(Failure { error, next: Next::Redirect(to) });
     }
 
     /// Sends batches until the window is full: retries first (they are at the front), then
@@ -1189,7 +1264,20 @@ async fn open(shared: Arc<Shared>, topic: Arc<str>, partition: u32) -> Result<Co
     if let Ok(id) = shared.config.client_id.parse() {
         request.metadata_mut().insert(CLIENT_ID_KEY, id);
     }
-    match tokio::time::timeout(OPEN_TIMEOUT, client.produce_stream(request)).await {
+    let opened = tokio::select! {
+        opened = tokio::time::timeout(OPEN_TIMEOUT, client.produce_stream(request)) => opened,
+        // A stopped leader does not answer the stream's opening either.
+        to = moved_while_waiting(&shared.router, &topic, partition, &addr) => {
+            shared.counters.leader_moves.fetch_add(1, Ordering::Relaxed);
+            let error = ClientError::new(
+                code::NOT_LEADER_OR_FOLLOWER,
+                "NOT_LEADER_OR_FOLLOWER",
+                format!("broker {addr} did not open a produce stream, and the other brokers name {to} the leader of {topic}-{partition}"),
+            );
+            return Err(Failure { error, next: Next::Redirect(to) });
+        }
+    };
+    match opened {
         Ok(Ok(response)) => {
             let mut responses = response.into_inner();
             let (answer_tx, answers) = mpsc::channel(shared.config.max_in_flight + 1);
@@ -1216,6 +1304,18 @@ async fn open(shared: Arc<Shared>, topic: Arc<str>, partition: u32) -> Result<Co
     }
 }
 
+/// Returns once the other brokers name a leader of `topic`/`partition` other than `from`,
+/// asking after [`LEADER_CHECK_AFTER`] and then every [`LEADER_CHECK_INTERVAL`].
+async fn moved_while_waiting(router: &Router, topic: &str, partition: u32, from: &str) -> String {
+    tokio::time::sleep(LEADER_CHECK_AFTER).await;
+    loop {
+        if let Some(to) = router.moved_from(topic, partition, from).await {
+            return to;
+        }
+        tokio::time::sleep(LEADER_CHECK_INTERVAL).await;
+    }
+}
+
 fn network(addr: &str, why: &str) -> Failure {
     Failure {
         error: ClientError::new(
@@ -1233,6 +1333,14 @@ async fn recv_answer(
 ) -> Option<Result<Option<pb::ProduceStreamResponse>, tonic::Status>> {
     match conn {
         Some(c) => c.answers.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The answer of the leader check in progress (pending forever without one).
+async fn leader_check_answer(check: &mut Option<LeaderCheck>) -> Option<String> {
+    match check {
+        Some(c) => c.answer.as_mut().await,
         None => std::future::pending().await,
     }
 }

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -39,6 +39,14 @@ pub const LEADER_RETRY_DEADLINE: Duration = Duration::from_secs(30);
 /// little after a topic is created).
 pub const UNKNOWN_TOPIC_DEADLINE: Duration = Duration::from_secs(5);
 /// First pause between retries; it doubles up to [`BACKOFF_MAX`].
+/// How long a Metadata request may go unanswered before the next address is asked too.
+const METADATA_HEDGE: Duration = Duration::from_millis(250);
+/// How long a [`Router::moved_from`] view of a topic is reused.
+const ELSEWHERE_FRESH: Duration = Duration::from_millis(200);
+/// How long [`Router::moved_from`] waits for more answers once one broker answered.
+const ELSEWHERE_GRACE: Duration = Duration::from_millis(150);
+/// Deadline of each Metadata call of [`Router::moved_from`].
+const ELSEWHERE_TIMEOUT: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(25);
 const BACKOFF_MAX: Duration = Duration::from_millis(1000);
 
@@ -275,7 +283,15 @@ pub struct Router {
     /// One refresh at a time: tasks that find the table stale while another refreshes wait
     /// for that refresh instead of sending their own.
     refreshing: tokio::sync::Mutex<()>,
+    /// [`Router::moved_from`]'s recent answers, per (topic, broker left out), shared by every
+    /// partition that asks within [`ELSEWHERE_FRESH`].
+    elsewhere: Mutex<HashMap<(String, String), Recent>>,
 }
+
+/// Per partition, a leader's address and its leader epoch.
+type LeaderView = HashMap<u32, (String, i32)>;
+/// A view of a topic's leaders and when it was taken.
+type Recent = (Instant, Arc<LeaderView>);
 
 /// Locks a std mutex; a poisoned one (a panic elsewhere while holding it) still holds
 /// consistent data here, since every critical section is a plain map update.
@@ -291,6 +307,7 @@ impl Router {
             clients: Mutex::new(HashMap::new()),
             table: Mutex::new(Table::default()),
             refreshing: tokio::sync::Mutex::new(()),
+            elsewhere: Mutex::new(HashMap::new()),
         }
     }
 
@@ -345,17 +362,56 @@ impl Router {
             message: "no bootstrap address".into(),
         };
         // Any failure moves on to the next address (a node without the broker role answers
-        // UNIMPLEMENTED); the last one is reported when none answers.
-        for addr in candidates {
-            let mut client = match self.client(&addr) {
-                Ok(client) => client,
-                Err(e) => {
-                    last = e;
-                    continue;
+        // UNIMPLEMENTED); the last one is reported when none answers. An address silent for
+        // METADATA_HEDGE gets company: the next one is asked too, and the first good answer
+        // wins. A stopped broker (SIGSTOP) accepts connections and never answers, so asking
+        // in turn would spend METADATA_TIMEOUT on it at every refresh.
+        let mut candidates = candidates.into_iter();
+        let mut calls = tokio::task::JoinSet::new();
+        // After a failed answer the next address is asked at once.
+        let mut next_now = true;
+        loop {
+            let hedge = if next_now { Duration::ZERO } else { METADATA_HEDGE };
+            next_now = false;
+            let joined = tokio::time::timeout(hedge, calls.join_next()).await;
+            let answered = match joined {
+                Ok(Some(Ok(answered))) => Some(answered),
+                // A call task that panicked: count it as a failed address.
+                Ok(Some(Err(_))) => None,
+                Ok(None) | Err(_) => {
+                    // Nothing running, or the running ones are slow: ask the next address.
+                    match candidates.next() {
+                        Some(addr) => {
+                            match self.client(&addr) {
+                                Ok(mut client) => {
+                                    let request = pb::MetadataRequest { topics: topics.to_vec() };
+                                    calls.spawn(async move {
+                                        let answer =
+                                            tokio::time::timeout(METADATA_TIMEOUT, client.metadata(request))
+                                                .await;
+                                        (addr, answer)
+                                    });
+                                }
+                                Err(e) => {
+                                    last = e;
+                                    next_now = true;
+                                }
+                            }
+                            continue;
+                        }
+                        None if calls.is_empty() => return Err(last),
+                        // Every address is asked: wait for the ones still running.
+                        None => match calls.join_next().await {
+                            Some(Ok(answered)) => Some(answered),
+                            _ => None,
+                        },
+                    }
                 }
             };
-            let request = pb::MetadataRequest { topics: topics.to_vec() };
-            let answer = match tokio::time::timeout(METADATA_TIMEOUT, client.metadata(request)).await {
+            // Any failure below asks the next address at once.
+            next_now = true;
+            let Some((addr, answer)) = answered else { continue };
+            let answer = match answer {
                 Ok(Ok(response)) => response.into_inner(),
                 Ok(Err(status)) => {
                     last = Failure::from_status(status, &addr).error;
@@ -383,10 +439,10 @@ impl Router {
                 };
                 continue;
             }
+            calls.abort_all();
             self.absorb(addr, topics, answer);
             return Ok(());
         }
-        Err(last)
     }
 
     /// Caches a Metadata answer received from `addr` to a request for `asked`.
@@ -531,6 +587,84 @@ impl Router {
                 Next::Unknown,
             )),
         }
+    }
+
+    /// Whether leadership of `topic`/`partition` moved away from the broker at `from`, for a
+    /// request that hangs there: a stopped (SIGSTOP) or cut-off leader keeps its connections
+    /// open, so nothing fails until a timeout. Asks every other known broker for the topic's
+    /// metadata at once and takes, per partition, the leader named with the highest leader
+    /// epoch. Answers that leader when it is not `from` (and routes the partition to it), or
+    /// `None`. One view per topic serves every partition for [`ELSEWHERE_FRESH`].
+    pub async fn moved_from(&self, topic: &str, partition: u32, from: &str) -> Option<String> {
+        let view = self.leaders_elsewhere(topic, from).await;
+        let (addr, _) = view.get(&partition)?;
+        if addr == from {
+            return None;
+        }
+        self.set_leader(topic, partition, addr.clone());
+        Some(addr.clone())
+    }
+
+    /// Per partition of `topic`, the leader (address, epoch) that the brokers other than
+    /// `except` name with the highest epoch.
+    async fn leaders_elsewhere(&self, topic: &str, except: &str) -> Arc<LeaderView> {
+        let key = (topic.to_owned(), except.to_owned());
+        if let Some((at, view)) = lock(&self.elsewhere).get(&key)
+            && at.elapsed() < ELSEWHERE_FRESH
+        {
+            return Arc::clone(view);
+        }
+        let others: Vec<String> = {
+            let table = lock(&self.table);
+            let mut addrs: Vec<String> = self.bootstrap.clone();
+            for a in table.brokers.values() {
+                if !addrs.contains(a) {
+                    addrs.push(a.clone());
+                }
+            }
+            addrs.retain(|a| a != except);
+            addrs
+        };
+        let mut calls = tokio::task::JoinSet::new();
+        for addr in others {
+            let Ok(mut client) = self.client(&addr) else { continue };
+            let request = pb::MetadataRequest { topics: vec![topic.to_owned()] };
+            calls.spawn(
+                async move { tokio::time::timeout(ELSEWHERE_TIMEOUT, client.metadata(request)).await },
+            );
+        }
+        let mut best = LeaderView::new();
+        let mut grace_ends: Option<tokio::time::Instant> = None;
+        loop {
+            let joined = match grace_ends {
+                None => calls.join_next().await,
+                // The rest are slow or stopped: go with what answered.
+                Some(end) => tokio::time::timeout_at(end, calls.join_next()).await.ok().flatten(),
+            };
+            let Some(joined) = joined else { break };
+            let Ok(Ok(Ok(answer))) = joined else { continue };
+            let answer = answer.into_inner();
+            let Some(t) = answer.topics.iter().find(|t| t.name == topic && t.error.is_none()) else {
+                continue;
+            };
+            grace_ends.get_or_insert_with(|| tokio::time::Instant::now() + ELSEWHERE_GRACE);
+            let names: HashMap<u32, &String> = answer
+                .brokers
+                .iter()
+                .filter(|b| !b.grpc.is_empty())
+                .map(|b| (b.broker_id, &b.grpc))
+                .collect();
+            for p in &t.partitions {
+                let Some(addr) = u32::try_from(p.leader).ok().and_then(|id| names.get(&id)) else { continue };
+                if best.get(&p.partition).is_none_or(|(_, epoch)| p.leader_epoch > *epoch) {
+                    best.insert(p.partition, ((*addr).clone(), p.leader_epoch));
+                }
+            }
+        }
+        calls.abort_all();
+        let view = Arc::new(best);
+        lock(&self.elsewhere).insert(key, (Instant::now(), Arc::clone(&view)));
+        view
     }
 
     /// Acts on a failed attempt for `topic`/`partition`: remembers a redirect, or marks the
@@ -847,6 +981,47 @@ mod tests {
             2,
             "asked again after the refusal"
         );
+    }
+
+    /// A listener that accepts connections and never reads from them: what a stopped
+    /// (SIGSTOP) broker looks like to a client. Answers its address.
+    async fn silent_broker() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_silent_broker_does_not_hold_up_a_metadata_refresh() {
+        let [a, _b] = two_brokers(false, 0).await;
+        let silent = silent_broker().await;
+        let router = Router::new(vec![silent, a.addrs[0].clone()]);
+        let started = Instant::now();
+        assert_eq!(router.leader("t", 0).await.unwrap(), a.addrs[1]);
+        // Asked in turn, the silent one would cost METADATA_TIMEOUT; hedged, about METADATA_HEDGE.
+        assert!(started.elapsed() < METADATA_TIMEOUT, "took {:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn moved_from_names_the_leader_the_other_brokers_report() {
+        // Both fakes' Metadata name broker 2 (b) the leader of t-0.
+        let [a, b] = two_brokers(false, 0).await;
+        let silent = silent_broker().await;
+        let router = Router::new(vec![silent.clone(), a.addrs[0].clone()]);
+        let started = Instant::now();
+        // Asked about the silent broker: the others (a, and b once a named it) say b leads.
+        assert_eq!(router.moved_from("t", 0, &silent).await, Some(b.addrs[1].clone()));
+        assert!(started.elapsed() < METADATA_TIMEOUT, "took {:?}", started.elapsed());
+        // Asked about b itself: the others still name b, so nothing moved.
+        assert_eq!(router.moved_from("t", 0, &b.addrs[1]).await, None);
+        // Unknown partitions never move.
+        assert_eq!(router.moved_from("t", 9, &silent).await, None);
     }
 
     #[test]

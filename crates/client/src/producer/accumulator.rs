@@ -33,7 +33,12 @@ pub(crate) fn record_size_max(record: &NewRecord) -> usize {
 /// How many records with `key_len`-byte keys (`None`: no key) and `value_len`-byte values,
 /// no headers, one batch of at most `bytes_max` bytes and `records_max` records holds
 /// under [`Accumulator::push`]'s rule (the record that would not fit starts the next batch).
-pub(crate) fn records_per_batch(bytes_max: usize, records_max: usize, key_len: Option<usize>, value_len: usize) -> usize {
+pub(crate) fn records_per_batch(
+    bytes_max: usize,
+    records_max: usize,
+    key_len: Option<usize>,
+    value_len: usize,
+) -> usize {
     let record = || NewRecord {
         key: key_len.map(|n| Bytes::from(vec![b'k'; n])),
         value: Some(Bytes::from(vec![b'v'; value_len])),
@@ -239,7 +244,9 @@ mod tests {
     #[test]
     fn a_batch_that_cannot_take_another_record_like_its_last_is_cut_at_once() {
         let t = Instant::now();
-        for (bytes_max, key, value) in [(65_536, None, 1024), (16_384, Some(7), 100), (1100, None, 1024), (50, None, 100)] {
+        for (bytes_max, key, value) in
+            [(65_536, None, 1024), (16_384, Some(7), 100), (1100, None, 1024), (50, None, 100)]
+        {
             let n = records_per_batch(bytes_max, 100_000, key, value);
             assert!(n >= 1);
             let mut acc = Accumulator::new(limits(bytes_max, 100_000));
@@ -257,7 +264,11 @@ mod tests {
             assert_eq!(cut[0].waiters.len(), n);
             let size = cut[0].builder.estimated_size();
             let built = cut.into_iter().next().unwrap().builder.build().unwrap();
-            assert!(built.len() <= bytes_max || n == 1, "{} bytes in a batch of at most {bytes_max}", built.len());
+            assert!(
+                built.len() <= bytes_max || n == 1,
+                "{} bytes in a batch of at most {bytes_max}",
+                built.len()
+            );
             assert_eq!(built.len(), size);
             assert!(acc.flush().is_empty());
         }

@@ -267,8 +267,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     if let Some(stats) = client_stats {
         println!(
             "client producer: {} batches acknowledged, {} resent, {} answered as duplicates (dropped by the \
-             leaders), {} failed",
-            stats.batches, stats.retries, stats.duplicates, stats.failed_batches
+             leaders), {} failed; {} times it left a silent leader for the one the others named",
+            stats.batches, stats.retries, stats.duplicates, stats.failed_batches, stats.leader_moves
         );
     }
     if let Some(last) = injected.last_mut() {
