@@ -254,9 +254,13 @@ fn secs(d: Duration) -> String {
 /// What the router knows of one topic.
 #[derive(Debug, Clone)]
 struct TopicRoute {
+    /// The topic's id: a topic deleted and created again starts its epochs over.
+    topic_id: Vec<u8>,
     /// Per partition index: the leader's address, or `None` with no leader (or a leader whose
     /// address is unknown).
     leaders: Vec<Option<String>>,
+    /// Per partition index: the leader epoch of that leader (-1: unknown).
+    epochs: Vec<i32>,
 }
 
 /// The cached metadata.
@@ -461,16 +465,38 @@ impl Router {
                 table.unknown.insert(topic.name.clone(), error);
                 continue;
             }
-            let mut leaders = vec![None; topic.partitions.len()];
+            let known = table.topics.get(&topic.name).filter(|r| r.topic_id == topic.topic_id).cloned();
+            let n = topic.partitions.len();
+            let mut route =
+                TopicRoute { topic_id: topic.topic_id.clone(), leaders: vec![None; n], epochs: vec![-1; n] };
+            let mut older = false;
             for p in &topic.partitions {
-                let leader = u32::try_from(p.leader).ok().and_then(|id| table.brokers.get(&id).cloned());
                 // "Partition i at index i": an out-of-range index is dropped, not trusted.
-                if let Some(slot) = leaders.get_mut(p.partition as usize) {
-                    *slot = leader;
+                let i = p.partition as usize;
+                if i >= n {
+                    continue;
                 }
+                // Kafka's rule (KIP-320): a leader with an older epoch than the one known is a
+                // stale view (a broker that just resumed or restarted), not news.
+                if let Some(k) = &known
+                    && let (Some(addr), Some(&epoch)) = (k.leaders.get(i), k.epochs.get(i))
+                    && epoch > p.leader_epoch
+                {
+                    route.leaders[i] = addr.clone();
+                    route.epochs[i] = epoch;
+                    older = true;
+                    continue;
+                }
+                route.leaders[i] =
+                    u32::try_from(p.leader).ok().and_then(|id| table.brokers.get(&id).cloned());
+                route.epochs[i] = p.leader_epoch;
+            }
+            if older {
+                // Ask again next time rather than trust the rest of a stale answer for long.
+                table.stale.insert(topic.name.clone());
             }
             table.unknown.remove(&topic.name);
-            table.topics.insert(topic.name.clone(), TopicRoute { leaders });
+            table.topics.insert(topic.name.clone(), route);
         }
         // A topic asked for but missing from the answer does not exist either.
         for name in asked {
@@ -514,6 +540,23 @@ impl Router {
         let mut table = lock(&self.table);
         if let Some(slot) = table.topics.get_mut(topic).and_then(|t| t.leaders.get_mut(partition as usize)) {
             *slot = Some(addr);
+        }
+    }
+
+    /// Routes `topic`/`partition` to `addr`, the leader at `epoch`, unless a newer one is
+    /// known; answers whether it did (or the topic is not cached).
+    fn set_leader_at(&self, topic: &str, partition: u32, addr: String, epoch: i32) -> bool {
+        let mut table = lock(&self.table);
+        let Some(route) = table.topics.get_mut(topic) else { return true };
+        let i = partition as usize;
+        match (route.leaders.get_mut(i), route.epochs.get_mut(i)) {
+            (Some(slot), Some(known)) if epoch >= *known => {
+                *slot = Some(addr);
+                *known = epoch;
+                true
+            }
+            (Some(_), Some(_)) => false,
+            _ => true,
         }
     }
 
@@ -597,12 +640,12 @@ impl Router {
     /// `None`. One view per topic serves every partition for [`ELSEWHERE_FRESH`].
     pub async fn moved_from(&self, topic: &str, partition: u32, from: &str) -> Option<String> {
         let view = self.leaders_elsewhere(topic, from).await;
-        let (addr, _) = view.get(&partition)?;
+        let (addr, epoch) = view.get(&partition)?;
         if addr == from {
             return None;
         }
-        self.set_leader(topic, partition, addr.clone());
-        Some(addr.clone())
+        // A view older than the leader already known is not a move.
+        self.set_leader_at(topic, partition, addr.clone(), *epoch).then(|| addr.clone())
     }
 
     /// Per partition of `topic`, the leader (address, epoch) that the brokers other than
@@ -1050,5 +1093,46 @@ mod tests {
         assert_eq!(table.topics["t"].leaders, vec![Some("h:2".to_owned()), None, None]);
         assert_eq!(table.unknown["gone"].code, 3);
         assert_eq!(table.last_answered.as_deref(), Some("b:1"));
+    }
+
+    #[test]
+    fn a_leader_with_an_older_epoch_than_the_known_one_is_not_taken() {
+        let router = Router::new(vec!["b:1".into()]);
+        let answer = |id: u8, leader: i64, leader_epoch: i32| pb::MetadataResponse {
+            brokers: vec![
+                pb::BrokerMetadata { broker_id: 1, grpc: "h:1".into(), ..Default::default() },
+                pb::BrokerMetadata { broker_id: 2, grpc: "h:2".into(), ..Default::default() },
+            ],
+            topics: vec![pb::TopicMetadata {
+                name: "t".into(),
+                topic_id: vec![id; 16],
+                partitions: vec![pb::PartitionMetadata {
+                    partition: 0,
+                    leader,
+                    leader_epoch,
+                    ..Default::default()
+                }],
+                error: None,
+            }],
+            metadata_version: 1,
+            answered_by: 1,
+        };
+        let leader = |r: &Router| lock(&r.table).topics["t"].leaders[0].clone().unwrap();
+        let stale = |r: &Router| lock(&r.table).stale.contains("t");
+        router.absorb("b:1".into(), &["t".into()], answer(1, 2, 5));
+        assert_eq!((leader(&router), stale(&router)), ("h:2".to_owned(), false));
+        // A broker that just resumed still names broker 1 at epoch 4: kept out, asked again.
+        router.absorb("h:1".into(), &["t".into()], answer(1, 1, 4));
+        assert_eq!((leader(&router), stale(&router)), ("h:2".to_owned(), true));
+        // A newer epoch is news.
+        router.absorb("b:1".into(), &["t".into()], answer(1, 1, 6));
+        assert_eq!((leader(&router), stale(&router)), ("h:1".to_owned(), false));
+        // moved_from's view obeys the same rule.
+        assert!(!router.set_leader_at("t", 0, "h:2".into(), 5));
+        assert!(router.set_leader_at("t", 0, "h:2".into(), 7));
+        assert_eq!(leader(&router), "h:2");
+        // The topic deleted and created again starts its epochs over.
+        router.absorb("b:1".into(), &["t".into()], answer(2, 1, 0));
+        assert_eq!(leader(&router), "h:1");
     }
 }
