@@ -39,15 +39,13 @@ fn bootstrap(cluster: &Cluster) -> Vec<String> {
 }
 
 async fn create(cluster: &Cluster, name: &str, partitions: u32) {
-    let mut c = cluster.controller_client(1).await.unwrap();
-    c.create_topic(pb::CreateTopicRequest {
+    let request = pb::CreateTopicRequest {
         name: name.into(),
         partitions,
         replication_factor: 3,
         configs: [("min.insync.replicas".to_owned(), "2".to_owned())].into(),
-    })
-    .await
-    .unwrap();
+    };
+    cluster.create_topic(1, request, DEADLINE).await.unwrap();
     cluster.wait_for_partition_leaders(1, name, DEADLINE).await.unwrap();
 }
 

@@ -24,15 +24,13 @@ fn start(n: usize) -> Cluster {
 }
 
 async fn create_topic(cluster: &Cluster, name: &str, partitions: u32, configs: &[(&str, &str)]) -> Vec<u64> {
-    let mut c = cluster.controller_client(1).await.unwrap();
-    c.create_topic(pb::CreateTopicRequest {
+    let request = pb::CreateTopicRequest {
         name: name.into(),
         partitions,
         replication_factor: 1,
         configs: configs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("create {name}: {e}"));
+    };
+    cluster.create_topic(1, request, Duration::from_secs(20)).await.unwrap_or_else(|e| panic!("{e:#}"));
     cluster.wait_for_partition_leaders(1, name, Duration::from_secs(20)).await.unwrap()
 }
 

@@ -141,10 +141,9 @@ async fn create_topic_with(
     configs: &[(&str, &str)],
 ) -> Vec<u64> {
     let via = cluster.wait_for_leader(None, Duration::from_secs(10)).await.unwrap();
-    let mut c = cluster.controller_client(via).await.unwrap();
     let configs = configs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let request = pb::CreateTopicRequest { name: name.into(), partitions, replication_factor: rf, configs };
-    c.create_topic(request).await.unwrap_or_else(|e| panic!("create {name}: {e}"));
+    cluster.create_topic(via, request, Duration::from_secs(20)).await.unwrap_or_else(|e| panic!("{e:#}"));
     cluster.wait_for_partition_leaders(via, name, Duration::from_secs(20)).await.unwrap()
 }
 

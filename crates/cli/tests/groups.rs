@@ -26,15 +26,13 @@ fn start3() -> Cluster {
 }
 
 async fn create_topic(cluster: &Cluster) {
-    let mut c = cluster.controller_client(1).await.unwrap();
-    c.create_topic(pb::CreateTopicRequest {
+    let request = pb::CreateTopicRequest {
         name: TOPIC.into(),
         partitions: PARTITIONS,
         replication_factor: 3,
         configs: Default::default(),
-    })
-    .await
-    .unwrap();
+    };
+    cluster.create_topic(1, request, DEADLINE).await.unwrap();
     cluster.wait_for_partition_leaders(1, TOPIC, DEADLINE).await.unwrap();
 }
 

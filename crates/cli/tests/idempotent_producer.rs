@@ -23,16 +23,14 @@ fn start(n: usize) -> Cluster {
 }
 
 async fn create(cluster: &Cluster, name: &str, replication_factor: u32) {
-    let mut c = cluster.controller_client(1).await.unwrap();
     let min_isr = if replication_factor > 1 { "2" } else { "1" };
-    c.create_topic(pb::CreateTopicRequest {
+    let request = pb::CreateTopicRequest {
         name: name.into(),
         partitions: 1,
         replication_factor,
         configs: [("min.insync.replicas".to_owned(), min_isr.to_owned())].into(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("create {name}: {e}"));
+    };
+    cluster.create_topic(1, request, Duration::from_secs(20)).await.unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// InitProducerId on broker `id`, retried while the broker answers a retriable error.

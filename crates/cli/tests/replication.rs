@@ -20,15 +20,13 @@ fn start3(lag_ms: &str) -> Cluster {
 }
 
 async fn create(cluster: &Cluster, name: &str) {
-    let mut c = cluster.controller_client(1).await.unwrap();
-    c.create_topic(pb::CreateTopicRequest {
+    let request = pb::CreateTopicRequest {
         name: name.into(),
         partitions: 1,
         replication_factor: 3,
         configs: [("min.insync.replicas".to_owned(), "2".to_owned())].into(),
-    })
-    .await
-    .unwrap();
+    };
+    cluster.create_topic(1, request, Duration::from_secs(20)).await.unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// Polls the running nodes until `check` holds for the partition's state.

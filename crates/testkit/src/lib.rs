@@ -41,8 +41,8 @@ use anyhow::{Context, anyhow, bail};
 use runnel_proto::pb::runnel::v1::broker_service_client::BrokerServiceClient;
 use runnel_proto::pb::runnel::v1::controller_service_client::ControllerServiceClient;
 use runnel_proto::pb::runnel::v1::{
-    DescribeClusterRequest, DescribeClusterResponse, DescribeTopicRequest, ListOffsetsRequest,
-    MetadataRequest, PartitionInfo,
+    CreateTopicRequest, DescribeClusterRequest, DescribeClusterResponse, DescribeTopicRequest,
+    ListOffsetsRequest, MetadataRequest, PartitionInfo,
 };
 use rustix::process::{Pid, Signal, kill_process};
 use tonic::transport::Channel;
@@ -585,6 +585,49 @@ impl Cluster {
             .await
             .with_context(|| format!("connecting to node {id}"))?;
         Ok(BrokerServiceClient::new(channel).max_decoding_message_size(128 << 20))
+    }
+
+    /// Creates a topic through node `via`'s controller service, polling until `timeout` while
+    /// the cluster cannot take it yet: a broker not yet unfenced, or fenced for a moment by a
+    /// controller change (INVALID_REPLICATION_FACTOR), or no controller leader (UNAVAILABLE,
+    /// NOT_CONTROLLER). TOPIC_ALREADY_EXISTS after a retry means an earlier try went through.
+    pub async fn create_topic(
+        &self,
+        via: u64,
+        request: CreateTopicRequest,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut retried = false;
+        loop {
+            let status = match self.controller_client(via).await {
+                Ok(mut c) => match c.create_topic(request.clone()).await {
+                    Ok(_) => return Ok(()),
+                    Err(status) => status,
+                },
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(POLL_INTERVAL).await;
+                    retried = true;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let code = status
+                .metadata()
+                .get("runnel-error-code")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok());
+            if retried && code == Some(36) {
+                return Ok(());
+            }
+            let transient = matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded)
+                || matches!(code, Some(38 | 41));
+            if !transient || Instant::now() >= deadline {
+                bail!("create topic {}: {status}", request.name);
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+            retried = true;
+        }
     }
 
     /// Polls node `id`'s Metadata until every partition of `topic` has a leader that serves
