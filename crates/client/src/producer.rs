@@ -82,18 +82,6 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 const LEADER_CHECK_AFTER: Duration = Duration::from_millis(300);
 /// See [`LEADER_CHECK_AFTER`].
 const LEADER_CHECK_INTERVAL: Duration = Duration::from_millis(200);
-
-/// A [`Router::moved_from`] call in progress, and the broker it asks about.
-struct LeaderCheck {
-    from: String,
-    answer: Pin<Box<dyn Future<Output = Option<String>> + Send>>,
-}
-
-impl std::fmt::Debug for LeaderCheck {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeaderCheck").field("from", &self.from).finish_non_exhaustive()
-    }
-}
 /// Deadline of one InitProducerId call.
 const INIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest idempotent in-flight window: brokers remember the last five batches of each
@@ -1334,6 +1322,18 @@ async fn recv_answer(
     match conn {
         Some(c) => c.answers.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// A [`Router::moved_from`] call in progress, and the broker it asks about.
+struct LeaderCheck {
+    from: String,
+    answer: Pin<Box<dyn Future<Output = Option<String>> + Send>>,
+}
+
+impl std::fmt::Debug for LeaderCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaderCheck").field("from", &self.from).finish_non_exhaustive()
     }
 }
 

@@ -38,7 +38,6 @@ pub const LEADER_RETRY_DEADLINE: Duration = Duration::from_secs(30);
 /// How long a topic or partition nobody knows of is waited for (metadata reaches brokers a
 /// little after a topic is created).
 pub const UNKNOWN_TOPIC_DEADLINE: Duration = Duration::from_secs(5);
-/// First pause between retries; it doubles up to [`BACKOFF_MAX`].
 /// How long a Metadata request may go unanswered before the next address is asked too.
 const METADATA_HEDGE: Duration = Duration::from_millis(250);
 /// How long a [`Router::moved_from`] view of a topic is reused.
@@ -47,6 +46,7 @@ const ELSEWHERE_FRESH: Duration = Duration::from_millis(200);
 const ELSEWHERE_GRACE: Duration = Duration::from_millis(150);
 /// Deadline of each Metadata call of [`Router::moved_from`].
 const ELSEWHERE_TIMEOUT: Duration = Duration::from_secs(1);
+/// First pause between retries; it doubles up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_millis(25);
 const BACKOFF_MAX: Duration = Duration::from_millis(1000);
 
