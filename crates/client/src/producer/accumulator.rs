@@ -49,10 +49,16 @@ pub(crate) fn records_per_batch(
     let mut builder = BatchBuilder::new(Compression::None);
     loop {
         builder.push(record());
-        if builder.len() >= records_max || builder.estimated_size().saturating_add(size) > bytes_max {
+        if is_full(&builder, size, bytes_max, records_max) {
             return builder.len();
         }
     }
+}
+
+/// Whether a batch is full: it holds `records_max` records, or another record of `next_size`
+/// bytes (at most) would take it past `bytes_max`.
+fn is_full(builder: &BatchBuilder, next_size: usize, bytes_max: usize, records_max: usize) -> bool {
+    builder.len() >= records_max || builder.estimated_size().saturating_add(next_size) > bytes_max
 }
 
 /// Where a batch is cut.
@@ -165,9 +171,7 @@ impl<T> Accumulator<T> {
         open.bytes += bytes;
         // Full when another record of this one's size would not fit: sent now rather than
         // when the next record arrives or the linger runs out.
-        if open.builder.len() >= self.limits.records_max
-            || open.builder.estimated_size().saturating_add(size) > self.limits.bytes_max
-        {
+        if is_full(&open.builder, size, self.limits.bytes_max, self.limits.records_max) {
             ready.extend(self.cut(&tp));
         }
         ready
