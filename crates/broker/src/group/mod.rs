@@ -6,6 +6,9 @@
 //! ([`coordinator_partition`]). The pieces:
 //! - [`state`]: the groups of one offsets partition as a pure, deterministic state machine
 //!   (membership, epochs, fencing, reconciliation, expiry, commit checks);
+//! - [`classic`]: Kafka's classic protocol (JoinGroup, SyncGroup, Heartbeat, LeaveGroup) over
+//!   the same groups, as a pure state machine; a group id has members of one protocol at a
+//!   time, and both share the committed offsets;
 //! - [`assign`]: the "uniform" and "range" assignors;
 //! - [`record`]: the versioned key/value encoding of committed offsets in the log;
 //! - [`coordinator`]: the I/O shell (leadership, loading, acks=all commits, topic creation,
@@ -13,6 +16,7 @@
 //! - [`service`]: the gRPC edge, which validates requests into the state machine's types.
 
 pub mod assign;
+pub mod classic;
 pub mod coordinator;
 pub mod error;
 pub mod record;
