@@ -23,9 +23,14 @@ pub mod record;
 pub mod service;
 pub mod state;
 
+pub use classic::{
+    ClassicHeartbeat, ClassicState, JoinGroupMember, JoinGroupOutcome, JoinGroupRequest, JoinProtocol,
+    LeaveMember, LeaveOutcome, SyncAssignment, SyncGroupOutcome, SyncGroupRequest,
+};
 pub use coordinator::{
-    GroupConfig, GroupCoordinator, OFFSETS_TOPIC, OFFSETS_TOPIC_PARTITIONS_DEFAULT, coordinator_partition,
-    java_string_hash,
+    Committer, GroupConfig, GroupCoordinator, GroupDescription, GroupKind, GroupOverview,
+    INITIAL_REBALANCE_DELAY_DEFAULT, MemberDescription, OFFSETS_TOPIC, OFFSETS_TOPIC_PARTITIONS_DEFAULT,
+    coordinator_partition, java_string_hash,
 };
 pub use error::{GroupError, GroupErrorCode};
 pub use service::GroupGrpc;
