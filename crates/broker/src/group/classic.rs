@@ -1014,7 +1014,11 @@ impl Groups {
             if generation_id < 0 {
                 return Ok(());
             }
-            return Err(unknown_member(group_id, member_id));
+            // Kafka's answer: a commit from a generation of a group that no longer exists.
+            return Err(error(
+                GroupErrorCode::IllegalGeneration,
+                format!("group {group_id:?} does not exist, so it has no generation {generation_id}"),
+            ));
         };
         if let Some(instance) = group_instance_id
             && g.instances.get(instance).is_some_and(|mid| mid != member_id)

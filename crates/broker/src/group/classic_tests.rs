@@ -552,6 +552,10 @@ fn a_static_member_takes_over_its_place_and_fences_the_old_id() {
 fn commits_are_checked_as_kafka_checks_them() {
     let mut h = Harness::new();
     assert_eq!(h.groups.check_classic_commit(G, "", -1, None, h.now), Ok(()), "no group: a simple consumer");
+    assert_eq!(
+        code(h.groups.check_classic_commit(G, "m", 3, None, h.now)),
+        GroupErrorCode::IllegalGeneration
+    );
     let (a, b) = stable_pair(&mut h);
     let check = |h: &mut Harness, m: &str, g: i32| h.groups.check_classic_commit(G, m, g, None, h.now);
     assert_eq!(check(&mut h, &a, 1), Ok(()));
