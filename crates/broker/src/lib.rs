@@ -193,6 +193,7 @@ impl Broker {
                 offsets_topic_partitions: config.offsets_topic_partitions,
                 controllers: config.controllers.clone(),
                 request_timeout: config.request_timeout,
+                initial_rebalance_delay: group::INITIAL_REBALANCE_DELAY_DEFAULT,
             },
             Arc::clone(&replicas),
             Arc::clone(&cache),
