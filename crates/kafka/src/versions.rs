@@ -20,11 +20,18 @@ pub const SERVED: &[(ApiKey, VersionRange)] = &[
     (ApiKey::OffsetCommit, VersionRange { min: 2, max: 9 }),
     (ApiKey::OffsetFetch, VersionRange { min: 1, max: 8 }),
     (ApiKey::FindCoordinator, VersionRange { min: 0, max: 4 }),
+    (ApiKey::JoinGroup, VersionRange { min: 0, max: 9 }),
+    (ApiKey::Heartbeat, VersionRange { min: 0, max: 4 }),
+    (ApiKey::LeaveGroup, VersionRange { min: 0, max: 5 }),
+    (ApiKey::SyncGroup, VersionRange { min: 0, max: 5 }),
+    (ApiKey::DescribeGroups, VersionRange { min: 0, max: 5 }),
+    (ApiKey::ListGroups, VersionRange { min: 0, max: 5 }),
     (ApiKey::ApiVersions, VersionRange { min: 0, max: 3 }),
     (ApiKey::CreateTopics, VersionRange { min: 2, max: 7 }),
     (ApiKey::DeleteTopics, VersionRange { min: 1, max: 5 }),
     (ApiKey::InitProducerId, VersionRange { min: 0, max: 4 }),
     (ApiKey::OffsetForLeaderEpoch, VersionRange { min: 2, max: 4 }),
+    (ApiKey::DeleteGroups, VersionRange { min: 0, max: 2 }),
     (ApiKey::DescribeCluster, VersionRange { min: 0, max: 1 }),
 ];
 

@@ -112,8 +112,13 @@ pub(crate) async fn offset_commit(ctx: &Context, request: OffsetCommitRequest) -
     let error = match invalid {
         Some(error) => error,
         None => {
-            let committer =
-                Committer::Member { id: &request.member_id, epoch: request.generation_id_or_member_epoch };
+            // Checked against the group's kind: a classic group's generation, or (v9) a
+            // KIP-848 member's epoch.
+            let committer = Committer::Classic {
+                member_id: &request.member_id,
+                generation_id: request.generation_id_or_member_epoch,
+                group_instance_id: request.group_instance_id.as_deref(),
+            };
             match ctx.groups.commit(&request.group_id.0, committer, offsets).await {
                 Ok(()) => code::NONE,
                 Err(e) => {

@@ -5,6 +5,7 @@
 mod admin;
 mod data;
 mod groups;
+mod membership;
 mod metadata;
 
 use std::net::SocketAddr;
@@ -172,6 +173,29 @@ pub fn start(
         }),
         RequestKind::OffsetFetch(r) => Started::later(&header, ApiKey::OffsetFetch, async move {
             Some(ResponseKind::OffsetFetch(groups::offset_fetch(&ctx, r, version).await))
+        }),
+        RequestKind::JoinGroup(r) => Started::later(&header, ApiKey::JoinGroup, async move {
+            Some(ResponseKind::JoinGroup(membership::join_group(&ctx, r, version, &client).await))
+        }),
+        RequestKind::SyncGroup(r) => Started::later(&header, ApiKey::SyncGroup, async move {
+            Some(ResponseKind::SyncGroup(membership::sync_group(&ctx, r).await))
+        }),
+        RequestKind::Heartbeat(r) => Started::later(&header, ApiKey::Heartbeat, async move {
+            Some(ResponseKind::Heartbeat(membership::heartbeat(&ctx, r).await))
+        }),
+        RequestKind::LeaveGroup(r) => Started::later(&header, ApiKey::LeaveGroup, async move {
+            Some(ResponseKind::LeaveGroup(membership::leave_group(&ctx, r, version).await))
+        }),
+        RequestKind::ListGroups(r) => Started::ready(
+            &header,
+            ApiKey::ListGroups,
+            ResponseKind::ListGroups(membership::list_groups(&ctx, &r)),
+        ),
+        RequestKind::DescribeGroups(r) => Started::later(&header, ApiKey::DescribeGroups, async move {
+            Some(ResponseKind::DescribeGroups(membership::describe_groups(&ctx, r).await))
+        }),
+        RequestKind::DeleteGroups(r) => Started::later(&header, ApiKey::DeleteGroups, async move {
+            Some(ResponseKind::DeleteGroups(membership::delete_groups(&ctx, r).await))
         }),
         RequestKind::CreateTopics(r) => Started::later(&header, ApiKey::CreateTopics, async move {
             Some(ResponseKind::CreateTopics(admin::create_topics(&ctx, r).await))
