@@ -175,3 +175,20 @@ impl TopicAdmin {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn without_a_controller_the_admin_calls_answer_request_timed_out() {
+        // Port 1 on loopback: nothing listens, so each attempt is refused at once.
+        let (_tx, status) = watch::channel(BrokerStatus::default());
+        let admin = TopicAdmin::new(vec!["127.0.0.1:1".into()], Duration::from_secs(2), status);
+        let set = BTreeMap::from([("retention.ms".to_owned(), "1000".to_owned())]);
+        let e = admin.alter_topic_config("t", set, vec![], false).await.unwrap_err();
+        assert_eq!((e.code, e.name.as_str()), (7, "REQUEST_TIMED_OUT"), "{e}");
+        let e = admin.create_partitions("t", 3, true).await.unwrap_err();
+        assert_eq!(e.code, 7, "{e}");
+    }
+}
