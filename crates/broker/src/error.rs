@@ -54,6 +54,8 @@ pub enum ErrorCode {
     InvalidProducerEpoch,
     /// 56: the log cannot be written (a failed disk).
     KafkaStorageError,
+    /// 74: the request names a leader epoch newer than the leader's.
+    FencedLeaderEpoch,
     /// 87: a record the broker refuses.
     InvalidRecord,
 }
@@ -77,6 +79,7 @@ impl ErrorCode {
             ErrorCode::OutOfOrderSequenceNumber => 45,
             ErrorCode::InvalidProducerEpoch => 47,
             ErrorCode::KafkaStorageError => 56,
+            ErrorCode::FencedLeaderEpoch => 74,
             ErrorCode::InvalidRecord => 87,
         }
     }
@@ -99,6 +102,7 @@ impl ErrorCode {
             ErrorCode::OutOfOrderSequenceNumber => "OUT_OF_ORDER_SEQUENCE_NUMBER",
             ErrorCode::InvalidProducerEpoch => "INVALID_PRODUCER_EPOCH",
             ErrorCode::KafkaStorageError => "KAFKA_STORAGE_ERROR",
+            ErrorCode::FencedLeaderEpoch => "FENCED_LEADER_EPOCH",
             ErrorCode::InvalidRecord => "INVALID_RECORD",
         }
     }
@@ -117,7 +121,8 @@ impl ErrorCode {
             ErrorCode::LeaderNotAvailable
             | ErrorCode::NotLeaderOrFollower
             | ErrorCode::NotEnoughReplicas
-            | ErrorCode::NotEnoughReplicasAfterAppend => Code::Unavailable,
+            | ErrorCode::NotEnoughReplicasAfterAppend
+            | ErrorCode::FencedLeaderEpoch => Code::Unavailable,
             ErrorCode::RequestTimedOut => Code::DeadlineExceeded,
             // Retrying the same batch cannot succeed: the producer has to act.
             ErrorCode::OutOfOrderSequenceNumber | ErrorCode::InvalidProducerEpoch => Code::FailedPrecondition,

@@ -9,9 +9,11 @@
 //! may talk to any of them. It prefers the leader a `runnel-leader` hint names, and moves on
 //! to the next voter when one cannot be reached.
 
+pub mod admin;
 pub mod cache;
 pub mod error;
 pub mod group;
+pub mod plane;
 pub mod producer;
 pub mod replica;
 pub mod replication;
@@ -31,9 +33,10 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use cache::{CacheError, MetadataCache};
 pub use error::{BrokerError, ERROR_CODE_KEY, ErrorCode, LEADER_KEY};
+pub use plane::DataPlane;
 pub use replica::ReplicaManager;
 use runnel_storage::{LogConfig, LogError};
-pub use service::{BrokerGrpc, DataPlane};
+pub use service::BrokerGrpc;
 
 /// Largest metadata message accepted from the controller.
 pub const METADATA_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -89,6 +92,7 @@ pub struct Broker {
     replicas: Arc<ReplicaManager>,
     plane: Arc<DataPlane>,
     groups: Arc<group::GroupCoordinator>,
+    admin: admin::TopicAdmin,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -189,15 +193,18 @@ impl Broker {
                 offsets_topic_partitions: config.offsets_topic_partitions,
                 controllers: config.controllers.clone(),
                 request_timeout: config.request_timeout,
+                initial_rebalance_delay: group::INITIAL_REBALANCE_DELAY_DEFAULT,
             },
             Arc::clone(&replicas),
             Arc::clone(&cache),
             status.clone(),
         ));
         tasks.spawn(group::coordinator::run(Arc::clone(&groups), cancel.clone()));
+        let admin =
+            admin::TopicAdmin::new(config.controllers.clone(), config.request_timeout, status.clone());
         tasks.spawn(watch_task(config.clone(), Arc::clone(&cache), Arc::clone(&status_tx), cancel.clone()));
         tasks.spawn(liveness_task(config, status_tx, cancel.clone()));
-        Ok(Self { status, cache, replicas, plane, groups, cancel, tasks })
+        Ok(Self { status, cache, replicas, plane, groups, admin, cancel, tasks })
     }
 
     /// The client API over this broker's partitions, for a gRPC server to serve.
@@ -221,6 +228,21 @@ impl Broker {
         replication::ReplicationGrpc,
     > {
         replication::ReplicationGrpc::new(Arc::clone(&self.replicas)).into_server()
+    }
+
+    /// The transport-free data plane, for other front-ends (the Kafka listener).
+    pub fn plane(&self) -> &Arc<DataPlane> {
+        &self.plane
+    }
+
+    /// The group coordinator, for other front-ends.
+    pub fn groups(&self) -> &Arc<group::GroupCoordinator> {
+        &self.groups
+    }
+
+    /// Topic administration through the controller, for other front-ends.
+    pub fn admin(&self) -> &admin::TopicAdmin {
+        &self.admin
     }
 
     /// The hosted partitions.

@@ -15,20 +15,29 @@
 //!   the HW to pass the batch. The offsets become visible when the HW covers them, in log
 //!   order, through a queue of pending batches, also drained by the periodic tick: a commit
 //!   whose wait timed out still shows once it commits.
+//! - **Classic groups** ([`super::classic`]): a JoinGroup or SyncGroup that must wait parks a
+//!   oneshot sender in its shard, keyed by group and member; every call (and the tick, which
+//!   ends due join phases and expires sessions) hands the state machine's replies to the
+//!   waiting senders under the shards lock, and the callers await outside it.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use runnel_proto::pb::runnel::v1 as pb;
 use runnel_storage::batch::BatchIter;
 use runnel_storage::record::{BatchBuilder, DecodeLimits, NewRecord, decode_batch};
 use runnel_storage::{BATCH_BYTES_LIMIT, Compression, TopicPartition};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::assign::{Assignor, TopicCounts, Tp, TpSet};
+use super::classic::{
+    ClassicHeartbeat, ClassicReply, ClassicState, INITIAL_REBALANCE_DELAY_DEFAULT_MS, JoinGroupOutcome,
+    JoinGroupRequest, LeaveMember, LeaveOutcome, SyncGroupOutcome, SyncGroupRequest,
+};
 use super::error::{GroupError, GroupErrorCode};
 use super::record::{self, GROUP_ID_BYTES_MAX, OffsetKey, OffsetValue, OffsetsRecord};
 use super::state::{Committed, Group, GroupState, Groups, Heartbeat, HeartbeatAnswer};
@@ -68,6 +77,16 @@ pub const SUBSCRIBED_TOPICS_MAX: usize = 1_000;
 pub const PARTITIONS_PER_REQUEST_MAX: usize = 100_000;
 /// Longest client id.
 pub const CLIENT_ID_BYTES_MAX: usize = 255;
+/// How long a classic group leaving Empty waits for more members when the node sets
+/// nothing (Kafka's `group.initial.rebalance.delay.ms` default).
+pub const INITIAL_REBALANCE_DELAY_DEFAULT: Duration =
+    Duration::from_millis(INITIAL_REBALANCE_DELAY_DEFAULT_MS);
+/// How long a waiting JoinGroup or SyncGroup waits beyond the time the state machine answers
+/// within (its timeouts are checked every [`EXPIRY_CHECK_INTERVAL`], on a busy machine).
+pub const CLASSIC_WAIT_MARGIN: Duration = Duration::from_secs(5);
+/// Most tombstones in one batch of a DeleteGroups: a tombstone's key is at most about 520
+/// bytes, so a batch stays below the offsets topic's default `max.message.bytes` (1 MiB).
+pub const TOMBSTONES_PER_BATCH_MAX: usize = 1_000;
 
 /// Java's `String.hashCode`: `h = 31 * h + c` over the UTF-16 code units, wrapping.
 pub fn java_string_hash(s: &str) -> i32 {
@@ -91,6 +110,10 @@ pub struct GroupConfig {
     pub controllers: Vec<String>,
     /// Deadline of one controller call.
     pub request_timeout: Duration,
+    /// How long a classic group leaving Empty waits for more members before its first
+    /// generation, extended while members keep arriving (Kafka's
+    /// `group.initial.rebalance.delay.ms`; [`INITIAL_REBALANCE_DELAY_DEFAULT`]).
+    pub initial_rebalance_delay: Duration,
 }
 
 /// A batch appended but not yet known committed.
@@ -100,11 +123,49 @@ struct Pending {
     entries: Vec<(OffsetKey, Option<OffsetValue>)>,
 }
 
+/// A parked JoinGroup or SyncGroup: its sender and a token telling this call's apart from
+/// a later call of the same member.
+type Waiter<T> = (u64, oneshot::Sender<Result<T, GroupError>>);
+
+/// The classic calls waiting for an answer, by (group, member). Dropped with the shard, so
+/// a coordinator that loses the partition ends every wait.
+#[derive(Debug, Default)]
+struct Waiters {
+    next_token: u64,
+    joins: BTreeMap<(String, String), Waiter<JoinGroupOutcome>>,
+    syncs: BTreeMap<(String, String), Waiter<SyncGroupOutcome>>,
+}
+
+impl Waiters {
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    /// Hands each reply to its waiter; a reply nobody waits for (the call gave up) is dropped.
+    fn deliver(&mut self, replies: Vec<ClassicReply>) {
+        for reply in replies {
+            match reply {
+                ClassicReply::Join { group_id, member_id, result } => {
+                    if let Some((_, tx)) = self.joins.remove(&(group_id, member_id)) {
+                        let _ = tx.send(result);
+                    }
+                }
+                ClassicReply::Sync { group_id, member_id, result } => {
+                    if let Some((_, tx)) = self.syncs.remove(&(group_id, member_id)) {
+                        let _ = tx.send(result);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// One offsets partition this broker leads.
 #[derive(Debug)]
 enum Shard {
     Loading { epoch: i32 },
-    Loaded { epoch: i32, groups: Groups, pending: VecDeque<Pending> },
+    Loaded { epoch: i32, groups: Groups, pending: VecDeque<Pending>, waiters: Waiters },
 }
 
 impl Shard {
@@ -138,6 +199,89 @@ pub enum Committer<'a> {
     },
     /// An operator via ResetOffsets: only when the group has no members.
     Reset,
+    /// A classic member (or a consumer that only stores offsets: generation -1) via Kafka's
+    /// OffsetCommit; checked as Kafka checks it (see [`Groups::check_classic_commit`]).
+    Classic {
+        /// The member id (empty for a non-member).
+        member_id: &'a str,
+        /// The generation it is in (-1 for a non-member).
+        generation_id: i32,
+        /// Its group instance id, if static.
+        group_instance_id: Option<&'a str>,
+    },
+}
+
+/// The protocol of a group's members, as Kafka's ListGroups v5 names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupKind {
+    /// JoinGroup/SyncGroup members, or no members (a group with only offsets is listed as
+    /// classic, as Kafka lists it).
+    Classic,
+    /// KIP-848 members (ConsumerGroupHeartbeat).
+    Consumer,
+}
+
+impl GroupKind {
+    /// Kafka's name ("classic" or "consumer").
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupKind::Classic => "classic",
+            GroupKind::Consumer => "consumer",
+        }
+    }
+}
+
+/// One group as Kafka's ListGroups lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupOverview {
+    /// The group id.
+    pub group_id: String,
+    /// Which protocol its members use.
+    pub kind: GroupKind,
+    /// The classic protocol type ("consumer" for KIP-848 groups; "" when none is known).
+    pub protocol_type: String,
+    /// Kafka's state name ("Empty", "PreparingRebalance", "CompletingRebalance", "Stable";
+    /// for KIP-848 groups "Empty", "Assigning", "Reconciling", "Stable").
+    pub state: &'static str,
+    /// Members of either protocol.
+    pub member_count: usize,
+}
+
+/// One member as Kafka's DescribeGroups describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberDescription {
+    /// The member id.
+    pub member_id: String,
+    /// Its group instance id, if static.
+    pub group_instance_id: Option<String>,
+    /// For people.
+    pub client_id: String,
+    /// For people.
+    pub client_host: String,
+    /// Its metadata for the chosen protocol (classic groups in Stable only, as Kafka).
+    pub metadata: Bytes,
+    /// What the leader assigned it (classic groups in Stable only, as Kafka).
+    pub assignment: Bytes,
+}
+
+/// One group as Kafka's DescribeGroups describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    /// The group id.
+    pub group_id: String,
+    /// Which protocol its members use.
+    pub kind: GroupKind,
+    /// Kafka's state name (see [`GroupOverview::state`]); "Dead" for an unknown group.
+    pub state: &'static str,
+    /// The classic protocol type ("consumer" for KIP-848 groups; "" when none is known).
+    pub protocol_type: String,
+    /// The chosen protocol (classic groups in Stable only, as Kafka; the assignor of a
+    /// KIP-848 group).
+    pub protocol: String,
+    /// The classic generation, or the KIP-848 group epoch.
+    pub generation_id: i32,
+    /// The members, in member id order.
+    pub members: Vec<MemberDescription>,
 }
 
 /// The group coordinator of one broker.
@@ -386,6 +530,146 @@ impl GroupCoordinator {
         }
     }
 
+    /// Runs `f` on the loaded groups and waiters of `partition`, then hands every queued
+    /// classic reply to its waiter.
+    fn with_classic<R>(
+        &self,
+        partition: u32,
+        f: impl FnOnce(&mut Groups, &mut Waiters) -> R,
+    ) -> Result<R, GroupError> {
+        let mut shards = lock(&self.shards);
+        match shards.get_mut(&partition) {
+            Some(Shard::Loaded { groups, waiters, .. }) => {
+                let r = f(groups, waiters);
+                waiters.deliver(groups.take_replies());
+                Ok(r)
+            }
+            _ => {
+                drop(shards);
+                Err(self.unavailable(partition))
+            }
+        }
+    }
+
+    /// Waits for a parked classic call's answer, at most `within` plus a margin.
+    async fn await_reply<T>(
+        &self,
+        partition: u32,
+        key: (String, String),
+        token: u64,
+        rx: oneshot::Receiver<Result<T, GroupError>>,
+        within: Duration,
+        map: impl Fn(&mut Waiters) -> &mut BTreeMap<(String, String), Waiter<T>>,
+    ) -> Result<T, GroupError> {
+        match tokio::time::timeout(within + CLASSIC_WAIT_MARGIN, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => {
+                // The sender was dropped: the shard went (leadership moved), or a later call
+                // of the same member took this one's place.
+                if matches!(lock(&self.shards).get(&partition), Some(Shard::Loaded { .. })) {
+                    Err(GroupError::new(
+                        GroupErrorCode::RebalanceInProgress,
+                        format!("a later request of member {:?} took this one's place", key.1),
+                    ))
+                } else {
+                    Err(self.unavailable(partition))
+                }
+            }
+            Err(_) => {
+                if let Some(Shard::Loaded { waiters, .. }) = lock(&self.shards).get_mut(&partition) {
+                    let parked = map(waiters);
+                    if parked.get(&key).is_some_and(|(t, _)| *t == token) {
+                        parked.remove(&key);
+                    }
+                }
+                Err(GroupError::new(
+                    GroupErrorCode::RebalanceInProgress,
+                    format!("member {:?} was not answered in {} ms; join again", key.1, within.as_millis()),
+                ))
+            }
+        }
+    }
+
+    /// A classic JoinGroup of `group_id`: waits until the join phase ends (every member has
+    /// joined, or the rebalance timeout), at most the group's rebalance timeout plus the
+    /// initial delay plus [`CLASSIC_WAIT_MARGIN`]. MEMBER_ID_REQUIRED carries the new member
+    /// id in [`GroupError::member_id`].
+    pub async fn join_group(
+        &self,
+        group_id: &str,
+        req: JoinGroupRequest,
+    ) -> Result<JoinGroupOutcome, GroupError> {
+        let partition = self.route(group_id).await?;
+        let now = self.now_ms();
+        let (key, token, rx, within) = self.with_classic(partition, |groups, waiters| {
+            let mut ids = new_member_id;
+            let wait = groups.join_group(group_id, req, now, &mut ids)?;
+            let key = (group_id.to_owned(), wait.member_id);
+            let (tx, rx) = oneshot::channel();
+            let token = waiters.token();
+            // A member joining again while its earlier JoinGroup waits replaces it (the
+            // earlier call's sender drops).
+            waiters.joins.insert(key.clone(), (token, tx));
+            Ok::<_, GroupError>((key, token, rx, Duration::from_millis(wait.within_ms)))
+        })??;
+        self.await_reply(partition, key, token, rx, within, |w| &mut w.joins).await
+    }
+
+    /// A classic SyncGroup of `group_id`: the leader's stores the assignments and answers
+    /// everyone waiting; a follower's waits for the leader's (at most the group's rebalance
+    /// timeout plus [`CLASSIC_WAIT_MARGIN`]).
+    pub async fn sync_group(
+        &self,
+        group_id: &str,
+        req: SyncGroupRequest,
+    ) -> Result<SyncGroupOutcome, GroupError> {
+        let partition = self.route(group_id).await?;
+        let now = self.now_ms();
+        let (key, token, rx, within) = self.with_classic(partition, |groups, waiters| {
+            // Parked before the call, so an answer the call itself queues finds it.
+            let key = (group_id.to_owned(), req.member_id.clone());
+            let (tx, rx) = oneshot::channel();
+            let token = waiters.token();
+            let previous = waiters.syncs.insert(key.clone(), (token, tx));
+            match groups.sync_group(group_id, req, now) {
+                Ok(wait) => Ok((key, token, rx, Duration::from_millis(wait.within_ms))),
+                Err(e) => {
+                    match previous {
+                        Some(p) => waiters.syncs.insert(key, p),
+                        None => waiters.syncs.remove(&key),
+                    };
+                    Err(e)
+                }
+            }
+        })??;
+        self.await_reply(partition, key, token, rx, within, |w| &mut w.syncs).await
+    }
+
+    /// A classic Heartbeat of `group_id`.
+    pub async fn classic_heartbeat(&self, group_id: &str, hb: ClassicHeartbeat) -> Result<(), GroupError> {
+        let partition = self.route(group_id).await?;
+        let now = self.now_ms();
+        self.with_classic(partition, |groups, _| groups.classic_heartbeat(group_id, &hb, now))?
+    }
+
+    /// A classic LeaveGroup of `group_id`: one outcome per member, in order.
+    pub async fn leave_group(
+        &self,
+        group_id: &str,
+        members: Vec<LeaveMember>,
+    ) -> Result<Vec<LeaveOutcome>, GroupError> {
+        if members.len() > super::state::GROUP_MEMBERS_MAX {
+            return Err(GroupError::invalid(format!(
+                "{} members in one LeaveGroup, over the limit of {}",
+                members.len(),
+                super::state::GROUP_MEMBERS_MAX
+            )));
+        }
+        let partition = self.route(group_id).await?;
+        let now = self.now_ms();
+        self.with_classic(partition, |groups, _| groups.leave_group(group_id, members, now))
+    }
+
     /// One heartbeat (validated into `hb`).
     pub async fn heartbeat(&self, group_id: &str, hb: Heartbeat) -> Result<HeartbeatAnswer, GroupError> {
         let partition = self.route(group_id).await?;
@@ -437,6 +721,7 @@ impl GroupCoordinator {
         let tp = TopicPartition::new(OFFSETS_TOPIC, partition);
         let log_partition = self.replicas.get(&tp).ok_or_else(|| self.unavailable(partition))?;
         let ts = wall_ms();
+        let now = self.now_ms();
         let entries: Vec<(OffsetKey, Option<OffsetValue>)> = offsets
             .into_iter()
             .map(|e| {
@@ -444,60 +729,120 @@ impl GroupCoordinator {
                 (key, Some(OffsetValue { offset: e.offset, commit_timestamp_ms: ts, metadata: e.metadata }))
             })
             .collect();
-        let mut batch = if entries.is_empty() {
-            None
-        } else {
-            let mut builder = BatchBuilder::new(Compression::None);
-            for (key, value) in &entries {
-                builder.push(NewRecord {
-                    key: Some(record::encode_key(key).into()),
-                    value: value.as_ref().map(|v| record::encode_value(v).into()),
-                    headers: Vec::new(),
-                    timestamp_ms: ts,
-                });
-            }
-            let max = log_partition.limits().max_message_bytes;
-            if builder.estimated_size() > max {
-                return Err(GroupError::invalid(format!(
-                    "the commit makes a batch of about {} bytes, over {OFFSETS_TOPIC}'s max.message.bytes={max}; \
-                     commit fewer partitions at once",
-                    builder.estimated_size()
-                )));
-            }
-            Some(builder.build().map_err(|e| GroupError::invalid(format!("cannot encode the commit: {e}")))?)
-        };
+        // Encoded before taking the lock: it is the costly part for a large commit.
+        let mut batch =
+            if entries.is_empty() { None } else { Some(encode_batch(&entries, ts, &log_partition)?) };
         // Check and append atomically with respect to other calls and to loads.
         let end = {
             let mut shards = lock(&self.shards);
-            let Some(Shard::Loaded { epoch, groups, pending }) = shards.get_mut(&partition) else {
+            let Some(Shard::Loaded { epoch, groups, pending, .. }) = shards.get_mut(&partition) else {
                 drop(shards);
                 return Err(self.unavailable(partition));
             };
             match committer {
                 Committer::Member { id, epoch } => groups.check_commit(group_id, id, epoch)?,
                 Committer::Reset => groups.check_reset(group_id)?,
+                Committer::Classic { member_id, generation_id, group_instance_id } => {
+                    groups.check_classic_commit(group_id, member_id, generation_id, group_instance_id, now)?
+                }
             }
             let Some(batch) = batch.as_mut() else { return Ok(()) };
             let epoch = *epoch;
-            let leading = |p: &Partition| p.check_leader().ok() == Some(epoch);
-            if !leading(&log_partition) {
-                drop(shards);
-                return Err(self.unavailable(partition));
-            }
-            let info = log_partition.append(batch, true).map_err(GroupError::from_append)?;
-            // Leader epochs only grow: the same epoch after the append means the batch carries it.
-            if !leading(&log_partition) {
-                return Err(GroupError::new(
-                    GroupErrorCode::NotCoordinator,
-                    "leadership of the group's partition moved during the commit; find the coordinator again",
-                ));
-            }
-            let end = info.last_offset + 1;
+            let end = match append_locked(&log_partition, epoch, batch) {
+                Ok(end) => end,
+                Err(None) => {
+                    drop(shards);
+                    return Err(self.unavailable(partition));
+                }
+                Err(Some(e)) => return Err(e),
+            };
             pending.push_back(Pending { end, entries });
             end
         };
         log_partition.wait_committed(end, COMMIT_TIMEOUT).await.map_err(GroupError::from_append)?;
         self.apply_pending(partition, &log_partition);
+        Ok(())
+    }
+
+    /// Deletes groups with no members (Kafka's DeleteGroups): tombstones for every committed
+    /// offset, written with acks=all so a reload does not bring them back. One result per
+    /// id, in order: NON_EMPTY_GROUP while the group has members, GROUP_ID_NOT_FOUND for a
+    /// group the coordinator does not know, or the coordinator errors of any group call.
+    pub async fn delete_groups(&self, group_ids: &[String]) -> Vec<(String, Result<(), GroupError>)> {
+        let mut out = Vec::with_capacity(group_ids.len());
+        for id in group_ids {
+            out.push((id.clone(), self.delete_group(id).await));
+        }
+        out
+    }
+
+    async fn delete_group(&self, group_id: &str) -> Result<(), GroupError> {
+        let partition = self.route(group_id).await?;
+        let tp = TopicPartition::new(OFFSETS_TOPIC, partition);
+        let log_partition = self.replicas.get(&tp).ok_or_else(|| self.unavailable(partition))?;
+        let ts = wall_ms();
+        let end = {
+            let mut shards = lock(&self.shards);
+            let Some(Shard::Loaded { epoch, groups, pending, .. }) = shards.get_mut(&partition) else {
+                drop(shards);
+                return Err(self.unavailable(partition));
+            };
+            // Offsets appended but not yet visible are deleted too: their batch comes first
+            // in the log, so the tombstones land after them.
+            let in_flight: BTreeSet<OffsetKey> = pending
+                .iter()
+                .flat_map(|p| p.entries.iter())
+                .filter(|(k, v)| k.group == group_id && v.is_some())
+                .map(|(k, _)| k.clone())
+                .collect();
+            let keys = match groups.group(group_id) {
+                None if in_flight.is_empty() => {
+                    return Err(GroupError::new(
+                        GroupErrorCode::GroupIdNotFound,
+                        format!("group {group_id:?} does not exist"),
+                    ));
+                }
+                Some(g) if g.has_members() => {
+                    return Err(GroupError::new(
+                        GroupErrorCode::NonEmptyGroup,
+                        format!(
+                            "group {group_id:?} has {} members; stop them before deleting it",
+                            g.member_count()
+                        ),
+                    ));
+                }
+                g => {
+                    let mut keys = in_flight;
+                    keys.extend(g.into_iter().flat_map(|g| g.offsets.keys()).map(|(topic, partition)| {
+                        OffsetKey { group: group_id.to_owned(), topic: topic.clone(), partition: *partition }
+                    }));
+                    keys
+                }
+            };
+            let entries: Vec<(OffsetKey, Option<OffsetValue>)> =
+                keys.into_iter().map(|k| (k, None)).collect();
+            let epoch = *epoch;
+            let mut end = None;
+            for chunk in entries.chunks(TOMBSTONES_PER_BATCH_MAX) {
+                let mut batch = encode_batch(chunk, ts, &log_partition)?;
+                match append_locked(&log_partition, epoch, &mut batch) {
+                    Ok(e) => {
+                        pending.push_back(Pending { end: e, entries: chunk.to_vec() });
+                        end = Some(e);
+                    }
+                    Err(Some(e)) => return Err(e),
+                    Err(None) => {
+                        drop(shards);
+                        return Err(self.unavailable(partition));
+                    }
+                }
+            }
+            end
+        };
+        if let Some(end) = end {
+            log_partition.wait_committed(end, COMMIT_TIMEOUT).await.map_err(GroupError::from_append)?;
+            self.apply_pending(partition, &log_partition);
+        }
         Ok(())
     }
 
@@ -547,8 +892,12 @@ impl GroupCoordinator {
             if let Shard::Loaded { groups: g, .. } = shard {
                 groups.extend(g.groups().iter().map(|(id, group)| pb::GroupListing {
                     group_id: id.clone(),
-                    state: group.state().name().to_owned(),
-                    member_count: group.members.len() as u32,
+                    state: if group.classic.members.is_empty() {
+                        group.state().name().to_owned()
+                    } else {
+                        group.classic.state.name().to_owned()
+                    },
+                    member_count: group.member_count() as u32,
                 }));
             }
         }
@@ -570,7 +919,51 @@ impl GroupCoordinator {
                 offsets: Vec::new(),
                 coordinator: broker_id,
             },
+            Some(g) if !g.classic.members.is_empty() => describe_classic(group_id, g, broker_id),
             Some(g) => describe(group_id, g, broker_id),
+        })
+    }
+
+    /// The groups this broker coordinates now, as Kafka's ListGroups lists them.
+    pub fn group_overviews(&self) -> Vec<GroupOverview> {
+        let shards = lock(&self.shards);
+        let mut out: Vec<GroupOverview> = shards
+            .values()
+            .filter_map(|shard| match shard {
+                Shard::Loaded { groups, .. } => Some(groups.groups()),
+                Shard::Loading { .. } => None,
+            })
+            .flatten()
+            .map(|(id, g)| {
+                let (kind, protocol_type, state) = kafka_kind(g);
+                GroupOverview {
+                    group_id: id.clone(),
+                    kind,
+                    protocol_type,
+                    state,
+                    member_count: g.member_count(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+        out
+    }
+
+    /// A group as Kafka's DescribeGroups describes it (an unknown group is "Dead", with no
+    /// members).
+    pub async fn group_description(&self, group_id: &str) -> Result<GroupDescription, GroupError> {
+        let partition = self.route(group_id).await?;
+        self.with_groups(partition, |groups| match groups.group(group_id) {
+            None => GroupDescription {
+                group_id: group_id.to_owned(),
+                kind: GroupKind::Classic,
+                state: ClassicState::Dead.name(),
+                protocol_type: String::new(),
+                protocol: String::new(),
+                generation_id: 0,
+                members: Vec::new(),
+            },
+            Some(g) => describe_kafka(group_id, g),
         })
     }
 
@@ -612,10 +1005,11 @@ impl GroupCoordinator {
             let mut shards = lock(&self.shards);
             let mut loaded = Vec::new();
             for (index, shard) in shards.iter_mut() {
-                if let Shard::Loaded { groups, .. } = shard {
+                if let Shard::Loaded { groups, waiters, .. } = shard {
                     for (group, member, why) in groups.expire(now) {
                         tracing::info!(group, member, reason = ?why, "removed a group member");
                     }
+                    waiters.deliver(groups.take_replies());
                     loaded.push(*index);
                 }
             }
@@ -627,6 +1021,53 @@ impl GroupCoordinator {
             }
         }
     }
+}
+
+/// One uncompressed batch of offsets records (a tombstone where the value is `None`),
+/// refused if over the offsets topic's `max.message.bytes`.
+fn encode_batch(
+    entries: &[(OffsetKey, Option<OffsetValue>)],
+    ts: i64,
+    log_partition: &Partition,
+) -> Result<Vec<u8>, GroupError> {
+    let mut builder = BatchBuilder::new(Compression::None);
+    for (key, value) in entries {
+        builder.push(NewRecord {
+            key: Some(record::encode_key(key).into()),
+            value: value.as_ref().map(|v| record::encode_value(v).into()),
+            headers: Vec::new(),
+            timestamp_ms: ts,
+        });
+    }
+    let max = log_partition.limits().max_message_bytes;
+    if builder.estimated_size() > max {
+        return Err(GroupError::invalid(format!(
+            "the commit makes a batch of about {} bytes, over {OFFSETS_TOPIC}'s max.message.bytes={max}; \
+             commit fewer partitions at once",
+            builder.estimated_size()
+        )));
+    }
+    builder.build().map_err(|e| GroupError::invalid(format!("cannot encode the commit: {e}")))
+}
+
+/// Appends `batch` with acks=all while leading in `epoch`; answers the offset after it.
+/// Called under the shards lock, so no load of a later epoch starts between the check and
+/// the append. `Err(None)`: not leading in `epoch` (the caller says who is);
+/// `Err(Some(_))`: the append failed, or leadership moved during it.
+fn append_locked(log_partition: &Partition, epoch: i32, batch: &mut [u8]) -> Result<u64, Option<GroupError>> {
+    let leading = |p: &Partition| p.check_leader().ok() == Some(epoch);
+    if !leading(log_partition) {
+        return Err(None);
+    }
+    let info = log_partition.append(batch, true).map_err(|e| Some(GroupError::from_append(e)))?;
+    // Leader epochs only grow: the same epoch after the append means the batch carries it.
+    if !leading(log_partition) {
+        return Err(Some(GroupError::new(
+            GroupErrorCode::NotCoordinator,
+            "leadership of the group's partition moved during the commit; find the coordinator again",
+        )));
+    }
+    Ok(info.last_offset + 1)
 }
 
 /// Waits until the HW covers the log end this leadership began with, then reads the shard's
@@ -666,6 +1107,8 @@ async fn load(coordinator: Arc<GroupCoordinator>, index: u32, epoch: i32, partit
                 if epoch > 0 {
                     groups.taken_over_at(coordinator.now_ms());
                 }
+                let delay = coordinator.config.initial_rebalance_delay;
+                groups.set_initial_rebalance_delay_ms(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
                 let mut shards = lock(&coordinator.shards);
                 if matches!(shards.get(&index), Some(Shard::Loading { epoch: e }) if *e == epoch) {
                     tracing::info!(
@@ -677,7 +1120,15 @@ async fn load(coordinator: Arc<GroupCoordinator>, index: u32, epoch: i32, partit
                         ms = started.elapsed().as_millis() as u64,
                         "loaded the groups"
                     );
-                    shards.insert(index, Shard::Loaded { epoch, groups, pending: VecDeque::new() });
+                    shards.insert(
+                        index,
+                        Shard::Loaded {
+                            epoch,
+                            groups,
+                            pending: VecDeque::new(),
+                            waiters: Waiters::default(),
+                        },
+                    );
                 }
                 return;
             }
@@ -855,6 +1306,101 @@ fn describe(group_id: &str, g: &Group, coordinator: u32) -> pb::DescribeGroupRes
             .collect(),
         offsets: g.offsets.iter().map(|(tp, c)| committed_offset(tp, Some(c))).collect(),
         coordinator,
+    }
+}
+
+/// A classic group for the gRPC DescribeGroup: the generation as the epoch, the protocol as
+/// the assignor; topics and partitions are inside the opaque metadata and assignment, so
+/// they are left empty.
+fn describe_classic(group_id: &str, g: &Group, coordinator: u32) -> pb::DescribeGroupResponse {
+    let c = &g.classic;
+    pb::DescribeGroupResponse {
+        group_id: group_id.to_owned(),
+        state: c.state.name().to_owned(),
+        group_epoch: c.generation,
+        assignor: c.protocol.clone().unwrap_or_default(),
+        members: c
+            .members
+            .values()
+            .map(|m| pb::GroupMember {
+                member_id: m.id.clone(),
+                client_id: m.client_id.clone(),
+                host: m.client_host.clone(),
+                member_epoch: c.generation,
+                subscribed_topics: Vec::new(),
+                assignment: Vec::new(),
+                target_assignment: Vec::new(),
+            })
+            .collect(),
+        offsets: g.offsets.iter().map(|(tp, c)| committed_offset(tp, Some(c))).collect(),
+        coordinator,
+    }
+}
+
+/// A group's kind, protocol type and state as Kafka names them.
+fn kafka_kind(g: &Group) -> (GroupKind, String, &'static str) {
+    if g.members.is_empty() {
+        let protocol_type = g.classic.protocol_type.clone().unwrap_or_default();
+        (GroupKind::Classic, protocol_type, g.classic.state.name())
+    } else {
+        (GroupKind::Consumer, "consumer".to_owned(), g.state().kafka_name())
+    }
+}
+
+fn describe_kafka(group_id: &str, g: &Group) -> GroupDescription {
+    let (kind, protocol_type, state) = kafka_kind(g);
+    let c = &g.classic;
+    let (protocol, generation_id, members) = match kind {
+        GroupKind::Classic => {
+            // Kafka shows the protocol, metadata and assignments only of a Stable group.
+            let stable = c.state == ClassicState::Stable;
+            let protocol = if stable { c.protocol.clone().unwrap_or_default() } else { String::new() };
+            let members = c
+                .members
+                .values()
+                .map(|m| MemberDescription {
+                    member_id: m.id.clone(),
+                    group_instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    metadata: if stable {
+                        m.protocols
+                            .iter()
+                            .find(|p| Some(&p.name) == c.protocol.as_ref())
+                            .map(|p| p.metadata.clone())
+                            .unwrap_or_default()
+                    } else {
+                        Bytes::new()
+                    },
+                    assignment: if stable { m.assignment.clone() } else { Bytes::new() },
+                })
+                .collect();
+            (protocol, c.generation, members)
+        }
+        GroupKind::Consumer => {
+            let members = g
+                .members
+                .values()
+                .map(|m| MemberDescription {
+                    member_id: m.id.clone(),
+                    group_instance_id: None,
+                    client_id: m.client_id.clone(),
+                    client_host: m.host.clone(),
+                    metadata: Bytes::new(),
+                    assignment: Bytes::new(),
+                })
+                .collect();
+            (g.assignor.name().to_owned(), g.epoch, members)
+        }
+    };
+    GroupDescription {
+        group_id: group_id.to_owned(),
+        kind,
+        state,
+        protocol_type,
+        protocol,
+        generation_id,
+        members,
     }
 }
 

@@ -21,16 +21,31 @@ pub enum GroupErrorCode {
     CoordinatorNotAvailable,
     /// 16: this broker is not the group's coordinator.
     NotCoordinator,
+    /// 22: a classic member's generation is not the group's.
+    IllegalGeneration,
+    /// 23: a member's protocol type or protocols do not fit the group's, or the group id is
+    /// in use by members of the other group protocol (classic or KIP-848).
+    InconsistentGroupProtocol,
     /// 24: an empty or over-long group id.
     InvalidGroupId,
     /// 25: the member is not in the group.
     UnknownMemberId,
+    /// 26: a classic member's session timeout is outside the allowed range.
+    InvalidSessionTimeout,
+    /// 27: the classic group is rebalancing; the member must join again.
+    RebalanceInProgress,
     /// 42: a malformed field.
     InvalidRequest,
-    /// 68: ResetOffsets on a group that has members.
+    /// 68: ResetOffsets or DeleteGroups on a group that has members.
     NonEmptyGroup,
+    /// 69: DeleteGroups of a group the coordinator does not know.
+    GroupIdNotFound,
+    /// 79: a classic member (JoinGroup v4+) must join again with the member id it is given.
+    MemberIdRequired,
     /// 81: the group has as many members as it may have.
     GroupMaxSizeReached,
+    /// 82: another member with the same group instance id (KIP-345) has replaced this one.
+    FencedInstanceId,
     /// 110: the member's epoch is not the one the coordinator expects.
     FencedMemberEpoch,
     /// 113: an offset commit from an epoch the member has since left.
@@ -47,11 +62,18 @@ impl GroupErrorCode {
             GroupErrorCode::CoordinatorLoadInProgress => 14,
             GroupErrorCode::CoordinatorNotAvailable => 15,
             GroupErrorCode::NotCoordinator => 16,
+            GroupErrorCode::IllegalGeneration => 22,
+            GroupErrorCode::InconsistentGroupProtocol => 23,
             GroupErrorCode::InvalidGroupId => 24,
             GroupErrorCode::UnknownMemberId => 25,
+            GroupErrorCode::InvalidSessionTimeout => 26,
+            GroupErrorCode::RebalanceInProgress => 27,
             GroupErrorCode::InvalidRequest => 42,
             GroupErrorCode::NonEmptyGroup => 68,
+            GroupErrorCode::GroupIdNotFound => 69,
+            GroupErrorCode::MemberIdRequired => 79,
             GroupErrorCode::GroupMaxSizeReached => 81,
+            GroupErrorCode::FencedInstanceId => 82,
             GroupErrorCode::FencedMemberEpoch => 110,
             GroupErrorCode::StaleMemberEpoch => 113,
         }
@@ -66,11 +88,18 @@ impl GroupErrorCode {
             GroupErrorCode::CoordinatorLoadInProgress => "COORDINATOR_LOAD_IN_PROGRESS",
             GroupErrorCode::CoordinatorNotAvailable => "COORDINATOR_NOT_AVAILABLE",
             GroupErrorCode::NotCoordinator => "NOT_COORDINATOR",
+            GroupErrorCode::IllegalGeneration => "ILLEGAL_GENERATION",
+            GroupErrorCode::InconsistentGroupProtocol => "INCONSISTENT_GROUP_PROTOCOL",
             GroupErrorCode::InvalidGroupId => "INVALID_GROUP_ID",
             GroupErrorCode::UnknownMemberId => "UNKNOWN_MEMBER_ID",
+            GroupErrorCode::InvalidSessionTimeout => "INVALID_SESSION_TIMEOUT",
+            GroupErrorCode::RebalanceInProgress => "REBALANCE_IN_PROGRESS",
             GroupErrorCode::InvalidRequest => "INVALID_REQUEST",
             GroupErrorCode::NonEmptyGroup => "NON_EMPTY_GROUP",
+            GroupErrorCode::GroupIdNotFound => "GROUP_ID_NOT_FOUND",
+            GroupErrorCode::MemberIdRequired => "MEMBER_ID_REQUIRED",
             GroupErrorCode::GroupMaxSizeReached => "GROUP_MAX_SIZE_REACHED",
+            GroupErrorCode::FencedInstanceId => "FENCED_INSTANCE_ID",
             GroupErrorCode::FencedMemberEpoch => "FENCED_MEMBER_EPOCH",
             GroupErrorCode::StaleMemberEpoch => "STALE_MEMBER_EPOCH",
         }
@@ -97,11 +126,21 @@ impl GroupErrorCode {
             GroupErrorCode::CoordinatorLoadInProgress
             | GroupErrorCode::CoordinatorNotAvailable
             | GroupErrorCode::NotCoordinator => Code::Unavailable,
-            GroupErrorCode::InvalidGroupId | GroupErrorCode::InvalidRequest => Code::InvalidArgument,
+            GroupErrorCode::InvalidGroupId
+            | GroupErrorCode::InvalidRequest
+            | GroupErrorCode::InvalidSessionTimeout => Code::InvalidArgument,
             GroupErrorCode::UnknownMemberId
             | GroupErrorCode::NonEmptyGroup
             | GroupErrorCode::FencedMemberEpoch
-            | GroupErrorCode::StaleMemberEpoch => Code::FailedPrecondition,
+            | GroupErrorCode::StaleMemberEpoch
+            | GroupErrorCode::IllegalGeneration
+            | GroupErrorCode::InconsistentGroupProtocol
+            | GroupErrorCode::MemberIdRequired
+            | GroupErrorCode::FencedInstanceId => Code::FailedPrecondition,
+            // The member's next step (join again) is expected, not a failure of the call's
+            // preconditions: Aborted is gRPC's "retry at a higher level".
+            GroupErrorCode::RebalanceInProgress => Code::Aborted,
+            GroupErrorCode::GroupIdNotFound => Code::NotFound,
             GroupErrorCode::GroupMaxSizeReached => Code::ResourceExhausted,
         }
     }
@@ -117,12 +156,15 @@ pub struct GroupError {
     pub message: String,
     /// With NOT_COORDINATOR: the coordinator's broker id and gRPC address, when known.
     pub coordinator: Option<(u32, String)>,
+    /// With MEMBER_ID_REQUIRED: the member id the classic member must join again with
+    /// (Kafka answers it in JoinGroupResponse.member_id).
+    pub member_id: Option<String>,
 }
 
 impl GroupError {
     /// An error with `code` and `message`.
     pub fn new(code: GroupErrorCode, message: impl Into<String>) -> Self {
-        GroupError { code, message: message.into(), coordinator: None }
+        GroupError { code, message: message.into(), coordinator: None, member_id: None }
     }
 
     /// Shorthand for INVALID_REQUEST.

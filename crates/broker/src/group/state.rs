@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::assign::{Assignor, MemberSpec, TopicCounts, Tp, TpSet, assign};
+use super::classic::{ClassicGroup, ClassicReply, INITIAL_REBALANCE_DELAY_DEFAULT_MS};
 use super::error::{GroupError, GroupErrorCode};
 use super::record::{OffsetKey, OffsetValue};
 
@@ -135,6 +136,17 @@ impl GroupState {
             GroupState::Dead => "dead",
         }
     }
+
+    /// Kafka's name (ListGroups, DescribeGroups of the Kafka protocol).
+    pub fn kafka_name(self) -> &'static str {
+        match self {
+            GroupState::Empty => "Empty",
+            GroupState::Assigning => "Assigning",
+            GroupState::Reconciling => "Reconciling",
+            GroupState::Stable => "Stable",
+            GroupState::Dead => "Dead",
+        }
+    }
 }
 
 /// One group.
@@ -154,9 +166,22 @@ pub struct Group {
     pub topics_seen: TopicCounts,
     /// Committed offsets.
     pub offsets: BTreeMap<Tp, Committed>,
+    /// Members of the classic protocol (JoinGroup/SyncGroup). A group has members of one
+    /// protocol at a time; both share the offsets.
+    pub classic: ClassicGroup,
 }
 
 impl Group {
+    /// Whether it has members of either protocol (or classic member ids handed out).
+    pub fn has_members(&self) -> bool {
+        !self.members.is_empty() || !self.classic.is_empty()
+    }
+
+    /// How many members it has, of either protocol.
+    pub fn member_count(&self) -> usize {
+        self.members.len() + self.classic.members.len()
+    }
+
     /// The state now.
     pub fn state(&self) -> GroupState {
         if self.members.is_empty() {
@@ -329,11 +354,26 @@ pub enum Expiry {
 }
 
 /// The groups of one offsets partition.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Groups {
-    groups: BTreeMap<String, Group>,
+    pub(super) groups: BTreeMap<String, Group>,
     /// When this coordinator took the groups over (see [`Groups::taken_over_at`]).
     taken_over_ms: Option<u64>,
+    /// Classic answers not yet taken (see [`Groups::take_replies`]).
+    pub(super) replies: Vec<ClassicReply>,
+    /// How long a classic group leaving Empty waits for more members, in ms.
+    pub(super) initial_rebalance_delay_ms: u64,
+}
+
+impl Default for Groups {
+    fn default() -> Self {
+        Groups {
+            groups: BTreeMap::new(),
+            taken_over_ms: None,
+            replies: Vec::new(),
+            initial_rebalance_delay_ms: INITIAL_REBALANCE_DELAY_DEFAULT_MS,
+        }
+    }
 }
 
 fn unknown_member(group: &str, member: &str) -> GroupError {
@@ -357,6 +397,12 @@ impl Groups {
     /// they own; anything else is withheld until then.
     pub fn taken_over_at(&mut self, now_ms: u64) {
         self.taken_over_ms = Some(now_ms);
+    }
+
+    /// Sets how long a classic group leaving Empty waits for more members before its first
+    /// generation (Kafka's `group.initial.rebalance.delay.ms`).
+    pub fn set_initial_rebalance_delay_ms(&mut self, ms: u64) {
+        self.initial_rebalance_delay_ms = ms;
     }
 
     /// The group `id`, if it has members or offsets.
@@ -399,6 +445,18 @@ impl Groups {
                         "member_id is {} bytes, over the limit of {MEMBER_ID_BYTES_MAX}",
                         hb.member_id.len()
                     )));
+                }
+                if let Some(g) = self.groups.get(group_id)
+                    && !g.classic.members.is_empty()
+                {
+                    return Err(GroupError::new(
+                        GroupErrorCode::InconsistentGroupProtocol,
+                        format!(
+                            "group {group_id:?} has {} members using the classic protocol (JoinGroup); a \
+                             consumer (KIP-848) member cannot join it",
+                            g.classic.members.len()
+                        ),
+                    ));
                 }
                 let group = self.groups.entry(group_id.to_owned()).or_default();
                 let id = if hb.member_id.is_empty() {
@@ -537,7 +595,8 @@ impl Groups {
                 removed.push((group_id.clone(), member, why));
             }
         }
-        self.groups.retain(|_, g| !g.members.is_empty() || !g.offsets.is_empty());
+        removed.extend(self.expire_classic(now_ms));
+        self.groups.retain(|_, g| g.has_members() || !g.offsets.is_empty());
         removed
     }
 
@@ -546,7 +605,7 @@ impl Groups {
     /// epoch -1) only while the group has no members.
     pub fn check_commit(&self, group_id: &str, member_id: &str, member_epoch: i32) -> Result<(), GroupError> {
         let group = self.groups.get(group_id);
-        let members = group.map_or(0, |g| g.members.len());
+        let members = group.map_or(0, Group::member_count);
         if member_id.is_empty() && member_epoch == -1 {
             if members == 0 {
                 return Ok(());
@@ -585,11 +644,11 @@ impl Groups {
     /// Whether an operator may reset `group_id`'s offsets now: only with no members.
     pub fn check_reset(&self, group_id: &str) -> Result<(), GroupError> {
         match self.groups.get(group_id) {
-            Some(g) if !g.members.is_empty() => Err(GroupError::new(
+            Some(g) if g.has_members() => Err(GroupError::new(
                 GroupErrorCode::NonEmptyGroup,
                 format!(
                     "group {group_id:?} has {} members; stop them before resetting offsets",
-                    g.members.len()
+                    g.member_count()
                 ),
             )),
             _ => Ok(()),
@@ -617,8 +676,8 @@ impl Groups {
         }
     }
 
-    fn forget_if_dead(&mut self, group_id: &str) {
-        if self.groups.get(group_id).is_some_and(|g| g.members.is_empty() && g.offsets.is_empty()) {
+    pub(super) fn forget_if_dead(&mut self, group_id: &str) {
+        if self.groups.get(group_id).is_some_and(|g| !g.has_members() && g.offsets.is_empty()) {
             self.groups.remove(group_id);
         }
     }

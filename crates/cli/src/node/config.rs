@@ -74,10 +74,29 @@ pub(crate) struct NodeArgs {
     /// HTTP listener for /healthz, /readyz and /metrics [default: 127.0.0.1:(8080+id)].
     #[arg(long, env = "RUNNEL_HTTP_ADDR")]
     pub(crate) http_addr: Option<String>,
-    /// Kafka listener [default: 127.0.0.1:(9091+id)]. Reserved: advertised to the
-    /// controller, not listened on yet.
+    /// Kafka listener, HOST:PORT [default: 127.0.0.1:(9091+id), so node 1 is on 9092]. A
+    /// loopback host also listens on the other loopback family (127.0.0.1 and [::1]), since
+    /// clients may resolve `localhost` to either.
     #[arg(long, env = "RUNNEL_KAFKA_ADDR")]
     pub(crate) kafka_addr: Option<String>,
+    /// The Kafka address Metadata tells clients, HOST:PORT [default: --kafka-addr].
+    #[arg(long, env = "RUNNEL_KAFKA_ADVERTISED_ADDR")]
+    pub(crate) kafka_advertised_addr: Option<String>,
+    /// Kafka's auto.create.topics.enable: a Metadata (or Produce) for an unknown topic
+    /// creates it [default: true].
+    #[arg(long, env = "RUNNEL_AUTO_CREATE_TOPICS_ENABLE", value_parser = BoolishValueParser::new())]
+    pub(crate) auto_create_topics_enable: Option<bool>,
+    /// Kafka's num.partitions: partitions of an auto-created topic [default: 1].
+    #[arg(long, env = "RUNNEL_NUM_PARTITIONS")]
+    pub(crate) num_partitions: Option<u32>,
+    /// Kafka's default.replication.factor: replicas of an auto-created topic [default: 3, or
+    /// the number of live brokers if fewer].
+    #[arg(long, env = "RUNNEL_DEFAULT_REPLICATION_FACTOR")]
+    pub(crate) default_replication_factor: Option<u32>,
+    /// Kafka's socket.request.max.bytes: a larger request frame closes its connection
+    /// [default: 104857600].
+    #[arg(long, env = "RUNNEL_SOCKET_REQUEST_MAX_BYTES")]
+    pub(crate) socket_request_max_bytes: Option<usize>,
     /// Broker heartbeat period [default: 500].
     #[arg(long, env = "RUNNEL_HEARTBEAT_INTERVAL_MS")]
     pub(crate) heartbeat_interval_ms: Option<u64>,
@@ -132,6 +151,11 @@ pub(crate) struct NodeSettings {
     pub(crate) grpc_addr: String,
     pub(crate) http_addr: String,
     pub(crate) kafka_addr: String,
+    pub(crate) kafka_advertised_addr: String,
+    pub(crate) auto_create_topics_enable: bool,
+    pub(crate) num_partitions: u32,
+    pub(crate) default_replication_factor: Option<u32>,
+    pub(crate) socket_request_max_bytes: usize,
     pub(crate) heartbeat_interval_ms: u64,
     pub(crate) session_timeout_ms: u64,
     pub(crate) replica_lag_time_ms: u64,
@@ -160,6 +184,11 @@ impl NodeArgs {
             grpc_addr: self.grpc_addr.or(lower.grpc_addr),
             http_addr: self.http_addr.or(lower.http_addr),
             kafka_addr: self.kafka_addr.or(lower.kafka_addr),
+            kafka_advertised_addr: self.kafka_advertised_addr.or(lower.kafka_advertised_addr),
+            auto_create_topics_enable: self.auto_create_topics_enable.or(lower.auto_create_topics_enable),
+            num_partitions: self.num_partitions.or(lower.num_partitions),
+            default_replication_factor: self.default_replication_factor.or(lower.default_replication_factor),
+            socket_request_max_bytes: self.socket_request_max_bytes.or(lower.socket_request_max_bytes),
             heartbeat_interval_ms: self.heartbeat_interval_ms.or(lower.heartbeat_interval_ms),
             session_timeout_ms: self.session_timeout_ms.or(lower.session_timeout_ms),
             replica_lag_time_ms: self.replica_lag_time_ms.or(lower.replica_lag_time_ms),
@@ -236,6 +265,19 @@ impl NodeSettings {
             Some(addr) => addr,
             None => format!("127.0.0.1:{}", port(9091)?),
         };
+        let kafka_advertised_addr = args.kafka_advertised_addr.unwrap_or_else(|| kafka_addr.clone());
+        let num_partitions = args.num_partitions.unwrap_or(1);
+        if num_partitions == 0 {
+            bail!("--num-partitions must be at least 1");
+        }
+        if args.default_replication_factor == Some(0) {
+            bail!("--default-replication-factor must be at least 1");
+        }
+        let socket_request_max_bytes =
+            args.socket_request_max_bytes.unwrap_or(runnel_kafka::REQUEST_BYTES_MAX_DEFAULT);
+        if socket_request_max_bytes < 1024 || socket_request_max_bytes > i32::MAX as usize {
+            bail!("--socket-request-max-bytes must be from 1024 to {}", i32::MAX);
+        }
         let settings = NodeSettings {
             id,
             data_dir,
@@ -244,6 +286,11 @@ impl NodeSettings {
             grpc_addr,
             http_addr,
             kafka_addr,
+            kafka_advertised_addr,
+            auto_create_topics_enable: args.auto_create_topics_enable.unwrap_or(true),
+            num_partitions,
+            default_replication_factor: args.default_replication_factor,
+            socket_request_max_bytes,
             heartbeat_interval_ms: args.heartbeat_interval_ms.unwrap_or(HEARTBEAT_INTERVAL_MS),
             session_timeout_ms: args.session_timeout_ms.unwrap_or(SESSION_TIMEOUT_MS),
             replica_lag_time_ms: args.replica_lag_time_ms.unwrap_or(REPLICA_LAG_TIME_MS),
@@ -305,6 +352,10 @@ mod tests {
         assert!(s.restore_preferred_leaders);
         assert_eq!(s.log_format, LogFormat::Text);
         assert_eq!(s.offsets_topic_partitions, 8);
+        assert_eq!(s.kafka_advertised_addr, "127.0.0.1:9093", "advertised defaults to the listener");
+        assert!(s.auto_create_topics_enable);
+        assert_eq!((s.num_partitions, s.default_replication_factor), (1, None));
+        assert_eq!(s.socket_request_max_bytes, 100 << 20);
     }
 
     #[test]
@@ -346,6 +397,20 @@ mod tests {
         assert!(
             with(&["--id", "1", "--offsets-topic-partitions", "3"])
                 .is_ok_and(|s| s.offsets_topic_partitions == 3)
+        );
+        assert!(with(&["--id", "1", "--num-partitions", "0"]).is_err());
+        assert!(with(&["--id", "1", "--default-replication-factor", "0"]).is_err());
+        assert!(with(&["--id", "1", "--socket-request-max-bytes", "10"]).is_err());
+        assert!(
+            with(&[
+                "--id",
+                "1",
+                "--auto-create-topics-enable",
+                "false",
+                "--kafka-advertised-addr",
+                "kafka-1:9092"
+            ])
+            .is_ok_and(|s| !s.auto_create_topics_enable && s.kafka_advertised_addr == "kafka-1:9092")
         );
         assert!(
             with(&["--id", "1", "--no-restore-preferred-leaders"])

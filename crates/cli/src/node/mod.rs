@@ -38,6 +38,7 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         .with_context(|| format!("binding the HTTP listener {}", settings.http_addr))?;
     let grpc_addr = grpc.local_addr()?;
     let http_addr = http.local_addr()?;
+    let kafka = if settings.roles.broker { kafka_listeners(&settings.kafka_addr).await? } else { Vec::new() };
 
     // The broker starts first (it locks and lists its log directory), so that the one gRPC
     // server of the node serves its client API from the start.
@@ -46,7 +47,7 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
             Broker::start(BrokerConfig {
                 id,
                 grpc_addr: settings.grpc_addr.clone(),
-                kafka_addr: settings.kafka_addr.clone(),
+                kafka_addr: settings.kafka_advertised_addr.clone(),
                 http_addr: settings.http_addr.clone(),
                 controllers: settings.voters.iter().map(|v| v.addr.clone()).collect(),
                 heartbeat_interval: Duration::from_millis(settings.heartbeat_interval_ms),
@@ -115,7 +116,24 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         }));
         None
     };
-    println!("runnel node {id} ready: grpc={grpc_addr} http={http_addr}");
+    let kafka_cancel = CancellationToken::new();
+    let kafka_task = broker.as_ref().map(|broker| {
+        let mut config = runnel_kafka::KafkaConfig::new(id);
+        config.auto_create_topics = settings.auto_create_topics_enable;
+        config.num_partitions = settings.num_partitions;
+        config.default_replication_factor = settings.default_replication_factor;
+        config.request_max_bytes = settings.socket_request_max_bytes;
+        let context = Arc::new(runnel_kafka::Context {
+            config,
+            plane: Arc::clone(broker.plane()),
+            groups: Arc::clone(broker.groups()),
+            admin: broker.admin().clone(),
+        });
+        tokio::spawn(runnel_kafka::serve(kafka, context, kafka_cancel.clone()))
+    });
+    let kafka_shown =
+        if settings.roles.broker { format!(" kafka={}", settings.kafka_addr) } else { String::new() };
+    println!("runnel node {id} ready: grpc={grpc_addr} http={http_addr}{kafka_shown}");
     std::io::stdout().flush()?;
 
     let probes = Arc::new(http::Probes {
@@ -131,7 +149,14 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
     };
     tracing::info!("node {id}: shutting down on {stopped_by}");
 
-    // Phase one: stop taking work (the broker stops heartbeating, probes stop answering).
+    // Phase one: stop taking work (Kafka clients are cut off, the broker stops heartbeating,
+    // probes stop answering).
+    kafka_cancel.cancel();
+    if let Some(mut task) = kafka_task
+        && tokio::time::timeout(SHUTDOWN_PATIENCE, &mut task).await.is_err()
+    {
+        task.abort();
+    }
     if let Some(broker) = broker {
         broker.shutdown(SHUTDOWN_PATIENCE).await;
     }
@@ -150,6 +175,28 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
     }
     tracing::info!("node {id}: stopped");
     Ok(())
+}
+
+/// The Kafka listeners for `addr`: the address itself and, for a loopback host, the other
+/// loopback family on the same port (librdkafka and Python may resolve `localhost` to
+/// `::1` or to `127.0.0.1`). Only the first must bind.
+async fn kafka_listeners(addr: &str) -> anyhow::Result<Vec<TcpListener>> {
+    let first =
+        TcpListener::bind(addr).await.with_context(|| format!("binding the Kafka listener {addr}"))?;
+    let bound = first.local_addr()?;
+    let mut listeners = vec![first];
+    if bound.ip().is_loopback() {
+        let other: std::net::IpAddr = if bound.is_ipv4() {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        };
+        match TcpListener::bind((other, bound.port())).await {
+            Ok(l) => listeners.push(l),
+            Err(e) => tracing::debug!("not listening for Kafka on {other} port {}: {e}", bound.port()),
+        }
+    }
+    Ok(listeners)
 }
 
 /// Waits for SIGTERM or SIGINT; names the one that came.

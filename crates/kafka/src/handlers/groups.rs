@@ -1,0 +1,241 @@
+//! FindCoordinator and committed offsets (OffsetCommit, OffsetFetch) on the group
+//! coordinator the gRPC groups use, over the same `__consumer_offsets`.
+
+use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
+use kafka_protocol::messages::find_coordinator_response::{Coordinator, FindCoordinatorResponse};
+use kafka_protocol::messages::offset_commit_request::OffsetCommitRequest;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponse, OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequest;
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponse, OffsetFetchResponseGroup, OffsetFetchResponsePartition,
+    OffsetFetchResponsePartitions, OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::{BrokerId, GroupId, TopicName};
+use runnel_broker::group::GroupError;
+use runnel_broker::group::coordinator::{Committer, OffsetEntry};
+use runnel_proto::pb::runnel::v1 as pb;
+
+use super::{code, host_port, s};
+use crate::Context;
+
+/// FindCoordinator's key type for consumer groups (1 is transactions, not served).
+const KEY_TYPE_GROUP: i8 = 0;
+
+/// A group error's Kafka code, as the wire carries it.
+pub(crate) fn group_code(e: &GroupError) -> i16 {
+    i16::try_from(e.code.code()).unwrap_or(-1)
+}
+
+/// The coordinator of one key: (error, message, node id, host, port).
+async fn coordinator(ctx: &Context, key: &str, key_type: i8) -> (i16, Option<String>, i32, String, i32) {
+    if key_type != KEY_TYPE_GROUP {
+        return (
+            code::INVALID_REQUEST,
+            Some("only consumer-group coordinators are served: Runnel has no transactions".to_owned()),
+            -1,
+            String::new(),
+            -1,
+        );
+    }
+    match ctx.groups.find_coordinator(key).await {
+        Ok(found) => {
+            let address = ctx
+                .plane
+                .metadata()
+                .ok()
+                .and_then(|c| c.brokers.get(&found.broker_id).map(|b| b.kafka.clone()));
+            match address.as_deref().and_then(host_port) {
+                Some((host, port)) => (code::NONE, None, found.broker_id as i32, host, port),
+                None => (
+                    code::COORDINATOR_NOT_AVAILABLE,
+                    Some(format!("broker {} has no Kafka address yet; retry", found.broker_id)),
+                    -1,
+                    String::new(),
+                    -1,
+                ),
+            }
+        }
+        Err(e) => (group_code(&e), Some(e.message), -1, String::new(), -1),
+    }
+}
+
+/// FindCoordinator: one key before v4, a list from v4 on.
+pub(crate) async fn find_coordinator(
+    ctx: &Context,
+    request: FindCoordinatorRequest,
+    version: i16,
+) -> FindCoordinatorResponse {
+    if version < 4 {
+        let (error, message, node, host, port) = coordinator(ctx, &request.key, request.key_type).await;
+        return FindCoordinatorResponse::default()
+            .with_error_code(error)
+            .with_error_message(message.map(s))
+            .with_node_id(BrokerId(node))
+            .with_host(s(host))
+            .with_port(port);
+    }
+    let mut coordinators = Vec::with_capacity(request.coordinator_keys.len());
+    for key in &request.coordinator_keys {
+        let (error, message, node, host, port) = coordinator(ctx, key, request.key_type).await;
+        coordinators.push(
+            Coordinator::default()
+                .with_key(key.clone())
+                .with_error_code(error)
+                .with_error_message(message.map(s))
+                .with_node_id(BrokerId(node))
+                .with_host(s(host))
+                .with_port(port),
+        );
+    }
+    FindCoordinatorResponse::default().with_coordinators(coordinators)
+}
+
+/// OffsetCommit: every partition gets the commit's outcome (a commit is one batch, so it
+/// succeeds or fails whole).
+pub(crate) async fn offset_commit(ctx: &Context, request: OffsetCommitRequest) -> OffsetCommitResponse {
+    let mut offsets = Vec::new();
+    let mut invalid: Option<i16> = None;
+    for topic in &request.topics {
+        for p in &topic.partitions {
+            match u32::try_from(p.partition_index) {
+                Ok(partition) => offsets.push(OffsetEntry {
+                    tp: (topic.name.0.to_string(), partition),
+                    offset: p.committed_offset,
+                    metadata: p.committed_metadata.as_ref().map_or_else(String::new, |m| m.to_string()),
+                }),
+                Err(_) => invalid = Some(code::UNKNOWN_TOPIC_OR_PARTITION),
+            }
+        }
+    }
+    let error = match invalid {
+        Some(error) => error,
+        None => {
+            // Checked against the group's kind: a classic group's generation, or (v9) a
+            // KIP-848 member's epoch.
+            let committer = Committer::Classic {
+                member_id: &request.member_id,
+                generation_id: request.generation_id_or_member_epoch,
+                group_instance_id: request.group_instance_id.as_deref(),
+            };
+            match ctx.groups.commit(&request.group_id.0, committer, offsets).await {
+                Ok(()) => code::NONE,
+                Err(e) => {
+                    tracing::debug!(group = %request.group_id.0.as_str(), "kafka: commit refused: {e}");
+                    group_code(&e)
+                }
+            }
+        }
+    };
+    let topics = request
+        .topics
+        .iter()
+        .map(|t| {
+            OffsetCommitResponseTopic::default().with_name(t.name.clone()).with_partitions(
+                t.partitions
+                    .iter()
+                    .map(|p| {
+                        OffsetCommitResponsePartition::default()
+                            .with_partition_index(p.partition_index)
+                            .with_error_code(error)
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    OffsetCommitResponse::default().with_topics(topics)
+}
+
+/// Committed offsets by topic: (partition, offset, metadata), in the order found.
+type TopicOffsets = Vec<(String, Vec<(i32, i64, String)>)>;
+
+/// One group's committed offsets: all of them (`topics` None) or those named.
+async fn fetch_group(
+    ctx: &Context,
+    group_id: &str,
+    topics: Option<Vec<(String, Vec<i32>)>>,
+) -> Result<TopicOffsets, GroupError> {
+    let wanted: Vec<(String, u32)> = topics
+        .iter()
+        .flatten()
+        .flat_map(|(t, ps)| ps.iter().filter_map(|&p| u32::try_from(p).ok()).map(move |p| (t.clone(), p)))
+        .collect();
+    if topics.as_ref().is_some_and(|t| !t.is_empty()) && wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let committed: Vec<pb::CommittedOffset> = ctx.groups.fetch_offsets(group_id, wanted).await?;
+    let mut out: TopicOffsets = Vec::new();
+    for c in committed {
+        let entry = (c.partition as i32, c.offset, c.metadata);
+        match out.iter_mut().find(|(t, _)| *t == c.topic) {
+            Some((_, ps)) => ps.push(entry),
+            None => out.push((c.topic, vec![entry])),
+        }
+    }
+    Ok(out)
+}
+
+/// OffsetFetch: one group before v8, a list from v8 on; -1 where nothing is committed.
+pub(crate) async fn offset_fetch(
+    ctx: &Context,
+    request: OffsetFetchRequest,
+    version: i16,
+) -> OffsetFetchResponse {
+    if version < 8 {
+        let topics = request
+            .topics
+            .map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
+        return match fetch_group(ctx, &request.group_id.0, topics).await {
+            Ok(found) => OffsetFetchResponse::default().with_topics(
+                found
+                    .into_iter()
+                    .map(|(topic, ps)| {
+                        OffsetFetchResponseTopic::default().with_name(TopicName(s(topic))).with_partitions(
+                            ps.into_iter()
+                                .map(|(p, offset, metadata)| {
+                                    OffsetFetchResponsePartition::default()
+                                        .with_partition_index(p)
+                                        .with_committed_offset(offset)
+                                        .with_committed_leader_epoch(-1)
+                                        .with_metadata(Some(s(metadata)))
+                                })
+                                .collect(),
+                        )
+                    })
+                    .collect(),
+            ),
+            Err(e) => OffsetFetchResponse::default().with_error_code(group_code(&e)),
+        };
+    }
+    let mut groups = Vec::with_capacity(request.groups.len());
+    for g in request.groups {
+        let topics =
+            g.topics.map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
+        let group = match fetch_group(ctx, &g.group_id.0, topics).await {
+            Ok(found) => OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone()).with_topics(
+                found
+                    .into_iter()
+                    .map(|(topic, ps)| {
+                        OffsetFetchResponseTopics::default().with_name(TopicName(s(topic))).with_partitions(
+                            ps.into_iter()
+                                .map(|(p, offset, metadata)| {
+                                    OffsetFetchResponsePartitions::default()
+                                        .with_partition_index(p)
+                                        .with_committed_offset(offset)
+                                        .with_committed_leader_epoch(-1)
+                                        .with_metadata(Some(s(metadata)))
+                                })
+                                .collect(),
+                        )
+                    })
+                    .collect(),
+            ),
+            Err(e) => OffsetFetchResponseGroup::default()
+                .with_group_id(GroupId(g.group_id.0))
+                .with_error_code(group_code(&e)),
+        };
+        groups.push(group);
+    }
+    OffsetFetchResponse::default().with_groups(groups)
+}

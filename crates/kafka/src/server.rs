@@ -1,0 +1,130 @@
+//! The listener: one reader and one writer per connection.
+//!
+//! The reader decodes requests in arrival order and starts each one at once
+//! ([`handlers::start`]); what must happen in order (a Produce's appends) happens there, so
+//! pipelined produce requests keep their order in the log. The started requests go to the
+//! writer through a bounded channel, and the writer answers them in the same order, while
+//! their waits (acks=all, fetch long polls, group rebalances) overlap.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::{self, CodecError, Decoded};
+use crate::handlers::{self, Reply, Started};
+use crate::{Context, IN_FLIGHT_MAX};
+
+/// Serves Kafka clients on `listeners` until `cancel`; every connection ends with it.
+pub async fn serve(listeners: Vec<TcpListener>, context: Arc<Context>, cancel: CancellationToken) {
+    let mut accepts = JoinSet::new();
+    for listener in listeners {
+        let context = Arc::clone(&context);
+        let cancel = cancel.clone();
+        accepts.spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, peer)) => {
+                            let _ = stream.set_nodelay(true);
+                            connections.spawn(connection(stream, peer, Arc::clone(&context), cancel.clone()));
+                        }
+                        Err(e) => {
+                            // Out of file descriptors and the like: keep serving the others.
+                            tracing::warn!("kafka listener: accept failed: {e}");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                    },
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            }
+            connections.shutdown().await;
+        });
+    }
+    while accepts.join_next().await.is_some() {}
+}
+
+/// One connection, until the client closes it, a request closes it, or `cancel`.
+async fn connection(stream: TcpStream, peer: SocketAddr, context: Arc<Context>, cancel: CancellationToken) {
+    let (read, write) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Started>(IN_FLIGHT_MAX);
+    let reader_context = Arc::clone(&context);
+    let reader = tokio::spawn(async move {
+        let mut read = BufReader::new(read);
+        loop {
+            let frame = match codec::read_frame(&mut read, reader_context.config.request_max_bytes).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return,
+                Err(e) => {
+                    log_closed(peer, None, &e);
+                    return;
+                }
+            };
+            let started = match codec::decode(frame) {
+                Ok(Decoded::Request { header, request }) => {
+                    handlers::start(&reader_context, header, *request, peer)
+                }
+                Ok(Decoded::ApiVersionsTooNew { correlation_id }) => {
+                    handlers::api_versions_too_new(correlation_id)
+                }
+                Err(e) => {
+                    log_closed(peer, None, &e);
+                    return;
+                }
+            };
+            if tx.send(started).await.is_err() {
+                return;
+            }
+        }
+    });
+
+    let mut write = BufWriter::new(write);
+    let mut pending = FuturesOrdered::new();
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            started = rx.recv(), if reading => match started {
+                Some(started) => pending.push_back(started.run()),
+                None => reading = false,
+            },
+            Some(reply) = pending.next(), if !pending.is_empty() => {
+                let reply: Reply = reply;
+                let Some(frame) = reply.frame else { continue };
+                let frame = match frame {
+                    Ok(frame) => frame,
+                    Err(e) => {
+                        tracing::warn!(client = %peer, api = ?reply.key, "kafka: cannot encode a response, closing the connection: {e:#}");
+                        break;
+                    }
+                };
+                if write.write_all(&frame).await.is_err() {
+                    break;
+                }
+                if pending.is_empty() && write.flush().await.is_err() {
+                    break;
+                }
+            }
+            else => break,
+        }
+    }
+    let _ = write.flush().await;
+    reader.abort();
+}
+
+fn log_closed(peer: SocketAddr, client_id: Option<&str>, error: &CodecError) {
+    let client_id = client_id.unwrap_or("-");
+    match error {
+        // A client going away mid-frame is ordinary; the rest is a broken or hostile client.
+        CodecError::Io(_) => tracing::debug!(client = %peer, client_id, "kafka: connection closed: {error}"),
+        _ => tracing::warn!(client = %peer, client_id, "kafka: closing the connection: {error}"),
+    }
+}
