@@ -37,7 +37,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.partitioner.default import murmur2 as kafka_python_murmur2
 
-from kafka_testlib import Failure, Phases, check, deadline_after, eq, left, wait_for_kafka
+from kafka_testlib import (Failure, Phases, check, deadline_after, eq, left, metadata_topics, parse_bootstrap,
+                           wait_for_kafka)
 
 LISTENER_TIMEOUT_S = 30.0
 PHASE_TIMEOUT_S = 30.0
@@ -164,11 +165,9 @@ class Run:
         return wait_for_kafka(self.bootstrap, self.brokers, LISTENER_TIMEOUT_S)
 
     def snippet(self):
-        admin = self.admin()
-        try:
-            existing = admin.list_topics()
-        finally:
-            admin.close()
+        # Plumbing, not the subject: a raw Metadata v1 for all topics (which never creates one).
+        host, port = parse_bootstrap(self.bootstrap)[0]
+        existing = metadata_topics(host, port)
         check(SNIPPET_TOPIC not in existing,
               f"{SNIPPET_TOPIC!r} exists before the snippet ran, so auto-creation cannot be checked "
               f"(run against a fresh cluster)")
@@ -182,6 +181,11 @@ class Run:
             md = future.get(timeout=1)  # flushed: resolved already, or it failed
             self.snippet_offset = (md.partition, md.offset)
             eq(md.partition, 0, "the snippet's record partition (an auto-created topic has 1)")
+
+            # The snippet's producer asks acks=1 (kafka-python's default): the leader answers
+            # before the followers have the record, and 'latest' is the high watermark, which
+            # moves once they do. Wait for that, so 'latest' is past the record.
+            hw = self.wait_high_watermark(SNIPPET_TOPIC, 0, md.offset + 1)
 
             consumer = KafkaConsumer(SNIPPET_TOPIC, bootstrap_servers=self.servers[0],
                                      consumer_timeout_ms=CONSUMER_TIMEOUT_MS, request_timeout_ms=REQUEST_TIMEOUT_MS)
@@ -234,8 +238,27 @@ class Run:
            [(0, md.offset, b"employee_id_123", b"Salary update for employee 123"),
             (0, md2.offset, b"employee_id_123", b"Salary update for employee 123 #2")],
            "a consumer from 'earliest' read (partition, offset, key, value)")
-        return (f"produced at offset {md.offset}; the snippet's consumer started at {position} and printed "
-                f"the next record; from earliest both records read back")
+        return (f"produced at offset {md.offset} (high watermark {hw} after {self.hw_polls} ListOffsets); the "
+                f"snippet's consumer started at {position} and printed the next record; from earliest both "
+                f"records read back")
+
+    def wait_high_watermark(self, topic, partition, want):
+        """Polls ListOffsets (latest) until the partition's high watermark reaches `want`."""
+        tp = TopicPartition(topic, partition)
+        consumer = self.consumer(enable_auto_commit=False)
+        try:
+            deadline = deadline_after(PHASE_TIMEOUT_S)
+            self.hw_polls = 0
+            while True:
+                self.hw_polls += 1
+                hw = consumer.end_offsets([tp])[tp]
+                if hw >= want:
+                    return hw
+                check(time.monotonic() < deadline, f"{topic}/{partition}: high watermark {hw}, not {want}, "
+                                                   f"{PHASE_TIMEOUT_S}s after the record was acknowledged")
+                time.sleep(0.02)
+        finally:
+            consumer.close()
 
     def auto_created(self):
         admin = self.admin()

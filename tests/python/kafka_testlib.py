@@ -162,6 +162,31 @@ def metadata_brokers(host, port, timeout=SOCKET_TIMEOUT_S):
     return sorted(brokers)
 
 
+def metadata_topics(host, port, timeout=SOCKET_TIMEOUT_S):
+    """Metadata v1 for all topics (a null array: v1 never auto-creates on it):
+    {name: (error code, {partition: (error code, leader, replicas, isr)})}."""
+    r = Reader(roundtrip(host, port, API_METADATA, 1, struct.pack(">i", -1), timeout=timeout))
+    for _ in range(r.take(">i")):
+        r.take(">i")
+        r.string()
+        r.take(">i")
+        r.string()
+    r.take(">i")  # controller id
+    topics = {}
+    for _ in range(r.take(">i")):
+        error = r.take(">h")
+        name = r.string()
+        r.take(">?")  # is_internal
+        partitions = {}
+        for _ in range(r.take(">i")):
+            perror, index, leader = r.take(">hii")
+            replicas = [r.take(">i") for _ in range(r.take(">i"))]
+            isr = [r.take(">i") for _ in range(r.take(">i"))]
+            partitions[index] = (perror, leader, replicas, isr)
+        topics[name] = (error, partitions)
+    return topics
+
+
 def wait_for_kafka(bootstrap, brokers, timeout_s):
     """Polls every bootstrap address until it answers ApiVersions (error 0, with Produce,
     Fetch and Metadata listed) and its Metadata names `brokers` brokers; answers a summary.
