@@ -5,8 +5,8 @@ serving everyone else.
     python kafka_bad_input_test.py --bootstrap 127.0.0.1:9092[,...] [--brokers 3]
     (or env KAFKA_BOOTSTRAP, KAFKA_BROKERS)
 
-Raw sockets only, except that kafka-python's admin client creates the Produce case's topic and
-finds its leader. Against the first bootstrap address (the Produce cases: against the
+Raw sockets only, except that confluent-kafka's admin client creates the Produce case's topic
+and finds its leader (and kafka-python's decoder checks the test's own record batches). Against the first bootstrap address (the Produce cases: against the
 partition's leader), one line per phase:
 
   1. the listener answers ApiVersions and names every broker;
@@ -38,8 +38,7 @@ import sys
 import time
 import uuid
 
-from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from kafka_testlib import (API_PRODUCE, API_VERSIONS, Failure, Phases, Reader, api_versions, check, connect,
                            deadline_after, eq, kstring, parse_api_versions_v0, parse_bootstrap, read_response,
@@ -301,22 +300,23 @@ class Run:
         version = max(3, lo)
         check(version <= min(hi, 8), f"Produce versions {lo}..{hi}: none of v3..v8 (non-flexible) to test with")
 
+        # Plumbing, not the subject: confluent-kafka's admin client creates the topic and
+        # names its leader.
         topic = f"bad-crc-{uuid.uuid4().hex[:8]}"
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap.split(","), request_timeout_ms=int(ADMIN_TIMEOUT_S * 1000))
-        try:
-            resp = admin.create_topics([NewTopic(topic, 1, min(3, self.brokers))], timeout_ms=int(ADMIN_TIMEOUT_S * 1000))
-            eq([(e[0], e[1]) for e in resp.topic_errors], [(topic, 0)], f"CreateTopics({topic})")
-            deadline = deadline_after(ADMIN_TIMEOUT_S)
-            while True:
-                t = admin.describe_topics([topic])[0]
-                if t["error_code"] == 0 and t["partitions"] and t["partitions"][0]["leader"] >= 0:
-                    leader = t["partitions"][0]["leader"]
-                    break
-                check(time.monotonic() < deadline, f"{topic}/0 has no leader within {ADMIN_TIMEOUT_S}s: {t}")
-                time.sleep(0.05)
-            brokers = {b["node_id"]: (b["host"], b["port"]) for b in admin.describe_cluster()["brokers"]}
-        finally:
-            admin.close()
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        futures = admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=min(3, self.brokers))],
+                                      request_timeout=ADMIN_TIMEOUT_S)
+        futures[topic].result(timeout=ADMIN_TIMEOUT_S)
+        deadline = deadline_after(ADMIN_TIMEOUT_S)
+        while True:
+            md = admin.list_topics(topic=topic, timeout=ADMIN_TIMEOUT_S)
+            t = md.topics.get(topic)
+            if t is not None and t.error is None and 0 in t.partitions and t.partitions[0].leader >= 0:
+                leader = t.partitions[0].leader
+                break
+            check(time.monotonic() < deadline, f"{topic}/0 has no leader within {ADMIN_TIMEOUT_S}s: {t}")
+            time.sleep(0.05)
+        brokers = {b.id: (b.host, b.port) for b in md.brokers.values()}
         host, port = brokers[leader]
 
         def produce(batch, what):
