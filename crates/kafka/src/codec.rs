@@ -135,11 +135,9 @@ pub fn decode(mut frame: Bytes) -> Result<Decoded, CodecError> {
     let header = RequestHeader::decode(&mut frame, key.request_header_version(version)).map_err(malformed)?;
     let request = RequestKind::decode(key, &mut frame, version).map_err(malformed)?;
     if frame.has_remaining() {
-        return Err(CodecError::Malformed {
-            key,
-            version,
-            message: format!("{} bytes follow the request", frame.remaining()),
-        });
+        // Kafka ignores bytes after a request, and librdkafka 2.x sends some after an
+        // all-topics Metadata v12; refusing them would cut such clients off.
+        tracing::debug!("{key:?} v{version}: ignoring {} bytes after the request", frame.remaining());
     }
     Ok(Decoded::Request { header, request: Box::new(request) })
 }
@@ -159,4 +157,41 @@ pub fn encode(
     let size = i32::try_from(buf.len() - 4)?;
     buf[..4].copy_from_slice(&size.to_be_bytes());
     Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(s: &str) -> Bytes {
+        Bytes::from(
+            (0..s.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+                .collect::<Vec<u8>>(),
+        )
+    }
+
+    #[test]
+    fn librdkafkas_all_topics_metadata_v12_decodes_despite_trailing_bytes() {
+        // librdkafka 2.x's list_topics(): a null topic list, then three bytes past the request.
+        let frame = hex("0003000c00000003000772646b61666b610000000000010000");
+        match decode(frame) {
+            Ok(Decoded::Request { request, .. }) => match *request {
+                RequestKind::Metadata(m) => assert!(m.topics.is_none(), "all topics"),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn librdkafkas_metadata_v12_decodes_whole() {
+        // librdkafka 2.x's Metadata v12 for the topic list (an empty, non-null array).
+        let frame = hex("0003000c00000002000772646b61666b610001000000");
+        match decode(frame) {
+            Ok(Decoded::Request { header, .. }) => assert_eq!(header.correlation_id, 2),
+            other => panic!("{other:?}"),
+        }
+    }
 }
