@@ -60,6 +60,7 @@ fn partition_index(index: i32) -> Result<u32, BrokerError> {
 pub(crate) fn produce(
     ctx: &Context,
     request: ProduceRequest,
+    version: i16,
     client: &Client,
 ) -> BoxFuture<'static, Option<ProduceResponse>> {
     let acks = match request.acks {
@@ -153,7 +154,10 @@ pub(crate) fn produce(
                         .with_log_append_time_ms(-1)
                         .with_log_start_offset(-1)
                         .with_error_message(Some(s(message)));
-                    if error == broker_code(&BrokerError::new(ErrorCode::NotLeaderOrFollower, "")) {
+                    // The new leader rides along from v10 (KIP-951).
+                    if version >= 10
+                        && error == broker_code(&BrokerError::new(ErrorCode::NotLeaderOrFollower, ""))
+                    {
                         let (leader, epoch) = current_leader(&ctx, &topic, index.max(0) as u32);
                         r = r.with_current_leader(
                             ProduceLeader::default()
@@ -180,7 +184,12 @@ pub(crate) fn produce(
 
 /// Fetch: committed batches as stored, with the HW and log start of each partition; waits
 /// up to max_wait_ms for min_bytes across the request.
-pub(crate) async fn fetch(ctx: &Context, request: FetchRequest, client: &Client) -> FetchResponse {
+pub(crate) async fn fetch(
+    ctx: &Context,
+    request: FetchRequest,
+    version: i16,
+    client: &Client,
+) -> FetchResponse {
     let total_max = match usize::try_from(request.max_bytes) {
         Ok(0) | Err(_) => usize::MAX,
         Ok(n) => n,
@@ -239,7 +248,8 @@ pub(crate) async fn fetch(ctx: &Context, request: FetchRequest, client: &Client)
                         .with_last_stable_offset(hw)
                         .with_log_start_offset(start)
                         .with_records(Some(Bytes::new()));
-                    if e.code == ErrorCode::NotLeaderOrFollower {
+                    // The new leader rides along from v12 (KIP-951).
+                    if version >= 12 && e.code == ErrorCode::NotLeaderOrFollower {
                         let (leader, epoch) = current_leader(ctx, &name, index.max(0) as u32);
                         d = d.with_current_leader(
                             LeaderIdAndEpoch::default()
@@ -263,7 +273,7 @@ pub(crate) async fn fetch(ctx: &Context, request: FetchRequest, client: &Client)
 }
 
 /// ListOffsets: earliest (-2), latest (-1), or the first offset at or after a timestamp.
-pub(crate) fn list_offsets(ctx: &Context, request: ListOffsetsRequest) -> ListOffsetsResponse {
+pub(crate) fn list_offsets(ctx: &Context, request: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
     let topics = request
         .topics
         .into_iter()
@@ -286,7 +296,8 @@ pub(crate) fn list_offsets(ctx: &Context, request: ListOffsetsRequest) -> ListOf
                             .with_partition_index(p.partition_index)
                             .with_timestamp(a.timestamp_ms)
                             .with_offset(a.offset)
-                            .with_leader_epoch(a.leader_epoch),
+                            // Leader epochs are answered from v4 on.
+                            .with_leader_epoch(if version >= 4 { a.leader_epoch } else { -1 }),
                         Err(e) => ListOffsetsPartitionResponse::default()
                             .with_partition_index(p.partition_index)
                             .with_error_code(broker_code(&e))

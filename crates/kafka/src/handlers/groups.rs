@@ -183,9 +183,10 @@ pub(crate) async fn offset_fetch(
     version: i16,
 ) -> OffsetFetchResponse {
     if version < 8 {
-        let topics = request
+        let topics: Option<Vec<(String, Vec<i32>)>> = request
             .topics
             .map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
+        let request_topics = topics.clone();
         return match fetch_group(ctx, &request.group_id.0, topics).await {
             Ok(found) => OffsetFetchResponse::default().with_topics(
                 found
@@ -205,7 +206,26 @@ pub(crate) async fn offset_fetch(
                     })
                     .collect(),
             ),
-            Err(e) => OffsetFetchResponse::default().with_error_code(group_code(&e)),
+            // The group-level error code exists from v2; v1 carries it per partition.
+            Err(e) if version >= 2 => OffsetFetchResponse::default().with_error_code(group_code(&e)),
+            Err(e) => OffsetFetchResponse::default().with_topics(
+                request_topics
+                    .into_iter()
+                    .flatten()
+                    .map(|(topic, ps)| {
+                        OffsetFetchResponseTopic::default().with_name(TopicName(s(topic))).with_partitions(
+                            ps.into_iter()
+                                .map(|p| {
+                                    OffsetFetchResponsePartition::default()
+                                        .with_partition_index(p)
+                                        .with_committed_offset(-1)
+                                        .with_error_code(group_code(&e))
+                                })
+                                .collect(),
+                        )
+                    })
+                    .collect(),
+            ),
         };
     }
     let mut groups = Vec::with_capacity(request.groups.len());

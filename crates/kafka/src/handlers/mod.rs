@@ -146,16 +146,16 @@ pub fn start(
             Some(ResponseKind::Metadata(metadata::metadata(&ctx, r, version).await))
         }),
         RequestKind::Produce(r) => {
-            let work = data::produce(&ctx, r, &client);
+            let work = data::produce(&ctx, r, version, &client);
             Started::later(&header, ApiKey::Produce, async move { work.await.map(ResponseKind::Produce) })
         }
         RequestKind::Fetch(r) => Started::later(&header, ApiKey::Fetch, async move {
-            Some(ResponseKind::Fetch(data::fetch(&ctx, r, &client).await))
+            Some(ResponseKind::Fetch(data::fetch(&ctx, r, version, &client).await))
         }),
         RequestKind::ListOffsets(r) => Started::ready(
             &header,
             ApiKey::ListOffsets,
-            ResponseKind::ListOffsets(data::list_offsets(&ctx, r)),
+            ResponseKind::ListOffsets(data::list_offsets(&ctx, r, version)),
         ),
         RequestKind::OffsetForLeaderEpoch(r) => Started::ready(
             &header,
