@@ -266,6 +266,14 @@ impl NodeSettings {
             None => format!("127.0.0.1:{}", port(9091)?),
         };
         let kafka_advertised_addr = args.kafka_advertised_addr.unwrap_or_else(|| kafka_addr.clone());
+        // Clients connect to what Metadata advertises; a wildcard address reaches no one.
+        let host = kafka_advertised_addr.rsplit_once(':').map_or(kafka_advertised_addr.as_str(), |(h, _)| h);
+        if matches!(host.trim_start_matches('[').trim_end_matches(']'), "0.0.0.0" | "::" | "") {
+            bail!(
+                "the Kafka address clients are told, {kafka_advertised_addr:?}, is not one they can connect to: \
+                 set --kafka-advertised-addr to this node's reachable HOST:PORT"
+            );
+        }
         let num_partitions = args.num_partitions.unwrap_or(1);
         if num_partitions == 0 {
             bail!("--num-partitions must be at least 1");
@@ -399,6 +407,14 @@ mod tests {
                 .is_ok_and(|s| s.offsets_topic_partitions == 3)
         );
         assert!(with(&["--id", "1", "--num-partitions", "0"]).is_err());
+        assert!(
+            with(&["--id", "1", "--kafka-addr", "0.0.0.0:9092"]).is_err(),
+            "a wildcard advertised to clients"
+        );
+        assert!(
+            with(&["--id", "1", "--kafka-addr", "0.0.0.0:9092", "--kafka-advertised-addr", "runnel-1:9092"])
+                .is_ok_and(|s| s.kafka_addr == "0.0.0.0:9092" && s.kafka_advertised_addr == "runnel-1:9092")
+        );
         assert!(with(&["--id", "1", "--default-replication-factor", "0"]).is_err());
         assert!(with(&["--id", "1", "--socket-request-max-bytes", "10"]).is_err());
         assert!(

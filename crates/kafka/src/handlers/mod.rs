@@ -194,7 +194,7 @@ pub fn start(
             ResponseKind::ListGroups(membership::list_groups(&ctx, &r)),
         ),
         RequestKind::DescribeGroups(r) => Started::later(&header, ApiKey::DescribeGroups, async move {
-            Some(ResponseKind::DescribeGroups(membership::describe_groups(&ctx, r).await))
+            Some(ResponseKind::DescribeGroups(membership::describe_groups(&ctx, r, version).await))
         }),
         RequestKind::DeleteGroups(r) => Started::later(&header, ApiKey::DeleteGroups, async move {
             Some(ResponseKind::DeleteGroups(membership::delete_groups(&ctx, r).await))
