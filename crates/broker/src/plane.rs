@@ -18,7 +18,7 @@ use runnel_storage::{Compression, TopicPartition};
 use crate::ProducerIds;
 use crate::cache::MetadataCache;
 use crate::error::{BrokerError, ErrorCode, LeaderHint};
-use crate::replica::{Partition, ReplicaManager};
+use crate::replica::{Partition, ReplicaManager, TopicConfigEntry, describe_topic_configs};
 
 /// Most bytes one fetch response carries (`fetch_bytes_max`), beyond one larger batch.
 pub const FETCH_BYTES_MAX: usize = 64 << 20;
@@ -225,6 +225,22 @@ impl DataPlane {
             );
         }
         BrokerError::not_leader(format!("{topic}-{partition}"), hint)
+    }
+
+    /// Every config of `topic` with the value in force and whether it is the broker's
+    /// default or the topic's override, for Kafka's DescribeConfigs (see
+    /// [`crate::replica::describe_topic_configs`]). UNKNOWN_TOPIC_OR_PARTITION if this
+    /// broker's metadata has no such topic.
+    pub fn describe_topic_configs(&self, topic: &str) -> Result<Vec<TopicConfigEntry>, BrokerError> {
+        let cache = self.metadata()?;
+        let Some(t) = cache.topics.get(topic) else {
+            return Err(BrokerError::new(
+                ErrorCode::UnknownTopicOrPartition,
+                format!("unknown topic {topic:?}"),
+            ));
+        };
+        let replication_factor = t.partitions.first().map_or(1, |p| p.replicas.len());
+        Ok(describe_topic_configs(&t.configs, replication_factor, self.replicas.log_defaults()))
     }
 
     /// The hosted partition that this broker leads, or why there is none.
@@ -603,6 +619,32 @@ mod tests {
             e.code,
             ErrorCode::UnknownTopicOrPartition,
             "once loaded, the topic is known not to exist"
+        );
+    }
+
+    #[test]
+    fn topic_configs_are_described_from_the_cache_and_the_brokers_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let defaults = runnel_storage::LogConfig { retention_ms: Some(1234), ..Default::default() };
+        let replicas = Arc::new(ReplicaManager::open(1, dir.path(), defaults).unwrap());
+        let mut cache = MetadataCache { loaded: true, ..Default::default() };
+        let topic = crate::cache::TopicEntry {
+            id: vec![7; 16],
+            configs: [("max.message.bytes".to_owned(), "2048".to_owned())].into(),
+            partitions: Vec::new(),
+        };
+        cache.topics.insert("t".into(), topic);
+        let plane = DataPlane::new(1, replicas, Arc::new(RwLock::new(cache)));
+        let described = plane.describe_topic_configs("t").unwrap();
+        let find = |name: &str| described.iter().find(|e| e.name == name).unwrap().clone();
+        assert_eq!(
+            (find("max.message.bytes").value, find("max.message.bytes").is_default),
+            ("2048".into(), false)
+        );
+        assert_eq!((find("retention.ms").value, find("retention.ms").is_default), ("1234".into(), true));
+        assert_eq!(
+            plane.describe_topic_configs("nope").unwrap_err().code,
+            ErrorCode::UnknownTopicOrPartition
         );
     }
 
