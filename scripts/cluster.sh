@@ -4,7 +4,7 @@
 #   scripts/cluster.sh up | down | status | logs N | kill N | pause N | resume N | restart N
 #                      | isolate N | heal N|all      (isolate and heal: netns mode only)
 #
-# Node N (1-3): gRPC 127.0.0.1:5005N, HTTP 127.0.0.1:808N, Kafka 127.0.0.1:909(1+N) (reserved).
+# Node N (1-3): gRPC 127.0.0.1:5005N, HTTP 127.0.0.1:808N, Kafka 127.0.0.1:909(1+N) (node 1 on 9092).
 # Data, logs and pid files live in ${RUNNEL_HOME:-<repo>/.runnel}/node-N/. The binary is
 # ${CARGO_TARGET_DIR:-<repo>/target}/release/runnel, rebuilt when older than the sources;
 # RUNNEL_BIN overrides it (no build).
@@ -190,7 +190,7 @@ stop() {
 endpoints() {
     local n
     for n in "${nodes[@]}"; do
-        echo "node $n: grpc=$(grpc "$n") http=http://$(http "$n") kafka=$(host "$n"):$((9091 + n)) (reserved)"
+        echo "node $n: grpc=$(grpc "$n") http=http://$(http "$n") kafka=$(host "$n"):$((9091 + n))"
     done
     if netns_mode; then
         echo "try: $bin topic create orders --partitions 3 --replication-factor 3 --bootstrap $(bootstrap)"

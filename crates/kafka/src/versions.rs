@@ -18,7 +18,7 @@ pub const SERVED: &[(ApiKey, VersionRange)] = &[
     (ApiKey::ListOffsets, VersionRange { min: 1, max: 6 }),
     (ApiKey::Metadata, VersionRange { min: 0, max: 12 }),
     (ApiKey::OffsetCommit, VersionRange { min: 2, max: 9 }),
-    (ApiKey::OffsetFetch, VersionRange { min: 1, max: 8 }),
+    (ApiKey::OffsetFetch, VersionRange { min: 1, max: 9 }),
     (ApiKey::FindCoordinator, VersionRange { min: 0, max: 4 }),
     (ApiKey::JoinGroup, VersionRange { min: 0, max: 9 }),
     (ApiKey::Heartbeat, VersionRange { min: 0, max: 4 }),
@@ -33,6 +33,7 @@ pub const SERVED: &[(ApiKey, VersionRange)] = &[
     (ApiKey::OffsetForLeaderEpoch, VersionRange { min: 2, max: 4 }),
     (ApiKey::DeleteGroups, VersionRange { min: 0, max: 2 }),
     (ApiKey::DescribeCluster, VersionRange { min: 0, max: 1 }),
+    (ApiKey::ConsumerGroupHeartbeat, VersionRange { min: 0, max: 1 }),
 ];
 
 /// The range served for `key`, if it is served.

@@ -861,6 +861,23 @@ impl GroupCoordinator {
         }
     }
 
+    /// A KIP-848 member's subscription and owned partitions as this coordinator knows them,
+    /// for a front-end whose heartbeats send those only when they change (Kafka's
+    /// ConsumerGroupHeartbeat sends null for "unchanged"). `None` for an unknown member.
+    pub async fn member_subscription(
+        &self,
+        group_id: &str,
+        member_id: &str,
+    ) -> Option<(BTreeSet<String>, TpSet)> {
+        let partition = self.route(group_id).await.ok()?;
+        self.with_groups(partition, |groups| {
+            let member = groups.group(group_id)?.members.get(member_id)?;
+            Some((member.subscribed.clone(), member.owned.clone()))
+        })
+        .ok()
+        .flatten()
+    }
+
     /// The committed offsets of `group_id`: all of them, or those of `wanted` (-1 where none).
     pub async fn fetch_offsets(
         &self,

@@ -155,7 +155,9 @@ pub(crate) fn produce(
                         .with_log_start_offset(-1)
                         .with_error_message(Some(s(message)));
                     // The new leader rides along from v10 (KIP-951).
-                    if version >= 10 && error == broker_code(&BrokerError::new(ErrorCode::NotLeaderOrFollower, "")) {
+                    if version >= 10
+                        && error == broker_code(&BrokerError::new(ErrorCode::NotLeaderOrFollower, ""))
+                    {
                         let (leader, epoch) = current_leader(&ctx, &topic, index.max(0) as u32);
                         r = r.with_current_leader(
                             ProduceLeader::default()
@@ -182,7 +184,12 @@ pub(crate) fn produce(
 
 /// Fetch: committed batches as stored, with the HW and log start of each partition; waits
 /// up to max_wait_ms for min_bytes across the request.
-pub(crate) async fn fetch(ctx: &Context, request: FetchRequest, version: i16, client: &Client) -> FetchResponse {
+pub(crate) async fn fetch(
+    ctx: &Context,
+    request: FetchRequest,
+    version: i16,
+    client: &Client,
+) -> FetchResponse {
     let total_max = match usize::try_from(request.max_bytes) {
         Ok(0) | Err(_) => usize::MAX,
         Ok(n) => n,

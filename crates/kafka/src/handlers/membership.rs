@@ -4,6 +4,12 @@
 //! own assignors (range, roundrobin, cooperative-sticky) work as they do on Kafka.
 
 use kafka_protocol::messages::GroupId;
+use std::collections::{BTreeMap, BTreeSet};
+
+use kafka_protocol::messages::consumer_group_heartbeat_request::ConsumerGroupHeartbeatRequest;
+use kafka_protocol::messages::consumer_group_heartbeat_response::{
+    Assignment, ConsumerGroupHeartbeatResponse, TopicPartitions,
+};
 use kafka_protocol::messages::delete_groups_request::DeleteGroupsRequest;
 use kafka_protocol::messages::delete_groups_response::{DeletableGroupResult, DeleteGroupsResponse};
 use kafka_protocol::messages::describe_groups_request::DescribeGroupsRequest;
@@ -20,12 +26,15 @@ use kafka_protocol::messages::list_groups_request::ListGroupsRequest;
 use kafka_protocol::messages::list_groups_response::{ListGroupsResponse, ListedGroup};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequest as KafkaSync;
 use kafka_protocol::messages::sync_group_response::SyncGroupResponse;
+use runnel_broker::group::assign::{Assignor, TpSet};
+use runnel_broker::group::state::{Heartbeat, rebalance_timeout_ms, session_timeout_ms};
 use runnel_broker::group::{
     ClassicHeartbeat, JoinGroupRequest, JoinProtocol, LeaveMember, SyncAssignment, SyncGroupRequest,
 };
 
 use super::groups::group_code;
-use super::{Client, code, s};
+use super::metadata::uuid;
+use super::{Client, broker_code, code, s};
 use crate::Context;
 
 fn opt(value: Option<String>) -> Option<kafka_protocol::protocol::StrBytes> {
@@ -230,4 +239,101 @@ pub(crate) async fn delete_groups(ctx: &Context, r: DeleteGroupsRequest) -> Dele
         })
         .collect();
     DeleteGroupsResponse::default().with_results(results)
+}
+
+/// Most topics one KIP-848 heartbeat may subscribe to (the gRPC edge's limit too).
+const SUBSCRIBED_TOPICS_MAX: usize = 1_000;
+
+/// ConsumerGroupHeartbeat (KIP-848) on the coordinator the gRPC groups use. The Kafka form
+/// names partitions by topic id and sends the subscription and owned partitions only when
+/// they change (null otherwise), so those are filled in from the coordinator's view of the
+/// member; the broker assigns ("uniform" or "range", Kafka's server assignors).
+pub(crate) async fn consumer_group_heartbeat(
+    ctx: &Context,
+    r: ConsumerGroupHeartbeatRequest,
+    client: &Client,
+) -> ConsumerGroupHeartbeatResponse {
+    let refuse = |error: i16, message: String| {
+        ConsumerGroupHeartbeatResponse::default().with_error_code(error).with_error_message(Some(s(message)))
+    };
+    if r.subscribed_topic_regex.as_ref().is_some_and(|re| !re.is_empty()) {
+        return refuse(code::INVALID_REQUEST, "subscriptions by regular expression are not supported".into());
+    }
+    if r.subscribed_topic_names.as_ref().is_some_and(|t| t.len() > SUBSCRIBED_TOPICS_MAX) {
+        return refuse(code::INVALID_REQUEST, format!("more than {SUBSCRIBED_TOPICS_MAX} subscribed topics"));
+    }
+    let assignor: Assignor = match r.server_assignor.as_deref().unwrap_or("").parse() {
+        Ok(a) => a,
+        Err(e) => return refuse(code::INVALID_REQUEST, e),
+    };
+    let group_id = r.group_id.0.to_string();
+    let member_id = r.member_id.to_string();
+    let known = if r.member_epoch > 0 && (r.subscribed_topic_names.is_none() || r.topic_partitions.is_none())
+    {
+        ctx.groups.member_subscription(&group_id, &member_id).await
+    } else {
+        None
+    };
+    let (known_subscribed, known_owned) = known.unwrap_or_default();
+    let subscribed: BTreeSet<String> = match r.subscribed_topic_names {
+        Some(names) => names.into_iter().map(|n| n.0.to_string()).collect(),
+        None => known_subscribed,
+    };
+    let owned: TpSet = match r.topic_partitions {
+        Some(list) => match ctx.plane.metadata() {
+            Ok(cache) => {
+                let names: BTreeMap<uuid::Uuid, &String> =
+                    cache.topics.iter().map(|(name, t)| (uuid(&t.id), name)).collect();
+                list.iter()
+                    .filter_map(|tp| names.get(&tp.topic_id).map(|name| (*name, &tp.partitions)))
+                    .flat_map(|(name, ps)| {
+                        ps.iter().filter_map(|&p| u32::try_from(p).ok()).map(move |p| (name.clone(), p))
+                    })
+                    .collect()
+            }
+            Err(e) => return refuse(broker_code(&e), e.message),
+        },
+        None => known_owned,
+    };
+    let hb = Heartbeat {
+        member_id,
+        member_epoch: r.member_epoch,
+        subscribed,
+        assignor,
+        // Kafka sets these on the broker (group.consumer.session.timeout.ms): the defaults.
+        session_timeout_ms: session_timeout_ms(0),
+        rebalance_timeout_ms: rebalance_timeout_ms(u32::try_from(r.rebalance_timeout_ms).unwrap_or(0)),
+        owned,
+        client_id: client.id.clone(),
+        host: client.addr.ip().to_string(),
+    };
+    match ctx.groups.heartbeat(&group_id, hb).await {
+        Ok(answer) => {
+            let assignment = match ctx.plane.metadata() {
+                Ok(cache) => {
+                    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+                    for (topic, p) in &answer.assignment {
+                        by_topic.entry(topic.as_str()).or_default().push(*p as i32);
+                    }
+                    by_topic
+                        .into_iter()
+                        .filter_map(|(topic, partitions)| {
+                            let id = uuid(&cache.topics.get(topic)?.id);
+                            Some(TopicPartitions::default().with_topic_id(id).with_partitions(partitions))
+                        })
+                        .collect()
+                }
+                Err(_) => Vec::new(),
+            };
+            ConsumerGroupHeartbeatResponse::default()
+                .with_member_id(Some(s(answer.member_id)))
+                .with_member_epoch(answer.member_epoch)
+                .with_heartbeat_interval_ms(i32::try_from(answer.heartbeat_interval_ms).unwrap_or(i32::MAX))
+                .with_assignment(
+                    (answer.member_epoch >= 0)
+                        .then(|| Assignment::default().with_topic_partitions(assignment)),
+                )
+        }
+        Err(e) => refuse(group_code(&e), e.message),
+    }
 }

@@ -129,11 +129,16 @@ pub(crate) async fn auto_create(ctx: &Context, names: &[String]) -> BTreeMap<Str
 /// Metadata: brokers, topics, partitions with leaders and epochs; unknown topics are created
 /// when `auto.create.topics.enable` allows and the client asked (always before v4).
 pub(crate) async fn metadata(ctx: &Context, request: MetadataRequest, version: i16) -> MetadataResponse {
-    // v0 has no null list: an empty one means every topic.
-    let wanted: Option<Vec<String>> = match request.topics {
-        None => None,
-        Some(t) if t.is_empty() && version == 0 => None,
-        Some(t) => Some(t.into_iter().filter_map(|t| t.name.map(|n| n.0.to_string())).collect()),
+    // v0 has no null list: an empty one means every topic. From v10 a topic may be named by
+    // its id alone (KIP-848 consumers resolve their assignment's topic ids so).
+    let (wanted, by_id): (Option<Vec<String>>, Vec<uuid::Uuid>) = match request.topics {
+        None => (None, Vec::new()),
+        Some(t) if t.is_empty() && version == 0 => (None, Vec::new()),
+        Some(t) => {
+            let by_id =
+                t.iter().filter(|t| t.name.is_none() && !t.topic_id.is_nil()).map(|t| t.topic_id).collect();
+            (Some(t.into_iter().filter_map(|t| t.name.map(|n| n.0.to_string())).collect()), by_id)
+        }
     };
     let allow_create = ctx.config.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
     let mut created = BTreeMap::new();
@@ -184,6 +189,16 @@ pub(crate) async fn metadata(ctx: &Context, request: MetadataRequest, version: i
             })
             .collect(),
     };
+    let mut topics: Vec<MetadataResponseTopic> = topics;
+    for id in by_id {
+        topics.push(match cache.topics.iter().find(|(_, t)| uuid(&t.id) == id) {
+            Some((name, t)) => describe_topic(name, t, &cache),
+            None => MetadataResponseTopic::default()
+                .with_name(None)
+                .with_topic_id(id)
+                .with_error_code(code::UNKNOWN_TOPIC_ID),
+        });
+    }
     MetadataResponse::default()
         .with_brokers(brokers)
         .with_cluster_id(Some(StrBytes::from_string(ctx.config.cluster_id.clone())))

@@ -51,6 +51,8 @@ pub mod code {
     pub const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
     /// 42: a request that makes no sense.
     pub const INVALID_REQUEST: i16 = 42;
+    /// 100: no topic has this id.
+    pub const UNKNOWN_TOPIC_ID: i16 = 100;
 }
 
 /// A broker error's Kafka code, as the wire carries it.
@@ -197,6 +199,13 @@ pub fn start(
         RequestKind::DeleteGroups(r) => Started::later(&header, ApiKey::DeleteGroups, async move {
             Some(ResponseKind::DeleteGroups(membership::delete_groups(&ctx, r).await))
         }),
+        RequestKind::ConsumerGroupHeartbeat(r) => {
+            Started::later(&header, ApiKey::ConsumerGroupHeartbeat, async move {
+                Some(ResponseKind::ConsumerGroupHeartbeat(
+                    membership::consumer_group_heartbeat(&ctx, r, &client).await,
+                ))
+            })
+        }
         RequestKind::CreateTopics(r) => Started::later(&header, ApiKey::CreateTopics, async move {
             Some(ResponseKind::CreateTopics(admin::create_topics(&ctx, r).await))
         }),
