@@ -14,7 +14,7 @@ partition's leader), one line per phase:
      socket.request.max.bytes): the broker closes the connection rather than wait for it;
   3. a negative length prefix: closed;
   4. a truncated frame (a length prefix of 100, 10 bytes, then our side shuts down): the
-     broker closes its side too;
+     broker closes its side too; and so it does after a clean end between frames;
   5. garbage: an HTTP request on the Kafka port (its first four bytes read as a ~1.1 GiB
      length), and a 3-byte frame too short for a request header: each closed;
   6. an unknown API key (9999 in a well-formed header): closed (what Kafka does), or an error
@@ -196,6 +196,20 @@ class Run:
         eq(error, 0, f"after {after}: ApiVersions on a new connection: error code")
         return apis
 
+    def guarded(self, case, what):
+        """Runs `case`; when it fails, says whether the node still serves others all the same."""
+        def run():
+            try:
+                return case()
+            except Failure as e:
+                try:
+                    self.still_serving(what)
+                except Failure as e2:
+                    raise Failure(f"{e}; and then: {e2}")
+                raise Failure(f"{e} (the node still serves: ApiVersions answered on the earlier connection "
+                              f"and on a new one)")
+        return run
+
     def listener(self):
         summary = wait_for_kafka(self.bootstrap, self.brokers, LISTENER_TIMEOUT_S)
         self.keeper = connect(self.host, self.port)
@@ -226,8 +240,17 @@ class Run:
         s = connect(self.host, self.port)
         s.sendall(struct.pack(">i", 100) + b"\x00" * 10)
         s.close()
+        # The ordinary end of a connection, for comparison: a request answered, then our side
+        # shuts down between frames. A broker that keeps its side open here keeps every
+        # finished client's socket (CLOSE-WAIT) until it stops.
+        with connect(self.host, self.port) as s:
+            cid = self.next_id()
+            s.sendall(request_frame(API_VERSIONS, 0, cid, b""))
+            read_response(s, cid)
+            s.shutdown(socket.SHUT_WR)
+            closed_by_peer(s, "a connection our side shut down after an answered request (a clean end)")
         self.still_serving("the truncated frames")
-        return "the broker closed its side; still serving"
+        return "the broker closed its side, also after a clean end between frames; still serving"
 
     def garbage(self):
         with connect(self.host, self.port) as s:
@@ -359,13 +382,16 @@ def main():
     run = Run(args, phases)
     try:
         phases.run("listener", run.listener)
-        phases.run("oversized frame", run.oversized, needs=["listener"])
-        phases.run("negative length", run.negative_length, needs=["listener"])
-        phases.run("truncated frame", run.truncated, needs=["listener"])
-        phases.run("garbage", run.garbage, needs=["listener"])
-        phases.run("unknown API key", run.unknown_api_key, needs=["listener"])
-        phases.run("unsupported ApiVersions version", run.unsupported_version, needs=["listener"])
-        phases.run("Produce with a bad CRC", run.bad_crc, needs=["listener"])
+        for name, case in [
+            ("oversized frame", run.oversized),
+            ("negative length", run.negative_length),
+            ("truncated frame", run.truncated),
+            ("garbage", run.garbage),
+            ("unknown API key", run.unknown_api_key),
+            ("unsupported ApiVersions version", run.unsupported_version),
+            ("Produce with a bad CRC", run.bad_crc),
+        ]:
+            phases.run(name, run.guarded(case, f"the {name}"), needs=["listener"])
     finally:
         if run.keeper is not None:
             run.keeper.close()
