@@ -219,7 +219,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         (Client::Grpc, false, false) => ProduceMode::Direct,
     };
     if args.client == Client::Kafka {
-        let (Some(python), Some(script), Some(bootstrap)) = (&args.python, &args.kafka_script, &args.kafka_bootstrap)
+        let (Some(python), Some(script), Some(bootstrap)) =
+            (&args.python, &args.kafka_script, &args.kafka_bootstrap)
         else {
             bail!("--client kafka needs --python, --kafka-script and --kafka-bootstrap");
         };
@@ -390,7 +391,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
     println!("\n{verdict}");
     if !kafka_clean {
-        println!("the Kafka client did not end cleanly (a fatal error, or no clean exit): see its report above");
+        println!(
+            "the Kafka client did not end cleanly (a fatal error, or no clean exit): see its report above"
+        );
     }
     Ok(verdict.ok() && kafka_clean)
 }
