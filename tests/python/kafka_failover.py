@@ -6,7 +6,7 @@ test crates/cli/tests/kafka_failover.rs and by `scripts/chaos.sh --client kafka`
 
     python kafka_failover.py produce --bootstrap H:P[,...] --topic T --partitions N
         [--rate RECORDS_PER_S] [--window RECORDS] [--progress-every 1000]
-        [--max-seconds S] [--flush-timeout S]
+        [--max-seconds S] [--flush-timeout S] [--config key=value ...]
     python kafka_failover.py read --bootstrap H:P[,...] --topic T --partitions N
         [--ends P:OFFSET,...] [--timeout S]
 
@@ -99,15 +99,19 @@ def produce(args):
         else:
             out.add(f"error {err.name()} {one_word(err.str())}")
 
-    producer = Producer(
-        {
-            "bootstrap.servers": args.bootstrap,
-            "enable.idempotence": True,
-            "acks": "all",
-            "client.id": "runnel-kafka-workload",
-            "error_cb": on_error,
-        }
-    )
+    conf = {
+        "bootstrap.servers": args.bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "client.id": "runnel-kafka-workload",
+        "error_cb": on_error,
+    }
+    # Extra librdkafka properties (e.g. debug=broker,topic,eos to see a failover's steps on
+    # stderr); the tests and chaos.sh pass none.
+    for pair in args.config or []:
+        key, _, value = pair.partition("=")
+        conf[key] = value
+    producer = Producer(conf)
     out.add(f"start {mono_ns()}")
     out.flush()
 
@@ -254,6 +258,7 @@ def main():
     p.add_argument("--progress-every", type=int, default=1000)
     p.add_argument("--max-seconds", type=float, default=600.0, help="stop by itself after this long")
     p.add_argument("--flush-timeout", type=float, default=30.0)
+    p.add_argument("--config", action="append", help="an extra librdkafka property, key=value")
     p = sub.choices["read"]
     p.add_argument("--ends", default="", help="P:OFFSET,... high watermarks to wait for")
     p.add_argument("--timeout", type=float, default=60.0)

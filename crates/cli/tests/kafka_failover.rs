@@ -194,11 +194,13 @@ async fn idempotent_librdkafka_producer_loses_and_repeats_nothing_while_a_leader
         let leader =
             wait_in_sync(&cluster, VICTIM_PARTITION).await.unwrap_or_else(|e| panic!("round {round}: {e:#}"));
 
+        let controller = cluster.wait_for_leader(None, Duration::from_secs(10)).await.unwrap();
         cluster.kill(leader).unwrap();
         let killed_at = workload.elapsed();
         let acked_at_kill = workload.acknowledged_on(VICTIM_PARTITION);
+        let also = if leader == controller { " (and the controller leader)" } else { "" };
         println!(
-            "[{:>7.3} s] kill -9 node {leader}, leader of partition {VICTIM_PARTITION}",
+            "[{:>7.3} s] kill -9 node {leader}, leader of partition {VICTIM_PARTITION}{also}",
             killed_at.as_secs_f64()
         );
         let resumed =
@@ -213,7 +215,7 @@ async fn idempotent_librdkafka_producer_loses_and_repeats_nothing_while_a_leader
                 "round {round}: the producer did not write again after node {leader} was killed: {e:#}\n{report}"
             );
         }
-        kills.push((leader, killed_at, resumed_at));
+        kills.push((format!("{leader}{also}"), killed_at, resumed_at));
     }
 
     let (history, report) = workload.stop_reporting().await;
