@@ -1,6 +1,9 @@
-//! Topic administration for client front-ends: create and delete topics through the
-//! controller quorum, with Kafka's error codes and no gRPC types in the API, so the Kafka
-//! listener's CreateTopics, DeleteTopics and topic auto-creation share one path.
+//! Topic administration for client front-ends: create and delete topics, change their
+//! configs and grow their partition counts through the controller quorum, with Kafka's
+//! error codes and no gRPC types in the API, so the Kafka listener's CreateTopics,
+//! DeleteTopics, IncrementalAlterConfigs, CreatePartitions and topic auto-creation share
+//! one path. What a topic's configs are now, defaults included, is the data plane's to say
+//! ([`crate::DataPlane::describe_topic_configs`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -57,7 +60,7 @@ pub struct NewTopic {
     pub configs: BTreeMap<String, String>,
 }
 
-/// Creates and deletes topics through the controller voters.
+/// Creates, alters and deletes topics through the controller voters.
 #[derive(Debug, Clone)]
 pub struct TopicAdmin {
     controllers: Vec<String>,
@@ -105,6 +108,56 @@ impl TopicAdmin {
         .map_err(|e| AdminError::from_status(&e))
     }
 
+    /// Changes topic `name`'s config overrides: the keys in `set` take their values, the
+    /// keys in `delete` go back to the broker defaults (Kafka's IncrementalAlterConfigs SET
+    /// and DELETE). With `validate_only`, checks the change against the controller's current
+    /// metadata and changes nothing. Refusals: INVALID_CONFIG (40) for an unknown key, a
+    /// value out of range or a key both set and deleted; UNKNOWN_TOPIC_OR_PARTITION (3).
+    /// The brokers apply the new settings as the change reaches their metadata.
+    pub async fn alter_topic_config(
+        &self,
+        name: &str,
+        set: BTreeMap<String, String>,
+        delete: Vec<String>,
+        validate_only: bool,
+    ) -> Result<(), AdminError> {
+        let request = pb::AlterTopicConfigRequest {
+            name: name.to_owned(),
+            set: set.into_iter().collect(),
+            delete,
+            validate_only,
+        };
+        call_controller(&self.controllers, self.request_timeout, |mut c| {
+            let request = request.clone();
+            async move { c.alter_topic_config(request).await }
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| AdminError::from_status(&e))
+    }
+
+    /// Grows topic `name` to `count` partitions (Kafka's CreatePartitions: the new total).
+    /// With `validate_only`, checks the change and changes nothing. Refusals:
+    /// INVALID_PARTITIONS (37) when `count` is not above the current count or over the
+    /// limit; INVALID_REPLICATION_FACTOR (38) when fewer brokers are unfenced than the
+    /// topic's replication factor; UNKNOWN_TOPIC_OR_PARTITION (3). The new partitions are
+    /// usable once this broker's metadata has them ([`TopicAdmin::wait_for_metadata`]).
+    pub async fn create_partitions(
+        &self,
+        name: &str,
+        count: u32,
+        validate_only: bool,
+    ) -> Result<(), AdminError> {
+        let request = pb::CreatePartitionsRequest { name: name.to_owned(), count, validate_only };
+        call_controller(&self.controllers, self.request_timeout, |mut c| {
+            let request = request.clone();
+            async move { c.create_partitions(request).await }
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| AdminError::from_status(&e))
+    }
+
     /// Waits until this broker's metadata satisfies `ready`, up to `timeout`; says whether
     /// it did.
     pub async fn wait_for_metadata(&self, timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
@@ -120,5 +173,22 @@ impl TopicAdmin {
                 _ => return ready(),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn without_a_controller_the_admin_calls_answer_request_timed_out() {
+        // Port 1 on loopback: nothing listens, so each attempt is refused at once.
+        let (_tx, status) = watch::channel(BrokerStatus::default());
+        let admin = TopicAdmin::new(vec!["127.0.0.1:1".into()], Duration::from_secs(2), status);
+        let set = BTreeMap::from([("retention.ms".to_owned(), "1000".to_owned())]);
+        let e = admin.alter_topic_config("t", set, vec![], false).await.unwrap_err();
+        assert_eq!((e.code, e.name.as_str()), (7, "REQUEST_TIMED_OUT"), "{e}");
+        let e = admin.create_partitions("t", 3, true).await.unwrap_err();
+        assert_eq!(e.code, 7, "{e}");
     }
 }

@@ -145,6 +145,31 @@ impl MetadataCache {
                 let t = self.topic_mut(&c.name)?;
                 t.configs = c.configs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             }
+            Some(Change::PartitionsCreated(p)) => {
+                let Some(t) = &p.topic else {
+                    return Err(CacheError::Malformed("new partitions without a topic".into()));
+                };
+                let entry = self.topic_mut(&t.name)?;
+                if entry.id != t.topic_id {
+                    return Err(CacheError::Malformed(format!(
+                        "new partitions for another topic {}",
+                        t.name
+                    )));
+                }
+                for state in &p.partitions {
+                    // Each must come right after the last: a gap or a repeat means this cache
+                    // missed or replayed a change.
+                    if state.partition as usize != entry.partitions.len() {
+                        return Err(CacheError::Malformed(format!(
+                            "new partition {}-{} does not follow the {} there are",
+                            t.name,
+                            state.partition,
+                            entry.partitions.len()
+                        )));
+                    }
+                    entry.partitions.push(partition(state));
+                }
+            }
             Some(Change::PartitionChanged(p)) => {
                 let (Some(t), Some(state)) = (&p.topic, &p.state) else {
                     return Err(CacheError::Malformed("a partition change without topic or state".into()));
@@ -239,5 +264,49 @@ mod tests {
         let image = pb::MetadataImage { brokers: vec![], topics: vec![] };
         cache.apply(&pb::MetadataUpdate { version: 9, update: Some(Update::Image(image)) }).unwrap();
         assert!(cache.brokers.is_empty() && cache.version == 9);
+    }
+
+    #[test]
+    fn a_topic_gains_partitions_in_order() {
+        let mut cache = MetadataCache::default();
+        let one = pb::PartitionInfo {
+            partition: 0,
+            replicas: vec![1],
+            isr: vec![1],
+            leader: 1,
+            ..Default::default()
+        };
+        let topic = pb::TopicInfo {
+            name: "t".into(),
+            topic_id: vec![7; 16],
+            partitions: vec![one.clone()],
+            ..Default::default()
+        };
+        let image = pb::MetadataImage { brokers: vec![broker_info(1, 1, false)], topics: vec![topic] };
+        cache.apply(&pb::MetadataUpdate { version: 2, update: Some(Update::Image(image)) }).unwrap();
+
+        let added = |first: u32, n: u32| {
+            Change::PartitionsCreated(pb::PartitionsCreated {
+                topic: Some(topic_ref("t")),
+                partitions: (first..first + n)
+                    .map(|partition| pb::PartitionInfo { partition, ..one.clone() })
+                    .collect(),
+            })
+        };
+        cache.apply(&deltas(3, vec![added(1, 2)])).unwrap();
+        assert_eq!(cache.topics["t"].partitions.len(), 3);
+        assert_eq!(cache.topics["t"].partitions[2].leader, Some(1));
+        assert_eq!(cache.version, 3);
+
+        // A repeat, a gap, another incarnation of the topic: the cache has diverged.
+        assert!(matches!(cache.apply(&deltas(4, vec![added(1, 1)])), Err(CacheError::Malformed(_))));
+        let mut fresh = cache.clone();
+        assert!(matches!(fresh.apply(&deltas(4, vec![added(4, 1)])), Err(CacheError::Malformed(_))));
+        let other = Change::PartitionsCreated(pb::PartitionsCreated {
+            topic: Some(pb::TopicRef { name: "t".into(), topic_id: vec![8; 16] }),
+            partitions: vec![pb::PartitionInfo { partition: 3, ..one }],
+        });
+        let mut fresh = cache.clone();
+        assert!(matches!(fresh.apply(&deltas(4, vec![other])), Err(CacheError::Malformed(_))));
     }
 }

@@ -54,8 +54,12 @@ pub enum ErrorCode {
     InvalidProducerEpoch,
     /// 56: the log cannot be written (a failed disk).
     KafkaStorageError,
-    /// 74: the request names a leader epoch newer than the leader's.
+    /// 74: the request names a leader epoch older than the leader's (the client's metadata
+    /// is stale).
     FencedLeaderEpoch,
+    /// 76: the request names a leader epoch newer than this broker knows (its metadata is
+    /// behind the client's).
+    UnknownLeaderEpoch,
     /// 87: a record the broker refuses.
     InvalidRecord,
 }
@@ -80,6 +84,7 @@ impl ErrorCode {
             ErrorCode::InvalidProducerEpoch => 47,
             ErrorCode::KafkaStorageError => 56,
             ErrorCode::FencedLeaderEpoch => 74,
+            ErrorCode::UnknownLeaderEpoch => 76,
             ErrorCode::InvalidRecord => 87,
         }
     }
@@ -103,6 +108,7 @@ impl ErrorCode {
             ErrorCode::InvalidProducerEpoch => "INVALID_PRODUCER_EPOCH",
             ErrorCode::KafkaStorageError => "KAFKA_STORAGE_ERROR",
             ErrorCode::FencedLeaderEpoch => "FENCED_LEADER_EPOCH",
+            ErrorCode::UnknownLeaderEpoch => "UNKNOWN_LEADER_EPOCH",
             ErrorCode::InvalidRecord => "INVALID_RECORD",
         }
     }
@@ -122,7 +128,8 @@ impl ErrorCode {
             | ErrorCode::NotLeaderOrFollower
             | ErrorCode::NotEnoughReplicas
             | ErrorCode::NotEnoughReplicasAfterAppend
-            | ErrorCode::FencedLeaderEpoch => Code::Unavailable,
+            | ErrorCode::FencedLeaderEpoch
+            | ErrorCode::UnknownLeaderEpoch => Code::Unavailable,
             ErrorCode::RequestTimedOut => Code::DeadlineExceeded,
             // Retrying the same batch cannot succeed: the producer has to act.
             ErrorCode::OutOfOrderSequenceNumber | ErrorCode::InvalidProducerEpoch => Code::FailedPrecondition,

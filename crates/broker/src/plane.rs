@@ -18,7 +18,7 @@ use runnel_storage::{Compression, TopicPartition};
 use crate::ProducerIds;
 use crate::cache::MetadataCache;
 use crate::error::{BrokerError, ErrorCode, LeaderHint};
-use crate::replica::{Partition, ReplicaManager};
+use crate::replica::{Partition, ReplicaManager, TopicConfigEntry, describe_topic_configs};
 
 /// Most bytes one fetch response carries (`fetch_bytes_max`), beyond one larger batch.
 pub const FETCH_BYTES_MAX: usize = 64 << 20;
@@ -106,6 +106,9 @@ pub struct PartitionRead {
     pub offset: i64,
     /// Most bytes from this partition (at least one batch is returned, however large).
     pub max_bytes: usize,
+    /// The leader epoch the client believes current (KIP-320), checked against this
+    /// leader's: older gets FENCED_LEADER_EPOCH, newer UNKNOWN_LEADER_EPOCH. `None`: no check.
+    pub current_leader_epoch: Option<i32>,
 }
 
 /// What one partition read returned.
@@ -222,6 +225,22 @@ impl DataPlane {
             );
         }
         BrokerError::not_leader(format!("{topic}-{partition}"), hint)
+    }
+
+    /// Every config of `topic` with the value in force and whether it is the broker's
+    /// default or the topic's override, for Kafka's DescribeConfigs (see
+    /// [`crate::replica::describe_topic_configs`]). UNKNOWN_TOPIC_OR_PARTITION if this
+    /// broker's metadata has no such topic.
+    pub fn describe_topic_configs(&self, topic: &str) -> Result<Vec<TopicConfigEntry>, BrokerError> {
+        let cache = self.metadata()?;
+        let Some(t) = cache.topics.get(topic) else {
+            return Err(BrokerError::new(
+                ErrorCode::UnknownTopicOrPartition,
+                format!("unknown topic {topic:?}"),
+            ));
+        };
+        let replication_factor = t.partitions.first().map_or(1, |p| p.replicas.len());
+        Ok(describe_topic_configs(&t.configs, replication_factor, self.replicas.log_defaults()))
     }
 
     /// The hosted partition that this broker leads, or why there is none.
@@ -397,8 +416,10 @@ impl DataPlane {
         first: bool,
     ) -> Result<(ReadResult, Arc<Partition>), BrokerError> {
         let partition = self.leader_partition(&read.topic, read.partition)?;
+        let leader_epoch =
+            partition.check_leader().map_err(|e| self.enrich(&read.topic, read.partition, e))?;
+        check_epoch(&read.topic, read.partition, read.current_leader_epoch, leader_epoch)?;
         let offset = partition.check_fetch_offset(read.offset)?;
-        partition.check_leader().map_err(|e| self.enrich(&read.topic, read.partition, e))?;
         let max_bytes = read.max_bytes.min(FETCH_BYTES_MAX).min(budget);
         let mut buf = Vec::new();
         if max_bytes == 0 && !first {
@@ -465,7 +486,7 @@ impl DataPlane {
         let leader_epoch = p.check_leader()?;
         if epoch > leader_epoch {
             return Err(BrokerError::new(
-                ErrorCode::FencedLeaderEpoch,
+                ErrorCode::UnknownLeaderEpoch,
                 format!("{topic}-{partition}: epoch {epoch} is newer than the leader's {leader_epoch}"),
             ));
         }
@@ -475,6 +496,23 @@ impl DataPlane {
             Some((e, end)) => (e, (end as i64).min(hw)),
             None => (-1, -1),
         })
+    }
+}
+
+/// KIP-320: the client's idea of the leader epoch against the leader's.
+fn check_epoch(topic: &str, partition: u32, client: Option<i32>, leader: i32) -> Result<(), BrokerError> {
+    match client {
+        Some(epoch) if epoch >= 0 && epoch < leader => Err(BrokerError::new(
+            ErrorCode::FencedLeaderEpoch,
+            format!(
+                "{topic}-{partition}: leader epoch {epoch} is older than the leader's {leader}; refresh metadata"
+            ),
+        )),
+        Some(epoch) if epoch > leader => Err(BrokerError::new(
+            ErrorCode::UnknownLeaderEpoch,
+            format!("{topic}-{partition}: leader epoch {epoch} is newer than this broker's {leader}; retry"),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -549,6 +587,15 @@ fn build_batch(
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_clients_leader_epoch_is_checked_against_the_leaders() {
+        assert!(check_epoch("t", 0, None, 5).is_ok());
+        assert!(check_epoch("t", 0, Some(-1), 5).is_ok(), "-1: the client does not know");
+        assert!(check_epoch("t", 0, Some(5), 5).is_ok());
+        assert_eq!(check_epoch("t", 0, Some(4), 5).unwrap_err().code, ErrorCode::FencedLeaderEpoch);
+        assert_eq!(check_epoch("t", 0, Some(6), 5).unwrap_err().code, ErrorCode::UnknownLeaderEpoch);
+    }
+
     #[tokio::test]
     async fn a_broker_without_metadata_says_retry_not_unknown_topic() {
         let dir = tempfile::tempdir().unwrap();
@@ -575,14 +622,45 @@ mod tests {
         );
     }
 
+    #[test]
+    fn topic_configs_are_described_from_the_cache_and_the_brokers_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let defaults = runnel_storage::LogConfig { retention_ms: Some(1234), ..Default::default() };
+        let replicas = Arc::new(ReplicaManager::open(1, dir.path(), defaults).unwrap());
+        let mut cache = MetadataCache { loaded: true, ..Default::default() };
+        let topic = crate::cache::TopicEntry {
+            id: vec![7; 16],
+            configs: [("max.message.bytes".to_owned(), "2048".to_owned())].into(),
+            partitions: Vec::new(),
+        };
+        cache.topics.insert("t".into(), topic);
+        let plane = DataPlane::new(1, replicas, Arc::new(RwLock::new(cache)));
+        let described = plane.describe_topic_configs("t").unwrap();
+        let find = |name: &str| described.iter().find(|e| e.name == name).unwrap().clone();
+        assert_eq!(
+            (find("max.message.bytes").value, find("max.message.bytes").is_default),
+            ("2048".into(), false)
+        );
+        assert_eq!((find("retention.ms").value, find("retention.ms").is_default), ("1234".into(), true));
+        assert_eq!(
+            plane.describe_topic_configs("nope").unwrap_err().code,
+            ErrorCode::UnknownTopicOrPartition
+        );
+    }
+
     #[tokio::test]
     async fn a_fetch_of_unknown_partitions_answers_each_with_its_error_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let replicas = Arc::new(ReplicaManager::open(1, dir.path(), Default::default()).unwrap());
         let cache = Arc::new(RwLock::new(MetadataCache { loaded: true, ..Default::default() }));
         let plane = DataPlane::new(1, replicas, cache);
-        let read =
-            |topic: &str| PartitionRead { topic: topic.into(), partition: 0, offset: 0, max_bytes: 1024 };
+        let read = |topic: &str| PartitionRead {
+            topic: topic.into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 1024,
+            current_leader_epoch: None,
+        };
         let results = plane.read_many(&[read("a"), read("b")], 1, Duration::from_secs(30), 4096).await;
         assert_eq!(results.len(), 2);
         for r in results {

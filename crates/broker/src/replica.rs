@@ -330,6 +330,17 @@ impl Partition {
         }
     }
 
+    /// Applies the topic's log settings, as its configs now ask, to the open log: retention,
+    /// segment rolling and the batch size limit change at once; the fsync policy when the
+    /// log is next opened (see [`Log::update_config`]).
+    fn apply_settings(&self, config: &LogConfig) {
+        match self.log.update_config(config) {
+            Ok(true) => tracing::info!(partition = %self.tp, "applied the topic's new log settings"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(partition = %self.tp, "cannot apply the topic's log settings: {e}"),
+        }
+    }
+
     /// The partition leaves this broker: every waiter wakes and sees it gone.
     fn remove(&self) {
         {
@@ -804,7 +815,8 @@ pub fn topic_settings(
         log.segment_bytes = v;
     }
     if let Some(v) = num("segment.ms").and_then(positive) {
-        log.segment_ms = Some(v);
+        // The largest value is "never", as the defaults list it.
+        log.segment_ms = (v != i64::MAX as u64).then_some(v);
     }
     if let Some(v) = num("max.message.bytes").and_then(|v| usize::try_from(v).ok()) {
         log.max_batch_bytes = v;
@@ -823,6 +835,71 @@ pub fn topic_settings(
             .max(1),
     };
     (log, limits)
+}
+
+/// Every topic config Runnel knows, in Kafka's names: the keys the controller accepts as
+/// overrides (its `metadata::config::SUPPORTED_KEYS`, which this list must follow).
+pub const TOPIC_CONFIG_KEYS: [&str; 9] = [
+    "cleanup.policy",
+    "fsync",
+    "max.message.bytes",
+    "min.insync.replicas",
+    "retention.bytes",
+    "retention.ms",
+    "segment.bytes",
+    "segment.ms",
+    "unclean.leader.election.enable",
+];
+
+/// One topic config as Kafka's DescribeConfigs shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicConfigEntry {
+    /// Kafka's name, one of [`TOPIC_CONFIG_KEYS`].
+    pub name: &'static str,
+    /// The value in force, in the form an override takes.
+    pub value: String,
+    /// True when the topic does not override it, so the value is the broker's default
+    /// (Kafka's source DEFAULT_CONFIG); false for a topic override (TOPIC_CONFIG).
+    pub is_default: bool,
+}
+
+/// The broker's default of every topic config (in [`TOPIC_CONFIG_KEYS`] order) for a topic
+/// with `replication_factor` replicas (min.insync.replicas' default depends on it), given
+/// the broker's log `defaults`, each in the form an override takes: -1 for no retention
+/// limit, the largest i64 for a segment.ms of never. Set as overrides, these values give the
+/// same settings as no override ([`topic_settings`]).
+pub fn topic_config_defaults(defaults: &LogConfig, replication_factor: usize) -> Vec<(&'static str, String)> {
+    let limit = |v: Option<u64>| v.map_or_else(|| "-1".to_owned(), |v| v.to_string());
+    let min_insync = MIN_INSYNC_REPLICAS_DEFAULT.min(replication_factor).max(1);
+    let values = [
+        "delete".to_owned(),
+        defaults.fsync.to_string(),
+        defaults.max_batch_bytes.to_string(),
+        min_insync.to_string(),
+        limit(defaults.retention_bytes),
+        limit(defaults.retention_ms),
+        defaults.segment_bytes.to_string(),
+        defaults.segment_ms.unwrap_or(i64::MAX as u64).to_string(),
+        "false".to_owned(),
+    ];
+    TOPIC_CONFIG_KEYS.into_iter().zip(values).collect()
+}
+
+/// Every topic config of a topic with overrides `configs` and `replication_factor`
+/// replicas, on a broker whose log defaults are `defaults`: the override where the topic
+/// has one, the default otherwise. For Kafka's DescribeConfigs.
+pub fn describe_topic_configs(
+    configs: &BTreeMap<String, String>,
+    replication_factor: usize,
+    defaults: &LogConfig,
+) -> Vec<TopicConfigEntry> {
+    topic_config_defaults(defaults, replication_factor)
+        .into_iter()
+        .map(|(name, default)| match configs.get(name) {
+            Some(value) => TopicConfigEntry { name, value: value.clone(), is_default: false },
+            None => TopicConfigEntry { name, value: default, is_default: true },
+        })
+        .collect()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -884,6 +961,11 @@ impl ReplicaManager {
         self.broker_id
     }
 
+    /// The log settings of topics that override nothing.
+    pub fn log_defaults(&self) -> &LogConfig {
+        &self.defaults
+    }
+
     /// Every hosted partition.
     pub fn partitions(&self) -> Vec<Arc<Partition>> {
         read(&self.partitions).values().cloned().collect()
@@ -941,6 +1023,7 @@ impl ReplicaManager {
 
         for (tp, (topic_id, entry, config, limits)) in wanted {
             if let Some(partition) = self.get(&tp) {
+                partition.apply_settings(&config);
                 partition.apply(entry, limits);
                 continue;
             }
@@ -1137,6 +1220,95 @@ mod tests {
         let p = manager.get(&tp).unwrap();
         assert_eq!(p.log().log_end(), 3);
         assert_eq!(p.high_watermark(), 3, "a sole leader's HW starts at its durable end");
+    }
+
+    #[test]
+    fn config_changes_reach_the_hosted_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let manager = ReplicaManager::open(1, dir.path(), defaults()).unwrap();
+        let mut cache = cache_with("t", 7, vec![entry(1, vec![1], 0)]);
+        manager.reconcile(&cache);
+        let p = manager.get(&TopicPartition::new("t", 0)).unwrap();
+        assert_eq!(p.log().config().retention_ms, defaults().retention_ms);
+        let big = batch(&[&"x".repeat(500)]);
+
+        let configs = &mut cache.topics.get_mut("t").unwrap().configs;
+        configs.insert("retention.ms".into(), "-1".into());
+        configs.insert("max.message.bytes".into(), (big.len() - 1).to_string());
+        configs.insert("segment.bytes".into(), "4096".into());
+        cache.version += 1;
+        manager.reconcile(&cache);
+        let p = manager.get(&TopicPartition::new("t", 0)).unwrap();
+        let log = p.log().config();
+        assert_eq!((log.retention_ms, log.segment_bytes, log.max_batch_bytes), (None, 4096, big.len() - 1));
+        assert_eq!(p.limits().max_message_bytes, big.len() - 1);
+        let err = p.append(&mut big.clone(), false).unwrap_err();
+        assert_eq!(err.code, ErrorCode::MessageTooLarge);
+
+        // Raised above what the log was opened with, and back to the default.
+        cache.topics.get_mut("t").unwrap().configs.insert("max.message.bytes".into(), "2000000".into());
+        cache.version += 1;
+        manager.reconcile(&cache);
+        assert_eq!(p.log().config().max_batch_bytes, 2_000_000);
+        p.append(&mut batch(&[&"y".repeat(1_500_000)]), false).expect("the new limit is in force");
+        cache.topics.get_mut("t").unwrap().configs.clear();
+        cache.version += 1;
+        manager.reconcile(&cache);
+        assert_eq!(p.log().config(), defaults());
+        assert_eq!(p.limits().max_message_bytes, defaults().max_batch_bytes);
+    }
+
+    #[test]
+    fn new_partitions_of_a_topic_are_hosted_when_they_appear() {
+        let dir = tempfile::tempdir().unwrap();
+        let manager = ReplicaManager::open(1, dir.path(), defaults()).unwrap();
+        let mut cache = cache_with("t", 7, vec![entry(1, vec![1], 0)]);
+        manager.reconcile(&cache);
+        manager.get(&TopicPartition::new("t", 0)).unwrap().append(&mut batch(&["kept"]), false).unwrap();
+        let mut elsewhere = entry(2, vec![2], 0);
+        elsewhere.replicas = vec![2, 3];
+        let partitions = &mut cache.topics.get_mut("t").unwrap().partitions;
+        partitions.push(entry(1, vec![1, 2], 0));
+        partitions.push(elsewhere);
+        cache.version += 1;
+        manager.reconcile(&cache);
+        assert_eq!(manager.get(&TopicPartition::new("t", 0)).unwrap().log().log_end(), 1, "untouched");
+        let p1 = manager.get(&TopicPartition::new("t", 1)).expect("the new partition is hosted here");
+        assert_eq!(p1.state().leader, Some(1));
+        p1.append(&mut batch(&["new"]), false).unwrap();
+        assert!(manager.get(&TopicPartition::new("t", 2)).is_none(), "not a replica of partition 2");
+    }
+
+    #[test]
+    fn described_configs_are_the_defaults_or_the_overrides_and_defaults_round_trip() {
+        let log = LogConfig { retention_bytes: Some(1 << 30), segment_ms: None, ..defaults() };
+        for rf in [1, 3] {
+            let listed = topic_config_defaults(&log, rf);
+            assert_eq!(listed.iter().map(|(k, _)| *k).collect::<Vec<_>>(), TOPIC_CONFIG_KEYS);
+            // The defaults, set as overrides, are no change at all.
+            let as_overrides: BTreeMap<String, String> =
+                listed.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+            let none = BTreeMap::new();
+            assert_eq!(topic_settings(&as_overrides, rf, &log), topic_settings(&none, rf, &log), "rf {rf}");
+        }
+        let listed: BTreeMap<&str, String> = topic_config_defaults(&defaults(), 3).into_iter().collect();
+        assert_eq!(listed["retention.ms"], "604800000");
+        assert_eq!(listed["retention.bytes"], "-1");
+        assert_eq!(listed["fsync"], "never");
+        assert_eq!(listed["min.insync.replicas"], "2");
+        assert_eq!(listed["max.message.bytes"], "1048588");
+
+        let overrides = BTreeMap::from([("retention.ms".to_owned(), "1000".to_owned())]);
+        let described = describe_topic_configs(&overrides, 3, &defaults());
+        assert_eq!(described.len(), TOPIC_CONFIG_KEYS.len());
+        for entry in described {
+            if entry.name == "retention.ms" {
+                assert_eq!((entry.value.as_str(), entry.is_default), ("1000", false));
+            } else {
+                assert!(entry.is_default, "{entry:?}");
+                assert_eq!(entry.value, listed[entry.name]);
+            }
+        }
     }
 
     #[test]

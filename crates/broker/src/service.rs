@@ -380,7 +380,13 @@ impl BrokerService for BrokerGrpc {
     async fn fetch(&self, request: Request<pb::FetchRequest>) -> Result<Response<pb::FetchResponse>, Status> {
         let r = request.into_inner();
         let (max_bytes, max_wait, format) = validated_fetch(r.max_bytes, r.max_wait_ms, r.format)?;
-        let read = PartitionRead { topic: r.topic, partition: r.partition, offset: r.offset, max_bytes };
+        let read = PartitionRead {
+            topic: r.topic,
+            partition: r.partition,
+            offset: r.offset,
+            max_bytes,
+            current_leader_epoch: None,
+        };
         let response = fetch(&self.plane, &read, r.min_bytes as usize, max_wait, format).await?;
         Ok(Response::new(response))
     }
@@ -394,7 +400,13 @@ impl BrokerService for BrokerGrpc {
         let r = request.into_inner();
         let (max_bytes, _, format) = validated_fetch(r.max_bytes, 0, r.format)?;
         // The first read answers errors (unknown topic, bad offset) as the call's status.
-        let mut read = PartitionRead { topic: r.topic, partition: r.partition, offset: r.offset, max_bytes };
+        let mut read = PartitionRead {
+            topic: r.topic,
+            partition: r.partition,
+            offset: r.offset,
+            max_bytes,
+            current_leader_epoch: None,
+        };
         let first = fetch(&self.plane, &read, 1, Duration::ZERO, format).await?;
         let (tx, rx) = mpsc::channel(FETCH_STREAM_BUFFER);
         let plane = Arc::clone(&self.plane);

@@ -105,6 +105,31 @@ pub(crate) async fn topic_create(
     Ok(topic_json(&created))
 }
 
+/// `runnel topic alter-config`.
+pub(crate) async fn topic_alter_config(
+    addrs: &[String],
+    name: String,
+    set: Vec<(String, String)>,
+    delete: Vec<String>,
+    validate_only: bool,
+) -> Result<Value, ClientError> {
+    let configs = Admin::new(addrs.to_vec())
+        .alter_topic_config(&name, set.into_iter().collect(), delete, validate_only)
+        .await?;
+    Ok(json!({"name": name, "configs": configs, "validate_only": validate_only}))
+}
+
+/// `runnel topic add-partitions`.
+pub(crate) async fn topic_add_partitions(
+    addrs: &[String],
+    name: String,
+    count: u32,
+    validate_only: bool,
+) -> Result<Value, ClientError> {
+    let grown = Admin::new(addrs.to_vec()).create_partitions(&name, count, validate_only).await?;
+    Ok(topic_json(&grown))
+}
+
 /// `runnel topic describe`.
 pub(crate) async fn topic_describe(addrs: &[String], name: String) -> Result<Value, ClientError> {
     let described = Admin::new(addrs.to_vec()).describe_topic(&name).await?;
@@ -207,6 +232,18 @@ pub(crate) fn text(kind: &str, value: &Value) -> String {
             for row in std::iter::once(header.map(String::from)).chain(rows) {
                 let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
                 out += &format!("  {}\n", cells.join("  ").trim_end());
+            }
+        }
+        "configs" => {
+            let checked =
+                if value["validate_only"].as_bool().unwrap_or(false) { " (validated only)" } else { "" };
+            out += &format!("topic {} config overrides{checked}:\n", opt(&value["name"]));
+            let configs = value["configs"].as_object().filter(|c| !c.is_empty());
+            for (k, v) in configs.into_iter().flatten() {
+                out += &format!("  {k}={}\n", opt(v));
+            }
+            if configs.is_none() {
+                out += "  (none: every config is the broker default)\n";
             }
         }
         "list" => {

@@ -113,6 +113,32 @@ enum TopicCommand {
         /// The topic name.
         name: String,
     },
+    /// Change a topic's config overrides; prints the overrides in force afterwards.
+    AlterConfig {
+        /// The topic name.
+        name: String,
+        /// Set an override, key=value (Kafka names, e.g. retention.ms=60000); repeatable.
+        #[arg(long = "set", value_parser = parse_key_value)]
+        set: Vec<(String, String)>,
+        /// Remove an override (back to the broker default); repeatable.
+        #[arg(long = "delete")]
+        delete: Vec<String>,
+        /// Check the change without making it.
+        #[arg(long)]
+        validate_only: bool,
+    },
+    /// Grow a topic to a new partition count; existing partitions (and the partition of
+    /// every key already written) are untouched.
+    AddPartitions {
+        /// The topic name.
+        name: String,
+        /// The partition count afterwards (the new total, above the current count).
+        #[arg(long)]
+        count: u32,
+        /// Check the change without making it.
+        #[arg(long)]
+        validate_only: bool,
+    },
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -190,6 +216,12 @@ fn run_client(client: client::ClientArgs, kind: &str, call: ClientCall) -> anyho
             ClientCall::Topic(TopicCommand::List) => client::topic_list(&addrs).await,
             ClientCall::Topic(TopicCommand::Describe { name }) => client::topic_describe(&addrs, name).await,
             ClientCall::Topic(TopicCommand::Delete { name }) => client::topic_delete(&addrs, name).await,
+            ClientCall::Topic(TopicCommand::AlterConfig { name, set, delete, validate_only }) => {
+                client::topic_alter_config(&addrs, name, set, delete, validate_only).await
+            }
+            ClientCall::Topic(TopicCommand::AddPartitions { name, count, validate_only }) => {
+                client::topic_add_partitions(&addrs, name, count, validate_only).await
+            }
         }
     });
     match answer {
@@ -226,6 +258,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let kind = match &command {
                 TopicCommand::List => "list",
                 TopicCommand::Delete { .. } => "delete",
+                TopicCommand::AlterConfig { .. } => "configs",
                 _ => "topic",
             };
             run_client(client, kind, ClientCall::Topic(command))

@@ -416,6 +416,55 @@ impl Admin {
         TopicId::try_from(deleted.topic_id.as_slice())
     }
 
+    /// Changes a topic's config overrides: `set` takes the given values, `delete` goes back
+    /// to the broker defaults. With `validate_only`, checks the change and makes none.
+    /// Answers every override in force after the change (or that would be). Refused with
+    /// INVALID_CONFIG (40) or UNKNOWN_TOPIC_OR_PARTITION (3).
+    pub async fn alter_topic_config(
+        &self,
+        name: &str,
+        set: BTreeMap<String, String>,
+        delete: Vec<String>,
+        validate_only: bool,
+    ) -> Result<BTreeMap<String, String>, ClientError> {
+        let request = pb::AlterTopicConfigRequest {
+            name: name.to_owned(),
+            set: set.into_iter().collect(),
+            delete,
+            validate_only,
+        };
+        let altered = self
+            .call(&self.bootstrap, CALL_TIMEOUT, |mut c| {
+                let request = request.clone();
+                async move { c.alter_topic_config(request).await }
+            })
+            .await?;
+        Ok(altered.configs.into_iter().collect())
+    }
+
+    /// Grows a topic to `count` partitions (the new total; existing partitions are
+    /// untouched). With `validate_only`, checks the change and makes none. Answers the topic
+    /// after the change (or as it would be). Refused with INVALID_PARTITIONS (37) when
+    /// `count` does not grow the topic, INVALID_REPLICATION_FACTOR (38) or
+    /// UNKNOWN_TOPIC_OR_PARTITION (3).
+    pub async fn create_partitions(
+        &self,
+        name: &str,
+        count: u32,
+        validate_only: bool,
+    ) -> Result<TopicDescription, ClientError> {
+        let request = pb::CreatePartitionsRequest { name: name.to_owned(), count, validate_only };
+        let grown = self
+            .call(&self.bootstrap, CALL_TIMEOUT, |mut c| {
+                let request = request.clone();
+                async move { c.create_partitions(request).await }
+            })
+            .await?;
+        let info =
+            grown.topic.ok_or_else(|| malformed(format!("no topic in the answer to growing {name:?}")))?;
+        TopicDescription::try_from(info)
+    }
+
     /// Whether `name` exists (a describe that answers UNKNOWN_TOPIC_OR_PARTITION says no).
     pub async fn topic_exists(&self, name: &str) -> Result<bool, ClientError> {
         match self.describe_topic(name).await {

@@ -31,7 +31,11 @@ pub const SERVED: &[(ApiKey, VersionRange)] = &[
     (ApiKey::DeleteTopics, VersionRange { min: 1, max: 5 }),
     (ApiKey::InitProducerId, VersionRange { min: 0, max: 4 }),
     (ApiKey::OffsetForLeaderEpoch, VersionRange { min: 2, max: 4 }),
+    (ApiKey::DescribeConfigs, VersionRange { min: 1, max: 4 }),
+    (ApiKey::AlterConfigs, VersionRange { min: 0, max: 2 }),
+    (ApiKey::CreatePartitions, VersionRange { min: 0, max: 3 }),
     (ApiKey::DeleteGroups, VersionRange { min: 0, max: 2 }),
+    (ApiKey::IncrementalAlterConfigs, VersionRange { min: 0, max: 1 }),
     (ApiKey::DescribeCluster, VersionRange { min: 0, max: 1 }),
     (ApiKey::ConsumerGroupHeartbeat, VersionRange { min: 0, max: 1 }),
 ];

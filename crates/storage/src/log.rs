@@ -18,7 +18,7 @@ use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -242,7 +242,11 @@ impl State {
 
 struct Shared {
     dir: PathBuf,
-    config: LogConfig,
+    /// The settings now: [`Log::update_config`] changes the live ones. Held only to copy or
+    /// replace them (lock order: state, then this).
+    config: RwLock<LogConfig>,
+    /// The fsync policy, fixed while the log is open (the sync thread is started for it).
+    fsync: FsyncPolicy,
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
     /// Signalled on append and close: wakes the sync thread.
@@ -260,6 +264,11 @@ struct Shared {
 pub type DurableListener = Arc<dyn Fn(u64) + Send + Sync>;
 
 impl Shared {
+    /// The settings now (a copy).
+    fn config(&self) -> LogConfig {
+        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock is a bug; the state itself is still consistent
         // at every await-free point, so keep going rather than poisoning every caller.
@@ -472,9 +481,11 @@ impl Log {
         segments.values().next_back().expect("non-empty").sync()?;
         crashsafe::fsync_dir(&dir)?;
 
+        let fsync = config.fsync;
         let shared = Arc::new(Shared {
             dir,
-            config,
+            config: RwLock::new(config),
+            fsync,
             clock,
             state: Mutex::new(State {
                 segments,
@@ -491,7 +502,7 @@ impl Log {
             fsyncs: AtomicU64::new(0),
             listener: Mutex::new(None),
         });
-        let syncer = match shared.config.fsync {
+        let syncer = match shared.fsync {
             FsyncPolicy::Never => None,
             policy => {
                 let s = Arc::clone(&shared);
@@ -511,8 +522,34 @@ impl Log {
         &self.shared.dir
     }
 
-    pub fn config(&self) -> &LogConfig {
-        &self.shared.config
+    /// The settings now.
+    pub fn config(&self) -> LogConfig {
+        self.shared.config()
+    }
+
+    /// Changes the settings of the open log, as a topic's config change asks: the new
+    /// `segment_bytes`, `segment_ms`, `retention_ms`, `retention_bytes` and `max_batch_bytes`
+    /// apply to later appends, rolls and retention passes. `fsync`, `index_interval_bytes`
+    /// and `preallocate_bytes` are fixed while the log is open: their values in `config`
+    /// are ignored here and apply when the log is next opened. Refused (and nothing changes)
+    /// if the resulting settings are invalid. Answers whether anything changed.
+    pub fn update_config(&self, config: &LogConfig) -> Result<bool> {
+        let mut current = self.shared.config.write().unwrap_or_else(|p| p.into_inner());
+        let next = LogConfig {
+            segment_bytes: config.segment_bytes,
+            segment_ms: config.segment_ms,
+            retention_ms: config.retention_ms,
+            retention_bytes: config.retention_bytes,
+            max_batch_bytes: config.max_batch_bytes,
+            ..current.clone()
+        };
+        next.validate()?;
+        if next == *current {
+            return Ok(false);
+        }
+        tracing::info!(dir = %self.shared.dir.display(), ?next, "log settings changed");
+        *current = next;
+        Ok(true)
     }
 
     /// What opening the log found and repaired.
@@ -629,8 +666,8 @@ impl Log {
     }
 
     fn check_one_batch(&self, batch: &[u8]) -> Result<BatchHeader> {
-        let h =
-            batch::check_batch(batch, self.shared.config.max_batch_bytes).map_err(LogError::InvalidBatch)?;
+        let h = batch::check_batch(batch, self.shared.config().max_batch_bytes)
+            .map_err(LogError::InvalidBatch)?;
         if h.total_len() != batch.len() {
             return Err(LogError::InvalidBatch(BatchError::Malformed(format!(
                 "{} bytes after the batch",
@@ -665,7 +702,7 @@ impl Log {
     }
 
     fn after_append(&self, st: &mut State) {
-        if self.shared.config.fsync == FsyncPolicy::Never {
+        if self.shared.fsync == FsyncPolicy::Never {
             st.durable_end = st.log_end;
             self.shared.durable_advanced(st);
         } else {
@@ -677,10 +714,11 @@ impl Log {
         if active.is_empty() {
             return false;
         }
-        if active.size() + incoming > self.shared.config.segment_bytes {
+        let config = self.shared.config();
+        if active.size() + incoming > config.segment_bytes {
             return true;
         }
-        match (self.shared.config.segment_ms, active.rolling_base_ms()) {
+        match (config.segment_ms, active.rolling_base_ms()) {
             (Some(ms), Some(base)) => now.saturating_sub(base) >= ms as i64,
             _ => false,
         }
@@ -689,10 +727,10 @@ impl Log {
     /// Seals the active segment (fsyncing it unless the policy is `never`, so that after a
     /// power loss only the tail segment can be torn) and starts a new one at the log end.
     fn roll(&self, st: &mut State) -> Result<()> {
-        let sync = self.shared.config.fsync != FsyncPolicy::Never;
+        let sync = self.shared.fsync != FsyncPolicy::Never;
         st.active_mut().seal(sync)?;
         let base = st.log_end;
-        let seg = Segment::create(&self.shared.dir, base, self.shared.config.segment_settings())?;
+        let seg = Segment::create(&self.shared.dir, base, self.shared.config().segment_settings())?;
         st.segments.insert(base, seg);
         if sync {
             crashsafe::fsync_dir(&self.shared.dir)?;
@@ -920,7 +958,7 @@ impl Log {
         // which a follower will truncate again, never stale data past a gap.
         let doomed: Vec<u64> = st.segments.keys().rev().copied().collect();
         let created = delete_segments(&mut st, &doomed)
-            .and_then(|()| Segment::create(&self.shared.dir, offset, self.shared.config.segment_settings()))
+            .and_then(|()| Segment::create(&self.shared.dir, offset, self.shared.config().segment_settings()))
             .and_then(|seg| crashsafe::fsync_dir(&self.shared.dir).map(|()| seg));
         let seg = self.fail_on_error(&mut st, created)?;
         st.segments.insert(offset, seg);
@@ -939,7 +977,7 @@ impl Log {
     /// the first remaining segment.
     pub fn enforce_retention(&self) -> Result<RetentionOutcome> {
         let now = self.shared.clock.now_ms();
-        let cfg = &self.shared.config;
+        let cfg = self.shared.config();
         let mut st = self.shared.lock();
         self.shared.check_writable(&st)?;
         let expired = |s: &Segment| match (cfg.retention_ms, s.max_timestamp()) {

@@ -223,6 +223,43 @@ fn retention_by_time_deletes_whole_old_segments_and_advances_log_start() {
 }
 
 #[test]
+fn settings_changed_on_an_open_log_apply_to_later_appends_rolls_and_retention() {
+    let d = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(100_000);
+    let cfg = LogConfig { retention_ms: None, ..small_config(FsyncPolicy::Never) };
+    let log = Log::open_with_clock(d.path(), cfg.clone(), clock.clone()).unwrap();
+    log.append(&mut batch_of(&["old"], 50_000), 0).unwrap();
+    log.force_roll().unwrap();
+    log.append(&mut batch_of(&["new"], 95_000), 0).unwrap();
+    assert_eq!(log.enforce_retention().unwrap().deleted_segments, 0, "kept forever");
+
+    // retention.ms: the old segment is now past it.
+    let shorter = LogConfig { retention_ms: Some(10_000), ..cfg.clone() };
+    assert!(log.update_config(&shorter).unwrap());
+    assert!(!log.update_config(&shorter).unwrap(), "the same settings change nothing");
+    assert_eq!(log.config().retention_ms, Some(10_000));
+    let out = log.enforce_retention().unwrap();
+    assert_eq!((out.deleted_segments, out.log_start), (1, 1));
+
+    // max.message.bytes, both ways.
+    let big = "x".repeat(600);
+    let mut batch = batch_of(&[&big], 95_000);
+    let small = LogConfig { max_batch_bytes: batch.len() - 1, ..shorter.clone() };
+    log.update_config(&small).unwrap();
+    assert!(matches!(log.append(&mut batch.clone(), 0), Err(LogError::InvalidBatch(_))));
+    log.update_config(&LogConfig { max_batch_bytes: batch.len(), ..shorter.clone() }).unwrap();
+    log.append(&mut batch, 0).unwrap();
+
+    // The fixed settings are ignored; invalid settings are refused and change nothing.
+    let fsync = LogConfig { fsync: FsyncPolicy::Always, ..log.config() };
+    assert!(!log.update_config(&fsync).unwrap());
+    assert_eq!(log.config().fsync, FsyncPolicy::Never);
+    let before = log.config();
+    assert!(log.update_config(&LogConfig { segment_bytes: 10, ..before.clone() }).is_err());
+    assert_eq!(log.config(), before);
+}
+
+#[test]
 fn retention_by_size_keeps_the_newest_segments_within_the_limit() {
     let d = tempfile::tempdir().unwrap();
     let cfg = LogConfig { retention_bytes: Some(3000), ..small_config(FsyncPolicy::Never) };

@@ -176,6 +176,44 @@ impl Shard {
     }
 }
 
+/// Where a group is coordinated: the leader of its offsets partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoordinatorLocation {
+    /// The coordinator's broker id.
+    pub broker_id: u32,
+    /// Its gRPC address (a Kafka front-end looks up the broker's Kafka address by id).
+    pub address: String,
+    /// The group's `__consumer_offsets` partition.
+    pub partition: u32,
+}
+
+/// A committed offset as OffsetFetch answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedOffset {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// The committed offset; -1 when none is committed (only for partitions asked for by name).
+    pub offset: i64,
+    /// The metadata stored with it.
+    pub metadata: String,
+    /// When it was committed, in ms since the Unix epoch; -1 when none.
+    pub commit_timestamp_ms: i64,
+}
+
+impl From<CommittedOffset> for pb::CommittedOffset {
+    fn from(c: CommittedOffset) -> Self {
+        pb::CommittedOffset {
+            topic: c.topic,
+            partition: c.partition,
+            offset: c.offset,
+            metadata: c.metadata,
+            commit_timestamp_ms: c.commit_timestamp_ms,
+        }
+    }
+}
+
 /// One offset of a commit, validated.
 #[derive(Debug, Clone)]
 pub struct OffsetEntry {
@@ -442,16 +480,14 @@ impl GroupCoordinator {
         }
     }
 
-    /// The coordinator of `group_id`: broker id, address and offsets partition.
-    pub async fn find_coordinator(&self, group_id: &str) -> Result<pb::FindCoordinatorResponse, GroupError> {
+    /// The coordinator of `group_id`: broker id, gRPC address and offsets partition.
+    pub async fn find_coordinator(&self, group_id: &str) -> Result<CoordinatorLocation, GroupError> {
         validate_group_id(group_id)?;
         let partitions = self.ensure_topic().await?;
         let partition = coordinator_partition(group_id, partitions);
         let (leader, address) = self.leader_of(partition);
         match (leader, address) {
-            (Some(broker_id), Some(address)) => {
-                Ok(pb::FindCoordinatorResponse { broker_id, address, partition })
-            }
+            (Some(broker_id), Some(address)) => Ok(CoordinatorLocation { broker_id, address, partition }),
             _ => Err(GroupError::new(
                 GroupErrorCode::CoordinatorNotAvailable,
                 format!("{OFFSETS_TOPIC}-{partition} has no leader now; retry"),
@@ -883,7 +919,7 @@ impl GroupCoordinator {
         &self,
         group_id: &str,
         wanted: Vec<Tp>,
-    ) -> Result<Vec<pb::CommittedOffset>, GroupError> {
+    ) -> Result<Vec<CommittedOffset>, GroupError> {
         if wanted.len() > PARTITIONS_PER_REQUEST_MAX {
             return Err(GroupError::invalid(format!(
                 "{} partitions in one fetch, over the limit of {PARTITIONS_PER_REQUEST_MAX}",
@@ -1280,8 +1316,8 @@ async fn create_topic(
     Err(last)
 }
 
-fn committed_offset(tp: &Tp, c: Option<&Committed>) -> pb::CommittedOffset {
-    pb::CommittedOffset {
+fn committed_offset(tp: &Tp, c: Option<&Committed>) -> CommittedOffset {
+    CommittedOffset {
         topic: tp.0.clone(),
         partition: tp.1,
         offset: c.map_or(-1, |c| c.offset),
@@ -1321,7 +1357,7 @@ fn describe(group_id: &str, g: &Group, coordinator: u32) -> pb::DescribeGroupRes
                 target_assignment: to_topic_partitions(g.target.get(&m.id).unwrap_or(&TpSet::new())),
             })
             .collect(),
-        offsets: g.offsets.iter().map(|(tp, c)| committed_offset(tp, Some(c))).collect(),
+        offsets: g.offsets.iter().map(|(tp, c)| committed_offset(tp, Some(c)).into()).collect(),
         coordinator,
     }
 }
@@ -1349,7 +1385,7 @@ fn describe_classic(group_id: &str, g: &Group, coordinator: u32) -> pb::Describe
                 target_assignment: Vec::new(),
             })
             .collect(),
-        offsets: g.offsets.iter().map(|(tp, c)| committed_offset(tp, Some(c))).collect(),
+        offsets: g.offsets.iter().map(|(tp, c)| committed_offset(tp, Some(c)).into()).collect(),
         coordinator,
     }
 }

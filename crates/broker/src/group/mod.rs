@@ -28,9 +28,9 @@ pub use classic::{
     LeaveMember, LeaveOutcome, SyncAssignment, SyncGroupOutcome, SyncGroupRequest,
 };
 pub use coordinator::{
-    Committer, GroupConfig, GroupCoordinator, GroupDescription, GroupKind, GroupOverview,
-    INITIAL_REBALANCE_DELAY_DEFAULT, MemberDescription, OFFSETS_TOPIC, OFFSETS_TOPIC_PARTITIONS_DEFAULT,
-    coordinator_partition, java_string_hash,
+    CommittedOffset, Committer, CoordinatorLocation, GroupConfig, GroupCoordinator, GroupDescription,
+    GroupKind, GroupOverview, INITIAL_REBALANCE_DELAY_DEFAULT, MemberDescription, OFFSETS_TOPIC,
+    OFFSETS_TOPIC_PARTITIONS_DEFAULT, coordinator_partition, java_string_hash,
 };
 pub use error::{GroupError, GroupErrorCode};
 pub use service::GroupGrpc;

@@ -136,7 +136,12 @@ impl GroupService for GroupGrpc {
         &self,
         request: Request<pb::FindCoordinatorRequest>,
     ) -> Result<Response<pb::FindCoordinatorResponse>, Status> {
-        Ok(Response::new(self.coordinator.find_coordinator(&request.get_ref().group_id).await?))
+        let found = self.coordinator.find_coordinator(&request.get_ref().group_id).await?;
+        Ok(Response::new(pb::FindCoordinatorResponse {
+            broker_id: found.broker_id,
+            address: found.address,
+            partition: found.partition,
+        }))
     }
 
     async fn consumer_group_heartbeat(
@@ -176,7 +181,7 @@ impl GroupService for GroupGrpc {
         validate_group_id(&r.group_id)?;
         let wanted: Vec<_> = partition_set(&r.partitions, "partitions")?.into_iter().collect();
         let offsets = self.coordinator.fetch_offsets(&r.group_id, wanted).await?;
-        Ok(Response::new(pb::OffsetFetchResponse { offsets }))
+        Ok(Response::new(pb::OffsetFetchResponse { offsets: offsets.into_iter().map(Into::into).collect() }))
     }
 
     async fn list_groups(

@@ -19,6 +19,8 @@ pub(crate) const HEARTBEAT_INTERVAL_MS: u64 = 500;
 pub(crate) const SESSION_TIMEOUT_MS: u64 = 3_000;
 /// Default `--replica-lag-time-ms` (Kafka's replica.lag.time.max.ms).
 const REPLICA_LAG_TIME_MS: u64 = 10_000;
+/// Default `--retention-check-interval-ms` (Kafka's log.retention.check.interval.ms).
+const RETENTION_CHECK_INTERVAL_MS: u64 = 300_000;
 /// Most partitions `--offsets-topic-partitions` may ask for (a topic's limit is 10,000; a
 /// coordinator per partition past a few hundred is no use).
 const OFFSETS_TOPIC_PARTITIONS_MAX: u32 = 1_000;
@@ -107,6 +109,10 @@ pub(crate) struct NodeArgs {
     /// (Kafka's replica.lag.time.max.ms) [default: 10000].
     #[arg(long, env = "RUNNEL_REPLICA_LAG_TIME_MS")]
     pub(crate) replica_lag_time_ms: Option<u64>,
+    /// How often the broker deletes segments past their topic's retention (Kafka's
+    /// log.retention.check.interval.ms) [default: 300000].
+    #[arg(long, env = "RUNNEL_RETENTION_CHECK_INTERVAL_MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) retention_check_interval_ms: Option<u64>,
     /// Partitions of the internal `__consumer_offsets` topic, used by the broker that
     /// creates it on the first group call; fixed once the topic exists [default: 8].
     #[arg(long, env = "RUNNEL_OFFSETS_TOPIC_PARTITIONS")]
@@ -159,6 +165,7 @@ pub(crate) struct NodeSettings {
     pub(crate) heartbeat_interval_ms: u64,
     pub(crate) session_timeout_ms: u64,
     pub(crate) replica_lag_time_ms: u64,
+    pub(crate) retention_check_interval_ms: u64,
     pub(crate) offsets_topic_partitions: u32,
     pub(crate) raft_heartbeat_interval_ms: u64,
     pub(crate) election_timeout_min_ms: u64,
@@ -192,6 +199,9 @@ impl NodeArgs {
             heartbeat_interval_ms: self.heartbeat_interval_ms.or(lower.heartbeat_interval_ms),
             session_timeout_ms: self.session_timeout_ms.or(lower.session_timeout_ms),
             replica_lag_time_ms: self.replica_lag_time_ms.or(lower.replica_lag_time_ms),
+            retention_check_interval_ms: self
+                .retention_check_interval_ms
+                .or(lower.retention_check_interval_ms),
             offsets_topic_partitions: self.offsets_topic_partitions.or(lower.offsets_topic_partitions),
             raft_heartbeat_interval_ms: self.raft_heartbeat_interval_ms.or(lower.raft_heartbeat_interval_ms),
             election_timeout_min_ms: self.election_timeout_min_ms.or(lower.election_timeout_min_ms),
@@ -266,6 +276,14 @@ impl NodeSettings {
             None => format!("127.0.0.1:{}", port(9091)?),
         };
         let kafka_advertised_addr = args.kafka_advertised_addr.unwrap_or_else(|| kafka_addr.clone());
+        // Clients connect to what Metadata advertises; a wildcard address reaches no one.
+        let host = kafka_advertised_addr.rsplit_once(':').map_or(kafka_advertised_addr.as_str(), |(h, _)| h);
+        if matches!(host.trim_start_matches('[').trim_end_matches(']'), "0.0.0.0" | "::" | "") {
+            bail!(
+                "the Kafka address clients are told, {kafka_advertised_addr:?}, is not one they can connect to: \
+                 set --kafka-advertised-addr to this node's reachable HOST:PORT"
+            );
+        }
         let num_partitions = args.num_partitions.unwrap_or(1);
         if num_partitions == 0 {
             bail!("--num-partitions must be at least 1");
@@ -294,6 +312,9 @@ impl NodeSettings {
             heartbeat_interval_ms: args.heartbeat_interval_ms.unwrap_or(HEARTBEAT_INTERVAL_MS),
             session_timeout_ms: args.session_timeout_ms.unwrap_or(SESSION_TIMEOUT_MS),
             replica_lag_time_ms: args.replica_lag_time_ms.unwrap_or(REPLICA_LAG_TIME_MS),
+            retention_check_interval_ms: args
+                .retention_check_interval_ms
+                .unwrap_or(RETENTION_CHECK_INTERVAL_MS),
             offsets_topic_partitions: args
                 .offsets_topic_partitions
                 .unwrap_or(runnel_broker::group::OFFSETS_TOPIC_PARTITIONS_DEFAULT),
@@ -399,6 +420,14 @@ mod tests {
                 .is_ok_and(|s| s.offsets_topic_partitions == 3)
         );
         assert!(with(&["--id", "1", "--num-partitions", "0"]).is_err());
+        assert!(
+            with(&["--id", "1", "--kafka-addr", "0.0.0.0:9092"]).is_err(),
+            "a wildcard advertised to clients"
+        );
+        assert!(
+            with(&["--id", "1", "--kafka-addr", "0.0.0.0:9092", "--kafka-advertised-addr", "runnel-1:9092"])
+                .is_ok_and(|s| s.kafka_addr == "0.0.0.0:9092" && s.kafka_advertised_addr == "runnel-1:9092")
+        );
         assert!(with(&["--id", "1", "--default-replication-factor", "0"]).is_err());
         assert!(with(&["--id", "1", "--socket-request-max-bytes", "10"]).is_err());
         assert!(

@@ -18,10 +18,6 @@ use tonic::service::Routes;
 
 pub(crate) use config::{LogFormat, NodeArgs, NodeSettings};
 
-/// How often the broker deletes segments past their topic's retention (Kafka's default
-/// `log.retention.check.interval.ms`).
-const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(300);
-
 /// How long each phase of shutdown waits before aborting what is left.
 const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(5);
 
@@ -54,7 +50,7 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
                 request_timeout: Duration::from_millis(settings.session_timeout_ms.max(1_000)),
                 log_dir: settings.data_dir.join("logs"),
                 log_defaults: LogConfig::default(),
-                retention_check_interval: RETENTION_CHECK_INTERVAL,
+                retention_check_interval: Duration::from_millis(settings.retention_check_interval_ms),
                 replica_lag_time: Duration::from_millis(settings.replica_lag_time_ms),
                 offsets_topic_partitions: settings.offsets_topic_partitions,
             })

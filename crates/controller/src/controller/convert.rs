@@ -66,13 +66,7 @@ impl TryFrom<pb::CreateTopicRequest> for Command {
                 request.replication_factor
             ));
         }
-        if request.configs.len() > CONFIGS_MAX {
-            return invalid(format!("at most {CONFIGS_MAX} configs, not {}", request.configs.len()));
-        }
-        if let Some(key) = request.configs.keys().find(|k| k.is_empty() || k.len() > CONFIG_KEY_LEN_MAX) {
-            let shown: String = key.chars().take(32).collect();
-            return invalid(format!("config key {shown:?} must be 1 to {CONFIG_KEY_LEN_MAX} bytes"));
-        }
+        check_config_keys(request.configs.keys())?;
         Ok(Command::CreateTopic {
             name: request.name,
             partitions: request.partitions,
@@ -80,6 +74,47 @@ impl TryFrom<pb::CreateTopicRequest> for Command {
             config: request.configs.into_iter().collect(),
             assignments: None,
         })
+    }
+}
+
+fn check_config_keys<'a>(keys: impl IntoIterator<Item = &'a String>) -> Result<(), ControllerError> {
+    let mut count = 0;
+    for key in keys {
+        count += 1;
+        if key.is_empty() || key.len() > CONFIG_KEY_LEN_MAX {
+            let shown: String = key.chars().take(32).collect();
+            return invalid(format!("config key {shown:?} must be 1 to {CONFIG_KEY_LEN_MAX} bytes"));
+        }
+    }
+    if count > CONFIGS_MAX {
+        return invalid(format!("at most {CONFIGS_MAX} configs, not {count}"));
+    }
+    Ok(())
+}
+
+impl TryFrom<pb::AlterTopicConfigRequest> for Command {
+    type Error = ControllerError;
+
+    /// The command; `validate_only` is the caller's to read.
+    fn try_from(request: pb::AlterTopicConfigRequest) -> Result<Command, ControllerError> {
+        check_topic_name(&request.name)?;
+        check_config_keys(request.set.keys().chain(&request.delete))?;
+        Ok(Command::AlterTopicConfig {
+            name: request.name,
+            set: request.set.into_iter().collect(),
+            delete: request.delete,
+        })
+    }
+}
+
+impl TryFrom<pb::CreatePartitionsRequest> for Command {
+    type Error = ControllerError;
+
+    /// The command; `validate_only` is the caller's to read. The count's bounds are the
+    /// state machine's to check (INVALID_PARTITIONS, as Kafka answers).
+    fn try_from(request: pb::CreatePartitionsRequest) -> Result<Command, ControllerError> {
+        check_topic_name(&request.name)?;
+        Ok(Command::CreatePartitions { name: request.name, count: request.count })
     }
 }
 
@@ -208,6 +243,12 @@ pub(crate) fn delta(delta: &MetadataDelta) -> Option<pb::MetadataDelta> {
                 configs: configs(config),
             })
         }
+        MetadataDelta::PartitionsCreated { topic, topic_id, first, partitions } => {
+            Change::PartitionsCreated(pb::PartitionsCreated {
+                topic: Some(pb::TopicRef { name: topic.clone(), topic_id: topic_id.0.to_vec() }),
+                partitions: partitions.iter().zip(*first..).map(|(p, i)| partition_info(i, p)).collect(),
+            })
+        }
         MetadataDelta::PartitionChanged { topic, topic_id, partition, state } => {
             Change::PartitionChanged(pb::PartitionChanged {
                 topic: Some(pb::TopicRef { name: topic.clone(), topic_id: topic_id.0.to_vec() }),
@@ -243,6 +284,37 @@ mod tests {
         let mut many = create("orders", 1, 1);
         many.configs = (0..=CONFIGS_MAX).map(|i| (format!("k{i}"), "v".into())).collect();
         assert!(Command::try_from(many).is_err());
+    }
+
+    #[test]
+    fn alter_config_and_create_partitions_requests_are_checked_against_the_limits() {
+        let alter = |set: &[(&str, &str)], delete: &[&str]| pb::AlterTopicConfigRequest {
+            name: "orders".into(),
+            set: set.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            delete: delete.iter().map(|k| k.to_string()).collect(),
+            validate_only: false,
+        };
+        assert!(matches!(
+            Command::try_from(alter(&[("retention.ms", "1")], &["segment.ms"])),
+            Ok(Command::AlterTopicConfig { set, delete, .. }) if set.len() == 1 && delete == ["segment.ms"]
+        ));
+        assert!(Command::try_from(alter(&[("", "1")], &[])).is_err());
+        assert!(Command::try_from(alter(&[], &[""])).is_err());
+        assert!(Command::try_from(alter(&[], &[&"k".repeat(CONFIG_KEY_LEN_MAX + 1)])).is_err());
+        let many: Vec<String> = (0..=CONFIGS_MAX).map(|i| format!("k{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(Command::try_from(alter(&[], &many)).is_err());
+        assert!(
+            Command::try_from(pb::AlterTopicConfigRequest { name: String::new(), ..alter(&[], &[]) })
+                .is_err()
+        );
+
+        let grow = pb::CreatePartitionsRequest { name: "orders".into(), count: 4, validate_only: true };
+        assert_eq!(
+            Command::try_from(grow.clone()).unwrap(),
+            Command::CreatePartitions { name: "orders".into(), count: 4 }
+        );
+        assert!(Command::try_from(pb::CreatePartitionsRequest { name: String::new(), ..grow }).is_err());
     }
 
     #[test]

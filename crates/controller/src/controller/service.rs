@@ -7,6 +7,9 @@
 //!   is answered NOT_CONTROLLER with the leader's address. Each write has a deadline
 //!   ([`ServiceConfig::write_timeout`]): without a quorum it fails with REQUEST_TIMED_OUT
 //!   ("no quorum") rather than hang. A write that timed out may still commit later.
+//! - **Validate-only writes** (AlterTopicConfig and CreatePartitions with `validate_only`)
+//!   are routed like writes and checked on the leader against its image after
+//!   `ensure_linearizable` ([`ClusterMetadata::dry_run`]); nothing is proposed.
 //! - **ListTopics and DescribeTopic** are linearizable: served on the leader after
 //!   `ensure_linearizable` (forwarded like writes).
 //! - **DescribeCluster** is served from the answering node's own view (Raft metrics and
@@ -228,6 +231,21 @@ impl Shared {
             }
             Err(e) => Err(ControllerError::Unavailable(e.to_string())),
         }
+    }
+
+    /// Commits `command` (this node must lead), or with `validate_only` checks it against
+    /// the image as of now (after confirming leadership, so the check sees every committed
+    /// change) and answers what it would do, changing nothing.
+    async fn write_or_check(
+        &self,
+        command: Command,
+        validate_only: bool,
+    ) -> Result<Applied, ControllerError> {
+        if !validate_only {
+            return self.propose(command).await;
+        }
+        self.linearize().await?;
+        Ok(self.read(|image| image.dry_run(&command))??)
     }
 
     /// Confirms this node still leads and has applied everything committed before now.
@@ -577,6 +595,38 @@ impl ControllerService for ControllerGrpcService {
         match self.shared.propose(command).await?.outcome {
             Outcome::TopicDeleted { id, .. } => {
                 Ok(Response::new(pb::DeleteTopicResponse { topic_id: id.0.to_vec() }))
+            }
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn alter_topic_config(
+        &self,
+        request: Request<pb::AlterTopicConfigRequest>,
+    ) -> Result<Response<pb::AlterTopicConfigResponse>, Status> {
+        forward_unless_leader!(self, request, alter_topic_config);
+        let request = request.into_inner();
+        let validate_only = request.validate_only;
+        let command = Command::try_from(request)?;
+        match self.shared.write_or_check(command, validate_only).await?.outcome {
+            Outcome::TopicConfigAltered { config, .. } => {
+                Ok(Response::new(pb::AlterTopicConfigResponse { configs: config.into_iter().collect() }))
+            }
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn create_partitions(
+        &self,
+        request: Request<pb::CreatePartitionsRequest>,
+    ) -> Result<Response<pb::CreatePartitionsResponse>, Status> {
+        forward_unless_leader!(self, request, create_partitions);
+        let request = request.into_inner();
+        let validate_only = request.validate_only;
+        let command = Command::try_from(request)?;
+        match self.shared.write_or_check(command, validate_only).await?.outcome {
+            Outcome::PartitionsCreated(topic) => {
+                Ok(Response::new(pb::CreatePartitionsResponse { topic: Some(convert::topic_info(&topic)) }))
             }
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }

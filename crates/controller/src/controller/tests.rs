@@ -646,3 +646,123 @@ async fn producer_id_blocks_are_unique_through_any_node_and_across_a_leader_chan
     .await
     .context("test timed out")?
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_configs_and_partition_counts_change_through_any_node() -> anyhow::Result<()> {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let cluster = Cluster::start(3, Duration::from_secs(60)).await?;
+        let leader = cluster.leader(deadline).await?;
+        // Through a follower: every call below is forwarded to the leader.
+        let mut client = cluster.client(follower_of(leader)).await?;
+        for id in 1..=3 {
+            register(&mut client, id).await?;
+        }
+        client.create_topic(create("t", 1)).await?;
+        let mut watch = client.watch_metadata(pb::WatchMetadataRequest {}).await?.into_inner();
+        let image = watch.message().await?.context("the watch ends")?;
+        let describe = |mut client: ControllerServiceClient<Channel>| async move {
+            let topic = client
+                .describe_topic(pb::DescribeTopicRequest { name: "t".into() })
+                .await?
+                .into_inner()
+                .topic;
+            topic.context("no topic")
+        };
+
+        // AlterTopicConfig: a validate-only change answers and changes nothing; a real one
+        // commits the canonical values.
+        let alter =
+            |set: &[(&str, &str)], delete: &[&str], validate_only: bool| pb::AlterTopicConfigRequest {
+                name: "t".into(),
+                set: set.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                delete: delete.iter().map(|k| k.to_string()).collect(),
+                validate_only,
+            };
+        let checked =
+            client.alter_topic_config(alter(&[("retention.ms", "+600")], &[], true)).await?.into_inner();
+        ensure!(checked.configs.get("retention.ms").map(String::as_str) == Some("600"), "{checked:?}");
+        ensure!(describe(client.clone()).await?.configs.is_empty(), "validate_only changed the topic");
+        let done = client
+            .alter_topic_config(alter(&[("retention.ms", "600"), ("max.message.bytes", "2048")], &[], false))
+            .await?
+            .into_inner();
+        ensure!(done.configs.len() == 2, "{done:?}");
+        let done = client.alter_topic_config(alter(&[], &["retention.ms"], false)).await?.into_inner();
+        ensure!(done.configs.keys().collect::<Vec<_>>() == ["max.message.bytes"], "{done:?}");
+        ensure!(describe(client.clone()).await?.configs == done.configs);
+
+        // Refusals carry Kafka's codes, validate-only or not.
+        for validate_only in [true, false] {
+            let bad = client
+                .alter_topic_config(alter(&[("bogus", "1")], &[], validate_only))
+                .await
+                .expect_err("bogus");
+            ensure!(status_error_code(&bad) == Some(ErrorCode::InvalidConfig), "{bad:?}");
+            ensure!(bad.code() == tonic::Code::InvalidArgument, "{bad:?}");
+            let bad = client
+                .alter_topic_config(pb::AlterTopicConfigRequest {
+                    name: "nope".into(),
+                    ..alter(&[], &[], validate_only)
+                })
+                .await
+                .expect_err("unknown topic");
+            ensure!(status_error_code(&bad) == Some(ErrorCode::UnknownTopicOrPartition), "{bad:?}");
+        }
+
+        // CreatePartitions: validate-only first, then for real; it only grows.
+        let grow = |count: u32, validate_only: bool| pb::CreatePartitionsRequest {
+            name: "t".into(),
+            count,
+            validate_only,
+        };
+        let checked = client.create_partitions(grow(3, true)).await?.into_inner().topic.context("topic")?;
+        ensure!(checked.partitions.len() == 3);
+        ensure!(describe(client.clone()).await?.partitions.len() == 1, "validate_only grew the topic");
+        let grown = client.create_partitions(grow(3, false)).await?.into_inner().topic.context("topic")?;
+        ensure!(grown.partitions.len() == 3, "{grown:?}");
+        for p in &grown.partitions {
+            ensure!(
+                p.replicas.len() == 3 && p.isr.len() == 3 && p.leader == i64::from(p.replicas[0]),
+                "{p:?}"
+            );
+        }
+        ensure!(describe(client.clone()).await? == grown);
+        for count in [3, 2] {
+            let bad = client.create_partitions(grow(count, false)).await.expect_err("not a growth");
+            ensure!(status_error_code(&bad) == Some(ErrorCode::InvalidPartitions), "{bad:?}");
+        }
+        let bad = client
+            .create_partitions(pb::CreatePartitionsRequest { name: "nope".into(), ..grow(5, false) })
+            .await
+            .expect_err("unknown topic");
+        ensure!(status_error_code(&bad) == Some(ErrorCode::UnknownTopicOrPartition), "{bad:?}");
+
+        // A watcher sees the config changes and the new partitions as deltas.
+        let (mut configs_seen, mut partitions_seen) = (0, false);
+        let mut version = image.version;
+        while configs_seen < 2 || !partitions_seen {
+            let update = tokio::time::timeout_at(deadline, watch.message()).await??.context("watch ended")?;
+            ensure!(update.version > version, "versions go back");
+            version = update.version;
+            let Some(pb::metadata_update::Update::Deltas(d)) = update.update else { bail!("a full image") };
+            for delta in d.deltas {
+                match delta.change {
+                    Some(pb::metadata_delta::Change::TopicConfigChanged(c)) if c.name == "t" => {
+                        configs_seen += 1
+                    }
+                    Some(pb::metadata_delta::Change::PartitionsCreated(p)) => {
+                        let indexes: Vec<u32> = p.partitions.iter().map(|p| p.partition).collect();
+                        ensure!(indexes == [1, 2], "{indexes:?}");
+                        partitions_seen = true;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        cluster.shutdown().await;
+        Ok(())
+    })
+    .await
+    .context("test timed out")?
+}

@@ -97,6 +97,17 @@ pub enum Command {
         /// Keys to remove (back to the broker default).
         delete: Vec<String>,
     },
+    /// Grow a topic to `count` partitions (Kafka's CreatePartitions: the new total, which
+    /// must be above the current count and at most [`PARTITIONS_MAX`](super::PARTITIONS_MAX);
+    /// INVALID_PARTITIONS otherwise). The new partitions' replicas are placed like a new
+    /// topic's, with the topic's replication factor, on the unfenced brokers, and each is led
+    /// by its first unfenced replica at epoch 0. Existing partitions are untouched.
+    CreatePartitions {
+        /// The topic name.
+        name: String,
+        /// The partition count after the change.
+        count: u32,
+    },
     /// A partition leader asks to change the ISR (shrink a lagging follower out, or expand a
     /// caught-up one in): a compare-and-swap on the partition epoch.
     AlterPartition {
@@ -190,6 +201,8 @@ pub enum Outcome {
         /// The full set of overrides.
         config: BTreeMap<String, String>,
     },
+    /// The topic gained partitions; this is the whole topic after the change.
+    PartitionsCreated(Topic),
     /// The partition's state after an AlterPartition. The partition epoch is unchanged if
     /// the proposed ISR was the current one.
     PartitionAltered {
@@ -237,6 +250,18 @@ pub enum MetadataDelta {
         name: String,
         /// The full set of overrides.
         config: BTreeMap<String, String>,
+    },
+    /// A topic gained partitions: `partitions` are its new partitions `first`,
+    /// `first + 1`, ..., appended after its existing ones (`first` is the old count).
+    PartitionsCreated {
+        /// The topic name.
+        topic: String,
+        /// The topic id.
+        topic_id: TopicId,
+        /// The index of the first new partition: the topic's partition count before.
+        first: u32,
+        /// The new partitions' states, in index order.
+        partitions: Vec<PartitionState>,
     },
     /// A partition's state is now `state`.
     PartitionChanged {

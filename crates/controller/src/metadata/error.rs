@@ -22,7 +22,8 @@ pub enum ErrorCode {
     InvalidTopicException = 17,
     /// 36: a topic with this name exists.
     TopicAlreadyExists = 36,
-    /// 37: the partition count is below 1 or above the limit.
+    /// 37: the partition count is below 1 or above the limit, or a CreatePartitions does not
+    /// grow the topic.
     InvalidPartitions = 37,
     /// 38: the replication factor is below 1 or above the number of unfenced brokers.
     InvalidReplicationFactor = 38,

@@ -186,7 +186,27 @@ impl ClusterMetadata {
                 format!("Raft index {index} is not after the metadata version {}", self.version),
             );
         }
-        let (outcome, deltas) = match command {
+        let (outcome, deltas) = self.change(index, command)?;
+        if !deltas.is_empty() {
+            self.apply_deltas(index, &deltas).expect("deltas computed from this image apply to it");
+        }
+        Ok(Applied { outcome, deltas })
+    }
+
+    /// What applying `command` next would do, without changing the image: the outcome and
+    /// deltas it would have if it were committed right after the current version, or its
+    /// refusal. For validate-only requests; a later command may still change the answer.
+    pub fn dry_run(&self, command: &Command) -> CommandResult {
+        let index = self.version.checked_add(1).ok_or_else(|| {
+            CommandError::new(ErrorCode::UnknownServerError, "the metadata version is at its maximum")
+        })?;
+        let (outcome, deltas) = self.change(index, command)?;
+        Ok(Applied { outcome, deltas })
+    }
+
+    /// Validates `command` against the image and computes its outcome and deltas.
+    fn change(&self, index: u64, command: &Command) -> Change {
+        match command {
             Command::RegisterBroker { id, endpoints, rack, incarnation_id } => {
                 self.register_broker(index, *id, endpoints, rack, *incarnation_id)
             }
@@ -196,6 +216,7 @@ impl ClusterMetadata {
                 .create_topic(index, name, *partitions, *replication_factor, config, assignments.as_deref()),
             Command::DeleteTopic { name } => self.delete_topic(name),
             Command::AlterTopicConfig { name, set, delete } => self.alter_topic_config(name, set, delete),
+            Command::CreatePartitions { name, count } => self.create_partitions(name, *count),
             Command::AlterPartition {
                 topic,
                 topic_id,
@@ -221,11 +242,7 @@ impl ClusterMetadata {
             Command::AllocateProducerIds { broker_id, broker_epoch } => {
                 self.allocate_producer_ids(*broker_id, *broker_epoch)
             }
-        }?;
-        if !deltas.is_empty() {
-            self.apply_deltas(index, &deltas).expect("deltas computed from this image apply to it");
         }
-        Ok(Applied { outcome, deltas })
     }
 
     /// Applies a watched update: the deltas one command made, at `version`. Empty deltas
@@ -267,6 +284,18 @@ impl ClusterMetadata {
                     .get_mut(name)
                     .ok_or_else(|| DeltaError::UnknownTopic { name: name.clone() })?;
                 topic.config = config.clone();
+            }
+            MetadataDelta::PartitionsCreated { topic, topic_id, first, partitions } => {
+                let t = self
+                    .topics
+                    .get_mut(topic)
+                    .filter(|t| t.id == *topic_id)
+                    .ok_or_else(|| DeltaError::UnknownTopic { name: topic.clone() })?;
+                if *first != t.partition_count() {
+                    // Not the partitions that come next: the watcher missed or repeated a change.
+                    return Err(DeltaError::UnknownPartition { topic: topic.clone(), partition: *first });
+                }
+                t.partitions.extend(partitions.iter().cloned());
             }
             MetadataDelta::PartitionChanged { topic, topic_id, partition, state } => {
                 let t = self
@@ -478,44 +507,43 @@ impl ClusterMetadata {
                 self.validate_assignments(assignments, partitions, replication_factor)?;
                 assignments.to_vec()
             }
-            None => {
-                let candidates: Vec<Candidate> =
-                    self.live_brokers().map(|b| Candidate { id: b.id, rack: b.rack.clone() }).collect();
-                if usize::from(replication_factor) > candidates.len() {
-                    return err(
-                        ErrorCode::InvalidReplicationFactor,
-                        format!(
-                            "replication factor {replication_factor} is larger than the {} unfenced brokers",
-                            candidates.len()
-                        ),
-                    );
-                }
-                let mut load = PlacementLoad::default();
-                for topic in self.topics.values() {
-                    for p in &topic.partitions {
-                        load.add(&p.replicas);
-                    }
-                }
-                place_replicas(&candidates, &load, partitions, replication_factor)
-                    .map_err(|e| CommandError::new(ErrorCode::InvalidReplicationFactor, e.to_string()))?
-            }
+            None => self.place(partitions, replication_factor)?,
         };
         let config = validate_topic_config(config, replication_factor)?;
-        let partitions = replica_lists
-            .into_iter()
-            .map(|replicas| {
-                let isr: Vec<u32> = replicas.iter().copied().filter(|&r| self.is_unfenced(r)).collect();
-                PartitionState {
-                    leader: isr.first().copied(),
-                    isr,
-                    replicas,
-                    leader_epoch: 0,
-                    partition_epoch: 0,
-                }
-            })
-            .collect();
+        let partitions = replica_lists.into_iter().map(|replicas| self.new_partition(replicas)).collect();
         let topic = Topic { name: name.to_owned(), id: TopicId::derive(index, name), config, partitions };
         Ok((Outcome::TopicCreated(topic.clone()), vec![MetadataDelta::TopicCreated(topic)]))
+    }
+
+    /// A new partition on `replicas`: the unfenced ones form the ISR, the first of them
+    /// leads, at epoch 0.
+    fn new_partition(&self, replicas: Vec<u32>) -> PartitionState {
+        let isr: Vec<u32> = replicas.iter().copied().filter(|&r| self.is_unfenced(r)).collect();
+        PartitionState { leader: isr.first().copied(), isr, replicas, leader_epoch: 0, partition_epoch: 0 }
+    }
+
+    /// Places `partitions` new partitions of `replication_factor` replicas on the unfenced
+    /// brokers, given the load every existing partition puts on them.
+    fn place(&self, partitions: u32, replication_factor: u16) -> Result<Vec<Vec<u32>>, CommandError> {
+        let candidates: Vec<Candidate> =
+            self.live_brokers().map(|b| Candidate { id: b.id, rack: b.rack.clone() }).collect();
+        if usize::from(replication_factor) > candidates.len() {
+            return err(
+                ErrorCode::InvalidReplicationFactor,
+                format!(
+                    "replication factor {replication_factor} is larger than the {} unfenced brokers",
+                    candidates.len()
+                ),
+            );
+        }
+        let mut load = PlacementLoad::default();
+        for topic in self.topics.values() {
+            for p in &topic.partitions {
+                load.add(&p.replicas);
+            }
+        }
+        place_replicas(&candidates, &load, partitions, replication_factor)
+            .map_err(|e| CommandError::new(ErrorCode::InvalidReplicationFactor, e.to_string()))
     }
 
     /// Explicit assignments, as Kafka checks them: the right shape, distinct registered
@@ -579,6 +607,47 @@ impl ClusterMetadata {
             vec![MetadataDelta::TopicConfigChanged { name: name.to_owned(), config: config.clone() }]
         };
         Ok((Outcome::TopicConfigAltered { name: name.to_owned(), config }, deltas))
+    }
+
+    /// Kafka's CreatePartitions: the count only grows, the new partitions get the topic's
+    /// replication factor and are placed and led as a new topic's would be.
+    fn create_partitions(&self, name: &str, count: u32) -> Change {
+        let topic = self.topics.get(name).ok_or_else(|| unknown_topic(name))?;
+        let current = topic.partition_count();
+        if count > PARTITIONS_MAX {
+            return err(
+                ErrorCode::InvalidPartitions,
+                format!("topic {name} may have at most {PARTITIONS_MAX} partitions, not {count}"),
+            );
+        }
+        if count < current {
+            return err(
+                ErrorCode::InvalidPartitions,
+                format!(
+                    "topic {name} has {current} partitions, more than the {count} asked for: partitions \
+                     cannot be removed"
+                ),
+            );
+        }
+        if count == current {
+            return err(ErrorCode::InvalidPartitions, format!("topic {name} already has {count} partitions"));
+        }
+        let partitions: Vec<PartitionState> = self
+            .place(count - current, topic.replication_factor())?
+            .into_iter()
+            .map(|replicas| self.new_partition(replicas))
+            .collect();
+        let mut grown = topic.clone();
+        grown.partitions.extend(partitions.iter().cloned());
+        Ok((
+            Outcome::PartitionsCreated(grown),
+            vec![MetadataDelta::PartitionsCreated {
+                topic: topic.name.clone(),
+                topic_id: topic.id,
+                first: current,
+                partitions,
+            }],
+        ))
     }
 
     // ----- partitions -----

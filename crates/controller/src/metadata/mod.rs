@@ -12,7 +12,8 @@
 //!   that changed it. Brokers watch the image: a full copy, then each command's deltas
 //!   tagged with the version, applied with [`ClusterMetadata::apply_deltas`].
 //! - Snapshots are the image as versioned JSON ([`encode_snapshot`], [`decode_snapshot`]).
-//! - New topics' replicas are placed by [`placement::place_replicas`].
+//! - New topics' replicas, and those of partitions added to a topic, are placed by
+//!   [`placement::place_replicas`].
 
 mod command;
 pub mod config;

@@ -49,6 +49,11 @@ enum Op {
         min_isr: Option<u16>,
         delete_retention: bool,
     },
+    Grow {
+        topic: usize,
+        /// Added to the current count: 0 or less is refused.
+        by: i8,
+    },
     AlterIsr {
         topic: usize,
         partition: u32,
@@ -122,6 +127,7 @@ fn op() -> impl Strategy<Value = Op> {
                 delete_retention
             }
         ),
+        1 => (topic.clone(), -1i8..4).prop_map(|(topic, by)| Op::Grow { topic, by }),
         12 => (
             topic.clone(),
             0u32..5,
@@ -204,6 +210,12 @@ fn command(c: &Cluster, op: &Op) -> Command {
             }
             let delete = if delete_retention { vec![config::RETENTION_MS.to_owned()] } else { vec![] };
             Command::AlterTopicConfig { name: TOPICS[topic].to_owned(), set, delete }
+        }
+        Op::Grow { topic, by } => {
+            let name = existing(image, topic);
+            let current = image.topic(name).map_or(1, |t| t.partition_count());
+            let count = u32::try_from(i64::from(current) + i64::from(by)).unwrap_or(0);
+            Command::CreatePartitions { name: name.to_owned(), count }
         }
         Op::AlterIsr { topic, partition, grow, toggle, sender, skew, member_epochs } => {
             let name = existing(image, topic);

@@ -386,6 +386,98 @@ fn alter_topic_config_sets_deletes_and_validates_the_result() {
     assert_eq!(c.refused(missing), ErrorCode::UnknownTopicOrPartition);
 }
 
+fn grow(name: &str, count: u32) -> Command {
+    Command::CreatePartitions { name: name.into(), count }
+}
+
+#[test]
+fn create_partitions_appends_placed_and_led_partitions_and_leaves_the_others_alone() {
+    let mut c = Cluster::with_brokers(&[1, 2, 3], None);
+    c.ok(create("t", 1, 2));
+    c.ok(create("other", 2, 3));
+    let before = c.image.topic("t").unwrap().clone();
+
+    let applied = c.ok(grow("t", 4));
+    let Outcome::PartitionsCreated(grown) = &applied.outcome else { panic!("{:?}", applied.outcome) };
+    assert_eq!(grown, c.image.topic("t").unwrap(), "the outcome is the topic after the change");
+    assert_eq!(grown.partition_count(), 4);
+    assert_eq!(grown.id, before.id, "the same topic");
+    assert_eq!(grown.partitions[0], before.partitions[0], "existing partitions are untouched");
+    for p in &grown.partitions[1..] {
+        assert_eq!(p.replicas.len(), 2, "the topic's replication factor");
+        assert_eq!(p.isr, p.replicas);
+        assert_eq!(p.leader, Some(p.replicas[0]));
+        assert_eq!((p.leader_epoch, p.partition_epoch), (0, 0));
+    }
+    assert_eq!(
+        applied.deltas,
+        vec![MetadataDelta::PartitionsCreated {
+            topic: "t".into(),
+            topic_id: before.id,
+            first: 1,
+            partitions: grown.partitions[1..].to_vec(),
+        }]
+    );
+    // Placement counts the load already there: leaders stay balanced over the cluster.
+    let counts = leader_counts(&c.image);
+    let (min, max) = (counts.values().min().unwrap(), counts.values().max().unwrap());
+    assert!(max - min <= 1, "{counts:?}");
+}
+
+#[test]
+fn create_partitions_uses_kafkas_errors() {
+    let mut c = Cluster::with_brokers(&[1, 2, 3], None);
+    c.ok(create("t", 3, 3));
+    assert_eq!(c.refused(grow("t", 3)), ErrorCode::InvalidPartitions, "the same count");
+    assert_eq!(c.refused(grow("t", 2)), ErrorCode::InvalidPartitions, "partitions are never removed");
+    assert_eq!(c.refused(grow("t", 0)), ErrorCode::InvalidPartitions);
+    assert_eq!(c.refused(grow("t", PARTITIONS_MAX + 1)), ErrorCode::InvalidPartitions);
+    assert_eq!(c.refused(grow("nope", 5)), ErrorCode::UnknownTopicOrPartition);
+    // The replication factor needs that many unfenced brokers for the new partitions.
+    c.fence(3);
+    assert_eq!(c.refused(grow("t", 4)), ErrorCode::InvalidReplicationFactor);
+    c.unfence(3);
+    c.ok(grow("t", PARTITIONS_MAX));
+    assert_eq!(c.image.topic("t").unwrap().partition_count(), PARTITIONS_MAX);
+}
+
+#[test]
+fn new_partitions_go_to_unfenced_brokers_only() {
+    let mut c = Cluster::with_brokers(&[1, 2, 3], None);
+    c.ok(create("t", 1, 2));
+    c.fence(3);
+    c.ok(grow("t", 7));
+    let t = c.image.topic("t").unwrap();
+    assert!(t.partitions[1..].iter().all(|p| !p.is_replica(3) && p.leader.is_some()));
+}
+
+#[test]
+fn dry_run_answers_like_apply_and_changes_nothing() {
+    let mut c = Cluster::with_brokers(&[1, 2, 3], None);
+    c.ok(create("t", 1, 3));
+    let before = c.image.clone();
+    let alter = Command::AlterTopicConfig {
+        name: "t".into(),
+        set: BTreeMap::from([("retention.ms".into(), "+60000".into())]),
+        delete: vec![],
+    };
+    let checked = c.image.dry_run(&alter).unwrap();
+    assert_eq!(c.image, before, "a dry run changes nothing");
+    assert_eq!(
+        checked.outcome,
+        Outcome::TopicConfigAltered {
+            name: "t".into(),
+            config: BTreeMap::from([("retention.ms".into(), "60000".into())])
+        }
+    );
+    assert_eq!(c.ok(alter).outcome, checked.outcome);
+
+    let checked = c.image.dry_run(&grow("t", 3)).unwrap();
+    let applied = c.ok(grow("t", 3));
+    assert_eq!(applied, checked, "the same placement when nothing changed in between");
+    assert_eq!(c.image.dry_run(&grow("t", 2)).unwrap_err().code, ErrorCode::InvalidPartitions);
+}
+
 // ----- AlterPartition -----
 
 #[test]
@@ -593,6 +685,7 @@ fn a_watcher_following_deltas_from_an_old_image_reaches_the_new_one() {
     run(&mut c, Command::UnfenceBroker { id: 2, epoch });
     let expand = c.alter_isr("a", 0, &[1, 2, 3]);
     run(&mut c, expand);
+    run(&mut c, Command::CreatePartitions { name: "a".into(), count: 5 });
     run(&mut c, Command::ElectLeaders { partitions: None, preferred: true });
     run(&mut c, Command::DeleteTopic { name: "b".into() });
 

@@ -209,6 +209,8 @@ pub(crate) async fn fetch(
                         partition,
                         offset: p.fetch_offset,
                         max_bytes: usize::try_from(p.partition_max_bytes).unwrap_or(FETCH_BYTES_DEFAULT),
+                        // Sent from v9 (KIP-320); -1 and older versions: no check.
+                        current_leader_epoch: (version >= 9).then_some(p.current_leader_epoch),
                     });
                     partitions.push((p.partition, None));
                 }

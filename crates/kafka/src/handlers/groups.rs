@@ -15,7 +15,6 @@ use kafka_protocol::messages::offset_fetch_response::{
 use kafka_protocol::messages::{BrokerId, GroupId, TopicName};
 use runnel_broker::group::GroupError;
 use runnel_broker::group::coordinator::{Committer, OffsetEntry};
-use runnel_proto::pb::runnel::v1 as pb;
 
 use super::{code, host_port, s};
 use crate::Context;
@@ -164,7 +163,7 @@ async fn fetch_group(
     if topics.as_ref().is_some_and(|t| !t.is_empty()) && wanted.is_empty() {
         return Ok(Vec::new());
     }
-    let committed: Vec<pb::CommittedOffset> = ctx.groups.fetch_offsets(group_id, wanted).await?;
+    let committed = ctx.groups.fetch_offsets(group_id, wanted).await?;
     let mut out: TopicOffsets = Vec::new();
     for c in committed {
         let entry = (c.partition as i32, c.offset, c.metadata);

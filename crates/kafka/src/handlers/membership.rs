@@ -33,7 +33,7 @@ use runnel_broker::group::{
 };
 
 use super::groups::group_code;
-use super::metadata::uuid;
+use super::metadata::{GROUP_OPERATIONS, uuid};
 use super::{Client, broker_code, code, s};
 use crate::Context;
 
@@ -191,7 +191,12 @@ pub(crate) fn list_groups(ctx: &Context, r: &ListGroupsRequest) -> ListGroupsRes
 }
 
 /// DescribeGroups: state, protocol and members with their metadata and assignment.
-pub(crate) async fn describe_groups(ctx: &Context, r: DescribeGroupsRequest) -> DescribeGroupsResponse {
+pub(crate) async fn describe_groups(
+    ctx: &Context,
+    r: DescribeGroupsRequest,
+    version: i16,
+) -> DescribeGroupsResponse {
+    let operations = (version >= 3 && r.include_authorized_operations).then_some(GROUP_OPERATIONS);
     let mut groups = Vec::with_capacity(r.groups.len());
     for id in r.groups {
         let described = match ctx.groups.group_description(&id.0).await {
@@ -213,7 +218,8 @@ pub(crate) async fn describe_groups(ctx: &Context, r: DescribeGroupsRequest) -> 
                                 .with_member_assignment(m.assignment)
                         })
                         .collect(),
-                ),
+                )
+                .with_authorized_operations(operations.unwrap_or(i32::MIN)),
             Err(e) => DescribedGroup::default()
                 .with_group_id(id)
                 .with_error_code(group_code(&e))

@@ -16,6 +16,19 @@ use runnel_broker::group::OFFSETS_TOPIC;
 use super::{broker_code, code, host_port, s};
 use crate::{AUTO_CREATE_WAIT, Context};
 
+/// Kafka's ACL operations (AclOperation codes) as bitfields, answered when a client asks
+/// for authorized operations: with no authorizer, every operation of the resource type.
+/// Topic: READ 3, WRITE 4, CREATE 5, DELETE 6, ALTER 7, DESCRIBE 8, DESCRIBE_CONFIGS 10,
+/// ALTER_CONFIGS 11.
+pub(crate) const TOPIC_OPERATIONS: i32 =
+    (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
+/// Cluster: CREATE 5, ALTER 7, DESCRIBE 8, CLUSTER_ACTION 9, DESCRIBE_CONFIGS 10,
+/// ALTER_CONFIGS 11, IDEMPOTENT_WRITE 12.
+pub(crate) const CLUSTER_OPERATIONS: i32 =
+    (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12);
+/// Group: READ 3, DELETE 6, DESCRIBE 8.
+pub(crate) const GROUP_OPERATIONS: i32 = (1 << 3) | (1 << 6) | (1 << 8);
+
 /// The most replicas an auto-created topic gets when `default.replication.factor` is unset.
 const AUTO_CREATE_REPLICATION_MAX: usize = 3;
 
@@ -141,6 +154,10 @@ pub(crate) async fn metadata(ctx: &Context, request: MetadataRequest, version: i
         }
     };
     let allow_create = ctx.config.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
+    // Asked from v8 (the cluster's only through v10); answered as Kafka without an authorizer.
+    let topic_ops = (version >= 8 && request.include_topic_authorized_operations).then_some(TOPIC_OPERATIONS);
+    let cluster_ops = ((8..=10).contains(&version) && request.include_cluster_authorized_operations)
+        .then_some(CLUSTER_OPERATIONS);
     let mut created = BTreeMap::new();
     if let Some(names) = &wanted
         && allow_create
@@ -199,13 +216,22 @@ pub(crate) async fn metadata(ctx: &Context, request: MetadataRequest, version: i
                 .with_error_code(code::UNKNOWN_TOPIC_ID),
         });
     }
-    MetadataResponse::default()
+    if let Some(ops) = topic_ops {
+        for t in topics.iter_mut().filter(|t| t.error_code == code::NONE) {
+            t.topic_authorized_operations = ops;
+        }
+    }
+    let mut response = MetadataResponse::default()
         .with_brokers(brokers)
         .with_cluster_id(Some(StrBytes::from_string(ctx.config.cluster_id.clone())))
         // Every broker takes admin requests (it forwards them to the controller quorum), so
         // the controller clients are told of is this one.
         .with_controller_id(BrokerId(ctx.config.broker_id as i32))
-        .with_topics(topics)
+        .with_topics(topics);
+    if let Some(ops) = cluster_ops {
+        response.cluster_authorized_operations = ops;
+    }
+    response
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! live in the core, which the gRPC API shares.
 
 mod admin;
+mod configs;
 mod data;
 mod groups;
 mod membership;
@@ -194,7 +195,7 @@ pub fn start(
             ResponseKind::ListGroups(membership::list_groups(&ctx, &r)),
         ),
         RequestKind::DescribeGroups(r) => Started::later(&header, ApiKey::DescribeGroups, async move {
-            Some(ResponseKind::DescribeGroups(membership::describe_groups(&ctx, r).await))
+            Some(ResponseKind::DescribeGroups(membership::describe_groups(&ctx, r, version).await))
         }),
         RequestKind::DeleteGroups(r) => Started::later(&header, ApiKey::DeleteGroups, async move {
             Some(ResponseKind::DeleteGroups(membership::delete_groups(&ctx, r).await))
@@ -212,6 +213,22 @@ pub fn start(
         RequestKind::DeleteTopics(r) => Started::later(&header, ApiKey::DeleteTopics, async move {
             Some(ResponseKind::DeleteTopics(admin::delete_topics(&ctx, r).await))
         }),
+        RequestKind::CreatePartitions(r) => Started::later(&header, ApiKey::CreatePartitions, async move {
+            Some(ResponseKind::CreatePartitions(configs::create_partitions(&ctx, r).await))
+        }),
+        RequestKind::DescribeConfigs(r) => Started::ready(
+            &header,
+            ApiKey::DescribeConfigs,
+            ResponseKind::DescribeConfigs(configs::describe_configs(&ctx, r, version)),
+        ),
+        RequestKind::AlterConfigs(r) => Started::later(&header, ApiKey::AlterConfigs, async move {
+            Some(ResponseKind::AlterConfigs(configs::alter_configs(&ctx, r).await))
+        }),
+        RequestKind::IncrementalAlterConfigs(r) => {
+            Started::later(&header, ApiKey::IncrementalAlterConfigs, async move {
+                Some(ResponseKind::IncrementalAlterConfigs(configs::incremental_alter_configs(&ctx, r).await))
+            })
+        }
         RequestKind::DescribeCluster(_) => Started::ready(
             &header,
             ApiKey::DescribeCluster,
