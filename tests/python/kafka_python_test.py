@@ -13,7 +13,9 @@ Against a running cluster whose nodes all serve Kafka it checks, one line per ph
      (consumer_timeout_ms and a count). As written the consumer starts at the latest offset,
      so the record produced before it is checked with a second consumer from 'earliest', and
      one more record is produced once the snippet's consumer has its partition and position;
-  3. 'salary-updates' was auto-created by that first Produce/Metadata: one partition, with a
+  3. Metadata v8 answers the authorized-operations bitfields kafka-python's admin client asks
+     for (raw, so a wrong answer is named rather than met as the admin client's ValueError);
+     'salary-updates' was auto-created by that first Produce/Metadata: one partition, with a
      leader and min(3, brokers) replicas all in sync;
   4. keyed records go to Kafka's murmur2 partition: the admin client creates a 6-partition
      topic, the default partitioner sends keyed records, and both the partition each record
@@ -37,8 +39,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.partitioner.default import murmur2 as kafka_python_murmur2
 
-from kafka_testlib import (Failure, Phases, check, deadline_after, eq, left, metadata_topics, parse_bootstrap,
-                           wait_for_kafka)
+from kafka_testlib import (INT32_MIN, Failure, Phases, check, deadline_after, eq, left,
+                           metadata_topics, metadata_v8_authorized_operations, parse_bootstrap, wait_for_kafka)
 
 LISTENER_TIMEOUT_S = 30.0
 PHASE_TIMEOUT_S = 30.0
@@ -272,6 +274,25 @@ class Run:
         check(p["leader"] in p["isr"], f"leader {p['leader']} not in its ISR {p['isr']}")
         return f"1 partition, leader {p['leader']}, replicas {p['replicas']}, isr {p['isr']}"
 
+    def authorized_operations(self):
+        """kafka-python's KafkaAdminClient asks Metadata v8 for the cluster's and each topic's
+        authorized operations and decodes the bitfields it gets; Kafka answers them when asked
+        (without an authorizer: every operation of the resource type). Checked raw here, so a
+        broker that leaves them at their "not provided" default (INT32_MIN) is named as such
+        rather than by the admin client's ValueError ('31 is not a valid ACLOperation')."""
+        host, port = parse_bootstrap(self.bootstrap)[0]
+        cluster_ops, topics = metadata_v8_authorized_operations(host, port, SNIPPET_TOPIC)
+        check(SNIPPET_TOPIC in topics, f"Metadata v8 for {SNIPPET_TOPIC!r} does not name it: {topics}")
+        error, topic_ops = topics[SNIPPET_TOPIC]
+        eq(error, 0, f"Metadata v8 {SNIPPET_TOPIC} error code")
+        bad = {name: v for name, v in (("cluster_authorized_operations", cluster_ops),
+                                       ("topic_authorized_operations", topic_ops)) if v < 0}
+        check(not bad, f"Metadata v8 with include_cluster_authorized_operations and "
+                       f"include_topic_authorized_operations set answered {bad} (INT32_MIN = {INT32_MIN}: "
+                       f"'not provided'); Kafka answers the operations' bitfield, and kafka-python's "
+                       f"KafkaAdminClient, which asks for them, cannot decode the sign bit")
+        return f"cluster {cluster_ops:#x}, topic {topic_ops:#x}"
+
     def murmur2_partitioning(self):
         for data, want in MURMUR2_VECTORS.items():
             eq(murmur2(data), want, f"murmur2({data!r}) against Kafka's test vector")
@@ -411,6 +432,7 @@ def main():
     run = Run(args.bootstrap, args.brokers, phases)
     phases.run("listener", run.listener)
     phases.run("snippet", run.snippet, needs=["listener"])
+    phases.run("authorized operations (for the admin client)", run.authorized_operations, needs=["snippet"])
     phases.run("auto-created topic", run.auto_created, needs=["snippet"])
     phases.run("murmur2 partitioning", run.murmur2_partitioning, needs=["listener"])
     phases.run("group commit and resume", run.group_resume, needs=["listener"])

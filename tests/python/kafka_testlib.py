@@ -187,6 +187,37 @@ def metadata_topics(host, port, timeout=SOCKET_TIMEOUT_S):
     return topics
 
 
+INT32_MIN = -(1 << 31)
+
+
+def metadata_v8_authorized_operations(host, port, topic, timeout=SOCKET_TIMEOUT_S):
+    """Metadata v8 for `topic` (no auto-creation) asking for both authorized-operations
+    bitfields: (cluster bitfield, {topic: (error code, topic bitfield)}). INT32_MIN is the
+    field's "not provided" default."""
+    body = (struct.pack(">i", 1) + kstring(topic) + struct.pack(">???", False, True, True))
+    r = Reader(roundtrip(host, port, API_METADATA, 8, body, timeout=timeout))
+    r.take(">i")  # throttle
+    for _ in range(r.take(">i")):
+        r.take(">i")
+        r.string()
+        r.take(">i")
+        r.string()
+    r.string()  # cluster id
+    r.take(">i")  # controller id
+    topics = {}
+    for _ in range(r.take(">i")):
+        error = r.take(">h")
+        name = r.string()
+        r.take(">?")
+        for _ in range(r.take(">i")):
+            r.take(">hiii")  # error, index, leader, leader epoch
+            for _ in range(3):  # replicas, isr, offline replicas
+                for _ in range(r.take(">i")):
+                    r.take(">i")
+        topics[name] = (error, r.take(">i"))
+    return r.take(">i"), topics
+
+
 def wait_for_kafka(bootstrap, brokers, timeout_s):
     """Polls every bootstrap address until it answers ApiVersions (error 0, with Produce,
     Fetch and Metadata listed) and its Metadata names `brokers` brokers; answers a summary.
