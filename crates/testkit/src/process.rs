@@ -260,6 +260,23 @@ mod tests {
     }
 
     #[test]
+    fn line_child_streams_lines_and_stops_on_stdin_eof() {
+        // Prints a line, waits for its stdin to close, prints another and exits.
+        let mut child = LineChild::spawn(
+            Command::new("sh").args(["-c", "echo ready; cat >/dev/null; echo bye; echo err >&2"]),
+        )
+        .unwrap();
+        assert_eq!(child.next_line(Duration::from_secs(10)), Ok(Some("ready".to_owned())));
+        assert_eq!(child.next_line(Duration::from_millis(50)), Ok(None), "nothing before stdin closes");
+        child.close_stdin();
+        assert_eq!(child.next_line(Duration::from_secs(10)), Ok(Some("bye".to_owned())));
+        let (status, killed) = child.wait(Duration::from_secs(10)).unwrap();
+        assert!(status.success() && !killed);
+        assert_eq!(child.next_line(Duration::from_secs(10)), Err(()), "stdout closed");
+        assert_eq!(child.stderr(), "err\n");
+    }
+
+    #[test]
     fn kills_the_whole_group_at_the_deadline() {
         // A grandchild holding the output files open must not keep the call waiting.
         let start = Instant::now();
