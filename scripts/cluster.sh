@@ -71,6 +71,13 @@ netns_up() {
     ip link add "$bridge" type bridge
     ip addr add "$subnet.254/24" dev "$bridge"
     ip link set "$bridge" up
+    # A Docker engine sets the FORWARD policy to DROP, and with br_netfilter on, frames between
+    # two nodes on this bridge go through it: let the bridge's own traffic through.
+    if [[ $(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null) == 1 ]] &&
+        iptables -S FORWARD 2>/dev/null | grep -qx -- '-P FORWARD DROP'; then
+        iptables -I FORWARD -i "$bridge" -o "$bridge" -j ACCEPT ||
+            die "could not let bridge $bridge's traffic through iptables' FORWARD chain"
+    fi
     for n in "${nodes[@]}"; do
         ip netns add "$(ns "$n")"
         ip link add "rncv$n" type veth peer name eth0 netns "$(ns "$n")"
@@ -90,6 +97,7 @@ netns_down() {
         rm -f "$(dir "$n")/isolated"
     done
     ip link del "$bridge" 2>/dev/null || true
+    while iptables -D FORWARD -i "$bridge" -o "$bridge" -j ACCEPT 2>/dev/null; do :; done
     rm -f "$netns_file"
     echo "netns mode: namespaces and bridge removed"
 }
