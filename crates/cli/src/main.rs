@@ -40,7 +40,7 @@ enum Command {
     ///
     /// Every setting is a flag, an environment variable RUNNEL_<NAME> or a key of the TOML
     /// file given by --config, in that precedence. Prints `runnel node <id> ready: grpc=<addr>
-    /// http=<addr>` once the gRPC listener is bound; SIGTERM or SIGINT stops it cleanly.
+    /// http=<addr> kafka=<listeners>` once the listeners are bound; SIGTERM or SIGINT stops it cleanly.
     Node(Box<node::NodeArgs>),
     /// Describe the cluster: the controller quorum and the brokers.
     Cluster {

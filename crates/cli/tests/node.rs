@@ -75,9 +75,10 @@ fn get(addr: &str, path: &str) -> Option<(u16, String)> {
 fn a_single_voter_node_becomes_ready_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let (grpc, http) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let kafka = format!("127.0.0.1:{}", free_port());
     let mut child = runnel()
         .args(["node", "--id", "1", "--controller-voters", &format!("1@{grpc}"), "--grpc-addr", &grpc])
-        .args(["--http-addr", &http, "--heartbeat-interval-ms", "100"])
+        .args(["--http-addr", &http, "--kafka-addr", &kafka, "--heartbeat-interval-ms", "100"])
         .arg("--data-dir")
         .arg(dir.path())
         .stdout(Stdio::piped())
@@ -86,7 +87,7 @@ fn a_single_voter_node_becomes_ready_and_stops_on_sigterm() {
         .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), format!("runnel node 1 ready: grpc={grpc} http={http}"));
+    assert_eq!(line.trim(), format!("runnel node 1 ready: grpc={grpc} http={http} kafka={kafka}"));
 
     assert_eq!(get(&http, "/healthz").map(|r| r.0), Some(200));
     let deadline = Instant::now() + Duration::from_secs(10);
