@@ -57,6 +57,7 @@ timeout "$pip_timeout_s" "$venv/bin/python" -m pip install \
 import grpc, grpc_tools.protoc, google.protobuf
 import kafka, kafka.admin, kafka.partitioner.default
 import confluent_kafka, confluent_kafka.admin
+import aiokafka
 assert confluent_kafka.libversion()[0].startswith("2."), confluent_kafka.libversion()
 ' >&2 \
   || die "the packages installed but do not import"
