@@ -21,7 +21,7 @@ cargo test --workspace --locked 2>&1 | tee "$out"
 # in it; close with the totals so the summary says what really ran.
 echo "check: fmt, clippy and tests passed in $(( $(date +%s) - start ))s"
 awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "\ntests: %d passed, %d failed, %d skipped\n", p, f, i }' "$out"
-# The Python client test counts as passed when skipped; say that it did not run.
+# The Python client tests count as passed when skipped; say that they did not run.
 if [[ "${RUNNEL_SKIP_PYTHON:-}" == 1 ]]; then
-  echo "warning: RUNNEL_SKIP_PYTHON=1: the Python client test was skipped (counted as passed above)"
+  echo "warning: RUNNEL_SKIP_PYTHON=1: the Python client tests (gRPC, and the Kafka clients of kafka_clients.rs) were skipped (counted as passed above)"
 fi

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Creates, or reuses, the Python virtualenv that runs the gRPC client test
-# (tests/python/runnel_client_test.py), and prints its path on stdout (everything else goes to
-# stderr). The Rust test crates/cli/tests/python_client.rs calls this script.
+# (tests/python/runnel_client_test.py) and the Kafka client tests (tests/python/kafka_*.py),
+# and prints its path on stdout (everything else goes to stderr). The Rust tests
+# crates/cli/tests/python_client.rs and kafka_clients.rs call this script (through
+# runnel_testkit::process::python_env).
 #
 #   scripts/python-env.sh [BASE_DIR]     # default BASE_DIR: ${CARGO_TARGET_DIR:-target}/pyenv
 #
@@ -49,7 +51,14 @@ rm -rf "$venv"
 timeout "$pip_timeout_s" "$venv/bin/python" -m pip install \
   --disable-pip-version-check --no-input --timeout 30 -r "$req" >&2 \
   || die "pip install -r $req failed or took over ${pip_timeout_s}s (does this machine reach PyPI?)"
-"$venv/bin/python" -c 'import grpc, grpc_tools.protoc, google.protobuf' >&2 \
+# confluent-kafka's native extension loads its bundled librdkafka here: a wheel built for
+# another platform fails now rather than in a test.
+"$venv/bin/python" -c '
+import grpc, grpc_tools.protoc, google.protobuf
+import kafka, kafka.admin, kafka.partitioner.default
+import confluent_kafka, confluent_kafka.admin
+assert confluent_kafka.libversion()[0].startswith("2."), confluent_kafka.libversion()
+' >&2 \
   || die "the packages installed but do not import"
 touch "$venv/.ready"
 printf 'python-env: built in %ss\n' "$(( $(date +%s) - start ))" >&2

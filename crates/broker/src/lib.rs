@@ -48,7 +48,8 @@ pub struct BrokerConfig {
     pub id: u32,
     /// Advertised gRPC `host:port`.
     pub grpc_addr: String,
-    /// Advertised Kafka `host:port` (reserved).
+    /// The Kafka endpoint registered with the controller: the advertised `host:port`, or
+    /// `NAME://host:port,...` for several listeners (see `runnel_kafka::listeners`).
     pub kafka_addr: String,
     /// Advertised HTTP `host:port`.
     pub http_addr: String,

@@ -13,6 +13,7 @@
 
 pub mod codec;
 pub mod handlers;
+pub mod listeners;
 pub mod server;
 pub mod versions;
 

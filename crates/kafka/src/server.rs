@@ -21,10 +21,12 @@ use crate::codec::{self, CodecError, Decoded};
 use crate::handlers::{self, Reply, Started};
 use crate::{Context, IN_FLIGHT_MAX};
 
-/// Serves Kafka clients on `listeners` until `cancel`; every connection ends with it.
-pub async fn serve(listeners: Vec<TcpListener>, context: Arc<Context>, cancel: CancellationToken) {
+/// Serves Kafka clients on `listeners` (each with its listener name, which decides the
+/// addresses its clients are told) until `cancel`; every connection ends with it.
+pub async fn serve(listeners: Vec<(String, TcpListener)>, context: Arc<Context>, cancel: CancellationToken) {
     let mut accepts = JoinSet::new();
-    for listener in listeners {
+    for (name, listener) in listeners {
+        let name: Arc<str> = name.into();
         let context = Arc::clone(&context);
         let cancel = cancel.clone();
         accepts.spawn(async move {
@@ -35,7 +37,8 @@ pub async fn serve(listeners: Vec<TcpListener>, context: Arc<Context>, cancel: C
                     accepted = listener.accept() => match accepted {
                         Ok((stream, peer)) => {
                             let _ = stream.set_nodelay(true);
-                            connections.spawn(connection(stream, peer, Arc::clone(&context), cancel.clone()));
+                            let conn = connection(stream, peer, Arc::clone(&name), Arc::clone(&context), cancel.clone());
+                            connections.spawn(conn);
                         }
                         Err(e) => {
                             // Out of file descriptors and the like: keep serving the others.
@@ -53,7 +56,13 @@ pub async fn serve(listeners: Vec<TcpListener>, context: Arc<Context>, cancel: C
 }
 
 /// One connection, until the client closes it, a request closes it, or `cancel`.
-async fn connection(stream: TcpStream, peer: SocketAddr, context: Arc<Context>, cancel: CancellationToken) {
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<str>,
+    context: Arc<Context>,
+    cancel: CancellationToken,
+) {
     let (read, write) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Started>(IN_FLIGHT_MAX);
     let reader_context = Arc::clone(&context);
@@ -70,7 +79,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, context: Arc<Context>, 
             };
             let started = match codec::decode(frame) {
                 Ok(Decoded::Request { header, request }) => {
-                    handlers::start(&reader_context, header, *request, peer)
+                    handlers::start(&reader_context, header, *request, peer, &listener)
                 }
                 Ok(Decoded::ApiVersionsTooNew { correlation_id }) => {
                     handlers::api_versions_too_new(correlation_id)
@@ -89,7 +98,9 @@ async fn connection(stream: TcpStream, peer: SocketAddr, context: Arc<Context>, 
     let mut write = BufWriter::new(write);
     let mut pending = FuturesOrdered::new();
     let mut reading = true;
-    loop {
+    // Until the reader is done (the client closed, or a request closed the connection) and
+    // every started request is answered.
+    while reading || !pending.is_empty() {
         tokio::select! {
             _ = cancel.cancelled() => break,
             started = rx.recv(), if reading => match started {
@@ -113,7 +124,6 @@ async fn connection(stream: TcpStream, peer: SocketAddr, context: Arc<Context>, 
                     break;
                 }
             }
-            else => break,
         }
     }
     let _ = write.flush().await;

@@ -57,7 +57,7 @@ async fn feed(context: &Arc<Context>, frame: Bytes) {
     let peer: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
     match codec::decode(frame) {
         Ok(Decoded::Request { header, request }) => {
-            let started = handlers::start(context, header, *request, peer);
+            let started = handlers::start(context, header, *request, peer, &Arc::from("PLAINTEXT"));
             // A handler may wait (a long poll, a join); it must still end or be droppable.
             let _ = tokio::time::timeout(Duration::from_secs(2), started.run()).await;
         }

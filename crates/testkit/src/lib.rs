@@ -26,6 +26,9 @@
 //! history against a final read of the log (lost, duplicated, misplaced or reordered records,
 //! gaps, divergent reads) and measures the longest window without a successful produce.
 //!
+//! **Child processes.** [`process`] runs a test's other programs (a Python client, kcat) with a
+//! deadline, killing their whole process group, and builds the pinned Python venv.
+//!
 //! **`runnel-chaos`** (`src/bin/runnel-chaos.rs`) drives the workload and the checker against
 //! a cluster started by `scripts/cluster.sh`, injecting faults through it; `scripts/chaos.sh`
 //! runs it.
@@ -49,6 +52,7 @@ use tonic::transport::Channel;
 
 pub mod history;
 pub mod netns;
+pub mod process;
 pub mod workload;
 
 pub use netns::Netns;

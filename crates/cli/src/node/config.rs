@@ -76,12 +76,17 @@ pub(crate) struct NodeArgs {
     /// HTTP listener for /healthz, /readyz and /metrics [default: 127.0.0.1:(8080+id)].
     #[arg(long, env = "RUNNEL_HTTP_ADDR")]
     pub(crate) http_addr: Option<String>,
-    /// Kafka listener, HOST:PORT [default: 127.0.0.1:(9091+id), so node 1 is on 9092]. A
-    /// loopback host also listens on the other loopback family (127.0.0.1 and [::1]), since
-    /// clients may resolve `localhost` to either.
+    /// The gRPC address other nodes and clients are told, HOST:PORT [default: --grpc-addr].
+    #[arg(long, env = "RUNNEL_GRPC_ADVERTISED_ADDR")]
+    pub(crate) grpc_advertised_addr: Option<String>,
+    /// Kafka listeners, [NAME://]HOST:PORT[,...] (Kafka's `listeners`) [default:
+    /// 127.0.0.1:(9091+id), so node 1 is on 9092]. A loopback host also listens on the other
+    /// loopback family (127.0.0.1 and [::1]), since clients may resolve `localhost` to either.
     #[arg(long, env = "RUNNEL_KAFKA_ADDR")]
     pub(crate) kafka_addr: Option<String>,
-    /// The Kafka address Metadata tells clients, HOST:PORT [default: --kafka-addr].
+    /// What Metadata tells clients, per listener: [NAME://]HOST:PORT[,...] (Kafka's
+    /// `advertised.listeners`; a client is told the addresses of the listener it connected
+    /// to) [default: --kafka-addr].
     #[arg(long, env = "RUNNEL_KAFKA_ADVERTISED_ADDR")]
     pub(crate) kafka_advertised_addr: Option<String>,
     /// Kafka's auto.create.topics.enable: a Metadata (or Produce) for an unknown topic
@@ -155,9 +160,15 @@ pub(crate) struct NodeSettings {
     pub(crate) voters: Vec<Voter>,
     pub(crate) roles: Roles,
     pub(crate) grpc_addr: String,
+    pub(crate) grpc_advertised_addr: String,
     pub(crate) http_addr: String,
     pub(crate) kafka_addr: String,
     pub(crate) kafka_advertised_addr: String,
+    /// The Kafka listeners to bind: (name, HOST:PORT).
+    #[serde(skip)]
+    pub(crate) kafka_listeners: Vec<runnel_kafka::listeners::Listener>,
+    /// The Kafka endpoint this broker registers (every listener's advertised address).
+    pub(crate) kafka_endpoint: String,
     pub(crate) auto_create_topics_enable: bool,
     pub(crate) num_partitions: u32,
     pub(crate) default_replication_factor: Option<u32>,
@@ -189,6 +200,7 @@ impl NodeArgs {
             controller_voters: self.controller_voters.or(lower.controller_voters),
             roles: self.roles.or(lower.roles),
             grpc_addr: self.grpc_addr.or(lower.grpc_addr),
+            grpc_advertised_addr: self.grpc_advertised_addr.or(lower.grpc_advertised_addr),
             http_addr: self.http_addr.or(lower.http_addr),
             kafka_addr: self.kafka_addr.or(lower.kafka_addr),
             kafka_advertised_addr: self.kafka_advertised_addr.or(lower.kafka_advertised_addr),
@@ -223,6 +235,18 @@ pub(crate) fn parse_file(text: &str) -> anyhow::Result<NodeArgs> {
 fn read_file(path: &Path) -> anyhow::Result<NodeArgs> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     parse_file(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Refuses an address other nodes or clients are told when it is a wildcard, which reaches
+/// no one (Kafka refuses 0.0.0.0 in advertised.listeners likewise).
+fn check_reachable(what: &str, addr: &str, flag: &str) -> anyhow::Result<()> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    if matches!(host.trim_start_matches('[').trim_end_matches(']'), "0.0.0.0" | "::" | "") {
+        bail!(
+            "the {what} address others are told, {addr:?}, is not one they can connect to: set {flag} to this node's reachable HOST:PORT"
+        );
+    }
+    Ok(())
 }
 
 fn parse_roles(text: &str) -> anyhow::Result<Roles> {
@@ -276,14 +300,17 @@ impl NodeSettings {
             None => format!("127.0.0.1:{}", port(9091)?),
         };
         let kafka_advertised_addr = args.kafka_advertised_addr.unwrap_or_else(|| kafka_addr.clone());
-        // Clients connect to what Metadata advertises; a wildcard address reaches no one.
-        let host = kafka_advertised_addr.rsplit_once(':').map_or(kafka_advertised_addr.as_str(), |(h, _)| h);
-        if matches!(host.trim_start_matches('[').trim_end_matches(']'), "0.0.0.0" | "::" | "") {
-            bail!(
-                "the Kafka address clients are told, {kafka_advertised_addr:?}, is not one they can connect to: \
-                 set --kafka-advertised-addr to this node's reachable HOST:PORT"
-            );
+        let kafka_listeners =
+            runnel_kafka::listeners::parse(&kafka_addr).map_err(|e| anyhow::anyhow!("--kafka-addr: {e}"))?;
+        let advertised = runnel_kafka::listeners::parse(&kafka_advertised_addr)
+            .and_then(|a| runnel_kafka::listeners::advertise(&kafka_listeners, &a))
+            .map_err(|e| anyhow::anyhow!("--kafka-advertised-addr: {e}"))?;
+        for l in &advertised {
+            check_reachable("Kafka", &l.addr, "--kafka-advertised-addr")?;
         }
+        let kafka_endpoint = runnel_kafka::listeners::encode(&advertised);
+        let grpc_advertised_addr = args.grpc_advertised_addr.unwrap_or_else(|| grpc_addr.clone());
+        check_reachable("gRPC", &grpc_advertised_addr, "--grpc-advertised-addr")?;
         let num_partitions = args.num_partitions.unwrap_or(1);
         if num_partitions == 0 {
             bail!("--num-partitions must be at least 1");
@@ -302,9 +329,12 @@ impl NodeSettings {
             voters,
             roles,
             grpc_addr,
+            grpc_advertised_addr,
             http_addr,
             kafka_addr,
             kafka_advertised_addr,
+            kafka_listeners,
+            kafka_endpoint,
             auto_create_topics_enable: args.auto_create_topics_enable.unwrap_or(true),
             num_partitions,
             default_replication_factor: args.default_replication_factor,

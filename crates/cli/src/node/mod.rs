@@ -34,7 +34,14 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         .with_context(|| format!("binding the HTTP listener {}", settings.http_addr))?;
     let grpc_addr = grpc.local_addr()?;
     let http_addr = http.local_addr()?;
-    let kafka = if settings.roles.broker { kafka_listeners(&settings.kafka_addr).await? } else { Vec::new() };
+    let mut kafka = Vec::new();
+    if settings.roles.broker {
+        for listener in &settings.kafka_listeners {
+            for bound in kafka_listeners(&listener.addr).await? {
+                kafka.push((listener.name.clone(), bound));
+            }
+        }
+    }
 
     // The broker starts first (it locks and lists its log directory), so that the one gRPC
     // server of the node serves its client API from the start.
@@ -42,8 +49,8 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         Some(
             Broker::start(BrokerConfig {
                 id,
-                grpc_addr: settings.grpc_addr.clone(),
-                kafka_addr: settings.kafka_advertised_addr.clone(),
+                grpc_addr: settings.grpc_advertised_addr.clone(),
+                kafka_addr: settings.kafka_endpoint.clone(),
                 http_addr: settings.http_addr.clone(),
                 controllers: settings.voters.iter().map(|v| v.addr.clone()).collect(),
                 heartbeat_interval: Duration::from_millis(settings.heartbeat_interval_ms),

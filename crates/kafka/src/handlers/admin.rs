@@ -12,7 +12,7 @@ use kafka_protocol::messages::{BrokerId, TopicName};
 use runnel_broker::admin::NewTopic;
 
 use super::metadata::{live_brokers, uuid, valid_topic_name};
-use super::{code, s};
+use super::{Client, code, s};
 use crate::Context;
 
 /// The longest an admin request waits for its change to reach this broker's metadata.
@@ -146,9 +146,9 @@ pub(crate) async fn delete_topics(ctx: &Context, request: DeleteTopicsRequest) -
 
 /// DescribeCluster: the live brokers; this broker stands for the controller (it forwards
 /// admin requests to the quorum).
-pub(crate) fn describe_cluster(ctx: &Context) -> DescribeClusterResponse {
+pub(crate) fn describe_cluster(ctx: &Context, client: &Client) -> DescribeClusterResponse {
     let brokers = match ctx.plane.metadata() {
-        Ok(cache) => live_brokers(&cache)
+        Ok(cache) => live_brokers(&cache, &client.listener)
             .into_iter()
             .map(|(id, host, port, rack)| {
                 DescribeClusterBroker::default()

@@ -16,8 +16,8 @@ use kafka_protocol::messages::{BrokerId, GroupId, TopicName};
 use runnel_broker::group::GroupError;
 use runnel_broker::group::coordinator::{Committer, OffsetEntry};
 
-use super::{code, host_port, s};
-use crate::Context;
+use super::{Client, code, s};
+use crate::{Context, listeners};
 
 /// FindCoordinator's key type for consumer groups (1 is transactions, not served).
 const KEY_TYPE_GROUP: i8 = 0;
@@ -28,7 +28,12 @@ pub(crate) fn group_code(e: &GroupError) -> i16 {
 }
 
 /// The coordinator of one key: (error, message, node id, host, port).
-async fn coordinator(ctx: &Context, key: &str, key_type: i8) -> (i16, Option<String>, i32, String, i32) {
+async fn coordinator(
+    ctx: &Context,
+    key: &str,
+    key_type: i8,
+    listener: &str,
+) -> (i16, Option<String>, i32, String, i32) {
     if key_type != KEY_TYPE_GROUP {
         return (
             code::INVALID_REQUEST,
@@ -45,7 +50,7 @@ async fn coordinator(ctx: &Context, key: &str, key_type: i8) -> (i16, Option<Str
                 .metadata()
                 .ok()
                 .and_then(|c| c.brokers.get(&found.broker_id).map(|b| b.kafka.clone()));
-            match address.as_deref().and_then(host_port) {
+            match address.and_then(|a| listeners::address_for(&a, listener)) {
                 Some((host, port)) => (code::NONE, None, found.broker_id as i32, host, port),
                 None => (
                     code::COORDINATOR_NOT_AVAILABLE,
@@ -65,9 +70,11 @@ pub(crate) async fn find_coordinator(
     ctx: &Context,
     request: FindCoordinatorRequest,
     version: i16,
+    client: &Client,
 ) -> FindCoordinatorResponse {
     if version < 4 {
-        let (error, message, node, host, port) = coordinator(ctx, &request.key, request.key_type).await;
+        let (error, message, node, host, port) =
+            coordinator(ctx, &request.key, request.key_type, &client.listener).await;
         return FindCoordinatorResponse::default()
             .with_error_code(error)
             .with_error_message(message.map(s))
@@ -77,7 +84,8 @@ pub(crate) async fn find_coordinator(
     }
     let mut coordinators = Vec::with_capacity(request.coordinator_keys.len());
     for key in &request.coordinator_keys {
-        let (error, message, node, host, port) = coordinator(ctx, key, request.key_type).await;
+        let (error, message, node, host, port) =
+            coordinator(ctx, key, request.key_type, &client.listener).await;
         coordinators.push(
             Coordinator::default()
                 .with_key(key.clone())

@@ -13,8 +13,8 @@ use runnel_broker::admin::NewTopic;
 use runnel_broker::cache::TopicEntry;
 use runnel_broker::group::OFFSETS_TOPIC;
 
-use super::{broker_code, code, host_port, s};
-use crate::{AUTO_CREATE_WAIT, Context};
+use super::{Client, broker_code, code, s};
+use crate::{AUTO_CREATE_WAIT, Context, listeners};
 
 /// Kafka's ACL operations (AclOperation codes) as bitfields, answered when a client asks
 /// for authorized operations: with no authorizer, every operation of the resource type.
@@ -46,13 +46,16 @@ pub(crate) fn uuid(id: &[u8]) -> uuid::Uuid {
     uuid::Uuid::from_slice(id).unwrap_or(uuid::Uuid::nil())
 }
 
-/// The brokers clients may connect to: unfenced ones with a Kafka address.
-pub(crate) fn live_brokers(cache: &MetadataCache) -> Vec<(u32, String, i32, String)> {
+/// The brokers clients of `listener` may connect to: unfenced ones advertising an address
+/// for it.
+pub(crate) fn live_brokers(cache: &MetadataCache, listener: &str) -> Vec<(u32, String, i32, String)> {
     cache
         .brokers
         .iter()
         .filter(|(_, b)| !b.fenced)
-        .filter_map(|(&id, b)| host_port(&b.kafka).map(|(host, port)| (id, host, port, b.rack.clone())))
+        .filter_map(|(&id, b)| {
+            listeners::address_for(&b.kafka, listener).map(|(host, port)| (id, host, port, b.rack.clone()))
+        })
         .collect()
 }
 
@@ -141,7 +144,12 @@ pub(crate) async fn auto_create(ctx: &Context, names: &[String]) -> BTreeMap<Str
 
 /// Metadata: brokers, topics, partitions with leaders and epochs; unknown topics are created
 /// when `auto.create.topics.enable` allows and the client asked (always before v4).
-pub(crate) async fn metadata(ctx: &Context, request: MetadataRequest, version: i16) -> MetadataResponse {
+pub(crate) async fn metadata(
+    ctx: &Context,
+    request: MetadataRequest,
+    version: i16,
+    client: &Client,
+) -> MetadataResponse {
     // v0 has no null list: an empty one means every topic. From v10 a topic may be named by
     // its id alone (KIP-848 consumers resolve their assignment's topic ids so).
     let (wanted, by_id): (Option<Vec<String>>, Vec<uuid::Uuid>) = match request.topics {
@@ -178,7 +186,7 @@ pub(crate) async fn metadata(ctx: &Context, request: MetadataRequest, version: i
             return MetadataResponse::default().with_topics(topics);
         }
     };
-    let brokers = live_brokers(&cache)
+    let brokers = live_brokers(&cache, &client.listener)
         .into_iter()
         .map(|(id, host, port, rack)| {
             MetadataResponseBroker::default()

@@ -123,11 +123,17 @@ impl Started {
 pub(crate) struct Client {
     pub(crate) addr: SocketAddr,
     pub(crate) id: String,
+    /// The listener it came in on: the addresses it is told are that listener's.
+    pub(crate) listener: Arc<str>,
 }
 
 impl Client {
-    fn new(addr: SocketAddr, header: &RequestHeader) -> Self {
-        Client { addr, id: header.client_id.as_ref().map_or_else(String::new, |s| s.to_string()) }
+    fn new(addr: SocketAddr, header: &RequestHeader, listener: &Arc<str>) -> Self {
+        Client {
+            addr,
+            id: header.client_id.as_ref().map_or_else(String::new, |s| s.to_string()),
+            listener: Arc::clone(listener),
+        }
     }
 }
 
@@ -137,8 +143,9 @@ pub fn start(
     header: RequestHeader,
     request: RequestKind,
     peer: SocketAddr,
+    listener: &Arc<str>,
 ) -> Started {
-    let client = Client::new(peer, &header);
+    let client = Client::new(peer, &header, listener);
     let version = header.request_api_version;
     let ctx = Arc::clone(context);
     match request {
@@ -146,7 +153,7 @@ pub fn start(
             Started::ready(&header, ApiKey::ApiVersions, ResponseKind::ApiVersions(api_versions(code::NONE)))
         }
         RequestKind::Metadata(r) => Started::later(&header, ApiKey::Metadata, async move {
-            Some(ResponseKind::Metadata(metadata::metadata(&ctx, r, version).await))
+            Some(ResponseKind::Metadata(metadata::metadata(&ctx, r, version, &client).await))
         }),
         RequestKind::Produce(r) => {
             let work = data::produce(&ctx, r, version, &client);
@@ -169,7 +176,7 @@ pub fn start(
             Some(ResponseKind::InitProducerId(data::init_producer_id(&ctx, r).await))
         }),
         RequestKind::FindCoordinator(r) => Started::later(&header, ApiKey::FindCoordinator, async move {
-            Some(ResponseKind::FindCoordinator(groups::find_coordinator(&ctx, r, version).await))
+            Some(ResponseKind::FindCoordinator(groups::find_coordinator(&ctx, r, version, &client).await))
         }),
         RequestKind::OffsetCommit(r) => Started::later(&header, ApiKey::OffsetCommit, async move {
             Some(ResponseKind::OffsetCommit(groups::offset_commit(&ctx, r).await))
@@ -232,7 +239,7 @@ pub fn start(
         RequestKind::DescribeCluster(_) => Started::ready(
             &header,
             ApiKey::DescribeCluster,
-            ResponseKind::DescribeCluster(admin::describe_cluster(&ctx)),
+            ResponseKind::DescribeCluster(admin::describe_cluster(&ctx, &client)),
         ),
         other => {
             // The codec refuses keys missing from versions::SERVED, so this is a served key
