@@ -5,7 +5,7 @@
 #
 #   scripts/chaos.sh [--duration SECONDS] [--faults kill,pause,restart,isolate] [--partitions P]
 #                    [--replication-factor R] [--min-insync-replicas M] [--seed N]
-#                    [--idempotent | --client-producer] ...
+#                    [--idempotent | --client-producer | --client kafka [--kafka-rate N]] ...
 #
 # Defaults: 60 s, faults kill,pause,restart (plus isolate when the cluster runs in netns mode:
 # RUNNEL_NETNS=1 scripts/cluster.sh up, root only; on loopback a node cannot be cut off from the
@@ -15,7 +15,12 @@
 # By default the workload never retries a record (each value is one attempt). `--idempotent`
 # produces through the client crate's idempotent Producer instead, which retries the same
 # records across leader changes: duplicates must stay 0. `--client-producer` does the same
-# without idempotence, where retries can duplicate.
+# without idempotence, where retries can duplicate. `--client kafka` produces through a Kafka
+# client instead: librdkafka's idempotent producer (confluent-kafka from the pinned venv of
+# tests/python/requirements.txt, built by scripts/python-env.sh on first use; acks=all, the
+# client's defaults otherwise) over the nodes' Kafka listeners, as tests/python/kafka_failover.py,
+# which prints each delivery report for the driver's history: same faults, same final read,
+# same checker; duplicates must stay 0, and the client must end without a fatal error.
 #
 # Prints each fault as it happens, each fault's failover (the longest stretch without an
 # acknowledged produce on a partition the node led), then the verdict: records attempted,
@@ -63,5 +68,18 @@ echo "building runnel-chaos" >&2
 export RUNNEL_BIN=${RUNNEL_BIN:-$target/release/runnel}
 [[ -x $RUNNEL_BIN ]] || die "$RUNNEL_BIN is missing: scripts/cluster.sh up builds it"
 export RUNNEL_HOME=$home
+
+kafka=false
+prev=
+for a in "$@"; do
+    [[ $a == --client=kafka || ( $prev == --client && $a == kafka ) ]] && kafka=true
+    prev=$a
+done
+if $kafka; then
+    echo "preparing the Python venv (scripts/python-env.sh)" >&2
+    venv=$(bash "$repo/scripts/python-env.sh" "$target/pyenv" | tail -n1) || die "no Python venv for the Kafka client"
+    args+=(--python "$venv/bin/python" --kafka-script "$repo/tests/python/kafka_failover.py"
+        --kafka-bootstrap "$("$cluster" kafka-bootstrap)")
+fi
 
 exec "$target/release/runnel-chaos" --bootstrap "$("$cluster" bootstrap)" --cluster-script "$cluster" "${args[@]}"

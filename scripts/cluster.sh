@@ -3,8 +3,11 @@
 #
 #   scripts/cluster.sh up | down | status | logs N | kill N | pause N | resume N | restart N
 #                      | isolate N | heal N|all      (isolate and heal: netns mode only)
+#                      | bootstrap | kafka-bootstrap (the gRPC / Kafka addresses, comma-separated)
 #
 # Node N (1-3): gRPC 127.0.0.1:5005N, HTTP 127.0.0.1:808N, Kafka 127.0.0.1:909(1+N) (node 1 on 9092).
+# RUNNEL_PORT_OFFSET=K adds K to every port (a second cluster on one machine, or one beside a
+# node started by hand on the default ports); the scripts that call this one inherit it.
 # Data, logs and pid files live in ${RUNNEL_HOME:-<repo>/.runnel}/node-N/. The binary is
 # ${CARGO_TARGET_DIR:-<repo>/target}/release/runnel, rebuilt when older than the sources;
 # RUNNEL_BIN overrides it (no build).
@@ -26,6 +29,12 @@ bin=${RUNNEL_BIN:-$target/release/runnel}
 nodes=(1 2 3)
 ready_timeout_s=${RUNNEL_READY_TIMEOUT_S:-30}
 stop_timeout_s=${RUNNEL_STOP_TIMEOUT_S:-10}
+port_offset=${RUNNEL_PORT_OFFSET:-0}
+[[ $port_offset =~ ^[0-9]+$ ]] && ((port_offset < 10000)) ||
+    { echo "cluster.sh: RUNNEL_PORT_OFFSET must be 0-9999 (got '$port_offset')" >&2; exit 1; }
+http_port() { echo $((8080 + port_offset + $1)); }
+grpc_port() { echo $((50050 + port_offset + $1)); }
+kafka_port() { echo $((9091 + port_offset + $1)); }
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 dir() { echo "$home/node-$1"; }
@@ -41,10 +50,12 @@ netns_mode() { [[ -f $netns_file ]]; }
 subnet() { cat "$netns_file"; }
 ns() { echo "rnc-node-$1"; }
 host() { if netns_mode; then echo "$(subnet).$1"; else echo 127.0.0.1; fi; }
-http() { echo "$(host "$1"):$((8080 + $1))"; }
-grpc() { echo "$(host "$1"):$((50050 + $1))"; }
+http() { echo "$(host "$1"):$(http_port "$1")"; }
+grpc() { echo "$(host "$1"):$(grpc_port "$1")"; }
 voters() { echo "1@$(grpc 1),2@$(grpc 2),3@$(grpc 3)"; }
 bootstrap() { echo "$(grpc 1),$(grpc 2),$(grpc 3)"; }
+kafka() { echo "$(host "$1"):$(kafka_port "$1")"; }
+kafka_bootstrap() { echo "$(kafka 1),$(kafka 2),$(kafka 3)"; }
 isolated() { [[ -f $(dir "$1")/isolated ]]; }
 
 netns_up() {
@@ -60,6 +71,13 @@ netns_up() {
     ip link add "$bridge" type bridge
     ip addr add "$subnet.254/24" dev "$bridge"
     ip link set "$bridge" up
+    # A Docker engine sets the FORWARD policy to DROP, and with br_netfilter on, frames between
+    # two nodes on this bridge go through it: let the bridge's own traffic through.
+    if [[ $(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null) == 1 ]] &&
+        iptables -S FORWARD 2>/dev/null | grep -qx -- '-P FORWARD DROP'; then
+        iptables -I FORWARD -i "$bridge" -o "$bridge" -j ACCEPT ||
+            die "could not let bridge $bridge's traffic through iptables' FORWARD chain"
+    fi
     for n in "${nodes[@]}"; do
         ip netns add "$(ns "$n")"
         ip link add "rncv$n" type veth peer name eth0 netns "$(ns "$n")"
@@ -79,6 +97,7 @@ netns_down() {
         rm -f "$(dir "$n")/isolated"
     done
     ip link del "$bridge" 2>/dev/null || true
+    while iptables -D FORWARD -i "$bridge" -o "$bridge" -j ACCEPT 2>/dev/null; do :; done
     rm -f "$netns_file"
     echo "netns mode: namespaces and bridge removed"
 }
@@ -117,7 +136,7 @@ heal() {
 # HTTP status of /readyz (000 when unreachable), using bash's /dev/tcp so curl is optional.
 readyz() {
     (
-        exec 3<>"/dev/tcp/$(host "$1")/$((8080 + $1))" || { echo 000; exit; }
+        exec 3<>"/dev/tcp/$(host "$1")/$(http_port "$1")" || { echo 000; exit; }
         printf 'GET /readyz HTTP/1.1\r\nHost: localhost\r\n\r\n' >&3
         code=$(timeout 2 head -n1 <&3 | awk '{print $2}')
         echo "${code:-000}"
@@ -140,7 +159,7 @@ start() {
     if alive "$n"; then echo "node $n already running (pid $(pid_of "$n"))"; return; fi
     local port h
     h=$(host "$n")
-    for port in $((50050 + n)) $((8080 + n)); do
+    for port in $(grpc_port "$n") $(http_port "$n") $(kafka_port "$n"); do
         if (exec 3<>"/dev/tcp/$h/$port") 2>/dev/null; then
             die "port $h:$port is already in use by another process, so node $n cannot start" \
                 "(another cluster with a different RUNNEL_HOME?)"
@@ -154,7 +173,7 @@ start() {
     # ip netns exec all exec, so $! is the node's pid.
     setsid nohup "${run[@]}" "$bin" node --id "$n" --data-dir "$d/data" --controller-voters "$(voters)" \
         --grpc-addr "$(grpc "$n")" --http-addr "$(http "$n")" \
-        --kafka-addr "$h:$((9091 + n))" >>"$d/node.log" 2>&1 </dev/null &
+        --kafka-addr "$(kafka "$n")" >>"$d/node.log" 2>&1 </dev/null &
     echo $! >"$d/pid"
     echo "node $n started (pid $!)"
 }
@@ -190,9 +209,9 @@ stop() {
 endpoints() {
     local n
     for n in "${nodes[@]}"; do
-        echo "node $n: grpc=$(grpc "$n") http=http://$(http "$n") kafka=$(host "$n"):$((9091 + n))"
+        echo "node $n: grpc=$(grpc "$n") http=http://$(http "$n") kafka=$(kafka "$n")"
     done
-    if netns_mode; then
+    if netns_mode || ((port_offset > 0)); then
         echo "try: $bin topic create orders --partitions 3 --replication-factor 3 --bootstrap $(bootstrap)"
     else
         echo "try: $bin topic create orders --partitions 3 --replication-factor 3"
@@ -234,6 +253,7 @@ status)
     "$bin" cluster status --bootstrap "$(bootstrap)" || true
     ;;
 bootstrap) bootstrap ;;
+kafka-bootstrap) kafka_bootstrap ;;
 isolate) check_node "${2:-}"; isolate "$2" ;;
 heal)
     if [[ ${2:-} == all ]]; then
@@ -259,7 +279,7 @@ restart)
     wait_ready "$2"
     ;;
 *)
-    echo "usage: $0 up|down|status|bootstrap|logs N|kill N|pause N|resume N|restart N|isolate N|heal N|all" >&2
+    echo "usage: $0 up|down|status|bootstrap|kafka-bootstrap|logs N|kill N|pause N|resume N|restart N|isolate N|heal N|all" >&2
     exit 2
     ;;
 esac

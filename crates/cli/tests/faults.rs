@@ -305,7 +305,7 @@ async fn leader_killed_five_times(mode: ProduceMode, topic: &str) -> (History, V
         // gap between acknowledgements from the kill until writes had resumed instead.
         let window = match mode {
             ProduceMode::Direct => history.failover_after(0, *at),
-            ProduceMode::Producer { .. } => history.longest_gap_within(0, *at, *resumed),
+            ProduceMode::Producer { .. } | ProduceMode::Kafka => history.longest_gap_within(0, *at, *resumed),
         };
         let leader = format!("{leader}{}", if *controller { " (also the controller leader)" } else { "" });
         println!(
@@ -561,7 +561,9 @@ async fn paused_leader(mode: ProduceMode, topic: &str) -> Verdict {
         // The client's producer holds records sent during the pause and delivers them in
         // order, so a record sent after it can be acknowledged a moment after the stuck ones:
         // the longest stretch without any acknowledgement around the failover is the window.
-        ProduceMode::Producer { .. } => history.longest_gap_within(partition, paused_at, deposed_at),
+        ProduceMode::Producer { .. } | ProduceMode::Kafka => {
+            history.longest_gap_within(partition, paused_at, deposed_at)
+        }
     };
     println!("leader {leader} paused: no acknowledged produce for {gap}");
     println!("after it resumed at {:.3} s: {verdict}", resumed_at.as_secs_f64());

@@ -9,6 +9,7 @@
 //! | `kcat_cli` | `kcat_test.py` | `kcat -L`, and `-P`/`-C` round trips with keys and headers |
 //! | `kafka_cross_protocol` | `kafka_cross_protocol_test.py` | Kafka-written records read by `runnel consume` and gRPC, and the reverse, byte for byte |
 //! | `kafka_bad_input` | `kafka_bad_input_test.py` | oversized, truncated and garbage frames, an unknown API key, a bad CRC: each answered, the node still serving |
+//! | `kafka_admin_and_kip848` | `kafka_admin_test.py` | CreatePartitions, DescribeConfigs, IncrementalAlterConfigs taking effect, a KIP-848 group of two, List/Describe/DeleteGroups |
 //!
 //! The scripts print one line per check and a summary; a failing test prints all of it and
 //! then (the testkit, as the cluster drops) every node's log. The clients come from the pinned
@@ -151,6 +152,15 @@ fn kafka_python_client() {
 fn confluent_kafka_client() {
     let Some(setup) = Setup::start("confluent_kafka_client") else { return };
     setup.run_script("confluent_kafka_test.py", &setup.kafka_args(), Duration::from_secs(180));
+    setup.finish();
+}
+
+/// The admin APIs beyond topics (partitions, configs, groups) and KIP-848 groups, through
+/// librdkafka's AdminClient and `group.protocol=consumer`.
+#[test]
+fn kafka_admin_and_kip848() {
+    let Some(setup) = Setup::start("kafka_admin_and_kip848") else { return };
+    setup.run_script("kafka_admin_test.py", &setup.kafka_args(), Duration::from_secs(150));
     setup.finish();
 }
 

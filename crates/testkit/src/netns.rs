@@ -32,6 +32,14 @@
 //!
 //! Needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) and iproute2's `ip`; without them
 //! [`Netns::create`] fails with an error that says so.
+//!
+//! **Bridged traffic and a host firewall.** Where `br_netfilter` passes bridged frames to
+//! iptables (`net.bridge.bridge-nf-call-iptables = 1`) and the FORWARD policy is DROP (what a
+//! Docker engine sets up), frames between two nodes on the bridge are dropped by the host's
+//! firewall. [`Netns::create`] then inserts one rule accepting forwarding within its own
+//! bridge (`-i B -o B`), and drop removes it; stale rules of dead processes go with their
+//! bridges. The rule concerns only the bridge's own ports, so isolation (by neighbour
+//! entries, above) is unaffected.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -82,6 +90,8 @@ pub struct Netns {
     ip: PathBuf,
     bridge: String,
     bridge_created: bool,
+    /// Whether an iptables rule lets forwarding within the bridge through (see the module docs).
+    forward_rule: bool,
     subnet: [u8; 3],
     nodes: Vec<NsNode>,
     isolated: BTreeSet<u64>,
@@ -105,6 +115,7 @@ impl Netns {
         let mut net = Netns {
             bridge: format!("{NAME_PREFIX}b{tag}"),
             bridge_created: false,
+            forward_rule: false,
             subnet: [0; 3],
             nodes: Vec::new(),
             isolated: BTreeSet::new(),
@@ -124,6 +135,7 @@ impl Netns {
             let cidr = format!("{}/24", net.bridge_addr());
             net.run(&["addr", "add", &cidr, "dev", &net.bridge])?;
             net.run(&["link", "set", &net.bridge, "up"])?;
+            net.forward_rule = allow_bridge_forwarding(&net.bridge)?;
         }
         for id in 1..=n as u64 {
             let [a, b, c] = net.subnet;
@@ -323,6 +335,73 @@ impl Drop for Netns {
         {
             eprintln!("testkit: could not delete bridge {}: {e:#}", self.bridge);
         }
+        if self.forward_rule
+            && let Err(e) = iptables(&forward_rule("-D", &self.bridge))
+        {
+            eprintln!("testkit: could not remove the forwarding rule of bridge {}: {e:#}", self.bridge);
+        }
+    }
+}
+
+/// The iptables arguments that insert (`-I`) or delete (`-D`) the rule accepting forwarding
+/// within `bridge`.
+fn forward_rule(op: &str, bridge: &str) -> Vec<String> {
+    [op, "FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"].iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn iptables(args: &[String]) -> anyhow::Result<()> {
+    let out = Command::new("iptables").args(args).output().context("running iptables")?;
+    if !out.status.success() {
+        bail!("iptables {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Lets frames between the bridge's ports through a host firewall that would drop them (see
+/// the module docs). Returns whether a rule was inserted: none is needed when bridged frames
+/// skip iptables or the FORWARD policy accepts. Fails when one is needed and cannot be made.
+fn allow_bridge_forwarding(bridge: &str) -> anyhow::Result<bool> {
+    let filtered = std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables")
+        .is_ok_and(|v| v.trim() == "1");
+    if !filtered {
+        return Ok(false);
+    }
+    let policy = Command::new("iptables").args(["-S", "FORWARD"]).output();
+    let drops = match &policy {
+        Ok(out) if out.status.success() => {
+            String::from_utf8_lossy(&out.stdout).lines().any(|l| l == "-P FORWARD DROP")
+        }
+        // br_netfilter is on but iptables cannot be asked: assume nothing blocks.
+        _ => false,
+    };
+    if !drops {
+        return Ok(false);
+    }
+    iptables(&forward_rule("-I", bridge)).with_context(|| {
+        format!(
+            "bridged traffic is filtered by iptables with a FORWARD policy of DROP (a Docker engine does              this), and the testkit could not let bridge {bridge}'s traffic through"
+        )
+    })?;
+    Ok(true)
+}
+
+/// Removes forwarding rules of this module's bridges whose creating process is gone.
+fn cleanup_stale_forward_rules(stale: impl Fn(&str) -> bool) {
+    let Ok(out) = Command::new("iptables").args(["-S", "FORWARD"]).output() else { return };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // "-A FORWARD -i rntb00ab1200 -o rntb00ab1200 -j ACCEPT"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let ["-A", "FORWARD", "-i", i, "-o", o, "-j", "ACCEPT"] = words.as_slice()
+            && i == o
+            && stale(i)
+        {
+            match iptables(&forward_rule("-D", i)) {
+                Ok(()) => eprintln!("testkit: removed the stale forwarding rule of bridge {i}"),
+                Err(e) => {
+                    eprintln!("testkit: could not remove the stale forwarding rule of bridge {i}: {e:#}")
+                }
+            }
+        }
     }
 }
 
@@ -411,6 +490,7 @@ pub fn cleanup_stale_leftovers() -> anyhow::Result<()> {
 /// stay, which is safe), are left alone. Best effort: a failure is reported, not fatal.
 fn cleanup_stale(ip: &Path) {
     let stale = |name: &str| owner_pid(name).is_some_and(|pid| !alive(pid));
+    cleanup_stale_forward_rules(stale);
     if let Ok(list) = ip_output(ip, &["-o", "link", "show"]) {
         for line in list.lines() {
             // "12: rntv00ab1200@if11: <BROADCAST,..." (the part after @ names the peer).
@@ -635,6 +715,12 @@ mod tests {
         for name in &mine {
             assert!(!ns.contains(name.as_str()) && !links.contains(name.as_str()), "{name} left behind");
         }
+        let rules =
+            Command::new("iptables").args(["-S", "FORWARD"]).output().map(|o| o.stdout).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&rules).contains(mine[3].as_str()),
+            "the bridge's forwarding rule left behind"
+        );
 
         let (tx, rx) = std::sync::mpsc::channel();
         let result = std::panic::catch_unwind(move || {

@@ -3,13 +3,15 @@
 //!
 //! [`run_with_timeout`] runs one command to completion or kills its group at the deadline;
 //! [`python_env`] builds or reuses the pinned virtualenv of `tests/python/requirements.txt`
-//! (through `scripts/python-env.sh`); [`skip_python`] honours `RUNNEL_SKIP_PYTHON=1`.
+//! (through `scripts/python-env.sh`); [`skip_python`] honours `RUNNEL_SKIP_PYTHON=1`;
+//! [`LineChild`] runs one that reports as it goes, its stdout read line by line.
 
 use std::fs::File;
-use std::io::{Read, Seek, Write};
+use std::io::{BufRead, BufReader, Read, Seek, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -139,6 +141,108 @@ pub fn python_env(repo_root: &Path, base: &Path) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(venv))
 }
 
+/// A child whose stdout is read line by line while it runs (a workload reporting progress):
+/// in its own process group, stdin a pipe it may treat as its stop signal, stderr kept in a
+/// temp file. Dropping it kills the whole group, also when the test panics.
+pub struct LineChild {
+    guard: GroupGuard,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    stderr: File,
+    started: Instant,
+}
+
+impl LineChild {
+    /// Spawns `command` with stdin and stdout piped; a thread forwards stdout's lines.
+    pub fn spawn(command: &mut Command) -> anyhow::Result<LineChild> {
+        let err = tempfile::tempfile().context("temp file for stderr")?;
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(err.try_clone()?)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("spawning {command:?}"))?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().context("the child's stdout")?;
+        let guard = GroupGuard(child);
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(LineChild { guard, stdin, lines, stderr: err, started: Instant::now() })
+    }
+
+    /// The next line, waiting at most `timeout`: `Ok(None)` when none came in time,
+    /// `Err(())` once stdout is closed and every line was taken.
+    #[allow(clippy::result_unit_err)]
+    pub fn next_line(&self, timeout: Duration) -> Result<Option<String>, ()> {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => Ok(Some(line)),
+            Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(()),
+        }
+    }
+
+    /// Closes the child's stdin (the stop signal of a child that watches it for EOF).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// The child's pid.
+    pub fn id(&self) -> u32 {
+        self.guard.0.id()
+    }
+
+    /// Whether it has exited, and how.
+    pub fn try_wait(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        Ok(self.guard.0.try_wait()?)
+    }
+
+    /// Waits at most `timeout` for it to exit; past that kills its group. Answers the exit
+    /// status and whether it was killed.
+    pub fn wait(&mut self, timeout: Duration) -> anyhow::Result<(ExitStatus, bool)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.guard.0.try_wait()? {
+                return Ok((status, false));
+            }
+            if Instant::now() >= deadline {
+                if let Some(pid) = Pid::from_raw(self.guard.0.id() as i32) {
+                    let _ = kill_process_group(pid, Signal::KILL);
+                }
+                return Ok((self.guard.0.wait()?, true));
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Everything it wrote on stderr so far (invalid UTF-8 replaced).
+    pub fn stderr(&mut self) -> String {
+        let mut bytes = Vec::new();
+        if self.stderr.rewind().is_ok() {
+            let _ = self.stderr.read_to_end(&mut bytes);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Time since it was spawned.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+impl std::fmt::Debug for LineChild {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LineChild").field("pid", &self.guard.0.id()).finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +257,23 @@ mod tests {
         assert!(!done.success() && !done.timed_out);
         assert_eq!(done.status.code(), Some(3));
         assert_eq!((done.stdout.as_str(), done.stderr.as_str()), ("out\n", "err\n"));
+    }
+
+    #[test]
+    fn line_child_streams_lines_and_stops_on_stdin_eof() {
+        // Prints a line, waits for its stdin to close, prints another and exits.
+        let mut child = LineChild::spawn(
+            Command::new("sh").args(["-c", "echo ready; cat >/dev/null; echo bye; echo err >&2"]),
+        )
+        .unwrap();
+        assert_eq!(child.next_line(Duration::from_secs(10)), Ok(Some("ready".to_owned())));
+        assert_eq!(child.next_line(Duration::from_millis(50)), Ok(None), "nothing before stdin closes");
+        child.close_stdin();
+        assert_eq!(child.next_line(Duration::from_secs(10)), Ok(Some("bye".to_owned())));
+        let (status, killed) = child.wait(Duration::from_secs(10)).unwrap();
+        assert!(status.success() && !killed);
+        assert_eq!(child.next_line(Duration::from_secs(10)), Err(()), "stdout closed");
+        assert_eq!(child.stderr(), "err\n");
     }
 
     #[test]

@@ -18,6 +18,11 @@
 //! value: its retries are what is being judged) and, when idempotent, numbers the batches so
 //! the leader drops repeats. Each record is one attempt whose outcome is its delivery result.
 //!
+//! With [`ProduceMode::Kafka`], the producer is a Kafka client in a child process
+//! ([`KafkaClient`]: librdkafka through confluent-kafka, `tests/python/kafka_failover.py`),
+//! which reports every delivery as a line on stdout; each line becomes an attempt of the same
+//! history (see the [`kafka`] module), so the Kafka path is judged by the same checker.
+//!
 //! [`read_final`] then reads every partition from its log start to its high watermark, from the
 //! leader, after waiting (bounded) for the high watermark to reach every acknowledged offset: a
 //! new leader may learn the high watermark a moment after it takes over.
@@ -39,6 +44,10 @@ use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::history::{Attempt, FinalLog, History, Outcome, Read, record_value};
+
+pub mod kafka;
+
+pub use kafka::{KafkaClient, KafkaReport};
 
 /// Kafka's NOT_LEADER_OR_FOLLOWER.
 const NOT_LEADER_OR_FOLLOWER: i32 = 6;
@@ -104,6 +113,8 @@ pub struct WorkloadOpts {
     pub read_during_run: bool,
     /// Who sends the records.
     pub mode: ProduceMode,
+    /// The Kafka client of [`ProduceMode::Kafka`] (required there, ignored otherwise).
+    pub kafka: Option<KafkaClient>,
 }
 
 /// Who sends a workload's records.
@@ -119,6 +130,11 @@ pub enum ProduceMode {
         /// Whether the client producer is idempotent.
         idempotence: bool,
     },
+    /// A Kafka client's idempotent producer (acks=all) in a child process, over the Kafka
+    /// wire protocol: [`WorkloadOpts::kafka`] says which. It retries with the same records
+    /// and numbers its batches, so duplicates must be 0. One producer per partition
+    /// (producer id = partition), the partitions 0..N.
+    Kafka,
 }
 
 impl WorkloadOpts {
@@ -137,6 +153,7 @@ impl WorkloadOpts {
             max_records_per_producer: 1_000_000,
             read_during_run: true,
             mode: ProduceMode::Direct,
+            kafka: None,
         }
     }
 }
@@ -303,6 +320,9 @@ struct Shared {
     routes: Routes,
     started: Instant,
     stopped: AtomicBool,
+    /// The workload was dropped without [`Workload::stop`] (a test panicked): a child process
+    /// is killed at once rather than flushed.
+    abandoned: AtomicBool,
     wake: tokio::sync::Notify,
     attempts: Mutex<Vec<Attempt>>,
     reads: Mutex<Vec<Read>>,
@@ -310,6 +330,11 @@ struct Shared {
     acked: Mutex<BTreeMap<u32, u64>>,
     /// The client producer of [`ProduceMode::Producer`], once it has its id.
     client: Mutex<Option<Producer>>,
+    /// CLOCK_MONOTONIC at `started`, in nanoseconds: a child process's clock readings are
+    /// put on the history's clock with it.
+    started_mono_ns: i128,
+    /// What the Kafka client reported besides deliveries ([`ProduceMode::Kafka`]).
+    kafka_report: Mutex<KafkaReport>,
 }
 
 impl Shared {
@@ -343,7 +368,10 @@ impl Workload {
         let shared = Arc::new(Shared {
             routes: Routes::new(&opts.topic, opts.bootstrap.clone()),
             started: Instant::now(),
+            started_mono_ns: kafka::monotonic_ns(),
+            kafka_report: Mutex::new(KafkaReport::default()),
             stopped: AtomicBool::new(false),
+            abandoned: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
             attempts: Mutex::new(Vec::new()),
             reads: Mutex::new(Vec::new()),
@@ -364,6 +392,10 @@ impl Workload {
             }
             ProduceMode::Producer { idempotence } => {
                 tasks.spawn(client_producers(shared.clone(), idempotence));
+            }
+            ProduceMode::Kafka => {
+                let shared = shared.clone();
+                tasks.spawn_blocking(move || kafka::run(&shared));
             }
         }
         if shared.opts.read_during_run {
@@ -430,6 +462,20 @@ impl Workload {
         Ok(start.elapsed())
     }
 
+    /// What the Kafka client reported so far besides deliveries ([`ProduceMode::Kafka`]).
+    pub fn kafka_report(&self) -> KafkaReport {
+        lock(&self.shared.kafka_report).clone()
+    }
+
+    /// [`Workload::stop`], also answering the Kafka client's report (empty in other modes):
+    /// its errors, its closing figures and how it exited.
+    pub async fn stop_reporting(self) -> (History, KafkaReport) {
+        let shared = self.shared.clone();
+        let history = self.stop().await;
+        let report = lock(&shared.kafka_report).clone();
+        (history, report)
+    }
+
     /// Stops every producer and reader (each finishes the call it has in flight, which its
     /// deadline bounds) and answers the history.
     pub async fn stop(mut self) -> History {
@@ -447,6 +493,18 @@ impl Workload {
             attempts: std::mem::take(&mut *lock(&self.shared.attempts)),
             reads: std::mem::take(&mut *lock(&self.shared.reads)),
             ended,
+        }
+    }
+}
+
+impl Drop for Workload {
+    /// Stops what still runs: the async tasks go with the JoinSet, but the Kafka client's
+    /// reader is a blocking thread the runtime would wait for on shutdown.
+    fn drop(&mut self) {
+        if !self.shared.stopped() {
+            self.shared.abandoned.store(true, Ordering::Release);
+            self.shared.stopped.store(true, Ordering::Release);
+            self.shared.wake.notify_waiters();
         }
     }
 }

@@ -12,6 +12,12 @@
 //! violation (lost, duplicated, reordered, ...), 2 when the run itself failed.
 //!
 //! Ctrl-C ends the fault loop early: the current fault is undone, and the run is still judged.
+//!
+//! `--client kafka` makes the workload a Kafka client instead: librdkafka's idempotent producer
+//! (confluent-kafka, acks=all) in a child process, `tests/python/kafka_failover.py`, producing
+//! over the nodes' Kafka listeners and printing each delivery report, which the workload turns
+//! into the same history ([`ProduceMode::Kafka`]); the faults, the final read (over gRPC) and
+//! the checker are the same. `scripts/chaos.sh --client kafka` finds the venv and the listeners.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -27,7 +33,8 @@ use rand::{Rng, SeedableRng};
 use runnel_proto::pb::runnel::v1 as pb;
 use runnel_testkit::history::Window;
 use runnel_testkit::workload::{
-    PartitionState, ProduceMode, Workload, WorkloadOpts, acknowledged_ends, partition_states, read_final,
+    KafkaClient, PartitionState, ProduceMode, Workload, WorkloadOpts, acknowledged_ends, partition_states,
+    read_final,
 };
 use runnel_testkit::{grpc_client, percentile};
 use tokio::sync::watch;
@@ -71,6 +78,16 @@ impl Fault {
             Fault::Isolate => (ms(2000), ms(8000)),
         }
     }
+}
+
+/// Who produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Client {
+    /// The testkit's own gRPC producers (or the client crate's Producer, see --idempotent).
+    Grpc,
+    /// librdkafka's idempotent producer over the Kafka protocol (needs --python,
+    /// --kafka-script and --kafka-bootstrap; scripts/chaos.sh gives them).
+    Kafka,
 }
 
 #[derive(Debug, Parser)]
@@ -122,6 +139,21 @@ struct Args {
     /// record twice, which the verdict counts (the contrast to --idempotent).
     #[arg(long)]
     client_producer: bool,
+    /// Who produces: the gRPC workload, or a Kafka client (librdkafka, idempotent, acks=all).
+    #[arg(long, value_enum, default_value_t = Client::Grpc, conflicts_with_all = ["idempotent", "client_producer"])]
+    client: Client,
+    /// --client kafka: the Python that has confluent-kafka (the venv of tests/python/requirements.txt).
+    #[arg(long, required_if_eq("client", "kafka"))]
+    python: Option<PathBuf>,
+    /// --client kafka: tests/python/kafka_failover.py.
+    #[arg(long, required_if_eq("client", "kafka"))]
+    kafka_script: Option<PathBuf>,
+    /// --client kafka: every node's Kafka listener (ip:port,...).
+    #[arg(long, required_if_eq("client", "kafka"))]
+    kafka_bootstrap: Option<String>,
+    /// --client kafka: records a second at most, over all partitions.
+    #[arg(long, default_value_t = 3000)]
+    kafka_rate: u32,
 }
 
 /// One injected fault.
@@ -180,12 +212,29 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let mut opts = WorkloadOpts::new(args.bootstrap.clone(), topic.clone(), partitions.clone());
     opts.producers_per_partition = args.producers_per_partition;
     opts.interval = Duration::from_millis(args.interval_ms);
-    opts.mode = match (args.idempotent, args.client_producer) {
-        (true, _) => ProduceMode::Producer { idempotence: true },
-        (false, true) => ProduceMode::Producer { idempotence: false },
-        (false, false) => ProduceMode::Direct,
+    opts.mode = match (args.client, args.idempotent, args.client_producer) {
+        (Client::Kafka, _, _) => ProduceMode::Kafka,
+        (Client::Grpc, true, _) => ProduceMode::Producer { idempotence: true },
+        (Client::Grpc, false, true) => ProduceMode::Producer { idempotence: false },
+        (Client::Grpc, false, false) => ProduceMode::Direct,
     };
-    println!("runnel-chaos: producing with {:?}", opts.mode);
+    if args.client == Client::Kafka {
+        let (Some(python), Some(script), Some(bootstrap)) =
+            (&args.python, &args.kafka_script, &args.kafka_bootstrap)
+        else {
+            bail!("--client kafka needs --python, --kafka-script and --kafka-bootstrap");
+        };
+        let mut client = KafkaClient::new(python, script, bootstrap.clone());
+        client.rate = args.kafka_rate;
+        println!(
+            "runnel-chaos: producing with librdkafka's idempotent producer (acks=all) over the Kafka listeners \
+             {bootstrap}, at most {} records/s",
+            client.rate
+        );
+        opts.kafka = Some(client);
+    } else {
+        println!("runnel-chaos: producing with {:?}", opts.mode);
+    }
     let workload = Workload::start(opts);
     let end = Instant::now() + Duration::from_secs(args.duration);
     let mut rng = StdRng::seed_from_u64(seed);
@@ -263,7 +312,14 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
 
     let client_stats = workload.client_stats();
-    let history = workload.stop().await;
+    let (history, kafka_report) = workload.stop_reporting().await;
+    let kafka_clean = match args.client {
+        Client::Kafka => {
+            println!("{kafka_report}");
+            kafka_report.clean()
+        }
+        Client::Grpc => true,
+    };
     if let Some(stats) = client_stats {
         println!(
             "client producer: {} batches acknowledged, {} resent, {} answered as duplicates (dropped by the \
@@ -334,7 +390,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         );
     }
     println!("\n{verdict}");
-    Ok(verdict.ok())
+    if !kafka_clean {
+        println!(
+            "the Kafka client did not end cleanly (a fatal error, or no clean exit): see its report above"
+        );
+    }
+    Ok(verdict.ok() && kafka_clean)
 }
 
 fn secs(d: Duration) -> String {
