@@ -13,6 +13,7 @@ mod client;
 mod data;
 mod e2e;
 mod group;
+mod healthcheck;
 mod node;
 
 use std::io::Write;
@@ -76,6 +77,9 @@ enum Command {
     /// Measure produce or consume throughput and latency.
     #[command(subcommand)]
     Bench(data::cli::BenchCommand),
+    /// GET a node's probe (default: its /readyz) and exit 0 on 200, 1 otherwise; for
+    /// container HEALTHCHECKs on images without curl.
+    Healthcheck(healthcheck::HealthcheckArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -267,6 +271,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Consume(args) => data::cli::run_consume(args),
         Command::Bench(command) => data::cli::run_bench(command),
         Command::Group { client, command } => group::run(client, command),
+        Command::Healthcheck(args) => healthcheck::run(args),
         Command::Log(LogCommand::Dump { partition_dir, records, max_batch_bytes }) => {
             if !partition_dir.is_dir() {
                 anyhow::bail!("{} is not a directory", partition_dir.display());
