@@ -113,9 +113,14 @@ pub(crate) fn produce(
     }
     // Kafka's producers ask Metadata before they produce; a produce to a topic that does not
     // exist still starts its creation, and the client's retry after a refresh finds it.
-    if ctx.config.auto_create_topics && !unknown.is_empty() {
-        unknown.sort();
-        unknown.dedup();
+    // Only topics the metadata lacks: a partition past a topic's count is just unknown.
+    unknown.sort();
+    unknown.dedup();
+    match ctx.plane.metadata() {
+        Ok(cache) if ctx.config.auto_create_topics => unknown.retain(|t| !cache.topics.contains_key(t)),
+        _ => unknown.clear(),
+    }
+    if !unknown.is_empty() {
         let ctx = ctx.clone();
         tokio::spawn(async move {
             auto_create(&ctx, &unknown).await;
