@@ -10,6 +10,7 @@
 //! | `kafka_cross_protocol` | `kafka_cross_protocol_test.py` | Kafka-written records read by `runnel consume` and gRPC, and the reverse, byte for byte |
 //! | `kafka_bad_input` | `kafka_bad_input_test.py` | oversized, truncated and garbage frames, an unknown API key, a bad CRC: each answered, the node still serving |
 //! | `aiokafka_client` | `aiokafka_test.py` | aiokafka's idempotent producer to an auto-created topic, a group's read, commit and resume |
+//! | `auto_creation_off` | `kafka_auto_create_off_test.py` | with `--auto-create-topics-enable false`, neither Metadata nor Produce creates a topic; CreateTopics does |
 //! | `kafka_admin_and_kip848` | `kafka_admin_test.py` | CreatePartitions, DescribeConfigs, IncrementalAlterConfigs taking effect, a KIP-848 group of two, List/Describe/DeleteGroups |
 //!
 //! The scripts print one line per check and a summary; a failing test prints all of it and
@@ -61,6 +62,11 @@ struct Setup {
 impl Setup {
     /// `None` when `RUNNEL_SKIP_PYTHON=1` skips `test`.
     fn start(test: &str) -> Option<Setup> {
+        Self::start_with(test, &[])
+    }
+
+    /// The same, every node started with `extra_args` too.
+    fn start_with(test: &str, extra_args: &[&str]) -> Option<Setup> {
         if skip_python(test) {
             return None;
         }
@@ -68,8 +74,9 @@ impl Setup {
         let serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let root = repo_root();
         let venv = python_env(&root, &target_dir().join("pyenv")).unwrap_or_else(|e| panic!("{e:#}"));
-        let cluster = Cluster::start(NODES, ClusterOpts::new(env!("CARGO_BIN_EXE_runnel")))
-            .unwrap_or_else(|e| panic!("cluster start: {e:#}"));
+        let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_runnel"));
+        opts.extra_args = extra_args.iter().map(|a| (*a).to_owned()).collect();
+        let cluster = Cluster::start(NODES, opts).unwrap_or_else(|e| panic!("cluster start: {e:#}"));
         let setup = Setup { root, venv, cluster, _serial: serial };
         setup.wait_for_kafka_ports();
         Some(setup)
@@ -153,6 +160,17 @@ fn kafka_python_client() {
 fn confluent_kafka_client() {
     let Some(setup) = Setup::start("confluent_kafka_client") else { return };
     setup.run_script("confluent_kafka_test.py", &setup.kafka_args(), Duration::from_secs(180));
+    setup.finish();
+}
+
+/// `--auto-create-topics-enable false` is honoured by Metadata and Produce.
+#[test]
+fn auto_creation_off() {
+    let Some(setup) = Setup::start_with("auto_creation_off", &["--auto-create-topics-enable", "false"])
+    else {
+        return;
+    };
+    setup.run_script("kafka_auto_create_off_test.py", &setup.kafka_args(), Duration::from_secs(90));
     setup.finish();
 }
 
