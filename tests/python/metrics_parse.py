@@ -28,8 +28,10 @@ def parse(text):
     for line in text.splitlines():
         if line.startswith("# TYPE "):
             _, _, name, typ = line.split(" ", 3)
-            if types.get(name) != typ:
-                raise SystemExit(f"TYPE {name} {typ} parsed as {types.get(name)}")
+            # The parser names a counter's family without its `_total`.
+            family = name[:-6] if typ == "counter" and name.endswith("_total") else name
+            if types.get(family) != typ:
+                raise SystemExit(f"TYPE {name} {typ} parsed as {types.get(family)}")
     return samples
 
 

@@ -33,7 +33,8 @@ fn target_dir() -> PathBuf {
     bin.parent().and_then(Path::parent).expect("the runnel binary sits in <target>/<profile>/").to_owned()
 }
 
-/// One node's samples, keyed by name and `topic/partition` ("" for unlabelled ones).
+/// One node's samples, keyed by name and labels (`k=v` sorted by key, comma-separated; ""
+/// for none).
 type Samples = BTreeMap<(String, String), f64>;
 
 struct Scraper {
@@ -77,11 +78,13 @@ impl Scraper {
                 let mut map = Samples::new();
                 for s in samples {
                     let name = s[0].as_str().unwrap().to_owned();
-                    let labels = &s[1];
-                    let key = match (labels["topic"].as_str(), labels["partition"].as_str()) {
-                        (Some(t), Some(p)) => format!("{t}/{p}"),
-                        _ => String::new(),
-                    };
+                    let labels: BTreeMap<&str, &str> = s[1]
+                        .as_object()
+                        .unwrap()
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str().unwrap()))
+                        .collect();
+                    let key = labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
                     let previous = map.insert((name.clone(), key.clone()), s[2].as_f64().unwrap());
                     assert!(previous.is_none(), "node {id}: {name} {key} twice");
                 }
@@ -158,7 +161,7 @@ fn partition_gauges_follow_replication_on_a_three_node_cluster() {
 
     // Every node: the node gauges, and the partition's, with the HW at RECORDS everywhere
     // (a follower learns it on its next fetch: polled).
-    let key = format!("{TOPIC}/0");
+    let key = format!("partition=0,topic={TOPIC}");
     for &id in &ids {
         let s = poll(&scraper, &cluster, id, "HW and log end at RECORDS", |s| {
             gauge(s, "runnel_partition_high_watermark", &key) == Some(RECORDS as f64)
@@ -177,8 +180,18 @@ fn partition_gauges_follow_replication_on_a_three_node_cluster() {
         assert_eq!(gauge(&s, "runnel_partition_under_replicated", &key), Some(0.0));
         assert_eq!(gauge(&s, "runnel_partition_under_min_isr", &key), Some(0.0));
     }
-    // All three at once, through one parser run.
-    assert_eq!(scraper.scrape(&cluster, &ids).len(), 3);
+    // All three at once, through one parser run; the leader counted the gRPC produce
+    // (`runnel produce` speaks gRPC) and its bytes.
+    let all = scraper.scrape(&cluster, &ids);
+    assert_eq!(all.len(), 3);
+    let s = &all[&leader];
+    assert!(
+        gauge(s, "runnel_produce_requests_total", "error_code=0,protocol=grpc").is_some_and(|n| n >= 1.0),
+        "{s:#?}"
+    );
+    let topic_key = format!("topic={TOPIC}");
+    let bytes = gauge(s, "runnel_produce_bytes_total", &topic_key).expect("produce bytes counted");
+    assert!(bytes >= (RECORDS * "record-0".len() as u64) as f64, "{s:#?}");
 
     // A follower dies: the leader shrinks the ISR after the lag time and reports it.
     cluster.kill(follower).unwrap();

@@ -1,8 +1,9 @@
 //! The node's Prometheus metrics, produced with `prometheus-client`.
 //!
-//! Everything here is read at scrape time by custom [`Collector`]s: the node's standing
+//! The gauges are read at scrape time by custom [`Collector`]s: the node's standing
 //! (controller Raft, broker registration) and, per hosted partition replica, its log and
-//! replication state. Nothing is updated on the data path, so it pays nothing for them.
+//! replication state; the data path pays nothing for them. The data plane's request and
+//! byte counters (`runnel_broker::metrics`) are atomic adds the front-ends make.
 
 use std::sync::Arc;
 
@@ -11,17 +12,19 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
+use runnel_broker::Broker;
 use runnel_broker::replica::ReplicaManager;
 
 use super::http::Probes;
 
 /// The registry every scrape encodes: the node collector, and the partition collector on a
 /// broker.
-pub(crate) fn registry(probes: Probes, replicas: Option<Arc<ReplicaManager>>) -> Registry {
+pub(crate) fn registry(probes: Probes, broker: Option<&Broker>) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(NodeCollector { probes }));
-    if let Some(replicas) = replicas {
-        registry.register_collector(Box::new(PartitionCollector { replicas }));
+    if let Some(broker) = broker {
+        registry.register_collector(Box::new(PartitionCollector { replicas: Arc::clone(broker.replicas()) }));
+        broker.plane().metrics().register(&mut registry);
     }
     registry
 }
