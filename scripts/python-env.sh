@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Creates, or reuses, the Python virtualenv that runs the gRPC client test
-# (tests/python/runnel_client_test.py) and the Kafka client tests (tests/python/kafka_*.py),
-# and prints its path on stdout (everything else goes to stderr). The Rust tests
-# crates/cli/tests/python_client.rs and kafka_clients.rs call this script (through
+# (tests/python/runnel_client_test.py), the Kafka client tests (tests/python/kafka_*.py) and the
+# metrics test's parser (tests/python/metrics_parse.py), and prints its path on stdout
+# (everything else goes to stderr). The Rust tests crates/cli/tests/python_client.rs,
+# kafka_clients.rs and metrics.rs call this script (through
 # runnel_testkit::process::python_env).
 #
 #   scripts/python-env.sh [BASE_DIR]     # default BASE_DIR: ${CARGO_TARGET_DIR:-target}/pyenv
@@ -58,6 +59,7 @@ import grpc, grpc_tools.protoc, google.protobuf
 import kafka, kafka.admin, kafka.partitioner.default
 import confluent_kafka, confluent_kafka.admin
 import aiokafka
+import prometheus_client.parser
 assert confluent_kafka.libversion()[0].startswith("2."), confluent_kafka.libversion()
 ' >&2 \
   || die "the packages installed but do not import"

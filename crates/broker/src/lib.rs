@@ -13,6 +13,7 @@ pub mod admin;
 pub mod cache;
 pub mod error;
 pub mod group;
+pub mod metrics;
 pub mod plane;
 pub mod producer;
 pub mod replica;

@@ -18,6 +18,7 @@ use runnel_storage::{Compression, TopicPartition};
 use crate::ProducerIds;
 use crate::cache::MetadataCache;
 use crate::error::{BrokerError, ErrorCode, LeaderHint};
+use crate::metrics::PlaneMetrics;
 use crate::replica::{Partition, ReplicaManager, TopicConfigEntry, describe_topic_configs};
 
 /// Most bytes one fetch response carries (`fetch_bytes_max`), beyond one larger batch.
@@ -154,12 +155,14 @@ pub struct DataPlane {
     cache: Arc<RwLock<MetadataCache>>,
     /// Where InitProducerId gets ids; `None` in tests without a controller.
     producer_ids: Option<Arc<ProducerIds>>,
+    /// Request and byte counters (the front-ends count requests, the plane bytes).
+    metrics: PlaneMetrics,
 }
 
 impl DataPlane {
     /// A data plane over `replicas`, looking partitions up in `cache`.
     pub fn new(broker_id: u32, replicas: Arc<ReplicaManager>, cache: Arc<RwLock<MetadataCache>>) -> Self {
-        DataPlane { broker_id, replicas, cache, producer_ids: None }
+        DataPlane { broker_id, replicas, cache, producer_ids: None, metrics: PlaneMetrics::default() }
     }
 
     /// The same, answering InitProducerId from `producer_ids`.
@@ -171,6 +174,11 @@ impl DataPlane {
     /// This broker's id.
     pub fn broker_id(&self) -> u32 {
         self.broker_id
+    }
+
+    /// The data plane's counters, for the front-ends to count requests and a registry.
+    pub fn metrics(&self) -> &PlaneMetrics {
+        &self.metrics
     }
 
     /// A producer id and epoch for a new idempotent producer.
@@ -312,6 +320,7 @@ impl DataPlane {
         };
         let acks_all = acks == Acks::All;
         let info = partition.append(&mut batch, acks_all).map_err(|e| self.enrich(&topic, index, e))?;
+        self.metrics.produced_bytes(&topic, batch.len());
         let mut appended = Appended {
             base_offset: info.base_offset as i64,
             last_offset: info.last_offset as i64,
@@ -395,6 +404,11 @@ impl DataPlane {
             }
             // Kafka answers at once when a partition has an error, so the client acts on it.
             if total >= min_bytes.max(1) || last_try || any_error || watches.is_empty() {
+                for (read, result) in reads.iter().zip(&results) {
+                    if let Ok(r) = result {
+                        self.metrics.fetched_bytes(&read.topic, r.batches.len());
+                    }
+                }
                 return results;
             }
             let changed = futures::future::select_all(watches.iter_mut().map(|w| {

@@ -20,6 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{BrokerError, ErrorCode};
+use crate::metrics::Protocol;
 pub use crate::plane::{
     Acks, AppendData, AppendRequest, Appended, DataPlane, FETCH_BYTES_DEFAULT, FETCH_BYTES_MAX,
     FETCH_WAIT_MAX, OffsetQuery, PRODUCE_TIMEOUT_DEFAULT, PRODUCE_TIMEOUT_MAX, PartitionRead, ReadResult,
@@ -210,8 +211,9 @@ async fn fetch(
     max_wait: Duration,
     format: pb::RecordFormat,
 ) -> Result<pb::FetchResponse, BrokerError> {
-    let result = plane.read(read, min_bytes, max_wait).await?;
-    fetch_response(result, read.offset, format)
+    let result = plane.read(read, min_bytes, max_wait).await;
+    plane.metrics().fetched(Protocol::Grpc, result.as_ref().map_or_else(|e| e.code.code(), |_| 0));
+    fetch_response(result?, read.offset, format)
 }
 
 fn list_offsets(
@@ -321,8 +323,12 @@ impl BrokerService for BrokerGrpc {
         &self,
         request: Request<pb::ProduceRequest>,
     ) -> Result<Response<pb::ProduceResponse>, Status> {
-        let request = append_request(request.into_inner())?;
-        Ok(Response::new(produce_response(self.plane.produce(request).await?)))
+        let result = match append_request(request.into_inner()) {
+            Ok(request) => self.plane.produce(request).await,
+            Err(e) => Err(e),
+        };
+        self.plane.metrics().produced(Protocol::Grpc, result.as_ref().map_or_else(|e| e.code.code(), |_| 0));
+        Ok(Response::new(produce_response(result?)))
     }
 
     type ProduceStreamStream = BoxStream<pb::ProduceStreamResponse>;
@@ -355,6 +361,10 @@ impl BrokerService for BrokerGrpc {
                                         Ok(appended) => plane.complete(appended).await.map(produce_response),
                                         Err(e) => Err(e),
                                     };
+                                    plane.metrics().produced(
+                                        Protocol::Grpc,
+                                        result.as_ref().map_or_else(|e| e.code.code(), |_| 0),
+                                    );
                                     stream_response(id, result)
                                 });
                             }

@@ -1,13 +1,15 @@
-//! The node's HTTP listener: `/healthz`, `/readyz` and Prometheus `/metrics`.
+//! The node's HTTP listener: `/healthz`, `/readyz` and Prometheus `/metrics` (what
+//! [`super::metrics`] registers, in the Prometheus text format 0.0.4).
 //!
 //! A deliberately tiny HTTP/1.1 server: one GET per connection (`Connection: close`), a
 //! request head of at most [`REQUEST_HEAD_BYTES_MAX`] bytes, read within
 //! [`REQUEST_READ_TIMEOUT`]. It serves probes and scrapes, nothing else.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::registry::Registry;
 use runnel_broker::BrokerStatus;
 use runnel_controller::controller::MetadataMachine;
 use runnel_controller::raft::Raft;
@@ -60,51 +62,7 @@ impl Probes {
         Ok(())
     }
 
-    /// Prometheus text exposition.
-    pub(crate) fn metrics(&self) -> String {
-        let mut out = String::new();
-        let mut gauge = |name: &str, help: &str, value: u64| {
-            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n");
-        };
-        gauge("runnel_node_id", "This node's id.", u64::from(self.node_id));
-        gauge("runnel_ready", "1 when /readyz answers 200.", u64::from(self.readiness().is_ok()));
-        if let Some(raft) = &self.raft {
-            let m = raft.metrics().borrow().clone();
-            let applied = m.last_applied.map_or(0, |l| l.index);
-            let last = m.last_log_index.unwrap_or(0);
-            // openraft 0.9 does not report the commit index: the leader derives it from its
-            // quorum's matched indexes; a follower reports its applied index (a lower bound).
-            let commit = match &m.replication {
-                Some(replication) => {
-                    let mut matched: Vec<u64> =
-                        replication.values().map(|l| l.as_ref().map_or(0, |l| l.index)).collect();
-                    matched.sort_unstable_by(|a, b| b.cmp(a));
-                    matched.get(matched.len() / 2).copied().unwrap_or(applied).max(applied)
-                }
-                None => applied,
-            };
-            gauge("runnel_raft_term", "The controller's current Raft term.", m.current_term);
-            gauge("runnel_raft_last_log_index", "The last Raft log index stored here.", last);
-            gauge("runnel_raft_commit_index", "Known committed index (followers: applied).", commit);
-            gauge("runnel_raft_applied_index", "The last Raft log index applied here.", applied);
-            let leads = m.state == openraft::ServerState::Leader;
-            gauge("runnel_raft_is_leader", "1 when this node leads the controller quorum.", u64::from(leads));
-            gauge(
-                "runnel_raft_leader_id",
-                "The known controller leader, 0 for none.",
-                m.current_leader.unwrap_or(0),
-            );
-        }
-        if let Some(broker) = &self.broker {
-            let s = broker.borrow().clone();
-            gauge("runnel_broker_epoch", "The broker epoch, 0 before registration.", s.epoch);
-            gauge("runnel_broker_fenced", "1 while the controller fences this broker.", u64::from(s.fenced));
-            gauge("runnel_broker_metadata_version", "The metadata version cached.", s.metadata_version);
-        }
-        out
-    }
-
-    fn answer(&self, path: &str) -> (u16, String, &'static str) {
+    fn answer(&self, registry: &Registry, path: &str) -> (u16, String, &'static str) {
         const TEXT: &str = "text/plain; charset=utf-8";
         match path {
             "/healthz" => (200, "ok\n".into(), TEXT),
@@ -112,14 +70,25 @@ impl Probes {
                 Ok(()) => (200, "ready\n".into(), TEXT),
                 Err(why) => (503, format!("not ready: {why}\n"), TEXT),
             },
-            "/metrics" => (200, self.metrics(), "text/plain; version=0.0.4; charset=utf-8"),
+            "/metrics" => {
+                let mut body = String::new();
+                match prometheus_text::encode(&mut body, registry) {
+                    Ok(()) => (200, body, prometheus_text::CONTENT_TYPE),
+                    Err(e) => (500, format!("encoding metrics: {e}\n"), TEXT),
+                }
+            }
             _ => (404, "not found\n".into(), TEXT),
         }
     }
 }
 
 /// Serves until `cancel`.
-pub(crate) async fn serve(listener: TcpListener, probes: Arc<Probes>, cancel: CancellationToken) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    probes: Arc<Probes>,
+    registry: Arc<Registry>,
+    cancel: CancellationToken,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
     loop {
         let permit = tokio::select! {
@@ -134,9 +103,10 @@ pub(crate) async fn serve(listener: TcpListener, probes: Arc<Probes>, cancel: Ca
         match accepted {
             Ok((stream, _)) => {
                 let probes = Arc::clone(&probes);
+                let registry = Arc::clone(&registry);
                 tokio::spawn(async move {
                     let _permit = permit;
-                    if let Err(e) = connection(stream, &probes).await {
+                    if let Err(e) = connection(stream, &probes, &registry).await {
                         tracing::debug!("http connection: {e}");
                     }
                 });
@@ -149,7 +119,7 @@ pub(crate) async fn serve(listener: TcpListener, probes: Arc<Probes>, cancel: Ca
     }
 }
 
-async fn connection(mut stream: TcpStream, probes: &Probes) -> std::io::Result<()> {
+async fn connection(mut stream: TcpStream, probes: &Probes, registry: &Registry) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let read = tokio::time::timeout(REQUEST_READ_TIMEOUT, async {
         let mut buf = [0u8; 1024];
@@ -170,13 +140,14 @@ async fn connection(mut stream: TcpStream, probes: &Probes) -> std::io::Result<(
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split_whitespace();
     let (status, body, content_type) = match (parts.next(), parts.next()) {
-        (Some("GET"), Some(target)) => probes.answer(target.split('?').next().unwrap_or(target)),
+        (Some("GET"), Some(target)) => probes.answer(registry, target.split('?').next().unwrap_or(target)),
         (Some(_), Some(_)) => (405, "only GET\n".into(), "text/plain; charset=utf-8"),
         _ => (400, "bad request\n".into(), "text/plain; charset=utf-8"),
     };
     let reason = match status {
         200 => "OK",
         404 => "Not Found",
+        500 => "Internal Server Error",
         405 => "Method Not Allowed",
         503 => "Service Unavailable",
         _ => "Bad Request",

@@ -3,6 +3,7 @@
 
 pub(crate) mod config;
 mod http;
+mod metrics;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -139,12 +140,13 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
     println!("runnel node {id} ready: grpc={grpc_addr} http={http_addr}{kafka_shown}");
     std::io::stdout().flush()?;
 
-    let probes = Arc::new(http::Probes {
+    let probes = http::Probes {
         node_id: id,
         raft: controller.as_ref().map(|c| c.raft().clone()),
         broker: broker.as_ref().map(Broker::subscribe),
-    });
-    let mut http_task = tokio::spawn(http::serve(http, probes, cancel.clone()));
+    };
+    let registry = Arc::new(metrics::registry(probes.clone(), broker.as_ref()));
+    let mut http_task = tokio::spawn(http::serve(http, Arc::new(probes), registry, cancel.clone()));
 
     let stopped_by = tokio::select! {
         signal = signal() => signal?,

@@ -23,6 +23,7 @@ use kafka_protocol::messages::produce_response::{
     LeaderIdAndEpoch as ProduceLeader, PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::messages::{BrokerId, ProducerId};
+use runnel_broker::metrics::Protocol;
 use runnel_broker::plane::{
     Acks, AppendData, AppendRequest, Appended, FETCH_BYTES_DEFAULT, OffsetQuery, PRODUCE_TIMEOUT_DEFAULT,
     PRODUCE_TIMEOUT_MAX, PartitionRead, PendingAppend,
@@ -136,6 +137,9 @@ pub(crate) fn produce(
                     Ok(pending) => plane.complete(pending).await.map_err(|e| (broker_code(&e), e.message)),
                     Err(e) => Err(e),
                 };
+                plane
+                    .metrics()
+                    .produced(Protocol::Kafka, result.as_ref().map_or_else(|e| i32::from(e.0), |_| 0));
                 (topic, index, result)
             }
         }))
@@ -235,6 +239,9 @@ pub(crate) async fn fetch(
                 Some(e) => Err(e),
                 None => results.next().unwrap_or_else(|| Err(BrokerError::invalid("missing read result"))),
             };
+            ctx.plane
+                .metrics()
+                .fetched(Protocol::Kafka, result.as_ref().map_or_else(|e| i32::from(broker_code(e)), |_| 0));
             let data = match result {
                 Ok(r) => PartitionData::default()
                     .with_partition_index(index)

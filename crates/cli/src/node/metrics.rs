@@ -1,0 +1,201 @@
+//! The node's Prometheus metrics, produced with `prometheus-client`.
+//!
+//! The gauges are read at scrape time by custom [`Collector`]s: the node's standing
+//! (controller Raft, broker registration) and, per hosted partition replica, its log and
+//! replication state; the data path pays nothing for them. The data plane's request and
+//! byte counters (`runnel_broker::metrics`) are atomic adds the front-ends make.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use runnel_broker::Broker;
+use runnel_broker::replica::ReplicaManager;
+
+use super::http::Probes;
+
+/// The registry every scrape encodes: the node collector, and the partition collector on a
+/// broker.
+pub(crate) fn registry(probes: Probes, broker: Option<&Broker>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(NodeCollector { probes }));
+    if let Some(broker) = broker {
+        registry.register_collector(Box::new(PartitionCollector { replicas: Arc::clone(broker.replicas()) }));
+        broker.plane().metrics().register(&mut registry);
+    }
+    registry
+}
+
+/// Encodes one unlabelled gauge.
+fn gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let gauge = ConstGauge::new(value);
+    let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    gauge.encode(metric)
+}
+
+/// The node's standing: id, readiness, controller Raft and broker registration.
+#[derive(Debug)]
+struct NodeCollector {
+    probes: Probes,
+}
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let probes = &self.probes;
+        let e = &mut encoder;
+        gauge(e, "runnel_node_id", "This node's id.", u64::from(probes.node_id))?;
+        gauge(e, "runnel_ready", "1 when /readyz answers 200.", u64::from(probes.readiness().is_ok()))?;
+        if let Some(raft) = &probes.raft {
+            let m = raft.metrics().borrow().clone();
+            let applied = m.last_applied.map_or(0, |l| l.index);
+            let last = m.last_log_index.unwrap_or(0);
+            // openraft 0.9 does not report the commit index: the leader derives it from its
+            // quorum's matched indexes; a follower reports its applied index (a lower bound).
+            let commit = match &m.replication {
+                Some(replication) => {
+                    let mut matched: Vec<u64> =
+                        replication.values().map(|l| l.as_ref().map_or(0, |l| l.index)).collect();
+                    matched.sort_unstable_by(|a, b| b.cmp(a));
+                    matched.get(matched.len() / 2).copied().unwrap_or(applied).max(applied)
+                }
+                None => applied,
+            };
+            gauge(e, "runnel_raft_term", "The controller's current Raft term.", m.current_term)?;
+            gauge(e, "runnel_raft_last_log_index", "The last Raft log index stored here.", last)?;
+            gauge(e, "runnel_raft_commit_index", "Known committed index (followers: applied).", commit)?;
+            gauge(e, "runnel_raft_applied_index", "The last Raft log index applied here.", applied)?;
+            let leads = m.state == openraft::ServerState::Leader;
+            gauge(
+                e,
+                "runnel_raft_is_leader",
+                "1 when this node leads the controller quorum.",
+                u64::from(leads),
+            )?;
+            gauge(
+                e,
+                "runnel_raft_leader_id",
+                "The known controller leader, 0 for none.",
+                m.current_leader.unwrap_or(0),
+            )?;
+        }
+        if let Some(broker) = &probes.broker {
+            let s = broker.borrow().clone();
+            gauge(e, "runnel_broker_epoch", "The broker epoch, 0 before registration.", s.epoch)?;
+            gauge(
+                e,
+                "runnel_broker_fenced",
+                "1 while the controller fences this broker.",
+                u64::from(s.fenced),
+            )?;
+            gauge(e, "runnel_broker_metadata_version", "The metadata version cached.", s.metadata_version)?;
+        }
+        Ok(())
+    }
+}
+
+/// One hosted replica, as read at a scrape.
+#[derive(Debug)]
+struct Row {
+    topic: String,
+    partition: u32,
+    log_end: u64,
+    high_watermark: u64,
+    log_start: u64,
+    size_bytes: u64,
+    leader: bool,
+    replicas: usize,
+    isr: usize,
+    min_isr: usize,
+}
+
+/// Per hosted partition replica: log offsets and size, leadership and ISR health, read from
+/// the broker's replica manager at each scrape.
+#[derive(Debug)]
+struct PartitionCollector {
+    replicas: Arc<ReplicaManager>,
+}
+
+impl PartitionCollector {
+    fn rows(&self) -> Vec<Row> {
+        let me = self.replicas.broker_id();
+        let mut rows: Vec<Row> = self
+            .replicas
+            .partitions()
+            .into_iter()
+            .filter_map(|p| {
+                let state = p.state();
+                if !state.hosted {
+                    return None;
+                }
+                let tp = p.topic_partition();
+                let log = p.log();
+                Some(Row {
+                    topic: tp.topic.to_string(),
+                    partition: tp.partition,
+                    log_end: log.log_end(),
+                    high_watermark: p.high_watermark(),
+                    log_start: log.log_start(),
+                    size_bytes: log.size_bytes(),
+                    leader: state.leader == Some(me),
+                    replicas: state.replicas.len(),
+                    isr: state.isr.len(),
+                    min_isr: p.limits().min_insync_replicas,
+                })
+            })
+            .collect();
+        rows.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        rows
+    }
+}
+
+type Value = fn(&Row) -> u64;
+
+/// The partition gauges: name, help, value.
+const PARTITION_GAUGES: [(&str, &str, Value); 9] = [
+    ("runnel_partition_log_end_offset", "The offset after the last record in this replica's log.", |r| {
+        r.log_end
+    }),
+    ("runnel_partition_high_watermark", "The high watermark (committed end) this replica knows.", |r| {
+        r.high_watermark
+    }),
+    ("runnel_partition_log_start_offset", "The first offset retained in this replica's log.", |r| {
+        r.log_start
+    }),
+    ("runnel_partition_size_bytes", "The bytes of this replica's log segments.", |r| r.size_bytes),
+    ("runnel_partition_is_leader", "1 when this broker leads the partition.", |r| u64::from(r.leader)),
+    ("runnel_partition_replicas", "The partition's assigned replicas.", |r| r.replicas as u64),
+    ("runnel_partition_isr_size", "The partition's in-sync replicas.", |r| r.isr as u64),
+    (
+        "runnel_partition_under_replicated",
+        "1 on the leader while the ISR is smaller than the replica set.",
+        |r| u64::from(r.leader && r.isr < r.replicas),
+    ),
+    (
+        "runnel_partition_under_min_isr",
+        "1 on the leader while the ISR is smaller than min.insync.replicas.",
+        |r| u64::from(r.leader && r.isr < r.min_isr),
+    ),
+];
+
+impl Collector for PartitionCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let rows = self.rows();
+        for (name, help, value) in PARTITION_GAUGES {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for row in &rows {
+                let partition = row.partition.to_string();
+                let labels = [("topic", row.topic.as_str()), ("partition", partition.as_str())];
+                ConstGauge::new(value(row)).encode(metric.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
