@@ -39,6 +39,8 @@ import uuid
 
 import grpc
 
+from kafka_testlib import Failure, check, eq  # the shared checks, beside this script
+
 # Bounds. Every RPC has a deadline, so the whole run is bounded (well under 30 s on a
 # healthy node).
 RPC_TIMEOUT_S = 5.0
@@ -56,20 +58,6 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 # (and returns at least one whole batch, up to the topic's max.message.bytes): a client that
 # raises max_bytes must raise its receive limit too, or the call fails with RESOURCE_EXHAUSTED.
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 65 << 20)]
-
-
-class Failure(Exception):
-    """A check that did not hold; the message says what was expected and what came back."""
-
-
-def check(cond, msg):
-    if not cond:
-        raise Failure(msg)
-
-
-def eq(actual, expected, what):
-    if actual != expected:
-        raise Failure(f"{what}: expected {expected!r}, got {actual!r}")
 
 
 def status_text(err):

@@ -258,13 +258,7 @@ async fn leader_killed_five_times(mode: ProduceMode, topic: &str) -> (History, V
         // Fully replicated again: the last victim caught up and is back in the ISR.
         let deadline = Instant::now() + Duration::from_secs(30);
         let leader = loop {
-            let up: Vec<String> = cluster
-                .ids()
-                .into_iter()
-                .filter(|&id| cluster.is_up(id))
-                .map(|id| cluster.node(id).grpc_addr().to_string())
-                .collect();
-            match partition_states(&up, topic).await.remove(&0) {
+            match partition_states(&cluster.up_grpc_addrs(), topic).await.remove(&0) {
                 Some(s) if s.leader > 0 && s.isr.len() == 3 => break s.leader as u64,
                 state => {
                     assert!(
@@ -346,16 +340,6 @@ async fn idempotent_producer_writes_every_record_exactly_once_while_the_leader_i
     println!("records not acknowledged: {unacknowledged}");
 }
 
-/// The addresses of the nodes that are up.
-fn up_addrs(cluster: &Cluster) -> Vec<String> {
-    cluster
-        .ids()
-        .into_iter()
-        .filter(|&id| cluster.is_up(id))
-        .map(|id| cluster.node(id).grpc_addr().to_string())
-        .collect()
-}
-
 /// The issue asks writes back within the session timeout plus 1 s after a SIGSTOP; for the
 /// controller leader add an election. Found by scripts/chaos.sh: live brokers used to spend
 /// the new controller's 1.3 s grace waiting on the stopped leader (a stopped process still
@@ -389,7 +373,7 @@ async fn controller_leader_paused_writes_resume_while_it_sleeps() {
             break;
         }
     }
-    let states = partition_states(&up_addrs(&cluster), "paused").await;
+    let states = partition_states(&cluster.up_grpc_addrs(), "paused").await;
     let fenced: Vec<u32> = cluster
         .describe_cluster(cluster.ids().into_iter().find(|&id| id != victim).unwrap(), RPC)
         .await
@@ -514,7 +498,7 @@ async fn paused_leader(mode: ProduceMode, topic: &str) -> Verdict {
     let controller = cluster.wait_for_leader(None, Duration::from_secs(10)).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let (partition, leader, epoch) = loop {
-        let states = partition_states(&up_addrs(&cluster), topic).await;
+        let states = partition_states(&cluster.up_grpc_addrs(), topic).await;
         let pick = states
             .iter()
             .find(|(_, s)| s.leader > 0 && s.leader as u64 != controller && s.isr.len() == 3)
@@ -534,7 +518,7 @@ async fn paused_leader(mode: ProduceMode, topic: &str) -> Verdict {
     let paused = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(20);
     let deposed = loop {
-        match partition_states(&up_addrs(&cluster), topic).await.remove(&partition) {
+        match partition_states(&cluster.up_grpc_addrs(), topic).await.remove(&partition) {
             Some(s) if s.leader > 0 && s.leader as u64 != leader => break s,
             state => assert!(Instant::now() < deadline, "the paused leader was never replaced: {state:?}"),
         }

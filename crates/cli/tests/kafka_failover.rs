@@ -73,21 +73,11 @@ fn wait_for_kafka_ports(cluster: &Cluster) {
     }
 }
 
-/// The gRPC addresses of the nodes that run now.
-fn up(cluster: &Cluster) -> Vec<String> {
-    cluster
-        .ids()
-        .into_iter()
-        .filter(|&id| cluster.is_up(id))
-        .map(|id| cluster.node(id).grpc_addr().to_string())
-        .collect()
-}
-
 /// Waits until partition `p` has a leader and all three replicas in sync; answers the leader.
 async fn wait_in_sync(cluster: &Cluster, p: u32) -> anyhow::Result<u64> {
     let deadline = Instant::now() + IN_SYNC_TIMEOUT;
     loop {
-        match partition_states(&up(cluster), TOPIC).await.remove(&p) {
+        match partition_states(&cluster.up_grpc_addrs(), TOPIC).await.remove(&p) {
             Some(s) if s.leader > 0 && s.isr.len() == s.replicas.len() => return Ok(s.leader as u64),
             state if Instant::now() >= deadline => {
                 anyhow::bail!("partition {p} not fully in sync after {IN_SYNC_TIMEOUT:?}: {state:?}")

@@ -73,7 +73,7 @@ async fn connection(
                 Ok(Some(frame)) => frame,
                 Ok(None) => return,
                 Err(e) => {
-                    log_closed(peer, None, &e);
+                    log_closed(peer, &e);
                     return;
                 }
             };
@@ -85,7 +85,7 @@ async fn connection(
                     handlers::api_versions_too_new(correlation_id)
                 }
                 Err(e) => {
-                    log_closed(peer, None, &e);
+                    log_closed(peer, &e);
                     return;
                 }
             };
@@ -130,11 +130,10 @@ async fn connection(
     reader.abort();
 }
 
-fn log_closed(peer: SocketAddr, client_id: Option<&str>, error: &CodecError) {
-    let client_id = client_id.unwrap_or("-");
+fn log_closed(peer: SocketAddr, error: &CodecError) {
     match error {
         // A client going away mid-frame is ordinary; the rest is a broken or hostile client.
-        CodecError::Io(_) => tracing::debug!(client = %peer, client_id, "kafka: connection closed: {error}"),
-        _ => tracing::warn!(client = %peer, client_id, "kafka: closing the connection: {error}"),
+        CodecError::Io(_) => tracing::debug!(client = %peer, "kafka: connection closed: {error}"),
+        _ => tracing::warn!(client = %peer, "kafka: closing the connection: {error}"),
     }
 }

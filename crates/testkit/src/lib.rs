@@ -576,6 +576,15 @@ impl Cluster {
         n.is_running() && !n.paused
     }
 
+    /// The gRPC addresses of the nodes that are up (running and not paused).
+    pub fn up_grpc_addrs(&self) -> Vec<String> {
+        self.ids()
+            .into_iter()
+            .filter(|&id| self.is_up(id))
+            .map(|id| self.node(id).grpc_addr().to_string())
+            .collect()
+    }
+
     /// A ControllerService client connected to node `id`.
     pub async fn controller_client(&self, id: u64) -> anyhow::Result<ControllerServiceClient<Channel>> {
         grpc_client(self.node(id).grpc_addr).await

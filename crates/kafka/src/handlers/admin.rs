@@ -11,7 +11,7 @@ use kafka_protocol::messages::describe_cluster_response::{DescribeClusterBroker,
 use kafka_protocol::messages::{BrokerId, TopicName};
 use runnel_broker::admin::NewTopic;
 
-use super::metadata::{live_brokers, uuid, valid_topic_name};
+use super::metadata::{has_leaders, live_brokers, uuid, valid_topic_name};
 use super::{Client, code, s};
 use crate::Context;
 
@@ -97,13 +97,7 @@ pub(crate) async fn create_topics(ctx: &Context, request: CreateTopicsRequest) -
         }
     }
     if !created.is_empty() {
-        let ready = || {
-            ctx.plane.metadata().is_ok_and(|c| {
-                created
-                    .iter()
-                    .all(|n| c.topics.get(n).is_some_and(|t| t.partitions.iter().all(|p| p.leader.is_some())))
-            })
-        };
+        let ready = || ctx.plane.metadata().is_ok_and(|c| created.iter().all(|n| has_leaders(&c, n)));
         ctx.admin.wait_for_metadata(wait_bound(request.timeout_ms), ready).await;
         if let Ok(cache) = ctx.plane.metadata() {
             for r in &mut results {

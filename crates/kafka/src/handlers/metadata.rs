@@ -92,7 +92,7 @@ fn topic_error(name: &str, error: i16) -> MetadataResponseTopic {
 }
 
 /// Whether every partition of `name` has a leader in `cache`.
-fn has_leaders(cache: &MetadataCache, name: &str) -> bool {
+pub(crate) fn has_leaders(cache: &MetadataCache, name: &str) -> bool {
     cache
         .topics
         .get(name)

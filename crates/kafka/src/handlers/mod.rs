@@ -32,8 +32,6 @@ pub mod code {
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
     /// 5: no leader yet (a topic just created).
     pub const LEADER_NOT_AVAILABLE: i16 = 5;
-    /// 7: a wait ran out.
-    pub const REQUEST_TIMED_OUT: i16 = 7;
     /// 15: the coordinator is not available.
     pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
     /// 17: an invalid or internal topic.
