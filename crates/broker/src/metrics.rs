@@ -73,6 +73,14 @@ impl PlaneMetrics {
         }
     }
 
+    /// The record batch bytes produced to and fetched from `topic` through this node, over
+    /// both protocols, since it started: what the console turns into per-topic rates.
+    pub fn topic_bytes(&self, topic: &str) -> (u64, u64) {
+        let labels = TopicLabels { topic: topic.to_owned() };
+        let read = |family: &Family<TopicLabels, Counter>| family.get(&labels).map_or(0, |c| c.get());
+        (read(&self.produce_bytes), read(&self.fetch_bytes))
+    }
+
     /// Registers the counters (shared, not copied) in `registry`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
@@ -123,5 +131,7 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
         assert!(!text.contains("runnel_fetch_bytes_total{"), "{text}");
+        assert_eq!(metrics.topic_bytes("orders"), (100, 0));
+        assert_eq!(metrics.topic_bytes("absent"), (0, 0));
     }
 }
