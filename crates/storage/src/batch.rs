@@ -43,6 +43,7 @@ pub(crate) const LEADER_EPOCH_POS: usize = 12;
 pub(crate) const MAGIC_POS: usize = 16;
 pub(crate) const CRC_POS: usize = 17;
 pub(crate) const ATTRIBUTES_POS: usize = 21;
+pub(crate) const MAX_TIMESTAMP_POS: usize = 35;
 
 /// Sentinel for "no producer id" (non-idempotent producers).
 pub const NO_PRODUCER_ID: i64 = -1;
@@ -290,6 +291,11 @@ pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
 /// Writes the partition leader epoch field in place.
 pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
     batch[LEADER_EPOCH_POS..LEADER_EPOCH_POS + 4].copy_from_slice(&epoch.to_be_bytes());
+}
+
+/// Writes the max timestamp field in place; covered by the CRC, so [`write_crc`] must follow.
+pub fn set_max_timestamp(batch: &mut [u8], timestamp_ms: i64) {
+    batch[MAX_TIMESTAMP_POS..MAX_TIMESTAMP_POS + 8].copy_from_slice(&timestamp_ms.to_be_bytes());
 }
 
 /// Recomputes and writes the CRC (for builders, and tests that craft batches).

@@ -105,6 +105,20 @@ pub fn compress(codec: Compression, data: &[u8]) -> Result<Vec<u8>, BatchError> 
 /// garbage and truncation). [`Compression::None`] returns a copy of `data`, subject to the
 /// same limit.
 pub fn decompress(codec: Compression, data: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
+    let mut out = Vec::new();
+    decompress_into(codec, data, limit, &mut out)?;
+    Ok(out)
+}
+
+/// [`decompress`] into `out` (cleared first), so that a caller can reuse one buffer: its
+/// capacity never grows past `limit`.
+pub fn decompress_into(
+    codec: Compression,
+    data: &[u8],
+    limit: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), BatchError> {
+    out.clear();
     // A guess at the output size for the first allocation; growth is bounded by `limit`.
     let hint = data.len().saturating_mul(4).max(1024);
     if data.is_empty() && codec != Compression::None {
@@ -116,39 +130,41 @@ pub fn decompress(codec: Compression, data: &[u8], limit: usize) -> Result<Vec<u
             if data.len() > limit {
                 return Err(BatchError::DecompressedTooLarge { max: limit });
             }
-            Ok(data.to_vec())
+            out.extend_from_slice(data);
+            Ok(())
         }
-        Compression::Gzip => read_limited(codec, flate2::bufread::MultiGzDecoder::new(data), limit, hint),
+        Compression::Gzip => {
+            read_limited(codec, flate2::bufread::MultiGzDecoder::new(data), limit, hint, out)
+        }
         Compression::Snappy => {
             if is_xerial(data) {
-                xerial_decompress(data, limit)
+                xerial_decompress(data, limit, out)
             } else {
-                let mut out = Vec::new();
-                snappy_raw_append(data, &mut out, limit)?;
-                Ok(out)
+                snappy_raw_append(data, out, limit)
             }
         }
         Compression::Lz4 => {
             lz4_check_frame(data)?;
-            read_limited(codec, lz4_flex::frame::FrameDecoder::new(data), limit, hint)
+            read_limited(codec, lz4_flex::frame::FrameDecoder::new(data), limit, hint, out)
         }
-        Compression::Zstd => zstd_decompress(data, limit, hint),
+        Compression::Zstd => zstd_decompress(data, limit, hint, out),
     }
 }
 
-/// Drains `reader` into a vector, refusing to produce more than `limit` bytes. The vector's
+/// Drains `reader` into `out`, refusing to produce more than `limit` bytes. The vector's
 /// capacity never exceeds `limit` either.
 fn read_limited(
     codec: Compression,
     mut reader: impl Read,
     limit: usize,
     hint: usize,
-) -> Result<Vec<u8>, BatchError> {
-    let mut out: Vec<u8> = Vec::with_capacity(hint.min(limit));
+    out: &mut Vec<u8>,
+) -> Result<(), BatchError> {
+    out.reserve_exact(hint.min(limit).saturating_sub(out.capacity()));
     let mut chunk = [0u8; READ_CHUNK];
     loop {
         let n = match reader.read(&mut chunk) {
-            Ok(0) => return Ok(out),
+            Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(decompress_failed(codec, e)),
@@ -168,7 +184,7 @@ fn read_limited(
     }
 }
 
-fn zstd_decompress(data: &[u8], limit: usize, hint: usize) -> Result<Vec<u8>, BatchError> {
+fn zstd_decompress(data: &[u8], limit: usize, hint: usize, out: &mut Vec<u8>) -> Result<(), BatchError> {
     let codec = Compression::Zstd;
     // Shortcut: a first frame that declares more than the limit is refused unread.
     if let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(data)
@@ -179,7 +195,7 @@ fn zstd_decompress(data: &[u8], limit: usize, hint: usize) -> Result<Vec<u8>, Ba
     let mut decoder =
         zstd::stream::read::Decoder::with_buffer(data).map_err(|e| decompress_failed(codec, e))?;
     decoder.window_log_max(zstd_window_log_max(limit)).map_err(|e| decompress_failed(codec, e))?;
-    read_limited(codec, decoder, limit, hint)
+    read_limited(codec, decoder, limit, hint, out)
 }
 
 /// The largest zstd window (as a log) we let a frame ask for, given the output limit.
@@ -269,9 +285,8 @@ fn xerial_compress(data: &[u8]) -> Result<Vec<u8>, BatchError> {
     Ok(out)
 }
 
-fn xerial_decompress(data: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
+fn xerial_decompress(data: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), BatchError> {
     let malformed = |msg: String| BatchError::Malformed(format!("snappy (xerial framing): {msg}"));
-    let mut out = Vec::new();
     let mut pos = XERIAL_HEADER_LEN;
     while let Some(rest) = data.get(pos..).filter(|r| !r.is_empty()) {
         if rest.len() >= XERIAL_HEADER_LEN && rest.starts_with(&XERIAL_MAGIC) {
@@ -292,10 +307,10 @@ fn xerial_decompress(data: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
                 rest.len() - 4
             )));
         };
-        snappy_raw_append(block, &mut out, limit)?;
+        snappy_raw_append(block, out, limit)?;
         pos += 4 + len;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Decompresses one raw snappy block onto the end of `out`, keeping `out` within `limit`.

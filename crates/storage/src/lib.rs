@@ -28,5 +28,8 @@ pub use log::{
     LogOffsets, READ_BYTES_MAX, ReadInfo, RecoveryReport, RetentionOutcome, SEGMENT_BYTES_MAX, SystemClock,
 };
 pub use manager::{LogManager, TopicPartition, is_valid_topic_name};
-pub use record::{BatchBuilder, DecodeLimits, Header, NewRecord, Record, decode_batch};
+pub use record::{
+    BatchBuilder, DecodeLimits, Header, NewRecord, ProduceBatchError, ProduceChecks, Record,
+    check_producer_batch, decode_batch,
+};
 pub use segment::{ScanStop, ScannedBatch, Scanner, Truncation};

@@ -36,8 +36,6 @@ pub const MAX_VARLONG_LEN: usize = 10;
 /// Smallest encoded record: a 1-byte length, the attributes byte and five 1-byte varints
 /// (timestamp delta, offset delta, key length, value length, header count).
 const MIN_RECORD_LEN: usize = 7;
-/// Smallest encoded header: two 1-byte varints (empty key, null or empty value).
-const MIN_HEADER_LEN: usize = 2;
 
 /// A record header: a UTF-8 key and an optional value.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -510,12 +508,146 @@ pub fn decode_batch(batch: &[u8], limits: &DecodeLimits) -> Result<(BatchHeader,
     Ok((header, records))
 }
 
-/// Decodes the (decompressed) records section of a batch whose header is `header`.
-fn decode_records(header: &BatchHeader, data: &Bytes) -> Result<Vec<Record>, BatchError> {
+/// What a leader checks a producer's batch against before appending it, as Kafka's log
+/// validator does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProduceChecks {
+    /// Bounds on the batch and its decompressed records.
+    pub limits: DecodeLimits,
+    /// The leader's clock, in milliseconds since the epoch.
+    pub now_ms: i64,
+    /// `message.timestamp.before.max.ms`: how far before `now_ms` a create time may be.
+    pub timestamp_before_max_ms: i64,
+    /// `message.timestamp.after.max.ms`: how far after `now_ms` a create time may be.
+    pub timestamp_after_max_ms: i64,
+}
+
+/// Why a producer's batch was refused.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ProduceBatchError {
+    /// Framing, CRC, size or compression: Kafka's CORRUPT_MESSAGE or MESSAGE_TOO_LARGE.
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    /// Well-framed but inconsistent: Kafka's INVALID_RECORD.
+    #[error("invalid record batch: {0}")]
+    InvalidRecord(String),
+    /// A create time outside the allowed window: Kafka's INVALID_TIMESTAMP.
+    #[error(
+        "timestamp {timestamp_ms} of record {index} is out of range: it must be within \
+         [{earliest}, {latest}] (message.timestamp.before.max.ms / after.max.ms around now)"
+    )]
+    Timestamp { index: usize, timestamp_ms: i64, earliest: i64, latest: i64 },
+}
+
+/// Checks a producer's batch before a leader appends it, decoding every record once, and
+/// fixes its header's max timestamp in place (re-writing the CRC) when the header disagrees
+/// with its records: time retention and time look-ups trust that field.
+///
+/// Refused: anything [`batch::check_batch`] refuses, bytes after the batch, no records, a
+/// `last_offset_delta` other than `records_count - 1`, records that do not parse or whose
+/// offset deltas are not exactly 0, 1, 2, … (a producer's batch has no gaps), records that
+/// decompress past `limits.max_decompressed_bytes`, and create times outside
+/// `[now - before.max, now + after.max]`. A batch marked LogAppendTime gets `now_ms`.
+///
+/// A compressed batch is inflated into `scratch` (cleared first; its capacity never grows
+/// past `limits.max_decompressed_bytes`), which a caller may keep and reuse.
+pub fn check_producer_batch(
+    batch: &mut [u8],
+    checks: &ProduceChecks,
+    scratch: &mut Vec<u8>,
+) -> Result<BatchHeader, ProduceBatchError> {
+    let limits = &checks.limits;
+    let header = batch::check_batch(batch, limits.max_batch_bytes)?;
+    if batch.len() != header.total_len() {
+        return Err(BatchError::Malformed(format!(
+            "{} bytes follow the {}-byte batch; send exactly one batch",
+            batch.len() - header.total_len(),
+            header.total_len()
+        ))
+        .into());
+    }
+    if header.records_count < 1 {
+        return Err(ProduceBatchError::InvalidRecord("the batch has no records".into()));
+    }
+    if i64::from(header.last_offset_delta) != i64::from(header.records_count) - 1 {
+        return Err(ProduceBatchError::InvalidRecord(format!(
+            "last_offset_delta {} disagrees with the batch's {} records (it must be {})",
+            header.last_offset_delta,
+            header.records_count,
+            header.records_count - 1
+        )));
+    }
+    let section = batch.get(BATCH_HEADER_LEN..).unwrap_or_default();
+    let data: &[u8] = match header.compression() {
+        Compression::None => {
+            if section.len() > limits.max_decompressed_bytes {
+                return Err(BatchError::DecompressedTooLarge { max: limits.max_decompressed_bytes }.into());
+            }
+            section
+        }
+        codec => {
+            compression::decompress_into(codec, section, limits.max_decompressed_bytes, scratch)?;
+            scratch
+        }
+    };
+    let earliest = checks.now_ms.saturating_sub(checks.timestamp_before_max_ms);
+    let latest = checks.now_ms.saturating_add(checks.timestamp_after_max_ms);
+    let create_time = header.timestamp_type() == TimestampType::CreateTime;
+    let mut max_timestamp = i64::MIN;
+    let mut refused = None;
+    walk_records(&header, data, |i, raw| {
+        if raw.offset_delta != i as i32 {
+            refused = Some(ProduceBatchError::InvalidRecord(format!(
+                "record {i} has offset delta {}; a producer's records are numbered 0, 1, 2, …",
+                raw.offset_delta
+            )));
+            return Err(malformed("refused"));
+        }
+        if create_time {
+            let ts = header.base_timestamp.saturating_add(raw.timestamp_delta);
+            if ts < earliest || ts > latest {
+                refused = Some(ProduceBatchError::Timestamp { index: i, timestamp_ms: ts, earliest, latest });
+                return Err(malformed("refused"));
+            }
+            max_timestamp = max_timestamp.max(ts);
+        }
+        Ok(())
+    })
+    .map_err(|e| refused.take().unwrap_or(ProduceBatchError::Batch(e)))?;
+    let max_timestamp = if create_time { max_timestamp } else { checks.now_ms };
+    if header.max_timestamp != max_timestamp {
+        batch::set_max_timestamp(batch, max_timestamp);
+        batch::write_crc(batch);
+    }
+    Ok(BatchHeader { max_timestamp, ..header })
+}
+
+type Span = std::ops::Range<usize>;
+
+/// One record as it lies in a decompressed records section: its deltas and the ranges of
+/// its key, value and headers within the section.
+struct RawRecord {
+    offset_delta: i32,
+    timestamp_delta: i64,
+    key: Option<Span>,
+    value: Option<Span>,
+    /// Where its headers lie, and how many there are (already checked to parse).
+    headers: Span,
+    header_count: usize,
+}
+
+/// Walks the (decompressed) records section `data` of a batch whose header is `header`,
+/// checking the framing of every record and header: the count matches, nothing is left
+/// over, offset deltas strictly increase within `[0, last_offset_delta]`, header keys are
+/// UTF-8. Calls `on_record` with each record's index. The one parser behind both decoding
+/// and the leader's produce validation.
+fn walk_records(
+    header: &BatchHeader,
+    data: &[u8],
+    mut on_record: impl FnMut(usize, RawRecord) -> Result<(), BatchError>,
+) -> Result<(), BatchError> {
     // parse() has refused negative counts.
     let count = usize::try_from(header.records_count).unwrap_or(0);
-    let log_append_time = header.timestamp_type() == TimestampType::LogAppendTime;
-    let mut records = Vec::with_capacity(count.min(data.len() / MIN_RECORD_LEN));
     let mut r = Reader::new(data);
     let mut prev_delta: Option<i32> = None;
     for i in 0..count {
@@ -529,9 +661,8 @@ fn decode_records(header: &BatchHeader, data: &Bytes) -> Result<Vec<Record>, Bat
         let len = r.varint("record length").map_err(in_record)?;
         let len = usize::try_from(len).map_err(|_| in_record(malformed(format!("negative length {len}"))))?;
         let body = r.take(len, "record").map_err(in_record)?;
-        let (offset_delta, timestamp_delta, key, value, headers) =
-            decode_record_body(data, body.clone()).map_err(in_record)?;
-
+        let record = parse_record_body(data, body).map_err(in_record)?;
+        let offset_delta = record.offset_delta;
         if offset_delta < 0 || offset_delta > header.last_offset_delta {
             return Err(in_record(malformed(format!(
                 "offset delta {offset_delta} outside the batch's [0, {}]",
@@ -546,56 +677,92 @@ fn decode_records(header: &BatchHeader, data: &Bytes) -> Result<Vec<Record>, Bat
             ))));
         }
         prev_delta = Some(offset_delta);
+        on_record(i, record).map_err(in_record)?;
+    }
+    if r.remaining() != 0 {
+        return Err(malformed(format!("{} bytes after the last of {count} records", r.remaining())));
+    }
+    Ok(())
+}
+
+/// Decodes the (decompressed) records section of a batch whose header is `header`.
+fn decode_records(header: &BatchHeader, data: &Bytes) -> Result<Vec<Record>, BatchError> {
+    let count = usize::try_from(header.records_count).unwrap_or(0);
+    let log_append_time = header.timestamp_type() == TimestampType::LogAppendTime;
+    let mut records = Vec::with_capacity(count.min(data.len() / MIN_RECORD_LEN));
+    walk_records(header, data, |_, raw| {
         let offset = header
             .base_offset
-            .checked_add(i64::from(offset_delta))
-            .ok_or_else(|| in_record(malformed("offset overflows")))?;
+            .checked_add(i64::from(raw.offset_delta))
+            .ok_or_else(|| malformed("offset overflows"))?;
         let timestamp_ms = if log_append_time {
             header.max_timestamp
         } else {
             header
                 .base_timestamp
-                .checked_add(timestamp_delta)
-                .ok_or_else(|| in_record(malformed(format!("timestamp delta {timestamp_delta} overflows"))))?
+                .checked_add(raw.timestamp_delta)
+                .ok_or_else(|| malformed(format!("timestamp delta {} overflows", raw.timestamp_delta)))?
         };
+        let mut headers = Vec::with_capacity(raw.header_count);
+        for_each_header(data, raw.headers, raw.header_count, |key, value| {
+            headers.push(Header {
+                // for_each_header has checked that the key is UTF-8.
+                key: String::from_utf8_lossy(data.get(key).unwrap_or_default()).into_owned(),
+                value: value.map(|v| data.slice(v)),
+            });
+        })?;
+        let key = raw.key.map(|k| data.slice(k));
+        let value = raw.value.map(|v| data.slice(v));
         records.push(Record { offset, timestamp_ms, key, value, headers });
-    }
-    if r.remaining() != 0 {
-        return Err(malformed(format!("{} bytes after the last of {count} records", r.remaining())));
-    }
+        Ok(())
+    })?;
     Ok(records)
 }
 
-type RecordBody = (i32, i64, Option<Bytes>, Option<Bytes>, Vec<Header>);
-
-/// Decodes the fields of one record, which occupy exactly `body` within `data`.
-fn decode_record_body(data: &Bytes, body: std::ops::Range<usize>) -> Result<RecordBody, BatchError> {
+/// Parses the fields of one record, which occupy exactly `body` within `data`; its headers
+/// are checked but not collected.
+fn parse_record_body(data: &[u8], body: Span) -> Result<RawRecord, BatchError> {
     let end = body.end;
     let mut r = Reader { buf: data.get(..end).unwrap_or_default(), pos: body.start };
     let _attributes = r.u8("attributes")?;
     let timestamp_delta = r.varlong("timestamp delta")?;
     let offset_delta = r.varint("offset delta")?;
-    let key = r.nullable("key")?.map(|k| data.slice(k));
-    let value = r.nullable("value")?.map(|v| data.slice(v));
+    let key = r.nullable("key")?;
+    let value = r.nullable("value")?;
     let header_count = r.varint("header count")?;
     let header_count = usize::try_from(header_count)
         .map_err(|_| malformed(format!("negative header count {header_count}")))?;
-    let mut headers = Vec::with_capacity(header_count.min(r.remaining() / MIN_HEADER_LEN));
-    for h in 0..header_count {
+    let headers = r.pos..end;
+    let parsed_to = for_each_header(data, headers.clone(), header_count, |_, _| {})?;
+    if parsed_to != end {
+        return Err(malformed(format!(
+            "{} bytes left over inside the record",
+            end.saturating_sub(parsed_to)
+        )));
+    }
+    Ok(RawRecord { offset_delta, timestamp_delta, key, value, headers, header_count })
+}
+
+/// Parses `count` headers starting at `span.start` (and within `span`), passing each key's
+/// and value's range to `on_header`; returns where the headers end.
+fn for_each_header(
+    data: &[u8],
+    span: Span,
+    count: usize,
+    mut on_header: impl FnMut(Span, Option<Span>),
+) -> Result<usize, BatchError> {
+    let mut r = Reader { buf: data.get(..span.end).unwrap_or_default(), pos: span.start };
+    for h in 0..count {
         let key_len = r.varint("header key length")?;
         let key_len = usize::try_from(key_len)
             .map_err(|_| malformed(format!("header {h}: invalid key length {key_len}")))?;
         let key = r.take(key_len, "header key")?;
-        let key = std::str::from_utf8(data.get(key).unwrap_or_default())
-            .map_err(|e| malformed(format!("header {h}: key is not UTF-8: {e}")))?
-            .to_owned();
-        let value = r.nullable("header value")?.map(|v| data.slice(v));
-        headers.push(Header { key, value });
+        std::str::from_utf8(data.get(key.clone()).unwrap_or_default())
+            .map_err(|e| malformed(format!("header {h}: key is not UTF-8: {e}")))?;
+        let value = r.nullable("header value")?;
+        on_header(key, value);
     }
-    if r.pos != end {
-        return Err(malformed(format!("{} bytes left over inside the record", end.saturating_sub(r.pos))));
-    }
-    Ok((offset_delta, timestamp_delta, key, value, headers))
+    Ok(r.pos)
 }
 
 #[cfg(test)]
@@ -1093,6 +1260,135 @@ mod tests {
             let big = DecodeLimits { max_decompressed_bytes: 9 * MIB, max_batch_bytes: MIB };
             let (_, records) = decode_batch(&batch, &big).unwrap();
             assert_eq!(records[0].value.as_ref().map(Bytes::len), Some(8 * MIB));
+        }
+    }
+
+    // ---- the leader's produce checks ---------------------------------------------------------
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn checks() -> ProduceChecks {
+        ProduceChecks {
+            limits: DecodeLimits { max_decompressed_bytes: MIB, max_batch_bytes: MIB },
+            now_ms: NOW,
+            timestamp_before_max_ms: i64::MAX,
+            timestamp_after_max_ms: 3_600_000,
+        }
+    }
+
+    fn produce_err(mut batch: Vec<u8>) -> ProduceBatchError {
+        check_producer_batch(&mut batch, &checks(), &mut Vec::new()).unwrap_err()
+    }
+
+    #[test]
+    fn a_producers_batch_is_accepted_as_built_by_every_codec() {
+        for codec in Compression::ALL {
+            let mut b = BatchBuilder::new(codec);
+            b.push(rec("k", "v", NOW - 5));
+            b.push(rec("k", "w", NOW + 5));
+            let built = b.build().unwrap();
+            let mut batch = built.clone();
+            let h = check_producer_batch(&mut batch, &checks(), &mut Vec::new()).unwrap();
+            assert_eq!((h.records_count, h.max_timestamp), (2, NOW + 5), "{}", codec.name());
+            assert_eq!(batch, built, "{}: nothing to fix", codec.name());
+        }
+    }
+
+    #[test]
+    fn a_max_timestamp_that_disagrees_with_the_records_is_fixed_with_the_crc() {
+        let mut section = raw_record(0, 0, None, Some(b"a"), &[]);
+        section.extend(raw_record(9, 1, None, Some(b"b"), &[]));
+        // A far-future max timestamp over records from now: time retention would trust it.
+        let mut batch = raw_batch(0, 1, 2, NOW, i64::MAX, &section);
+        let h = check_producer_batch(&mut batch, &checks(), &mut Vec::new()).unwrap();
+        assert_eq!(h.max_timestamp, NOW + 9);
+        let stored = check_batch(&batch, MIB).expect("the CRC was rewritten");
+        assert_eq!(stored.max_timestamp, NOW + 9);
+        // LogAppendTime from a producer: the leader's clock.
+        let mut batch = raw_batch(0x08, 1, 2, 5, 5, &section);
+        assert_eq!(check_producer_batch(&mut batch, &checks(), &mut Vec::new()).unwrap().max_timestamp, NOW);
+        assert_eq!(check_batch(&batch, MIB).unwrap().max_timestamp, NOW);
+    }
+
+    #[test]
+    fn a_last_offset_delta_that_disagrees_with_the_count_is_refused() {
+        let one = raw_record(0, 0, None, Some(b"a"), &[]);
+        // One record claiming 2^31 offsets: it would consume them and wrap the index.
+        let e = produce_err(raw_batch(0, i32::MAX, 1, NOW, NOW, &one));
+        assert!(matches!(&e, ProduceBatchError::InvalidRecord(m) if m.contains("last_offset_delta")), "{e}");
+        // Gaps are fine in a stored (compacted) batch, never in a producer's.
+        let mut gap = raw_record(0, 0, None, None, &[]);
+        gap.extend(raw_record(0, 2, None, None, &[]));
+        assert!(decode_batch(&raw_batch(0, 2, 2, NOW, NOW, &gap), &limits()).is_ok());
+        let e = produce_err(raw_batch(0, 1, 2, NOW, NOW, &gap));
+        assert!(
+            matches!(&e, ProduceBatchError::Batch(BatchError::Malformed(m)) if m.contains("outside")),
+            "{e}"
+        );
+        let mut gap = raw_record(0, 1, None, None, &[]);
+        gap.extend(raw_record(0, 2, None, None, &[]));
+        let e = produce_err(raw_batch(0, 1, 2, NOW, NOW, &gap));
+        assert!(matches!(&e, ProduceBatchError::InvalidRecord(m) if m.contains("numbered")), "{e}");
+        // No records.
+        assert!(matches!(
+            produce_err(raw_batch(0, 0, 0, NOW, NOW, &[])),
+            ProduceBatchError::InvalidRecord(_)
+        ));
+    }
+
+    #[test]
+    fn records_that_do_not_parse_are_refused_though_the_crc_is_valid() {
+        let mut garbage = raw_record(0, 0, None, Some(b"abc"), &[]);
+        garbage[0] += 2;
+        garbage.extend([0, 0]);
+        let e = produce_err(raw_batch(0, 0, 1, NOW, NOW, &garbage));
+        assert!(matches!(&e, ProduceBatchError::Batch(BatchError::Malformed(_))), "{e}");
+        let e = produce_err(raw_batch(0, 0, 1, NOW, NOW, &[0xff; 40]));
+        assert!(matches!(&e, ProduceBatchError::Batch(BatchError::Malformed(_))), "{e}");
+        let mut trailing = raw_batch(0, 0, 1, NOW, NOW, &raw_record(0, 0, None, None, &[]));
+        trailing.push(0);
+        assert!(matches!(produce_err(trailing), ProduceBatchError::Batch(BatchError::Malformed(_))));
+    }
+
+    #[test]
+    fn create_times_outside_the_window_are_refused() {
+        let future = raw_record(3_600_001, 0, None, None, &[]);
+        match produce_err(raw_batch(0, 0, 1, NOW, NOW, &future)) {
+            ProduceBatchError::Timestamp { index: 0, timestamp_ms, earliest, latest } => {
+                assert_eq!(timestamp_ms, NOW + 3_600_001);
+                assert_eq!((earliest, latest), (NOW.saturating_sub(i64::MAX), NOW + 3_600_000));
+            }
+            other => panic!("{other}"),
+        }
+        let mut last = raw_record(0, 0, None, None, &[]);
+        last.extend(raw_record(i64::MAX / 2, 1, None, None, &[]));
+        assert!(matches!(
+            produce_err(raw_batch(0, 1, 2, NOW, NOW, &last)),
+            ProduceBatchError::Timestamp { index: 1, .. }
+        ));
+        let old = raw_record(0, 0, None, None, &[]);
+        let strict = ProduceChecks { timestamp_before_max_ms: 1000, ..checks() };
+        let mut batch = raw_batch(0, 0, 1, NOW - 1001, NOW - 1001, &old);
+        assert!(matches!(
+            check_producer_batch(&mut batch, &strict, &mut Vec::new()),
+            Err(ProduceBatchError::Timestamp { .. })
+        ));
+        let mut batch = raw_batch(0, 0, 1, NOW - 1000, NOW - 1000, &old);
+        assert!(check_producer_batch(&mut batch, &strict, &mut Vec::new()).is_ok());
+    }
+
+    #[test]
+    fn a_compression_bomb_is_refused_before_it_is_inflated() {
+        for codec in [Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
+            let mut b = BatchBuilder::new(codec);
+            b.push(NewRecord::with_value(vec![0u8; 8 * MIB], NOW));
+            let batch = b.build().unwrap();
+            assert_eq!(
+                produce_err(batch),
+                ProduceBatchError::Batch(BatchError::DecompressedTooLarge { max: MIB }),
+                "{}",
+                codec.name()
+            );
         }
     }
 
