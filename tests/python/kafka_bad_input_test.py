@@ -22,15 +22,19 @@ partition's leader), one line per phase:
   7. ApiVersions at an unsupported version (v999): Kafka's answer, a v0 response with
      UNSUPPORTED_VERSION (35) and the supported versions (KIP-511);
   8. Produce (v3..v8, a record batch v2 built here) to an RF 3 topic: a good batch is appended
-     (error 0, offset 0), the same batch with a wrong CRC is refused with CORRUPT_MESSAGE (2)
-     in the partition response, and another good batch lands at offset 1: nothing of the
-     corrupt one was appended.
+     (error 0, offset 0); then hostile batches, each refused in its partition response: a
+     wrong CRC (CORRUPT_MESSAGE, 2), one record claiming 2^31 offsets (a last_offset_delta of
+     i32::MAX: INVALID_RECORD, 87), a create time ten years ahead (INVALID_TIMESTAMP, 32),
+     garbage records under a valid CRC (CORRUPT_MESSAGE), and a gzip bomb (64 KiB inflating to
+     64 MiB: MESSAGE_TOO_LARGE, 10); another good batch then lands at offset 1: nothing of
+     the hostile ones was appended.
 
 After every case a connection opened before all of them, and a new one, still get ApiVersions
 answered. Every socket call has a timeout. Exits 0 when every phase passed, 1 otherwise.
 """
 
 import argparse
+import gzip
 import os
 import socket
 import struct
@@ -49,6 +53,9 @@ CLOSE_TIMEOUT_S = 5.0
 ADMIN_TIMEOUT_S = 20.0
 MAX_REQUEST_BYTES = 100 << 20  # Kafka's socket.request.max.bytes default
 CORRUPT_MESSAGE = 2
+MESSAGE_TOO_LARGE = 10
+INVALID_TIMESTAMP = 32
+INVALID_RECORD = 87
 UNSUPPORTED_VERSION = 35
 
 
@@ -93,11 +100,15 @@ def record_v2(offset_delta, key, value):
     return varint(len(body)) + body
 
 
-def record_batch(records, timestamp_ms, corrupt_crc=False):
-    """A magic-2 record batch of (key, value) records, no compression, no producer id."""
-    recs = b"".join(record_v2(i, k, v) for i, (k, v) in enumerate(records))
+def record_batch(records, timestamp_ms, corrupt_crc=False, last_offset_delta=None, section=None, attributes=0):
+    """A magic-2 record batch of (key, value) records, no producer id; by default uncompressed
+    with the last offset delta its records give. `section` replaces the encoded records (so a
+    test can send garbage or a compressed section under a valid CRC)."""
+    recs = b"".join(record_v2(i, k, v) for i, (k, v) in enumerate(records)) if section is None else section
+    if last_offset_delta is None:
+        last_offset_delta = len(records) - 1
     # attributes .. records: what the CRC covers.
-    after_crc = struct.pack(">hiqqqhii", 0, len(records) - 1, timestamp_ms, timestamp_ms, -1, -1, -1,
+    after_crc = struct.pack(">hiqqqhii", attributes, last_offset_delta, timestamp_ms, timestamp_ms, -1, -1, -1,
                             len(records)) + recs
     crc = crc32c(after_crc)
     if corrupt_crc:
@@ -306,7 +317,7 @@ class Run:
         self.still_serving("ApiVersions v999")
         return f"UNSUPPORTED_VERSION with {len(apis)} APIs listed; still serving"
 
-    def bad_crc(self):
+    def hostile_batches(self):
         # The batch builder against kafka-python's own decoder, first: a test bug is not a
         # broker bug.
         from kafka.record.default_records import DefaultRecordBatch
@@ -362,13 +373,28 @@ class Run:
 
         error, base, message = produce(good, "a good batch")
         eq((error, base), (0, 0), f"Produce v{version} of a good batch: (error code, base offset) (message {message!r})")
-        error, base, message = produce(bad, "a batch with a wrong CRC")
-        eq(error, CORRUPT_MESSAGE, f"Produce v{version} of a batch with a wrong CRC: error code (message {message!r})")
-        error, base, message = produce(good, "a good batch after the corrupt one")
-        eq((error, base), (0, 1), f"Produce v{version} of a good batch after the corrupt one: (error code, base offset) "
-                                  f"(1: nothing of the corrupt batch was appended)")
-        self.still_serving("the corrupt batch")
-        return f"Produce v{version} to {topic} on broker {leader}: good -> 0, bad CRC -> CORRUPT_MESSAGE, good -> 1"
+        ten_years_ms = 10 * 365 * 24 * 3600 * 1000
+        bomb_record = record_v2(0, None, bytes(64 << 20))
+        hostile = [
+            ("a batch with a wrong CRC", bad, CORRUPT_MESSAGE),
+            ("one record claiming 2^31 offsets", record_batch([(b"k", b"v")], now, last_offset_delta=2**31 - 1),
+             INVALID_RECORD),
+            ("a record dated ten years ahead", record_batch([(b"k", b"v")], now + ten_years_ms), INVALID_TIMESTAMP),
+            ("garbage records under a valid CRC", record_batch([(b"k", b"v")], now, section=b"\xff" * 40),
+             CORRUPT_MESSAGE),
+            ("a gzip bomb", record_batch([(None, None)], now, section=gzip.compress(bomb_record), attributes=1),
+             MESSAGE_TOO_LARGE),
+        ]
+        del bomb_record
+        for what, batch, expected in hostile:
+            error, base, message = produce(batch, what)
+            eq(error, expected, f"Produce v{version} of {what} ({len(batch)} bytes): error code (message {message!r})")
+        error, base, message = produce(good, "a good batch after the hostile ones")
+        eq((error, base), (0, 1), f"Produce v{version} of a good batch after the hostile ones: (error code, base offset) "
+                                  f"(1: nothing of them was appended)")
+        self.still_serving("the hostile batches")
+        return (f"Produce v{version} to {topic} on broker {leader}: good -> 0, bad CRC / 2^31 offsets / future "
+                f"timestamp / garbage records / gzip bomb -> {[e for _, _, e in hostile]}, good -> 1")
 
 
 def main():
@@ -389,7 +415,7 @@ def main():
             ("garbage", run.garbage),
             ("unknown API key", run.unknown_api_key),
             ("unsupported ApiVersions version", run.unsupported_version),
-            ("Produce with a bad CRC", run.bad_crc),
+            ("Produce of hostile batches", run.hostile_batches),
         ]:
             phases.run(name, run.guarded(case, f"the {name}"), needs=["listener"])
     finally:

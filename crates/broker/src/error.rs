@@ -46,6 +46,8 @@ pub enum ErrorCode {
     NotEnoughReplicas,
     /// 20: appended, but the ISR shrank below min.insync.replicas before it was replicated.
     NotEnoughReplicasAfterAppend,
+    /// 32: a record's timestamp is outside `message.timestamp.{before,after}.max.ms` of now.
+    InvalidTimestamp,
     /// 42: the request is malformed.
     InvalidRequest,
     /// 45: an idempotent batch whose sequence does not follow the producer's last one.
@@ -79,6 +81,7 @@ impl ErrorCode {
             ErrorCode::InvalidTopic => 17,
             ErrorCode::NotEnoughReplicas => 19,
             ErrorCode::NotEnoughReplicasAfterAppend => 20,
+            ErrorCode::InvalidTimestamp => 32,
             ErrorCode::InvalidRequest => 42,
             ErrorCode::OutOfOrderSequenceNumber => 45,
             ErrorCode::InvalidProducerEpoch => 47,
@@ -103,6 +106,7 @@ impl ErrorCode {
             ErrorCode::InvalidTopic => "INVALID_TOPIC_EXCEPTION",
             ErrorCode::NotEnoughReplicas => "NOT_ENOUGH_REPLICAS",
             ErrorCode::NotEnoughReplicasAfterAppend => "NOT_ENOUGH_REPLICAS_AFTER_APPEND",
+            ErrorCode::InvalidTimestamp => "INVALID_TIMESTAMP",
             ErrorCode::InvalidRequest => "INVALID_REQUEST",
             ErrorCode::OutOfOrderSequenceNumber => "OUT_OF_ORDER_SEQUENCE_NUMBER",
             ErrorCode::InvalidProducerEpoch => "INVALID_PRODUCER_EPOCH",
@@ -121,6 +125,7 @@ impl ErrorCode {
             ErrorCode::CorruptMessage
             | ErrorCode::MessageTooLarge
             | ErrorCode::InvalidRequest
+            | ErrorCode::InvalidTimestamp
             | ErrorCode::InvalidTopic
             | ErrorCode::InvalidRecord => Code::InvalidArgument,
             ErrorCode::UnknownTopicOrPartition => Code::NotFound,
@@ -234,6 +239,20 @@ impl BrokerError {
             ProducerError::OutOfOrder { .. } => ErrorCode::OutOfOrderSequenceNumber,
         };
         BrokerError::new(code, format!("{what}: {error}"))
+    }
+
+    /// A producer's batch the leader's validation refused.
+    pub fn from_produce_check(error: runnel_storage::ProduceBatchError) -> Self {
+        use runnel_storage::ProduceBatchError;
+        match error {
+            ProduceBatchError::Batch(e) => BrokerError::from_batch(e),
+            ProduceBatchError::InvalidRecord(_) => {
+                BrokerError::new(ErrorCode::InvalidRecord, error.to_string())
+            }
+            ProduceBatchError::Timestamp { .. } => {
+                BrokerError::new(ErrorCode::InvalidTimestamp, error.to_string())
+            }
+        }
     }
 
     /// A refused batch: its CRC or framing is wrong, or it is too large.

@@ -11,15 +11,14 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use runnel_storage::batch::check_batch;
 use runnel_storage::record::{BatchBuilder, NewRecord};
-use runnel_storage::{Compression, TopicPartition};
+use runnel_storage::{Compression, DecodeLimits, ProduceChecks, TopicPartition, check_producer_batch};
 
 use crate::ProducerIds;
 use crate::cache::MetadataCache;
 use crate::error::{BrokerError, ErrorCode, LeaderHint};
 use crate::metrics::PlaneMetrics;
-use crate::replica::{Partition, ReplicaManager, TopicConfigEntry, describe_topic_configs};
+use crate::replica::{Limits, Partition, ReplicaManager, TopicConfigEntry, describe_topic_configs};
 
 /// Most bytes one fetch response carries (`fetch_bytes_max`), beyond one larger batch.
 pub const FETCH_BYTES_MAX: usize = 64 << 20;
@@ -31,6 +30,11 @@ pub const FETCH_WAIT_MAX: Duration = Duration::from_secs(60);
 pub const PRODUCE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 /// Longest acks=all timeout a request may ask for.
 pub const PRODUCE_TIMEOUT_MAX: Duration = Duration::from_secs(300);
+/// Most bytes a produced batch's records may take once decompressed. A client's batch is
+/// bounded by `max.message.bytes` as sent; this bounds what decompressing it on the leader
+/// may allocate (a compression bomb), whatever the batch claims. Producers batch by
+/// uncompressed size (Kafka's `batch.size`, librdkafka's 1 MB), far below it.
+pub const PRODUCE_DECOMPRESSED_BYTES_MAX: usize = 32 << 20;
 
 /// How many replicas must have a record before it is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,8 +50,9 @@ pub enum Acks {
 /// What to append.
 #[derive(Debug, Clone)]
 pub enum AppendData {
-    /// One RecordBatch v2 as a client encoded it (a Kafka producer's batch): checked for
-    /// framing, CRC and size, then stored as it is.
+    /// One RecordBatch v2 as a client encoded it (a Kafka producer's batch): checked as
+    /// Kafka's log validator does (framing, CRC, size, every record, timestamps), then
+    /// stored as it is but for the header's max timestamp, fixed if it disagrees.
     Batch(Vec<u8>),
     /// Records for the broker to encode into one uncompressed batch, with the idempotent
     /// producer's id, epoch and base sequence when given.
@@ -157,12 +162,21 @@ pub struct DataPlane {
     producer_ids: Option<Arc<ProducerIds>>,
     /// Request and byte counters (the front-ends count requests, the plane bytes).
     metrics: PlaneMetrics,
+    /// Bounds how many compressed batches are inflated for validation at once.
+    inflating: Arc<InflateSlots>,
 }
 
 impl DataPlane {
     /// A data plane over `replicas`, looking partitions up in `cache`.
     pub fn new(broker_id: u32, replicas: Arc<ReplicaManager>, cache: Arc<RwLock<MetadataCache>>) -> Self {
-        DataPlane { broker_id, replicas, cache, producer_ids: None, metrics: PlaneMetrics::default() }
+        DataPlane {
+            broker_id,
+            replicas,
+            cache,
+            producer_ids: None,
+            metrics: PlaneMetrics::default(),
+            inflating: Arc::new(InflateSlots::default()),
+        }
     }
 
     /// The same, answering InitProducerId from `producer_ids`.
@@ -310,11 +324,39 @@ impl DataPlane {
             ));
         }
         let partition = self.leader_partition(&topic, index)?;
-        let max = partition.limits().max_message_bytes;
+        let limits = partition.limits();
         let mut batch = match data {
-            AppendData::Records { records, producer } => build_batch(records, max, producer)?,
-            AppendData::Batch(bytes) => {
-                check_client_batch(&bytes, max)?;
+            AppendData::Records { records, producer } => {
+                let checks = produce_checks(&limits);
+                let earliest = checks.now_ms.saturating_sub(checks.timestamp_before_max_ms);
+                let latest = checks.now_ms.saturating_add(checks.timestamp_after_max_ms);
+                if let Some((index, r)) = records
+                    .iter()
+                    .enumerate()
+                    .find(|(_, r)| r.timestamp_ms < earliest || r.timestamp_ms > latest)
+                {
+                    return Err(BrokerError::from_produce_check(
+                        runnel_storage::ProduceBatchError::Timestamp {
+                            index,
+                            timestamp_ms: r.timestamp_ms,
+                            earliest,
+                            latest,
+                        },
+                    ));
+                }
+                build_batch(records, limits.max_message_bytes, producer)?
+            }
+            AppendData::Batch(mut bytes) => {
+                if is_compressed(&bytes) {
+                    // Inflating is CPU and memory: off the async workers (heartbeats and
+                    // Raft share them), a few at a time, into buffers kept for it.
+                    off_the_workers(|| {
+                        let mut slot = self.inflating.acquire();
+                        check_client_batch(&mut bytes, &limits, slot.buffer())
+                    })?;
+                } else {
+                    check_client_batch(&mut bytes, &limits, &mut Vec::new())?;
+                }
                 bytes
             }
         };
@@ -530,27 +572,114 @@ fn check_epoch(topic: &str, partition: u32, client: Option<i32>, leader: i32) ->
     }
 }
 
-/// Checks a client's batch: exactly one RecordBatch v2 within `max` bytes, framing and CRC
-/// intact.
-fn check_client_batch(bytes: &[u8], max: usize) -> Result<(), BrokerError> {
+/// Checks a client's batch as Kafka's log validator does (see [`check_producer_batch`]):
+/// exactly one RecordBatch v2 within `max.message.bytes`, framing and CRC intact, every
+/// record decoded once, offsets numbered from 0 without gaps, create times within the
+/// topic's window around now. Fixes the header's max timestamp in place if it disagrees
+/// with the records.
+fn check_client_batch(bytes: &mut [u8], limits: &Limits, scratch: &mut Vec<u8>) -> Result<(), BrokerError> {
+    let max = limits.max_message_bytes;
     if bytes.len() > max {
         return Err(BrokerError::new(
             ErrorCode::MessageTooLarge,
             format!("the batch is {} bytes, over max.message.bytes={max}", bytes.len()),
         ));
     }
-    let header = check_batch(bytes, max).map_err(BrokerError::from_batch)?;
-    if header.total_len() != bytes.len() {
-        return Err(BrokerError::new(
-            ErrorCode::CorruptMessage,
-            format!(
-                "invalid batch: {} bytes follow the {}-byte batch; send exactly one batch",
-                bytes.len() - header.total_len(),
-                header.total_len()
-            ),
-        ));
-    }
+    check_producer_batch(bytes, &produce_checks(limits), scratch).map_err(BrokerError::from_produce_check)?;
     Ok(())
+}
+
+/// Whether a batch's attributes name a compression codec (a cheap look before the checks).
+fn is_compressed(batch: &[u8]) -> bool {
+    batch.get(22).is_some_and(|attributes| attributes & 0x07 != 0)
+}
+
+/// Most compressed batches inflated for validation at once, node-wide. Each slot keeps its
+/// buffer (at most [`PRODUCE_DECOMPRESSED_BYTES_MAX`]) for the next batch, so inflating
+/// costs at most 128 MiB however many clients send compression bombs together, and no
+/// allocation churn across threads.
+pub const INFLATING_MAX: usize = 4;
+
+/// The inflating slots: a pool of [`INFLATING_MAX`] reusable buffers that blocking threads
+/// wait for (the validation runs off the async workers).
+#[derive(Debug)]
+struct InflateSlots {
+    free: std::sync::Mutex<Vec<Vec<u8>>>,
+    returned: std::sync::Condvar,
+}
+
+impl Default for InflateSlots {
+    fn default() -> Self {
+        InflateSlots {
+            free: std::sync::Mutex::new((0..INFLATING_MAX).map(|_| Vec::new()).collect()),
+            returned: std::sync::Condvar::new(),
+        }
+    }
+}
+
+impl InflateSlots {
+    fn acquire(&self) -> InflateSlot<'_> {
+        let mut free = self.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        loop {
+            if let Some(buffer) = free.pop() {
+                return InflateSlot { slots: self, buffer };
+            }
+            free = self.returned.wait(free).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+}
+
+struct InflateSlot<'a> {
+    slots: &'a InflateSlots,
+    buffer: Vec<u8>,
+}
+
+impl InflateSlot<'_> {
+    /// The slot's buffer, with room for the largest inflated batch reserved once (address
+    /// space only: pages count as resident when written), so it never reallocates.
+    fn buffer(&mut self) -> &mut Vec<u8> {
+        self.buffer.reserve_exact(PRODUCE_DECOMPRESSED_BYTES_MAX.saturating_sub(self.buffer.len()));
+        &mut self.buffer
+    }
+}
+
+impl Drop for InflateSlot<'_> {
+    fn drop(&mut self) {
+        let buffer = std::mem::take(&mut self.buffer);
+        self.slots.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(buffer);
+        self.slots.returned.notify_one();
+    }
+}
+
+/// Runs CPU-heavy `f` so that it does not hold up the other tasks of its async worker: on a
+/// multi-threaded runtime through `block_in_place` (the worker's queue moves to another
+/// thread meanwhile); elsewhere (a current-thread test runtime) in place.
+fn off_the_workers<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// What a produced batch is checked against now, for a topic with `limits`.
+fn produce_checks(limits: &Limits) -> ProduceChecks {
+    ProduceChecks {
+        limits: DecodeLimits {
+            max_decompressed_bytes: PRODUCE_DECOMPRESSED_BYTES_MAX,
+            max_batch_bytes: limits.max_message_bytes,
+        },
+        now_ms: now_ms(),
+        timestamp_before_max_ms: limits.timestamp_before_max_ms,
+        timestamp_after_max_ms: limits.timestamp_after_max_ms,
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Builds one uncompressed batch from records, checking each against the limit, with the

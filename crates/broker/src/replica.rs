@@ -73,7 +73,17 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// `min.insync.replicas`.
     pub min_insync_replicas: usize,
+    /// `message.timestamp.before.max.ms`: how far in the past a record's create time may be.
+    pub timestamp_before_max_ms: i64,
+    /// `message.timestamp.after.max.ms`: how far in the future a record's create time may be.
+    pub timestamp_after_max_ms: i64,
 }
+
+/// `message.timestamp.before.max.ms` by default: no limit, as in Kafka.
+pub const TIMESTAMP_BEFORE_MAX_MS_DEFAULT: i64 = i64::MAX;
+/// `message.timestamp.after.max.ms` by default: one hour, Kafka 4.0's default. A record
+/// dated further ahead would hold back time retention of its segment until that date.
+pub const TIMESTAMP_AFTER_MAX_MS_DEFAULT: i64 = 3_600_000;
 
 /// Where a produced batch is in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -466,8 +476,9 @@ impl Partition {
     }
 
     /// Answers one partition of a follower's replica fetch, as leader: checks epochs, finds
-    /// a divergence, records the follower's offsets (raising the HW), and reads batches from
-    /// its fetch offset. Blocking: it reads the log.
+    /// a divergence, records the follower's offsets (raising the HW), and reads up to
+    /// `max_bytes` of batches from its fetch offset (at least one batch; none, offsets
+    /// only, when `max_bytes` is 0). Blocking: it reads the log.
     pub fn serve_replica_fetch(
         &self,
         request: &pb::ReplicaFetchPartition,
@@ -544,7 +555,10 @@ impl Partition {
             );
         }
         let mut buf = Vec::new();
-        if let Err(e) = self.log.read_into(fetch_offset, max_bytes, None, &mut buf) {
+        // No room left in the answer: offsets only (the read would return a batch anyway).
+        if max_bytes > 0
+            && let Err(e) = self.log.read_into(fetch_offset, max_bytes, None, &mut buf)
+        {
             let e = BrokerError::from_log(&self.tp, e);
             return fail(out, e.code.code(), e.message);
         }
@@ -833,16 +847,24 @@ pub fn topic_settings(
             .and_then(|v| usize::try_from(v).ok())
             .unwrap_or_else(|| MIN_INSYNC_REPLICAS_DEFAULT.min(replication_factor))
             .max(1),
+        timestamp_before_max_ms: num("message.timestamp.before.max.ms")
+            .filter(|v| *v >= 0)
+            .unwrap_or(TIMESTAMP_BEFORE_MAX_MS_DEFAULT),
+        timestamp_after_max_ms: num("message.timestamp.after.max.ms")
+            .filter(|v| *v >= 0)
+            .unwrap_or(TIMESTAMP_AFTER_MAX_MS_DEFAULT),
     };
     (log, limits)
 }
 
 /// Every topic config Runnel knows, in Kafka's names: the keys the controller accepts as
 /// overrides (its `metadata::config::SUPPORTED_KEYS`, which this list must follow).
-pub const TOPIC_CONFIG_KEYS: [&str; 9] = [
+pub const TOPIC_CONFIG_KEYS: [&str; 11] = [
     "cleanup.policy",
     "fsync",
     "max.message.bytes",
+    "message.timestamp.after.max.ms",
+    "message.timestamp.before.max.ms",
     "min.insync.replicas",
     "retention.bytes",
     "retention.ms",
@@ -875,6 +897,8 @@ pub fn topic_config_defaults(defaults: &LogConfig, replication_factor: usize) ->
         "delete".to_owned(),
         defaults.fsync.to_string(),
         defaults.max_batch_bytes.to_string(),
+        TIMESTAMP_AFTER_MAX_MS_DEFAULT.to_string(),
+        TIMESTAMP_BEFORE_MAX_MS_DEFAULT.to_string(),
         min_insync.to_string(),
         limit(defaults.retention_bytes),
         limit(defaults.retention_ms),
@@ -1318,6 +1342,7 @@ mod tests {
             ("min.insync.replicas", "2"),
             ("fsync", "never"),
             ("retention.ms", "-1"),
+            ("message.timestamp.after.max.ms", "60000"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -1326,7 +1351,15 @@ mod tests {
         assert_eq!(log.max_batch_bytes, 2048);
         assert_eq!(log.fsync, FsyncPolicy::Never);
         assert_eq!(log.retention_ms, None);
-        assert_eq!(limits, Limits { max_message_bytes: 2048, min_insync_replicas: 2 });
+        assert_eq!(
+            limits,
+            Limits {
+                max_message_bytes: 2048,
+                min_insync_replicas: 2,
+                timestamp_before_max_ms: TIMESTAMP_BEFORE_MAX_MS_DEFAULT,
+                timestamp_after_max_ms: 60_000,
+            }
+        );
         let none = BTreeMap::new();
         assert_eq!(topic_settings(&none, 3, &LogConfig::default()).1.min_insync_replicas, 2);
         assert_eq!(

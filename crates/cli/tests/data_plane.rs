@@ -194,6 +194,21 @@ async fn malformed_requests_get_clear_errors_and_leave_the_log_unchanged() {
     let mut old = record(None, "x");
     old.timestamp_ms = Some(-5);
     assert_error(&c.produce(produce_records("t", 0, vec![old])).await.unwrap_err(), "INVALID_RECORD", 87);
+    // A create time ten years ahead (message.timestamp.after.max.ms is an hour by default):
+    // it would hold back the segment's time retention for ten years.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let mut future = record(None, "x");
+    future.timestamp_ms = Some(now + 10 * 365 * 24 * 3_600_000);
+    let e = c.produce(produce_records("t", 0, vec![future])).await.unwrap_err();
+    assert_error(&e, "INVALID_TIMESTAMP", 32);
+    assert!(e.message().contains("out of range"), "{}", e.message());
+    // One record claiming 2^31 offsets (its last_offset_delta, under a valid CRC).
+    let mut wide = batch_of(&[b"x"]);
+    wide[23..27].copy_from_slice(&i32::MAX.to_be_bytes());
+    runnel_storage::batch::write_crc(&mut wide);
+    let e = c.produce(produce_batch("t", 0, wide)).await.unwrap_err();
+    assert_error(&e, "INVALID_RECORD", 87);
+    assert!(e.message().contains("last_offset_delta"), "{}", e.message());
     let mut format = fetch("t", 0, 0, pb::RecordFormat::Records);
     format.format = 9;
     assert_error(&c.fetch(format).await.unwrap_err(), "INVALID_REQUEST", 42);

@@ -27,11 +27,17 @@ pub const MAX_MESSAGE_BYTES: &str = "max.message.bytes";
 pub const CLEANUP_POLICY: &str = "cleanup.policy";
 /// `unclean.leader.election.enable`: only `false` (Runnel never elects outside the ISR).
 pub const UNCLEAN_LEADER_ELECTION_ENABLE: &str = "unclean.leader.election.enable";
+/// `message.timestamp.before.max.ms`: how far before the leader's clock a record's create
+/// time may be.
+pub const MESSAGE_TIMESTAMP_BEFORE_MAX_MS: &str = "message.timestamp.before.max.ms";
+/// `message.timestamp.after.max.ms`: how far after the leader's clock a record's create
+/// time may be.
+pub const MESSAGE_TIMESTAMP_AFTER_MAX_MS: &str = "message.timestamp.after.max.ms";
 /// `fsync`: Runnel's durability policy, `always`, `never` or `interval:<ms>`.
 pub const FSYNC: &str = "fsync";
 
 /// Every supported key.
-pub const SUPPORTED_KEYS: [&str; 9] = [
+pub const SUPPORTED_KEYS: [&str; 11] = [
     RETENTION_MS,
     RETENTION_BYTES,
     SEGMENT_BYTES,
@@ -41,6 +47,8 @@ pub const SUPPORTED_KEYS: [&str; 9] = [
     CLEANUP_POLICY,
     UNCLEAN_LEADER_ELECTION_ENABLE,
     FSYNC,
+    MESSAGE_TIMESTAMP_BEFORE_MAX_MS,
+    MESSAGE_TIMESTAMP_AFTER_MAX_MS,
 ];
 
 /// Smallest `segment.bytes` (the log's own floor).
@@ -81,6 +89,9 @@ pub fn canonical_value(key: &str, value: &str, replication_factor: u16) -> Resul
         RETENTION_MS | RETENTION_BYTES => parse_i64(key, value, -1, i64::MAX),
         SEGMENT_BYTES => parse_i64(key, value, max(SEGMENT_BYTES_MIN), max(SEGMENT_BYTES_MAX)),
         SEGMENT_MS => parse_i64(key, value, 1, i64::MAX),
+        MESSAGE_TIMESTAMP_BEFORE_MAX_MS | MESSAGE_TIMESTAMP_AFTER_MAX_MS => {
+            parse_i64(key, value, 0, i64::MAX)
+        }
         MAX_MESSAGE_BYTES => parse_i64(key, value, max(MAX_MESSAGE_BYTES_MIN), max(MAX_MESSAGE_BYTES_MAX)),
         MIN_INSYNC_REPLICAS => parse_i64(key, value, 1, i64::from(replication_factor)).map_err(|_| {
             invalid(key, value, &format!("expected 1 to the replication factor {replication_factor}"))

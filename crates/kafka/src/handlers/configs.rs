@@ -49,7 +49,11 @@ const CONFIG_VISIBLE_WAIT: Duration = Duration::from_secs(5);
 
 fn config_type(name: &str) -> i8 {
     match name {
-        "retention.ms" | "retention.bytes" | "segment.ms" => TYPE_LONG,
+        "retention.ms"
+        | "retention.bytes"
+        | "segment.ms"
+        | "message.timestamp.before.max.ms"
+        | "message.timestamp.after.max.ms" => TYPE_LONG,
         "segment.bytes"
         | "max.message.bytes"
         | "min.insync.replicas"
