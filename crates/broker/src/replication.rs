@@ -71,12 +71,43 @@ impl ReplicationGrpc {
     }
 }
 
-/// Answers every partition of one request.
+/// Most partitions one replica fetch may name: far above any real follower's (it names
+/// the partitions it follows from one leader), low enough that a forged request costs little.
+pub const REPLICA_FETCH_PARTITIONS_MAX: usize = 20_000;
+/// Most record bytes one replica fetch answer carries over all its partitions (beyond the
+/// first partition's first batch, which always goes so the follower progresses).
+pub const REPLICA_FETCH_RESPONSE_BYTES_MAX: usize = FETCH_BYTES_MAX;
+
+/// Checks a replica fetch request's shape: not too many partitions, none named twice (each
+/// read costs memory; a partition repeated 100,000 times must not cost 100,000 reads).
+fn check_replica_fetch(request: &pb::ReplicaFetchRequest) -> Result<(), Status> {
+    if request.partitions.len() > REPLICA_FETCH_PARTITIONS_MAX {
+        return Err(Status::invalid_argument(format!(
+            "a replica fetch names {} partitions, over the limit of {REPLICA_FETCH_PARTITIONS_MAX}",
+            request.partitions.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(request.partitions.len());
+    for part in &request.partitions {
+        if !seen.insert((part.topic.as_str(), part.partition)) {
+            return Err(Status::invalid_argument(format!(
+                "a replica fetch names {}-{} twice",
+                part.topic, part.partition
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Answers every partition of one request, within `max_bytes` per partition and
+/// [`REPLICA_FETCH_RESPONSE_BYTES_MAX`] in all: once the answer is full, the remaining
+/// partitions get their offsets and no records.
 fn answer(
     replicas: &ReplicaManager,
     request: &pb::ReplicaFetchRequest,
     max_bytes: usize,
 ) -> pb::ReplicaFetchResponse {
+    let mut room = REPLICA_FETCH_RESPONSE_BYTES_MAX;
     let partitions = request
         .partitions
         .iter()
@@ -84,7 +115,14 @@ fn answer(
             let tp = TopicPartition::new(part.topic.clone(), part.partition);
             match replicas.get(&tp) {
                 Some(p) if p.topic_id() == part.topic_id.as_slice() => {
-                    p.serve_replica_fetch(part, request.follower_id, request.follower_epoch, max_bytes)
+                    let data = p.serve_replica_fetch(
+                        part,
+                        request.follower_id,
+                        request.follower_epoch,
+                        max_bytes.min(room),
+                    );
+                    room = room.saturating_sub(data.batches.len());
+                    data
                 }
                 _ => pb::ReplicaFetchPartitionData {
                     topic: part.topic.clone(),
@@ -121,6 +159,15 @@ impl ReplicationService for ReplicationGrpc {
                         _ => return,
                     },
                 };
+                if let Err(status) = check_replica_fetch(&request) {
+                    tracing::warn!(
+                        follower = request.follower_id,
+                        "refused a replica fetch: {}",
+                        status.message()
+                    );
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
                 let max_wait =
                     Duration::from_millis(u64::from(request.max_wait_ms)).min(REPLICA_FETCH_WAIT_MAX);
                 let max_bytes = match request.max_bytes as usize {

@@ -1,0 +1,175 @@
+//! Hostile requests on a real node cost bounded memory and get clear errors (issue 14's
+//! "validation at the edge" and part of "bounded memory"):
+//!
+//! - a replica fetch naming one partition 100,000 times, and one naming more partitions than
+//!   any follower could follow, are refused with INVALID_ARGUMENT, without a read each;
+//! - compression bombs (64 KiB of gzip that inflates to 64 MiB), sent concurrently, are each
+//!   refused with MESSAGE_TOO_LARGE before they are inflated past the leader's cap;
+//! - a batch whose `last_offset_delta` claims 2^31 offsets for one record is refused with
+//!   INVALID_RECORD, and a far-future create time with INVALID_TIMESTAMP;
+//!
+//! and afterwards the log holds exactly the good records, the node still serves, and its
+//! peak resident memory (`VmHWM` in `/proc/<pid>/status`, the high-water mark over its whole
+//! life, so nothing between two samples is missed) stayed under 1 GiB.
+//!
+//! Run with `cargo test -p runnel --test hostile_inputs`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use runnel_proto::pb::runnel::v1 as pb;
+use runnel_proto::pb::runnel::v1::replication_service_client::ReplicationServiceClient;
+use runnel_storage::{BatchBuilder, Compression, NewRecord};
+use runnel_testkit::{Cluster, ClusterOpts};
+
+const CALL: Duration = Duration::from_secs(30);
+/// The bound the issue sets on a node's memory under these inputs.
+const RSS_MAX_BYTES: u64 = 1 << 30;
+const BOMBS: usize = 32;
+
+fn produce_batch(batch: Vec<u8>) -> pb::ProduceRequest {
+    pb::ProduceRequest {
+        topic: "t".into(),
+        partition: 0,
+        acks: pb::Acks::All as i32,
+        timeout_ms: 10_000,
+        data: Some(pb::produce_request::Data::Batch(Bytes::from(batch))),
+        producer: None,
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+fn error_name(status: &tonic::Status) -> String {
+    runnel_testkit::error_name(status)
+}
+
+/// The node's peak resident set (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status");
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_are_refused_within_bounded_memory() {
+    let cluster = Cluster::start(1, ClusterOpts::new(env!("CARGO_BIN_EXE_runnel")))
+        .unwrap_or_else(|e| panic!("cluster start: {e:#}"));
+    let request = pb::CreateTopicRequest {
+        name: "t".into(),
+        partitions: 1,
+        replication_factor: 1,
+        configs: Default::default(),
+    };
+    cluster.create_topic(1, request, Duration::from_secs(20)).await.unwrap_or_else(|e| panic!("{e:#}"));
+    cluster.wait_for_partition_leaders(1, "t", Duration::from_secs(20)).await.unwrap();
+    let pid = cluster.node(1).pid().expect("node 1 runs");
+    println!("node 1 peak RSS at the start: {:.1} MiB", peak_rss(pid) as f64 / (1 << 20) as f64);
+    let mut client = cluster.broker_client(1).await.unwrap();
+
+    // Some real data to read, so a repeated partition would cost a read each.
+    let mut good = BatchBuilder::new(Compression::None);
+    for i in 0..64 {
+        good.push(NewRecord::with_value(vec![b'x'; 8 * 1024], now_ms() + i));
+    }
+    let answer = client.produce(produce_batch(good.build().unwrap())).await.unwrap().into_inner();
+    assert_eq!((answer.base_offset, answer.last_offset), (0, 63));
+
+    // A replica fetch naming the partition 100,000 times, then one naming 30,000 distinct
+    // partitions: both refused whole, on a stream that stays a stream (the node lives on).
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.node(1).grpc_addr()))
+        .unwrap()
+        .connect_timeout(CALL)
+        .timeout(CALL)
+        .connect()
+        .await
+        .unwrap();
+    let mut replication = ReplicationServiceClient::new(channel).max_decoding_message_size(usize::MAX);
+    let part = |partition: u32| pb::ReplicaFetchPartition {
+        topic: "t".into(),
+        topic_id: vec![0; 16],
+        partition,
+        fetch_offset: 0,
+        last_fetched_epoch: -1,
+        current_leader_epoch: 0,
+        durable_end: 0,
+    };
+    for (what, partitions) in [
+        ("one partition 100,000 times", (0..100_000).map(|_| part(0)).collect::<Vec<_>>()),
+        ("30,000 partitions", (0..30_000).map(part).collect()),
+    ] {
+        let request = pb::ReplicaFetchRequest {
+            follower_id: 2,
+            follower_epoch: 1,
+            partitions,
+            max_wait_ms: 0,
+            max_bytes: 64 << 20,
+        };
+        let outcome = match replication.replica_fetch(tokio_stream::iter([request])).await {
+            Ok(response) => response.into_inner().message().await,
+            Err(status) => Err(status),
+        };
+        match outcome {
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::InvalidArgument, "{what}: {status:?}");
+                println!("replica fetch of {what}: refused: {}", status.message());
+            }
+            Ok(answer) => {
+                panic!("a replica fetch of {what} was answered: {:?}", answer.map(|a| a.partitions.len()))
+            }
+        }
+    }
+
+    println!("node 1 peak RSS after the replica fetches: {:.1} MiB", peak_rss(pid) as f64 / (1 << 20) as f64);
+
+    // Compression bombs, concurrently: 64 MiB of zeros in one record, gzip'd.
+    let mut bomb = BatchBuilder::new(Compression::Gzip);
+    bomb.push(NewRecord::with_value(vec![0u8; 64 << 20], now_ms()));
+    let bomb = bomb.build().unwrap();
+    assert!(bomb.len() < 128 * 1024, "the bomb is {} bytes", bomb.len());
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..BOMBS {
+        let mut client = client.clone();
+        let bomb = bomb.clone();
+        calls.spawn(async move { client.produce(produce_batch(bomb)).await });
+    }
+    while let Some(outcome) = calls.join_next().await {
+        let status = outcome.expect("the call's task").expect_err("a compression bomb was appended");
+        assert_eq!(error_name(&status), "MESSAGE_TOO_LARGE", "{status:?}");
+        assert!(status.message().contains("decompressed"), "{}", status.message());
+    }
+
+    println!("node 1 peak RSS after the bombs: {:.1} MiB", peak_rss(pid) as f64 / (1 << 20) as f64);
+
+    // One record claiming 2^31 offsets, and one dated ten years ahead.
+    let mut one = BatchBuilder::new(Compression::None);
+    one.push(NewRecord::with_value(b"v".to_vec(), now_ms()));
+    let mut wide = one.build().unwrap();
+    wide[23..27].copy_from_slice(&i32::MAX.to_be_bytes());
+    runnel_storage::batch::write_crc(&mut wide);
+    let status = client.produce(produce_batch(wide)).await.expect_err("2^31 offsets were appended");
+    assert_eq!(error_name(&status), "INVALID_RECORD", "{status:?}");
+    let mut future = BatchBuilder::new(Compression::None);
+    future.push(NewRecord::with_value(b"v".to_vec(), now_ms() + 10 * 365 * 24 * 3_600_000));
+    let status = client
+        .produce(produce_batch(future.build().unwrap()))
+        .await
+        .expect_err("a future record was appended");
+    assert_eq!(error_name(&status), "INVALID_TIMESTAMP", "{status:?}");
+
+    // Nothing of it reached the log, the node serves on, and its peak memory stayed bounded.
+    let mut last = BatchBuilder::new(Compression::None);
+    last.push(NewRecord::with_value(b"after".to_vec(), now_ms()));
+    let answer = client.produce(produce_batch(last.build().unwrap())).await.unwrap().into_inner();
+    assert_eq!(answer.base_offset, 64, "the offsets go on where the good records left them");
+    assert!(cluster.is_up(1), "node 1 died:\n{}", cluster.all_logs());
+    let peak = peak_rss(pid);
+    println!("node 1 peak RSS (VmHWM) after the hostile requests: {:.1} MiB", peak as f64 / (1 << 20) as f64);
+    assert!(peak < RSS_MAX_BYTES, "node 1's peak RSS was {peak} bytes, over {RSS_MAX_BYTES}");
+}
