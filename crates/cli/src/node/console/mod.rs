@@ -700,7 +700,7 @@ pub(crate) fn merge(local: LocalView, peers: Vec<PeerAnswer>, voters: &[u32]) ->
         .collect();
 
     let controller_leader = controller.as_ref().and_then(|c| c.leader);
-    let stale_reason = staleness(&local, controller_leader, &nodes);
+    let stale_reason = staleness(&local, controller_leader, &nodes, voters);
     ClusterView {
         served_by,
         generated_at_ms: 0,
@@ -717,11 +717,25 @@ pub(crate) fn merge(local: LocalView, peers: Vec<PeerAnswer>, voters: &[u32]) ->
 }
 
 /// Why the view cannot be trusted as current, if it cannot: this node is not ready (no
-/// controller leader known, no controller reachable, fenced, not registered), or the
-/// controller leader it knows does not answer.
-fn staleness(local: &LocalView, controller_leader: Option<u64>, nodes: &[NodeSummary]) -> Option<String> {
+/// controller leader known, no controller reachable, fenced, not registered), fewer than a
+/// majority of the controller voters answer it (a leader cut off from its quorum may still
+/// believe it leads), or the controller leader it knows does not answer.
+fn staleness(
+    local: &LocalView,
+    controller_leader: Option<u64>,
+    nodes: &[NodeSummary],
+    voters: &[u32],
+) -> Option<String> {
     if let Some(why) = &local.not_ready {
         return Some(format!("node {} cannot vouch for this view: {why}", local.node_id));
+    }
+    let answering = voters.iter().filter(|&&v| nodes.iter().any(|n| n.id == v && n.state == "up")).count();
+    if !voters.is_empty() && answering <= voters.len() / 2 {
+        return Some(format!(
+            "only {answering} of the {} controller voters answer node {}: no quorum",
+            voters.len(),
+            local.node_id
+        ));
     }
     if local.controller.is_some() || local.broker.is_some() {
         match controller_leader {

@@ -152,8 +152,14 @@ fn stale_without_quorum_or_unready() {
         }
     }
     peers[0].2 = Err("refused".into());
-    let view = merge(local, peers, &[1, 2, 3]);
+    let view = merge(local.clone(), peers.clone(), &[1, 2, 3]);
     assert!(view.stale_reason.unwrap().contains("node 2, does not answer"));
+    // A node that still believes it leads, with the other two voters gone.
+    let mut alone = local;
+    alone.controller.as_mut().unwrap().leader = Some(1);
+    peers[1].2 = Err("refused".into());
+    let view = merge(alone, peers, &[1, 2, 3]);
+    assert!(view.stale_reason.unwrap().contains("only 1 of the 3 controller voters"));
 }
 
 #[test]
