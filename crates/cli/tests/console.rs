@@ -128,11 +128,13 @@ fn console_shows_a_killed_leader_and_a_lost_quorum_in_a_browser() {
 
     // Phase 1: a topic, records in it, and a group whose committed offsets are behind.
     let partitions = PARTITIONS.to_string();
-    let out = cluster.runnel(&["topic", "create", TOPIC, "--partitions", &partitions, "--replication-factor", "3"]);
+    let out =
+        cluster.runnel(&["topic", "create", TOPIC, "--partitions", &partitions, "--replication-factor", "3"]);
     assert!(out.success(), "topic create: {out:?}");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(cluster.wait_for_partition_leaders(1, TOPIC, WAIT)).unwrap();
-    let out = cluster.runnel(&["bench", "produce", "--topic", TOPIC, "--num-records", "3000", "--output", "json"]);
+    let out =
+        cluster.runnel(&["bench", "produce", "--topic", TOPIC, "--num-records", "3000", "--output", "json"]);
     assert!(out.success(), "bench produce: {out:?}");
     let out = cluster.runnel(&["group", "reset-offsets", GROUP, "--topic", TOPIC, "--to-earliest"]);
     assert!(out.success(), "group reset-offsets: {out:?}");

@@ -64,7 +64,6 @@ impl Probes {
         }
         Ok(())
     }
-
 }
 
 /// What the listener serves from.
@@ -141,11 +140,7 @@ impl Site {
 }
 
 /// Serves until `cancel`.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    site: Arc<Site>,
-    cancel: CancellationToken,
-) {
+pub(crate) async fn serve(listener: TcpListener, site: Arc<Site>, cancel: CancellationToken) {
     let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
     loop {
         let permit = tokio::select! {
@@ -196,9 +191,7 @@ async fn connection(mut stream: TcpStream, site: &Site) -> std::io::Result<()> {
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split_whitespace();
     let answer = match (parts.next(), parts.next()) {
-        (Some(method), Some(target)) => {
-            site.answer(method, target.split('?').next().unwrap_or(target)).await
-        }
+        (Some(method), Some(target)) => site.answer(method, target.split('?').next().unwrap_or(target)).await,
         _ => Answer::text(400, "bad request\n"),
     };
     let reason = match answer.status {

@@ -298,8 +298,11 @@ impl Console {
         }
         if let Some(raft) = &probes.raft {
             let m = raft.metrics().borrow().clone();
-            view.controller =
-                Some(RaftView { term: m.current_term, leader: m.current_leader, state: format!("{:?}", m.state) });
+            view.controller = Some(RaftView {
+                term: m.current_term,
+                leader: m.current_leader,
+                state: format!("{:?}", m.state),
+            });
         }
         if let Some(status) = &probes.broker {
             let s = status.borrow().clone();
@@ -647,9 +650,7 @@ pub(crate) fn merge(local: LocalView, peers: Vec<PeerAnswer>, voters: &[u32]) ->
             };
             let better = match chosen.get(g.group_id.as_str()) {
                 None => true,
-                Some((node, other)) => {
-                    (leads(v.node_id), g.group_epoch) > (leads(*node), other.group_epoch)
-                }
+                Some((node, other)) => (leads(v.node_id), g.group_epoch) > (leads(*node), other.group_epoch),
             };
             if better {
                 chosen.insert(&g.group_id, (v.node_id, g));

@@ -52,7 +52,10 @@ fn node(id: u32, raft_leader: u64, metadata: MetadataView, leads: &[u32]) -> Loc
                 ..ReplicaView::default()
             })
             .collect(),
-        topic_bytes: BTreeMap::from([(TOPIC.into(), TopicBytes { produced: 1000 * u64::from(id), fetched: 5 })]),
+        topic_bytes: BTreeMap::from([(
+            TOPIC.into(),
+            TopicBytes { produced: 1000 * u64::from(id), fetched: 5 },
+        )]),
         ..LocalView::default()
     }
 }
@@ -238,7 +241,9 @@ async fn routes_assets_api_and_errors() {
     let page = site.answer("GET", "/").await;
     assert_eq!((page.status, page.content_type, page.csp), (200, "text/html; charset=utf-8", true));
     assert!(String::from_utf8(page.body).unwrap().contains("<script src=\"app.js\""));
-    for (path, kind) in [("/app.js", "text/javascript"), ("/style.css", "text/css"), ("/index.html", "text/html")] {
+    for (path, kind) in
+        [("/app.js", "text/javascript"), ("/style.css", "text/css"), ("/index.html", "text/html")]
+    {
         let a = site.answer("GET", path).await;
         assert_eq!(a.status, 200, "{path}");
         assert!(a.content_type.starts_with(kind), "{path}: {}", a.content_type);
