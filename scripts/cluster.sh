@@ -211,6 +211,7 @@ endpoints() {
     for n in "${nodes[@]}"; do
         echo "node $n: grpc=$(grpc "$n") http=http://$(http "$n") kafka=$(kafka "$n")"
     done
+    echo "console: http://$(http 1)/"
     if netns_mode || ((port_offset > 0)); then
         echo "try: $bin topic create orders --partitions 3 --replication-factor 3 --bootstrap $(bootstrap)"
     else

@@ -14,6 +14,8 @@ pub struct BrokerEntry {
     pub grpc: String,
     /// Its Kafka listener address.
     pub kafka: String,
+    /// Its HTTP listener address (probes, metrics, the console); empty when not advertised.
+    pub http: String,
     /// Its rack; empty for none.
     pub rack: String,
     /// Whether the controller fenced it.
@@ -80,6 +82,7 @@ fn broker(info: &pb::BrokerInfo) -> BrokerEntry {
         epoch: info.broker_epoch,
         grpc: info.endpoints.as_ref().map(|e| e.grpc.clone()).unwrap_or_default(),
         kafka: info.endpoints.as_ref().map(|e| e.kafka.clone()).unwrap_or_default(),
+        http: info.endpoints.as_ref().map(|e| e.http.clone()).unwrap_or_default(),
         rack: info.rack.clone(),
         fenced: info.fenced,
     }

@@ -189,6 +189,15 @@ impl LineChild {
         }
     }
 
+    /// Writes `line` and a newline to the child's stdin (a step signal of a child driven in
+    /// phases); fails once stdin is closed.
+    pub fn send_line(&mut self, line: &str) -> anyhow::Result<()> {
+        let stdin = self.stdin.as_mut().context("the child's stdin is closed")?;
+        stdin.write_all(format!("{line}\n").as_bytes())?;
+        stdin.flush()?;
+        Ok(())
+    }
+
     /// Closes the child's stdin (the stop signal of a child that watches it for EOF).
     pub fn close_stdin(&mut self) {
         self.stdin = None;

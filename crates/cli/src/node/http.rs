@@ -1,9 +1,10 @@
-//! The node's HTTP listener: `/healthz`, `/readyz` and Prometheus `/metrics` (what
-//! [`super::metrics`] registers, in the Prometheus text format 0.0.4).
+//! The node's HTTP listener: `/healthz`, `/readyz`, Prometheus `/metrics` (what
+//! [`super::metrics`] registers, in the Prometheus text format 0.0.4), and the web console
+//! (`/`, its assets and `/api/v1/...`, see [`super::console`]).
 //!
 //! A deliberately tiny HTTP/1.1 server: one GET per connection (`Connection: close`), a
 //! request head of at most [`REQUEST_HEAD_BYTES_MAX`] bytes, read within
-//! [`REQUEST_READ_TIMEOUT`]. It serves probes and scrapes, nothing else.
+//! [`REQUEST_READ_TIMEOUT`]. It serves probes, scrapes and the console, nothing else.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use super::console::{self, Console};
 
 /// Largest request head accepted.
 pub(crate) const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
@@ -61,34 +64,83 @@ impl Probes {
         }
         Ok(())
     }
+}
 
-    fn answer(&self, registry: &Registry, path: &str) -> (u16, String, &'static str) {
-        const TEXT: &str = "text/plain; charset=utf-8";
+/// What the listener serves from.
+#[derive(Debug)]
+pub(crate) struct Site {
+    pub(crate) probes: Probes,
+    pub(crate) registry: Registry,
+    pub(crate) console: Console,
+}
+
+/// One answer.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) content_type: &'static str,
+    pub(crate) body: Vec<u8>,
+    /// The page's Content-Security-Policy, for HTML.
+    pub(crate) csp: bool,
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+const JSON: &str = "application/json";
+
+impl Answer {
+    fn text(status: u16, body: impl Into<String>) -> Self {
+        Answer { status, content_type: TEXT, body: body.into().into_bytes(), csp: false }
+    }
+
+    fn json(value: &impl serde::Serialize) -> Self {
+        match serde_json::to_vec(value) {
+            Ok(body) => Answer { status: 200, content_type: JSON, body, csp: false },
+            Err(e) => Answer::text(500, format!("encoding JSON: {e}\n")),
+        }
+    }
+}
+
+impl Site {
+    /// The answer to `method` `path` (the query already cut off).
+    pub(crate) async fn answer(&self, method: &str, path: &str) -> Answer {
+        if method != "GET" {
+            return Answer::text(405, "only GET\n");
+        }
         match path {
-            "/healthz" => (200, "ok\n".into(), TEXT),
-            "/readyz" => match self.readiness() {
-                Ok(()) => (200, "ready\n".into(), TEXT),
-                Err(why) => (503, format!("not ready: {why}\n"), TEXT),
+            "/healthz" => Answer::text(200, "ok\n"),
+            "/readyz" => match self.probes.readiness() {
+                Ok(()) => Answer::text(200, "ready\n"),
+                Err(why) => Answer::text(503, format!("not ready: {why}\n")),
             },
             "/metrics" => {
                 let mut body = String::new();
-                match prometheus_text::encode(&mut body, registry) {
-                    Ok(()) => (200, body, prometheus_text::CONTENT_TYPE),
-                    Err(e) => (500, format!("encoding metrics: {e}\n"), TEXT),
+                match prometheus_text::encode(&mut body, &self.registry) {
+                    Ok(()) => Answer {
+                        status: 200,
+                        content_type: prometheus_text::CONTENT_TYPE,
+                        body: body.into_bytes(),
+                        csp: false,
+                    },
+                    Err(e) => Answer::text(500, format!("encoding metrics: {e}\n")),
                 }
             }
-            _ => (404, "not found\n".into(), TEXT),
+            "/api/v1/local" => Answer::json(&self.console.local().await),
+            "/api/v1/cluster" => Answer::json(&self.console.cluster().await),
+            _ => match console::ASSETS.iter().find(|(p, _, _)| *p == path) {
+                Some((_, content_type, body)) => Answer {
+                    status: 200,
+                    content_type,
+                    body: body.as_bytes().to_vec(),
+                    csp: content_type.starts_with("text/html"),
+                },
+                None => Answer::text(404, "not found\n"),
+            },
         }
     }
 }
 
 /// Serves until `cancel`.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    probes: Arc<Probes>,
-    registry: Arc<Registry>,
-    cancel: CancellationToken,
-) {
+pub(crate) async fn serve(listener: TcpListener, site: Arc<Site>, cancel: CancellationToken) {
     let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
     loop {
         let permit = tokio::select! {
@@ -102,11 +154,10 @@ pub(crate) async fn serve(
         };
         match accepted {
             Ok((stream, _)) => {
-                let probes = Arc::clone(&probes);
-                let registry = Arc::clone(&registry);
+                let site = Arc::clone(&site);
                 tokio::spawn(async move {
                     let _permit = permit;
-                    if let Err(e) = connection(stream, &probes, &registry).await {
+                    if let Err(e) = connection(stream, &site).await {
                         tracing::debug!("http connection: {e}");
                     }
                 });
@@ -119,7 +170,7 @@ pub(crate) async fn serve(
     }
 }
 
-async fn connection(mut stream: TcpStream, probes: &Probes, registry: &Registry) -> std::io::Result<()> {
+async fn connection(mut stream: TcpStream, site: &Site) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let read = tokio::time::timeout(REQUEST_READ_TIMEOUT, async {
         let mut buf = [0u8; 1024];
@@ -139,12 +190,11 @@ async fn connection(mut stream: TcpStream, probes: &Probes, registry: &Registry)
     let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split_whitespace();
-    let (status, body, content_type) = match (parts.next(), parts.next()) {
-        (Some("GET"), Some(target)) => probes.answer(registry, target.split('?').next().unwrap_or(target)),
-        (Some(_), Some(_)) => (405, "only GET\n".into(), "text/plain; charset=utf-8"),
-        _ => (400, "bad request\n".into(), "text/plain; charset=utf-8"),
+    let answer = match (parts.next(), parts.next()) {
+        (Some(method), Some(target)) => site.answer(method, target.split('?').next().unwrap_or(target)).await,
+        _ => Answer::text(400, "bad request\n"),
     };
-    let reason = match status {
+    let reason = match answer.status {
         200 => "OK",
         404 => "Not Found",
         500 => "Internal Server Error",
@@ -152,11 +202,22 @@ async fn connection(mut stream: TcpStream, probes: &Probes, registry: &Registry)
         503 => "Service Unavailable",
         _ => "Bad Request",
     };
-    let response = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
+    let mut head = format!(
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\
+         X-Content-Type-Options: nosniff\r\n",
+        answer.status,
+        answer.content_type,
+        answer.body.len()
     );
-    stream.write_all(response.as_bytes()).await?;
+    if answer.status == 405 {
+        head.push_str("Allow: GET\r\n");
+    }
+    if answer.csp {
+        head.push_str(&format!("Content-Security-Policy: {}\r\n", console::CONTENT_SECURITY_POLICY));
+    }
+    // Nothing is cached: the API changes every second, and the page must match the binary.
+    head.push_str("Cache-Control: no-store\r\n\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(&answer.body).await?;
     stream.shutdown().await
 }

@@ -2,6 +2,7 @@
 //! the HTTP probes. Tasks are owned here and stopped in two phases on SIGTERM or SIGINT.
 
 pub(crate) mod config;
+mod console;
 mod http;
 mod metrics;
 
@@ -145,8 +146,18 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         raft: controller.as_ref().map(|c| c.raft().clone()),
         broker: broker.as_ref().map(Broker::subscribe),
     };
-    let registry = Arc::new(metrics::registry(probes.clone(), broker.as_ref()));
-    let mut http_task = tokio::spawn(http::serve(http, Arc::new(probes), registry, cancel.clone()));
+    let registry = metrics::registry(probes.clone(), broker.as_ref());
+    let console = console::Console {
+        probes: probes.clone(),
+        voters: settings.voters.iter().filter_map(|v| u32::try_from(v.id).ok()).collect(),
+        broker: broker.as_ref().map(|b| console::BrokerParts {
+            plane: Arc::clone(b.plane()),
+            replicas: Arc::clone(b.replicas()),
+            groups: Arc::clone(b.groups()),
+        }),
+    };
+    let site = Arc::new(http::Site { probes, registry, console });
+    let mut http_task = tokio::spawn(http::serve(http, site, cancel.clone()));
 
     let stopped_by = tokio::select! {
         signal = signal() => signal?,
