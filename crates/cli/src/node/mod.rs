@@ -4,6 +4,7 @@
 pub(crate) mod config;
 mod http;
 mod metrics;
+mod process;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -145,7 +146,11 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         raft: controller.as_ref().map(|c| c.raft().clone()),
         broker: broker.as_ref().map(Broker::subscribe),
     };
-    let registry = Arc::new(metrics::registry(probes.clone(), broker.as_ref()));
+    let registry = Arc::new(metrics::registry(
+        probes.clone(),
+        controller.as_ref().map(|c| c.metrics()),
+        broker.as_ref(),
+    ));
     let mut http_task = tokio::spawn(http::serve(http, Arc::new(probes), registry, cancel.clone()));
 
     let stopped_by = tokio::select! {
