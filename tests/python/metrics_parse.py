@@ -1,15 +1,20 @@
 """Parses Prometheus text expositions with prometheus_client's own parser.
 
-Usage: metrics_parse.py FILE...
+Usage: metrics_parse.py [--dashboard DASHBOARD.json] FILE...
 
 Each FILE holds one node's /metrics body. Every line must parse
 (prometheus_client.parser.text_string_to_metric_families raises on one that does not), and
 every sample line must come out as a sample (none silently dropped). Prints one JSON object
 on stdout: {FILE: [[name, {label: value}, value], ...]}; exits non-zero on any failure.
+
+With --dashboard, every metric name (runnel_*, process_*) in the Grafana dashboard's PromQL
+expressions must also be the name of a sample in at least one FILE: the dashboard cannot
+drift from what the nodes serve.
 Driven by crates/cli/tests/metrics.rs.
 """
 
 import json
+import re
 import sys
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -35,15 +40,51 @@ def parse(text):
     return samples
 
 
+# A metric name in PromQL: Runnel's own and the standard process ones (functions, label
+# names and values never start so).
+METRIC_NAME = re.compile(r"(?<![A-Za-z0-9_:\"])((?:runnel|process)_[A-Za-z0-9_:]*)")
+
+
+def dashboard_metrics(path):
+    """Every metric name in the PromQL of the dashboard's panel targets."""
+    with open(path, encoding="utf-8") as f:
+        dashboard = json.load(f)
+    names = set()
+    exprs = 0
+
+    def panels(items):
+        for p in items:
+            yield p
+            yield from panels(p.get("panels", []))
+
+    for panel in panels(dashboard.get("panels", [])):
+        for target in panel.get("targets", []):
+            expr = target.get("expr", "")
+            exprs += 1
+            names.update(METRIC_NAME.findall(expr))
+    if exprs == 0 or not names:
+        raise SystemExit(f"{path}: no PromQL expressions with metric names found")
+    return names
+
+
 def main():
+    args = sys.argv[1:]
+    dashboard = None
+    if args[:1] == ["--dashboard"]:
+        dashboard, args = args[1], args[2:]
     out = {}
-    for path in sys.argv[1:]:
+    for path in args:
         with open(path, encoding="utf-8") as f:
             text = f.read()
         try:
             out[path] = parse(text)
         except Exception as e:  # noqa: BLE001 - reported with the file it came from
             raise SystemExit(f"{path}: {type(e).__name__}: {e}")
+    if dashboard is not None:
+        served = {s[0] for samples in out.values() for s in samples}
+        missing = sorted(dashboard_metrics(dashboard) - served)
+        if missing:
+            raise SystemExit(f"{dashboard}: metrics no node serves: {', '.join(missing)}")
     json.dump(out, sys.stdout)
 
 

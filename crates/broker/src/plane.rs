@@ -17,7 +17,7 @@ use runnel_storage::{Compression, DecodeLimits, ProduceChecks, TopicPartition, c
 use crate::ProducerIds;
 use crate::cache::MetadataCache;
 use crate::error::{BrokerError, ErrorCode, LeaderHint};
-use crate::metrics::PlaneMetrics;
+use crate::metrics::{PlaneMetrics, Protocol};
 use crate::replica::{Limits, Partition, ReplicaManager, TopicConfigEntry, describe_topic_configs};
 
 /// Most bytes one fetch response carries (`fetch_bytes_max`), beyond one larger batch.
@@ -77,6 +77,8 @@ pub struct AppendRequest {
     pub timeout: Duration,
     /// The records.
     pub data: AppendData,
+    /// The front-end it came through (a metrics label).
+    pub protocol: Protocol,
 }
 
 /// Where an append landed.
@@ -115,6 +117,8 @@ pub struct PartitionRead {
     /// The leader epoch the client believes current (KIP-320), checked against this
     /// leader's: older gets FENCED_LEADER_EPOCH, newer UNKNOWN_LEADER_EPOCH. `None`: no check.
     pub current_leader_epoch: Option<i32>,
+    /// The front-end it came through (a metrics label).
+    pub protocol: Protocol,
 }
 
 /// What one partition read returned.
@@ -308,7 +312,7 @@ impl DataPlane {
     /// Appends happen in call order, so a caller that appends a connection's batches one at
     /// a time keeps them in order, while their acks=all waits overlap.
     pub fn append(&self, request: AppendRequest) -> Result<PendingAppend, BrokerError> {
-        let AppendRequest { topic, partition: index, acks, timeout, data } = request;
+        let AppendRequest { topic, partition: index, acks, timeout, data, protocol } = request;
         if timeout > PRODUCE_TIMEOUT_MAX {
             return Err(BrokerError::invalid(format!(
                 "the produce timeout of {} ms is over the maximum of {}",
@@ -362,7 +366,11 @@ impl DataPlane {
         };
         let acks_all = acks == Acks::All;
         let info = partition.append(&mut batch, acks_all).map_err(|e| self.enrich(&topic, index, e))?;
-        self.metrics.produced_bytes(&topic, batch.len());
+        if !info.duplicate {
+            // From the batch's offsets: nothing is counted per record.
+            let records = (info.last_offset + 1).saturating_sub(info.base_offset);
+            self.metrics.appended(&topic, protocol, records, batch.len());
+        }
         let mut appended = Appended {
             base_offset: info.base_offset as i64,
             last_offset: info.last_offset as i64,
@@ -448,7 +456,11 @@ impl DataPlane {
             if total >= min_bytes.max(1) || last_try || any_error || watches.is_empty() {
                 for (read, result) in reads.iter().zip(&results) {
                     if let Ok(r) = result {
-                        self.metrics.fetched_bytes(&read.topic, r.batches.len());
+                        // The batches come whole: records before the offset asked are
+                        // sent but not counted.
+                        let from = u64::try_from(read.offset).unwrap_or(0);
+                        let records = r.next_offset.saturating_sub(from);
+                        self.metrics.read(&read.topic, read.protocol, records, r.batches.len());
                     }
                 }
                 return results;
@@ -751,6 +763,7 @@ mod tests {
             acks: Acks::All,
             timeout: PRODUCE_TIMEOUT_DEFAULT,
             data: AppendData::Records { records: vec![NewRecord::with_value("v", 0)], producer: None },
+            protocol: Protocol::Grpc,
         };
         let e = plane.produce(request.clone()).await.unwrap_err();
         assert_eq!(e.code, ErrorCode::LeaderNotAvailable);
@@ -803,6 +816,7 @@ mod tests {
             offset: 0,
             max_bytes: 1024,
             current_leader_epoch: None,
+            protocol: Protocol::Kafka,
         };
         let results = plane.read_many(&[read("a"), read("b")], 1, Duration::from_secs(30), 4096).await;
         assert_eq!(results.len(), 2);

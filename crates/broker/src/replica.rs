@@ -28,6 +28,7 @@ use tokio::sync::watch;
 
 use crate::cache::{MetadataCache, PartitionEntry};
 use crate::error::{BrokerError, ErrorCode, LeaderHint};
+use crate::metrics::ReplicaMetrics;
 use crate::producer::{ProducerBatch, ProducerStates, Verdict};
 
 /// Name of the file, in each partition directory, holding the topic id (32 hex digits). It
@@ -108,6 +109,17 @@ pub struct FollowerState {
     pub broker_epoch: u64,
     /// The last time it had fetched up to the leader's log end.
     pub caught_up_at: Instant,
+}
+
+/// One follower's lag, as its leader sees it (see [`Partition::follower_lags`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FollowerLag {
+    /// The follower's broker id.
+    pub follower: u32,
+    /// Records between its last fetch offset and the leader's log end.
+    pub records: u64,
+    /// Time since it last fetched up to the leader's log end.
+    pub since_caught_up: Duration,
 }
 
 /// The leader's replication bookkeeping. Kept apart from the state lock: the log's durable
@@ -734,6 +746,35 @@ impl Partition {
         })
     }
 
+    /// As leader, each other assigned replica's lag: the records between its last fetch
+    /// offset and this log's end (all of them for one that never fetched in this
+    /// leadership), and the time since it was last caught up (fetched up to the log end; for
+    /// one that never did, since this leadership began), the clock the ISR's lag time runs
+    /// on. Empty when this broker does not lead the partition.
+    pub fn follower_lags(&self) -> Vec<FollowerLag> {
+        let st = read(&self.state);
+        if !st.hosted || st.leader != Some(self.broker_id) {
+            return Vec::new();
+        }
+        let log_end = self.log.log_end();
+        let view = lock(&self.view);
+        let now = Instant::now();
+        st.replicas
+            .iter()
+            .filter(|&&r| r != self.broker_id)
+            .map(|&follower| {
+                let known = view.followers.get(&follower);
+                let fetched = known.map_or(view.epoch_start_offset.min(log_end), |f| f.fetch_offset);
+                let caught_up_at = known.map_or(view.since, |f| f.caught_up_at);
+                FollowerLag {
+                    follower,
+                    records: log_end.saturating_sub(fetched),
+                    since_caught_up: now.saturating_duration_since(caught_up_at),
+                }
+            })
+            .collect()
+    }
+
     /// An AlterPartition this leader sent has been answered (`ok`) or failed. A failed
     /// addition no longer holds the HW back.
     pub fn alter_done(&self, ok: bool) {
@@ -948,12 +989,16 @@ pub struct ReplicaManager {
     appended: Arc<watch::Sender<u64>>,
     /// Bumped after every reconcile (the follower manager waits on it).
     reconciled: watch::Sender<u64>,
+    /// fsync and ISR-change metrics; the log manager tells it about every fsync.
+    metrics: ReplicaMetrics,
 }
 
 impl ReplicaManager {
     /// Locks the log directory `dir`; opens no log until the metadata assigns it.
     pub fn open(broker_id: u32, dir: impl AsRef<Path>, defaults: LogConfig) -> Result<Self, LogError> {
         let logs = LogManager::open_lazily(dir, defaults.clone())?;
+        let metrics = ReplicaMetrics::default();
+        logs.set_sync_observer(Arc::new(metrics.clone()));
         Ok(ReplicaManager {
             broker_id,
             logs,
@@ -962,7 +1007,13 @@ impl ReplicaManager {
             failed: RwLock::new(HashMap::new()),
             appended: Arc::new(watch::Sender::new(0)),
             reconciled: watch::Sender::new(0),
+            metrics,
         })
+    }
+
+    /// The fsync and ISR-change metrics of this broker's logs and partitions.
+    pub fn metrics(&self) -> &ReplicaMetrics {
+        &self.metrics
     }
 
     /// The hosted partition `tp`, if any.

@@ -253,6 +253,23 @@ fn isr_changes_count_only_once_committed() {
     assert!(b.p(1).propose_isr(Duration::from_secs(60), &dead).is_none());
 }
 
+#[test]
+fn the_leader_reports_each_followers_lag_in_records_and_time() {
+    let b = Brokers::new(3, &cache(1, &[1, 2, 3], &[1, 2, 3], 0, None));
+    b.p(1).append(&mut batch(&["a", "b", "c"]), true).unwrap();
+    b.fetch(2, 1);
+    b.fetch(2, 1);
+    let lags = b.p(1).follower_lags();
+    let of = |id: u32| *lags.iter().find(|l| l.follower == id).expect("every follower has a lag");
+    assert_eq!(lags.len(), 2, "the leader itself is not listed: {lags:?}");
+    assert_eq!(of(2).records, 0, "broker 2 fetched up to the end");
+    assert_eq!(of(3).records, 3, "broker 3 never fetched");
+    assert!(of(2).since_caught_up <= of(3).since_caught_up, "{lags:?}");
+    b.p(1).append(&mut batch(&["d"]), true).unwrap();
+    assert_eq!(b.p(1).follower_lags().iter().find(|l| l.follower == 2).unwrap().records, 1);
+    assert!(b.p(2).follower_lags().is_empty(), "a follower reports no lags");
+}
+
 // ----- idempotent producers -----
 
 fn idempotent(producer_id: i64, epoch: i16, base_sequence: i32, values: &[&str]) -> Vec<u8> {

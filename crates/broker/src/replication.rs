@@ -425,11 +425,17 @@ pub(crate) async fn isr_task(
             let Some(mut request) = p.propose_isr(lag, &live) else { continue };
             request.broker_epoch = epoch;
             let controllers = controllers.clone();
+            let metrics = replicas.metrics().clone();
+            let old_isr = p.state().isr;
             tokio::spawn(async move {
                 let new_isr: Vec<u32> = request.new_isr.iter().map(|m| m.broker_id).collect();
                 let result = crate::alter_partition(&controllers, request, request_timeout).await;
                 match &result {
                     Ok(()) => {
+                        metrics.isr_changed(
+                            old_isr.iter().any(|m| !new_isr.contains(m)),
+                            new_isr.iter().any(|m| !old_isr.contains(m)),
+                        );
                         tracing::info!(partition = %p.topic_partition(), isr = ?new_isr, "ISR change committed")
                     }
                     Err(e) => {

@@ -6,7 +6,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -86,7 +86,14 @@ fn append_request(request: pb::ProduceRequest) -> Result<AppendRequest, BrokerEr
         }
         Some(pb::produce_request::Data::Batch(bytes)) => AppendData::Batch(bytes.to_vec()),
     };
-    Ok(AppendRequest { topic: request.topic, partition: request.partition, acks, timeout, data })
+    Ok(AppendRequest {
+        topic: request.topic,
+        partition: request.partition,
+        acks,
+        timeout,
+        data,
+        protocol: Protocol::Grpc,
+    })
 }
 
 /// A request's records, timestamps defaulting to the broker's clock.
@@ -211,9 +218,13 @@ async fn fetch(
     max_wait: Duration,
     format: pb::RecordFormat,
 ) -> Result<pb::FetchResponse, BrokerError> {
+    let started = Instant::now();
     let result = plane.read(read, min_bytes, max_wait).await;
-    plane.metrics().fetched(Protocol::Grpc, result.as_ref().map_or_else(|e| e.code.code(), |_| 0));
-    fetch_response(result?, read.offset, format)
+    let metrics = plane.metrics();
+    metrics.fetched(&read.topic, Protocol::Grpc, result.as_ref().map_or_else(|e| e.code.code(), |_| 0));
+    let response = fetch_response(result?, read.offset, format);
+    metrics.request_took(Protocol::Grpc, "fetch", started.elapsed());
+    response
 }
 
 fn list_offsets(
@@ -323,11 +334,16 @@ impl BrokerService for BrokerGrpc {
         &self,
         request: Request<pb::ProduceRequest>,
     ) -> Result<Response<pb::ProduceResponse>, Status> {
-        let result = match append_request(request.into_inner()) {
+        let started = Instant::now();
+        let request = request.into_inner();
+        let topic = request.topic.clone();
+        let result = match append_request(request) {
             Ok(request) => self.plane.produce(request).await,
             Err(e) => Err(e),
         };
-        self.plane.metrics().produced(Protocol::Grpc, result.as_ref().map_or_else(|e| e.code.code(), |_| 0));
+        let metrics = self.plane.metrics();
+        metrics.produced(&topic, Protocol::Grpc, result.as_ref().map_or_else(|e| e.code.code(), |_| 0));
+        metrics.request_took(Protocol::Grpc, "produce", started.elapsed());
         Ok(Response::new(produce_response(result?)))
     }
 
@@ -350,7 +366,9 @@ impl BrokerService for BrokerGrpc {
                     message = inbound.message(), if reading && pending.len() < PRODUCE_STREAM_IN_FLIGHT_MAX => {
                         match message {
                             Ok(Some(message)) => {
+                                let started = Instant::now();
                                 let id = message.id;
+                                let topic = message.request.as_ref().map_or_else(String::new, |r| r.topic.clone());
                                 let appended = match message.request {
                                     Some(request) => append_request(request).and_then(|r| plane.append(r)),
                                     None => Err(BrokerError::invalid("a stream request needs a request")),
@@ -361,10 +379,13 @@ impl BrokerService for BrokerGrpc {
                                         Ok(appended) => plane.complete(appended).await.map(produce_response),
                                         Err(e) => Err(e),
                                     };
-                                    plane.metrics().produced(
+                                    let metrics = plane.metrics();
+                                    metrics.produced(
+                                        &topic,
                                         Protocol::Grpc,
                                         result.as_ref().map_or_else(|e| e.code.code(), |_| 0),
                                     );
+                                    metrics.request_took(Protocol::Grpc, "produce", started.elapsed());
                                     stream_response(id, result)
                                 });
                             }
@@ -396,6 +417,7 @@ impl BrokerService for BrokerGrpc {
             offset: r.offset,
             max_bytes,
             current_leader_epoch: None,
+            protocol: Protocol::Grpc,
         };
         let response = fetch(&self.plane, &read, r.min_bytes as usize, max_wait, format).await?;
         Ok(Response::new(response))
@@ -416,6 +438,7 @@ impl BrokerService for BrokerGrpc {
             offset: r.offset,
             max_bytes,
             current_leader_epoch: None,
+            protocol: Protocol::Grpc,
         };
         let first = fetch(&self.plane, &read, 1, Duration::ZERO, format).await?;
         let (tx, rx) = mpsc::channel(FETCH_STREAM_BUFFER);

@@ -25,7 +25,8 @@ pub use epoch::EpochEntry;
 pub use error::{BatchError, LogError};
 pub use log::{
     AppendInfo, BATCH_BYTES_LIMIT, BatchHeaders, Clock, DurableListener, FsyncPolicy, Log, LogConfig,
-    LogOffsets, READ_BYTES_MAX, ReadInfo, RecoveryReport, RetentionOutcome, SEGMENT_BYTES_MAX, SystemClock,
+    LogOffsets, READ_BYTES_MAX, ReadInfo, RecoveryReport, RetentionOutcome, SEGMENT_BYTES_MAX, SyncObserver,
+    SystemClock,
 };
 pub use manager::{LogManager, TopicPartition, is_valid_topic_name};
 pub use record::{

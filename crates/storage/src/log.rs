@@ -258,6 +258,17 @@ struct Shared {
     /// Called with the new `durable_end` whenever it advances (see
     /// [`Log::set_durable_listener`]).
     listener: Mutex<Option<DurableListener>>,
+    /// Told about each group-commit fsync (see [`Log::set_sync_observer`]).
+    observer: Mutex<Option<Arc<dyn SyncObserver>>>,
+}
+
+/// Told about each fsync of the append path (group commit), for metrics. Called on the
+/// log's sync thread after the fsync, outside the log's state lock: it must be quick (an
+/// atomic add, a histogram observation) and must not call back into the log.
+pub trait SyncObserver: Send + Sync + std::fmt::Debug {
+    /// One fsync took `took` and made `records` more offsets durable (the group-commit
+    /// batch: every record appended while the previous fsync ran, or since it).
+    fn synced(&self, took: Duration, records: u64);
 }
 
 /// A callback told the new durable end offset each time it advances.
@@ -501,6 +512,7 @@ impl Log {
             durable: Condvar::new(),
             fsyncs: AtomicU64::new(0),
             listener: Mutex::new(None),
+            observer: Mutex::new(None),
         });
         let syncer = match shared.fsync {
             FsyncPolicy::Never => None,
@@ -780,6 +792,13 @@ impl Log {
     /// be quick and must not call back into this log.
     pub fn set_durable_listener(&self, listener: DurableListener) {
         *self.shared.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener);
+    }
+
+    /// Registers `observer`, told about every later fsync of appended data (the sync
+    /// thread's group commits and [`Log::flush`]; not the fsyncs of a segment roll),
+    /// replacing any earlier one.
+    pub fn set_sync_observer(&self, observer: Arc<dyn SyncObserver>) {
+        *self.shared.observer.lock().unwrap_or_else(|p| p.into_inner()) = Some(observer);
     }
 
     /// Fsyncs the active segment now and advances the durable offset (any policy).
@@ -1163,16 +1182,18 @@ fn expired_or_empty<'a>(expired: &'a impl Fn(&Segment) -> bool) -> impl Fn(&Segm
 
 /// One fsync of the active segment, advancing `durable_end` to the log end it covered.
 fn sync_once(shared: &Shared) -> Result<()> {
-    let (file, path, target, generation) = {
+    let (file, path, target, generation, from) = {
         let st = shared.lock();
         shared.check_writable(&st)?;
         if st.durable_end >= st.log_end {
             return Ok(());
         }
         let a = st.active();
-        (Arc::clone(a.file()), a.path().to_owned(), st.log_end, st.generation)
+        (Arc::clone(a.file()), a.path().to_owned(), st.log_end, st.generation, st.durable_end)
     };
+    let started = Instant::now();
     let res = file.sync_data();
+    let took = started.elapsed();
     let mut st = shared.lock();
     match res {
         Ok(()) => {
@@ -1180,6 +1201,11 @@ fn sync_once(shared: &Shared) -> Result<()> {
             if st.generation == generation && target > st.durable_end {
                 st.durable_end = target.min(st.log_end);
                 shared.durable_advanced(&st);
+            }
+            drop(st);
+            let observer = shared.observer.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Some(observer) = observer {
+                observer.synced(took, target.saturating_sub(from));
             }
             Ok(())
         }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::crashsafe;
 use crate::error::{LogError, Result};
-use crate::log::{Log, LogConfig};
+use crate::log::{Log, LogConfig, SyncObserver};
 
 const LOCK_FILE: &str = ".lock";
 const DELETE_SUFFIX: &str = ".deleting";
@@ -67,6 +67,8 @@ pub struct LogManager {
     _lock: File,
     default_config: LogConfig,
     logs: Mutex<BTreeMap<TopicPartition, Arc<Log>>>,
+    /// Given to every log opened from now on (see [`LogManager::set_sync_observer`]).
+    observer: Mutex<Option<Arc<dyn SyncObserver>>>,
 }
 
 impl LogManager {
@@ -124,7 +126,13 @@ impl LogManager {
                 logs.insert(tp, Arc::new(log));
             }
         }
-        Ok(LogManager { dir, _lock: lock, default_config, logs: Mutex::new(logs) })
+        Ok(LogManager {
+            dir,
+            _lock: lock,
+            default_config,
+            logs: Mutex::new(logs),
+            observer: Mutex::new(None),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -133,6 +141,15 @@ impl LogManager {
 
     fn logs(&self) -> std::sync::MutexGuard<'_, BTreeMap<TopicPartition, Arc<Log>>> {
         self.logs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Gives `observer` to every open log and to every log opened later: it is told about
+    /// each group-commit fsync (for metrics; see [`SyncObserver`]).
+    pub fn set_sync_observer(&self, observer: Arc<dyn SyncObserver>) {
+        *self.observer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&observer));
+        for log in self.logs().values() {
+            log.set_sync_observer(Arc::clone(&observer));
+        }
     }
 
     pub fn get(&self, tp: &TopicPartition) -> Option<Arc<Log>> {
@@ -153,6 +170,9 @@ impl LogManager {
             config.unwrap_or_else(|| self.default_config.clone()),
         )?);
         crashsafe::fsync_dir(&self.dir)?;
+        if let Some(observer) = self.observer.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            log.set_sync_observer(observer);
+        }
         logs.insert(tp.clone(), Arc::clone(&log));
         Ok(log)
     }

@@ -410,6 +410,38 @@ fn group_commit_one_fsync_covers_every_batch_appended_meanwhile() {
     log.wait_durable(10, Duration::from_millis(1)).unwrap();
 }
 
+/// Records each fsync it is told about.
+#[derive(Debug, Default)]
+struct Syncs(std::sync::Mutex<Vec<(Duration, u64)>>);
+
+impl runnel_storage::SyncObserver for Syncs {
+    fn synced(&self, took: Duration, records: u64) {
+        self.0.lock().unwrap().push((took, records));
+    }
+}
+
+#[test]
+fn the_sync_observer_is_told_each_group_commit_and_how_many_records_it_covered() {
+    let d = tempfile::tempdir().unwrap();
+    let logs = runnel_storage::LogManager::open_lazily(
+        d.path(),
+        LogConfig { fsync: FsyncPolicy::Interval(Duration::from_secs(3600)), ..LogConfig::default() },
+    )
+    .unwrap();
+    let syncs = std::sync::Arc::new(Syncs::default());
+    logs.set_sync_observer(syncs.clone());
+    let log = logs.get_or_create(&runnel_storage::TopicPartition::new("t", 0), None).unwrap();
+    for _ in 0..7 {
+        log.append(&mut batch_of(&["a", "b"], 0), 0).unwrap();
+    }
+    log.flush().unwrap();
+    log.flush().unwrap(); // Nothing new: no fsync, nothing told.
+    log.append(&mut batch_of(&["c"], 0), 0).unwrap();
+    log.flush().unwrap();
+    let told: Vec<u64> = syncs.0.lock().unwrap().iter().map(|&(_, records)| records).collect();
+    assert_eq!(told, vec![14, 1], "one fsync per flush with new data, each with the records it covered");
+}
+
 #[test]
 fn wait_durable_times_out_clearly_and_refuses_offsets_past_the_end() {
     let d = tempfile::tempdir().unwrap();

@@ -285,6 +285,22 @@ pub struct GroupOverview {
     pub member_count: usize,
 }
 
+/// One coordinated group, for metrics (see [`GroupCoordinator::group_metrics`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMetrics {
+    /// The group id.
+    pub group_id: String,
+    /// Members of either protocol.
+    pub members: usize,
+    /// Rebalances since this broker took the group over: the KIP-848 group epoch plus the
+    /// classic generation.
+    pub rebalances: u64,
+    /// Per committed partition (topic, partition, committed offset): the partition's high
+    /// watermark as this broker knows it minus the committed offset; `None` where this broker
+    /// hosts no replica of the partition.
+    pub lags: Vec<(String, u32, i64, Option<u64>)>,
+}
+
 /// One member as Kafka's DescribeGroups describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberDescription {
@@ -975,6 +991,48 @@ impl GroupCoordinator {
             Some(g) if !g.classic.members.is_empty() => describe_classic(group_id, g, broker_id),
             Some(g) => describe(group_id, g, broker_id),
         })
+    }
+
+    /// The groups this broker coordinates now, for metrics, in group id order. Read under
+    /// the shards' lock, which is never held across I/O; the high watermarks are read after
+    /// it is released.
+    pub fn group_metrics(&self) -> Vec<GroupMetrics> {
+        let mut out: Vec<GroupMetrics> = {
+            let shards = lock(&self.shards);
+            shards
+                .values()
+                .filter_map(|shard| match shard {
+                    Shard::Loaded { groups, .. } => Some(groups.groups()),
+                    Shard::Loading { .. } => None,
+                })
+                .flatten()
+                .map(|(id, g)| GroupMetrics {
+                    group_id: id.clone(),
+                    members: g.member_count(),
+                    // Each moves once per rebalance; neither is persisted, so both restart at 0
+                    // when the group's coordinator changes.
+                    rebalances: u64::try_from(g.epoch).unwrap_or(0)
+                        + u64::try_from(g.classic.generation).unwrap_or(0),
+                    lags: g
+                        .offsets
+                        .iter()
+                        .map(|((topic, partition), c)| (topic.clone(), *partition, c.offset, None))
+                        .collect(),
+                })
+                .collect()
+        };
+        for group in &mut out {
+            for (topic, partition, committed, lag) in &mut group.lags {
+                if let Some(p) = self.replicas.get(&TopicPartition::new(topic.clone(), *partition))
+                    && p.state().hosted
+                {
+                    let committed = u64::try_from(*committed).unwrap_or(0);
+                    *lag = Some(p.high_watermark().saturating_sub(committed));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+        out
     }
 
     /// The groups this broker coordinates now, as Kafka's ListGroups lists them.

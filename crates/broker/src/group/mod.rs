@@ -29,8 +29,8 @@ pub use classic::{
 };
 pub use coordinator::{
     CommittedOffset, Committer, CoordinatorLocation, GroupConfig, GroupCoordinator, GroupDescription,
-    GroupKind, GroupOverview, INITIAL_REBALANCE_DELAY_DEFAULT, MemberDescription, OFFSETS_TOPIC,
-    OFFSETS_TOPIC_PARTITIONS_DEFAULT, coordinator_partition, java_string_hash,
+    GroupKind, GroupMetrics, GroupOverview, INITIAL_REBALANCE_DELAY_DEFAULT, MemberDescription,
+    OFFSETS_TOPIC, OFFSETS_TOPIC_PARTITIONS_DEFAULT, coordinator_partition, java_string_hash,
 };
 pub use error::{GroupError, GroupErrorCode};
 pub use service::GroupGrpc;

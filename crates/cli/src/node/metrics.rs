@@ -10,21 +10,37 @@ use std::sync::Arc;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use runnel_broker::Broker;
+use runnel_broker::group::GroupCoordinator;
 use runnel_broker::replica::ReplicaManager;
+use runnel_controller::controller::ControllerMetrics;
 
 use super::http::Probes;
+use super::process;
 
-/// The registry every scrape encodes: the node collector, and the partition collector on a
-/// broker.
-pub(crate) fn registry(probes: Probes, broker: Option<&Broker>) -> Registry {
+/// The registry every scrape encodes: the node and process collectors; the controller's
+/// metrics on a controller; the partition, follower-lag and group collectors and the data
+/// plane's and replica manager's metrics on a broker. Called on the node's runtime, whose
+/// task counts it reports.
+pub(crate) fn registry(
+    probes: Probes,
+    controller: Option<&ControllerMetrics>,
+    broker: Option<&Broker>,
+) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(NodeCollector { probes }));
+    registry.register_collector(Box::new(ProcessCollector { runtime: tokio::runtime::Handle::current() }));
+    if let Some(controller) = controller {
+        controller.register(&mut registry);
+    }
     if let Some(broker) = broker {
         registry.register_collector(Box::new(PartitionCollector { replicas: Arc::clone(broker.replicas()) }));
+        registry.register_collector(Box::new(GroupCollector { groups: Arc::clone(broker.groups()) }));
         broker.plane().metrics().register(&mut registry);
+        broker.replicas().metrics().register(&mut registry);
     }
     registry
 }
@@ -196,6 +212,160 @@ impl Collector for PartitionCollector {
                 ConstGauge::new(value(row)).encode(metric.encode_family(&labels)?)?;
             }
         }
+        // On the leader, per follower: lag in records and time since last caught up.
+        let mut lags: Vec<(String, String, String, u64, f64)> = Vec::new();
+        for p in self.replicas.partitions() {
+            let tp = p.topic_partition();
+            for lag in p.follower_lags() {
+                lags.push((
+                    tp.topic.to_string(),
+                    tp.partition.to_string(),
+                    lag.follower.to_string(),
+                    lag.records,
+                    lag.since_caught_up.as_secs_f64(),
+                ));
+            }
+        }
+        lags.sort_by(|a, b| (&a.0, &a.1, &a.2).cmp(&(&b.0, &b.1, &b.2)));
+        let mut records = encoder.encode_descriptor(
+            "runnel_partition_follower_lag_records",
+            "On the leader: records between a follower's last fetch offset and the log end.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (topic, partition, follower, n, _) in &lags {
+            let labels = [
+                ("topic", topic.as_str()),
+                ("partition", partition.as_str()),
+                ("follower", follower.as_str()),
+            ];
+            ConstGauge::new(*n).encode(records.encode_family(&labels)?)?;
+        }
+        let mut seconds = encoder.encode_descriptor(
+            "runnel_partition_follower_lag_seconds",
+            "On the leader: time since a follower last fetched up to the log end (the ISR lag clock).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (topic, partition, follower, _, s) in &lags {
+            let labels = [
+                ("topic", topic.as_str()),
+                ("partition", partition.as_str()),
+                ("follower", follower.as_str()),
+            ];
+            ConstGauge::new(*s).encode(seconds.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The consumer groups this broker coordinates: members, rebalances, committed-offset lag.
+#[derive(Debug)]
+struct GroupCollector {
+    groups: Arc<GroupCoordinator>,
+}
+
+impl Collector for GroupCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let groups = self.groups.group_metrics();
+        let mut members = encoder.encode_descriptor(
+            "runnel_group_members",
+            "Members of a consumer group this broker coordinates (either protocol).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for g in &groups {
+            ConstGauge::new(g.members as u64)
+                .encode(members.encode_family(&[("group", g.group_id.as_str())])?)?;
+        }
+        let mut rebalances = encoder.encode_descriptor(
+            "runnel_group_rebalances",
+            "Rebalances of a group since this broker became its coordinator (group epoch plus classic generation).",
+            None,
+            MetricType::Counter,
+        )?;
+        for g in &groups {
+            ConstCounter::new(g.rebalances)
+                .encode(rebalances.encode_family(&[("group", g.group_id.as_str())])?)?;
+        }
+        let mut lag = encoder.encode_descriptor(
+            "runnel_group_lag_records",
+            "High watermark known on this coordinator minus the group's committed offset, per partition hosted here.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for g in &groups {
+            for (topic, partition, _, records) in &g.lags {
+                let Some(records) = records else { continue };
+                let partition = partition.to_string();
+                let labels = [
+                    ("group", g.group_id.as_str()),
+                    ("topic", topic.as_str()),
+                    ("partition", partition.as_str()),
+                ];
+                ConstGauge::new(*records).encode(lag.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The process, read from `/proc/self` at each scrape (Linux only; elsewhere omitted), with
+/// the standard names, and the node runtime's tokio task and worker counts.
+#[derive(Debug)]
+struct ProcessCollector {
+    runtime: tokio::runtime::Handle,
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let e = &mut encoder;
+        if let Some(p) = process::read() {
+            let counter = |e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: f64| {
+                let metric = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+                ConstCounter::new(v).encode(metric)
+            };
+            let gauge = |e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: f64| {
+                let metric = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                ConstGauge::new(v).encode(metric)
+            };
+            counter(e, "process_cpu_seconds", "User and system CPU time spent, in seconds.", p.cpu_seconds)?;
+            gauge(
+                e,
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                p.resident_bytes as f64,
+            )?;
+            gauge(
+                e,
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+                p.virtual_bytes as f64,
+            )?;
+            gauge(e, "process_open_fds", "Open file descriptors.", p.open_fds as f64)?;
+            if let Some(max) = p.max_fds {
+                gauge(e, "process_max_fds", "The open file descriptor limit.", max as f64)?;
+            }
+            gauge(
+                e,
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch, in seconds.",
+                p.start_time_seconds,
+            )?;
+        }
+        let m = self.runtime.metrics();
+        gauge(
+            e,
+            "runnel_tokio_workers",
+            "Worker threads of the node's tokio runtime.",
+            m.num_workers() as u64,
+        )?;
+        gauge(
+            e,
+            "runnel_tokio_alive_tasks",
+            "Tasks alive on the node's tokio runtime.",
+            m.num_alive_tasks() as u64,
+        )?;
         Ok(())
     }
 }

@@ -5,6 +5,7 @@ pub(crate) mod config;
 mod console;
 mod http;
 mod metrics;
+mod process;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -146,7 +147,8 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         raft: controller.as_ref().map(|c| c.raft().clone()),
         broker: broker.as_ref().map(Broker::subscribe),
     };
-    let registry = metrics::registry(probes.clone(), broker.as_ref());
+    let registry =
+        metrics::registry(probes.clone(), controller.as_ref().map(|c| c.metrics()), broker.as_ref());
     let console = console::Console {
         probes: probes.clone(),
         voters: settings.voters.iter().filter_map(|v| u32::try_from(v.id).ok()).collect(),

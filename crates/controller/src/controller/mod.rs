@@ -8,6 +8,7 @@
 mod convert;
 pub mod error;
 mod machine;
+mod metrics;
 mod node;
 pub mod service;
 
@@ -20,5 +21,6 @@ pub use convert::{
 };
 pub use error::{ControllerError, ERROR_CODE_KEY, ERROR_NAME_KEY, LEADER_KEY, status_error_code};
 pub use machine::{MetadataMachine, MetadataResponse};
+pub use metrics::ControllerMetrics;
 pub use node::{Controller, ControllerConfig, StartError, Voter, parse_voters};
 pub use service::{ControllerGrpcService, ServiceConfig};

@@ -14,6 +14,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use super::machine::MetadataMachine;
+use super::metrics::{ControllerMetrics, count_leader_changes};
 use super::service::{ControllerGrpcService, ServiceConfig, Shared, liveness_task};
 use crate::metadata::ClusterMetadata;
 use crate::raft::{
@@ -124,6 +125,7 @@ pub struct Controller {
     addr: SocketAddr,
     raft: Raft<MetadataMachine>,
     view: MachineView<MetadataMachine>,
+    metrics: ControllerMetrics,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
     shutdown_timeout: Duration,
@@ -184,8 +186,17 @@ impl Controller {
 
         let addr = listener.local_addr()?;
         let cancel = CancellationToken::new();
-        let shared = Shared::new(id, raft.clone(), view.clone(), config.service.clone(), cancel.clone());
+        let metrics = ControllerMetrics::new(view.clone());
+        let shared = Shared::new(
+            id,
+            raft.clone(),
+            view.clone(),
+            config.service.clone(),
+            cancel.clone(),
+            metrics.clone(),
+        );
         let mut tasks = JoinSet::new();
+        tasks.spawn(count_leader_changes(metrics.clone(), raft.metrics(), cancel.clone()));
         let contact = Arc::new(Contact::default());
         let raft_service =
             RaftGrpcService::new(raft.clone()).with_contact(Arc::clone(&contact)).into_server();
@@ -227,7 +238,7 @@ impl Controller {
                 Err(e) => return Err(StartError::Raft(format!("initialize: {e}"))),
             }
         }
-        Ok(Self { id, addr, raft, view, cancel, tasks, shutdown_timeout: config.shutdown_timeout })
+        Ok(Self { id, addr, raft, view, metrics, cancel, tasks, shutdown_timeout: config.shutdown_timeout })
     }
 
     /// This node's id.
@@ -243,6 +254,11 @@ impl Controller {
     /// The node's openraft handle (metrics, leadership).
     pub fn raft(&self) -> &Raft<MetadataMachine> {
         &self.raft
+    }
+
+    /// This node's controller metrics, to register in a node's registry.
+    pub fn metrics(&self) -> &ControllerMetrics {
+        &self.metrics
     }
 
     /// A copy of this node's applied metadata image (it may lag the leader's).

@@ -47,6 +47,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{self, REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX};
 use super::error::{ControllerError, status_error_code};
 use super::machine::{MetadataMachine, MetadataResponse};
+use super::metrics::ControllerMetrics;
 use crate::metadata::{Applied, ClusterMetadata, Command, ErrorCode, Outcome, PartitionRef};
 use crate::raft::{MachineEvent, MachineView, Node, NodeId, Raft};
 
@@ -122,6 +123,7 @@ pub(crate) struct Shared {
     cancel: CancellationToken,
     peers: Mutex<HashMap<String, ControllerServiceClient<Channel>>>,
     liveness: Mutex<Liveness>,
+    metrics: ControllerMetrics,
 }
 
 impl fmt::Debug for Shared {
@@ -143,6 +145,7 @@ impl Shared {
         view: MachineView<MetadataMachine>,
         config: ServiceConfig,
         cancel: CancellationToken,
+        metrics: ControllerMetrics,
     ) -> Arc<Self> {
         let liveness = Liveness {
             term: None,
@@ -159,6 +162,7 @@ impl Shared {
             cancel,
             peers: Mutex::default(),
             liveness: Mutex::new(liveness),
+            metrics,
         })
     }
 
@@ -215,13 +219,18 @@ impl Shared {
     /// Commits `command` through this node's Raft, which must lead.
     pub(crate) async fn propose(&self, command: Command) -> Result<Applied, ControllerError> {
         let timeout = self.config.write_timeout;
+        let started = Instant::now();
         let written = match tokio::time::timeout(timeout, self.raft.client_write(command)).await {
             Err(_elapsed) => return Err(ControllerError::NoQuorum { timeout }),
             Ok(written) => written,
         };
         match written {
             Ok(response) => match response.data {
-                MetadataResponse::Command(result) => Ok(result?),
+                // Committed and applied, whether the command succeeded or was refused.
+                MetadataResponse::Command(result) => {
+                    self.metrics.committed(started.elapsed());
+                    Ok(result?)
+                }
                 MetadataResponse::None => {
                     Err(ControllerError::Unavailable("the entry carried no command".into()))
                 }

@@ -95,6 +95,7 @@ pub(crate) fn produce(
                             acks,
                             timeout,
                             data: AppendData::Batch(records.to_vec()),
+                            protocol: Protocol::Kafka,
                         })
                         .map_err(|e| {
                             if e.code == ErrorCode::UnknownTopicOrPartition {
@@ -137,9 +138,11 @@ pub(crate) fn produce(
                     Ok(pending) => plane.complete(pending).await.map_err(|e| (broker_code(&e), e.message)),
                     Err(e) => Err(e),
                 };
-                plane
-                    .metrics()
-                    .produced(Protocol::Kafka, result.as_ref().map_or_else(|e| i32::from(e.0), |_| 0));
+                plane.metrics().produced(
+                    &topic,
+                    Protocol::Kafka,
+                    result.as_ref().map_or_else(|e| i32::from(e.0), |_| 0),
+                );
                 (topic, index, result)
             }
         }))
@@ -220,6 +223,7 @@ pub(crate) async fn fetch(
                         max_bytes: usize::try_from(p.partition_max_bytes).unwrap_or(FETCH_BYTES_DEFAULT),
                         // Sent from v9 (KIP-320); -1 and older versions: no check.
                         current_leader_epoch: (version >= 9).then_some(p.current_leader_epoch),
+                        protocol: Protocol::Kafka,
                     });
                     partitions.push((p.partition, None));
                 }
@@ -239,9 +243,11 @@ pub(crate) async fn fetch(
                 Some(e) => Err(e),
                 None => results.next().unwrap_or_else(|| Err(BrokerError::invalid("missing read result"))),
             };
-            ctx.plane
-                .metrics()
-                .fetched(Protocol::Kafka, result.as_ref().map_or_else(|e| i32::from(broker_code(e)), |_| 0));
+            ctx.plane.metrics().fetched(
+                &name,
+                Protocol::Kafka,
+                result.as_ref().map_or_else(|e| i32::from(broker_code(e)), |_| 0),
+            );
             let data = match result {
                 Ok(r) => PartitionData::default()
                     .with_partition_index(index)

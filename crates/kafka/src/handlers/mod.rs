@@ -11,6 +11,7 @@ mod metadata;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::FutureExt;
@@ -19,6 +20,7 @@ use kafka_protocol::messages::api_versions_response::ApiVersionsResponse;
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
 use runnel_broker::BrokerError;
+use runnel_broker::metrics::{PlaneMetrics, Protocol};
 
 use crate::{Context, codec, versions};
 
@@ -66,6 +68,8 @@ pub struct Started {
     version: i16,
     correlation_id: i32,
     work: BoxFuture<'static, Option<ResponseKind>>,
+    /// When it arrived, and where its latency goes.
+    timer: Option<(Instant, PlaneMetrics)>,
 }
 
 impl std::fmt::Debug for Started {
@@ -102,15 +106,20 @@ impl Started {
             version: header.request_api_version,
             correlation_id: header.correlation_id,
             work: work.boxed(),
+            timer: None,
         }
     }
 
     /// Waits for the request's work and encodes its answer.
     pub fn run(self) -> BoxFuture<'static, Reply> {
         async move {
-            let Started { key, version, correlation_id, work } = self;
+            let Started { key, version, correlation_id, work, timer } = self;
             let response = work.await;
-            Reply { key, frame: response.map(|r| codec::encode(key, version, correlation_id, &r)) }
+            let frame = response.map(|r| codec::encode(key, version, correlation_id, &r));
+            if let Some((arrived, metrics)) = timer {
+                metrics.request_took(Protocol::Kafka, api_name(key), arrived.elapsed());
+            }
+            Reply { key, frame }
         }
         .boxed()
     }
@@ -143,10 +152,11 @@ pub fn start(
     peer: SocketAddr,
     listener: &Arc<str>,
 ) -> Started {
+    let arrived = Instant::now();
     let client = Client::new(peer, &header, listener);
     let version = header.request_api_version;
     let ctx = Arc::clone(context);
-    match request {
+    let mut started = match request {
         RequestKind::ApiVersions(_) => {
             Started::ready(&header, ApiKey::ApiVersions, ResponseKind::ApiVersions(api_versions(code::NONE)))
         }
@@ -245,8 +255,48 @@ pub fn start(
             let key = ApiKey::try_from(header.request_api_key).unwrap_or(ApiKey::ApiVersions);
             tracing::error!(client = %client.addr, "kafka: no handler for {key:?}");
             drop(other);
-            Started { key, version, correlation_id: header.correlation_id, work: async { None }.boxed() }
+            Started {
+                key,
+                version,
+                correlation_id: header.correlation_id,
+                work: async { None }.boxed(),
+                timer: None,
+            }
         }
+    };
+    started.timer = Some((arrived, context.plane.metrics().clone()));
+    started
+}
+
+/// The `api` label of a Kafka API's latency: its name in snake case.
+fn api_name(key: ApiKey) -> &'static str {
+    match key {
+        ApiKey::Produce => "produce",
+        ApiKey::Fetch => "fetch",
+        ApiKey::ListOffsets => "list_offsets",
+        ApiKey::Metadata => "metadata",
+        ApiKey::OffsetCommit => "offset_commit",
+        ApiKey::OffsetFetch => "offset_fetch",
+        ApiKey::FindCoordinator => "find_coordinator",
+        ApiKey::JoinGroup => "join_group",
+        ApiKey::Heartbeat => "heartbeat",
+        ApiKey::LeaveGroup => "leave_group",
+        ApiKey::SyncGroup => "sync_group",
+        ApiKey::DescribeGroups => "describe_groups",
+        ApiKey::ListGroups => "list_groups",
+        ApiKey::ApiVersions => "api_versions",
+        ApiKey::CreateTopics => "create_topics",
+        ApiKey::DeleteTopics => "delete_topics",
+        ApiKey::DeleteGroups => "delete_groups",
+        ApiKey::InitProducerId => "init_producer_id",
+        ApiKey::OffsetForLeaderEpoch => "offset_for_leader_epoch",
+        ApiKey::DescribeConfigs => "describe_configs",
+        ApiKey::AlterConfigs => "alter_configs",
+        ApiKey::CreatePartitions => "create_partitions",
+        ApiKey::IncrementalAlterConfigs => "incremental_alter_configs",
+        ApiKey::DescribeCluster => "describe_cluster",
+        ApiKey::ConsumerGroupHeartbeat => "consumer_group_heartbeat",
+        _ => "other",
     }
 }
 
@@ -262,6 +312,7 @@ pub fn api_versions_too_new(correlation_id: i32) -> Started {
         version: 0,
         correlation_id,
         work: async { Some(ResponseKind::ApiVersions(api_versions(code::UNSUPPORTED_VERSION))) }.boxed(),
+        timer: None,
     }
 }
 
