@@ -142,6 +142,67 @@ impl ErrorCode {
     }
 }
 
+/// One refused partition request, where a front-end answers it.
+#[derive(Clone, Copy)]
+pub struct Refusal<'a> {
+    /// The front-end.
+    pub protocol: crate::metrics::Protocol,
+    /// The API (`produce`, `fetch`, ...).
+    pub api: &'static str,
+    /// The client's address, as the front-end knows it.
+    pub client: &'a dyn std::fmt::Display,
+    /// The topic and partition asked for.
+    pub topic: &'a str,
+    pub partition: i64,
+}
+
+impl std::fmt::Debug for Refusal<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Refusal")
+            .field("protocol", &self.protocol)
+            .field("api", &self.api)
+            .field("client", &format_args!("{}", self.client))
+            .field("topic", &self.topic)
+            .field("partition", &self.partition)
+            .finish()
+    }
+}
+
+impl Refusal<'_> {
+    /// Logs `error` with the fields every request-level error carries: protocol, API,
+    /// client address, topic, partition, Kafka's error code and name. What a server fault
+    /// causes (a failed disk) is a warning; what a client sent that cannot be taken (a
+    /// corrupt or oversized batch, a bad timestamp) is info, so an operator can find the
+    /// client; what clients retry as routine (not the leader, an election, a timeout) is
+    /// debug.
+    pub fn log(&self, error: &BrokerError) {
+        let Refusal { protocol, api, client, topic, partition } = *self;
+        let (protocol, code, name, message) =
+            (protocol.name(), error.code.code(), error.code.name(), &error.message);
+        match error.code {
+            ErrorCode::UnknownServerError | ErrorCode::KafkaStorageError => tracing::warn!(
+                protocol, api, client = %client, topic, partition, error_code = code, error = name,
+                "request refused: {message}"
+            ),
+            ErrorCode::CorruptMessage
+            | ErrorCode::MessageTooLarge
+            | ErrorCode::InvalidRecord
+            | ErrorCode::InvalidTimestamp
+            | ErrorCode::InvalidRequest
+            | ErrorCode::InvalidTopic
+            | ErrorCode::InvalidProducerEpoch
+            | ErrorCode::OutOfOrderSequenceNumber => tracing::info!(
+                protocol, api, client = %client, topic, partition, error_code = code, error = name,
+                "request refused: {message}"
+            ),
+            _ => tracing::debug!(
+                protocol, api, client = %client, topic, partition, error_code = code, error = name,
+                "request refused: {message}"
+            ),
+        }
+    }
+}
+
 /// Where the partition's leader is, as far as this broker knows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LeaderHint {

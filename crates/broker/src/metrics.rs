@@ -32,12 +32,19 @@ pub enum Protocol {
     Kafka,
 }
 
-impl EncodeLabelValue for Protocol {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-        encoder.write_str(match self {
+impl Protocol {
+    /// Its name in labels and logs.
+    pub fn name(self) -> &'static str {
+        match self {
             Protocol::Grpc => "grpc",
             Protocol::Kafka => "kafka",
-        })
+        }
+    }
+}
+
+impl EncodeLabelValue for Protocol {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.name())
     }
 }
 

@@ -210,6 +210,36 @@ fn validated_fetch(
     Ok((max_bytes, max_wait, format))
 }
 
+/// A gRPC client's address, for the logs ("unknown" when the transport does not say).
+#[derive(Debug, Clone, Copy)]
+struct Client(Option<std::net::SocketAddr>);
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("unknown"),
+        }
+    }
+}
+
+impl Client {
+    fn of<T>(request: &Request<T>) -> Self {
+        Client(request.remote_addr())
+    }
+
+    fn refused(&self, api: &'static str, topic: &str, partition: u32, error: &BrokerError) {
+        crate::error::Refusal {
+            protocol: Protocol::Grpc,
+            api,
+            client: self,
+            topic,
+            partition: i64::from(partition),
+        }
+        .log(error);
+    }
+}
+
 /// One gRPC fetch: a read of one partition, answered in `format`.
 async fn fetch(
     plane: &DataPlane,
@@ -217,11 +247,15 @@ async fn fetch(
     min_bytes: usize,
     max_wait: Duration,
     format: pb::RecordFormat,
+    client: &Client,
 ) -> Result<pb::FetchResponse, BrokerError> {
     let started = Instant::now();
     let result = plane.read(read, min_bytes, max_wait).await;
     let metrics = plane.metrics();
     metrics.fetched(&read.topic, Protocol::Grpc, result.as_ref().map_or_else(|e| e.code.code(), |_| 0));
+    if let Err(e) = &result {
+        client.refused("fetch", &read.topic, read.partition, e);
+    }
     let response = fetch_response(result?, read.offset, format);
     metrics.request_took(Protocol::Grpc, "fetch", started.elapsed());
     response
@@ -335,14 +369,18 @@ impl BrokerService for BrokerGrpc {
         request: Request<pb::ProduceRequest>,
     ) -> Result<Response<pb::ProduceResponse>, Status> {
         let started = Instant::now();
+        let client = Client::of(&request);
         let request = request.into_inner();
-        let topic = request.topic.clone();
+        let (topic, partition) = (request.topic.clone(), request.partition);
         let result = match append_request(request) {
             Ok(request) => self.plane.produce(request).await,
             Err(e) => Err(e),
         };
         let metrics = self.plane.metrics();
         metrics.produced(&topic, Protocol::Grpc, result.as_ref().map_or_else(|e| e.code.code(), |_| 0));
+        if let Err(e) = &result {
+            client.refused("produce", &topic, partition, e);
+        }
         metrics.request_took(Protocol::Grpc, "produce", started.elapsed());
         Ok(Response::new(produce_response(result?)))
     }
@@ -353,6 +391,7 @@ impl BrokerService for BrokerGrpc {
         &self,
         request: Request<Streaming<pb::ProduceStreamRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        let client = Client::of(&request);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(PRODUCE_STREAM_IN_FLIGHT_MAX);
         let plane = Arc::clone(&self.plane);
@@ -368,7 +407,8 @@ impl BrokerService for BrokerGrpc {
                             Ok(Some(message)) => {
                                 let started = Instant::now();
                                 let id = message.id;
-                                let topic = message.request.as_ref().map_or_else(String::new, |r| r.topic.clone());
+                                let (topic, partition) =
+                                    message.request.as_ref().map_or_else(|| (String::new(), 0), |r| (r.topic.clone(), r.partition));
                                 let appended = match message.request {
                                     Some(request) => append_request(request).and_then(|r| plane.append(r)),
                                     None => Err(BrokerError::invalid("a stream request needs a request")),
@@ -385,6 +425,9 @@ impl BrokerService for BrokerGrpc {
                                         Protocol::Grpc,
                                         result.as_ref().map_or_else(|e| e.code.code(), |_| 0),
                                     );
+                                    if let Err(e) = &result {
+                                        client.refused("produce", &topic, partition, e);
+                                    }
                                     metrics.request_took(Protocol::Grpc, "produce", started.elapsed());
                                     stream_response(id, result)
                                 });
@@ -409,6 +452,7 @@ impl BrokerService for BrokerGrpc {
     }
 
     async fn fetch(&self, request: Request<pb::FetchRequest>) -> Result<Response<pb::FetchResponse>, Status> {
+        let client = Client::of(&request);
         let r = request.into_inner();
         let (max_bytes, max_wait, format) = validated_fetch(r.max_bytes, r.max_wait_ms, r.format)?;
         let read = PartitionRead {
@@ -419,7 +463,7 @@ impl BrokerService for BrokerGrpc {
             current_leader_epoch: None,
             protocol: Protocol::Grpc,
         };
-        let response = fetch(&self.plane, &read, r.min_bytes as usize, max_wait, format).await?;
+        let response = fetch(&self.plane, &read, r.min_bytes as usize, max_wait, format, &client).await?;
         Ok(Response::new(response))
     }
 
@@ -429,6 +473,7 @@ impl BrokerService for BrokerGrpc {
         &self,
         request: Request<pb::FetchStreamRequest>,
     ) -> Result<Response<Self::FetchStreamStream>, Status> {
+        let client = Client::of(&request);
         let r = request.into_inner();
         let (max_bytes, _, format) = validated_fetch(r.max_bytes, 0, r.format)?;
         // The first read answers errors (unknown topic, bad offset) as the call's status.
@@ -440,7 +485,7 @@ impl BrokerService for BrokerGrpc {
             current_leader_epoch: None,
             protocol: Protocol::Grpc,
         };
-        let first = fetch(&self.plane, &read, 1, Duration::ZERO, format).await?;
+        let first = fetch(&self.plane, &read, 1, Duration::ZERO, format, &client).await?;
         let (tx, rx) = mpsc::channel(FETCH_STREAM_BUFFER);
         let plane = Arc::clone(&self.plane);
         tokio::spawn(async move {
@@ -455,7 +500,7 @@ impl BrokerService for BrokerGrpc {
                 }
                 let result = tokio::select! {
                     _ = tx.closed() => return,
-                    result = fetch(&plane, &read, 1, FETCH_STREAM_POLL, format) => result,
+                    result = fetch(&plane, &read, 1, FETCH_STREAM_POLL, format, &client) => result,
                 };
                 match result {
                     Ok(response) => {

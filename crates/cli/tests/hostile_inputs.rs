@@ -169,6 +169,14 @@ async fn hostile_requests_are_refused_within_bounded_memory() {
     let answer = client.produce(produce_batch(last.build().unwrap())).await.unwrap().into_inner();
     assert_eq!(answer.base_offset, 64, "the offsets go on where the good records left them");
     assert!(cluster.is_up(1), "node 1 died:\n{}", cluster.all_logs());
+    let logs = cluster.node(1).logs();
+    let refusal = logs
+        .lines()
+        .find(|l| l.contains("request refused") && l.contains("INVALID_TIMESTAMP"))
+        .unwrap_or_else(|| panic!("no log line for the refused future record:\n{logs}"));
+    for field in ["protocol=\"grpc\"", "api=\"produce\"", "client=127.0.0.1:", "topic=\"t\"", "partition=0", "error_code=32"] {
+        assert!(refusal.contains(field), "{field} missing from the refusal's log line: {refusal}");
+    }
     let peak = peak_rss(pid);
     println!("node 1 peak RSS (VmHWM) after the hostile requests: {:.1} MiB", peak as f64 / (1 << 20) as f64);
     assert!(peak < RSS_MAX_BYTES, "node 1's peak RSS was {peak} bytes, over {RSS_MAX_BYTES}");

@@ -23,6 +23,7 @@ use kafka_protocol::messages::produce_response::{
     LeaderIdAndEpoch as ProduceLeader, PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::messages::{BrokerId, ProducerId};
+use runnel_broker::error::Refusal;
 use runnel_broker::metrics::Protocol;
 use runnel_broker::plane::{
     Acks, AppendData, AppendRequest, Appended, FETCH_BYTES_DEFAULT, OffsetQuery, PRODUCE_TIMEOUT_DEFAULT,
@@ -86,7 +87,9 @@ pub(crate) fn produce(
             } else if let Some(acks) = acks {
                 match (partition_index(p.index), p.records) {
                     (Err(e), _) => Err((broker_code(&e), e.message)),
-                    (Ok(_), None) => Err((code::CORRUPT_MESSAGE, "a produce request needs a record batch".to_owned())),
+                    (Ok(_), None) => {
+                        Err((code::CORRUPT_MESSAGE, "a produce request needs a record batch".to_owned()))
+                    }
                     (Ok(partition), Some(records)) => ctx
                         .plane
                         .append(AppendRequest {
@@ -101,9 +104,15 @@ pub(crate) fn produce(
                             if e.code == ErrorCode::UnknownTopicOrPartition {
                                 unknown.push(name.clone());
                             }
-                            if e.code != ErrorCode::NotLeaderOrFollower {
-                                tracing::debug!(client = %client.addr, client_id = %client.id, topic = %name, partition, "kafka: produce refused: {e}");
+                            let who = format_args!("{} ({})", client.addr, client.id);
+                            Refusal {
+                                protocol: Protocol::Kafka,
+                                api: "produce",
+                                client: &who,
+                                topic: &name,
+                                partition: i64::from(partition),
                             }
+                            .log(&e);
                             (broker_code(&e), e.message)
                         }),
                 }
@@ -257,9 +266,15 @@ pub(crate) async fn fetch(
                     .with_log_start_offset(r.log_start_offset as i64)
                     .with_records(Some(Bytes::from(r.batches))),
                 Err(e) => {
-                    if !matches!(e.code, ErrorCode::NotLeaderOrFollower | ErrorCode::OffsetOutOfRange) {
-                        tracing::debug!(client = %client.addr, client_id = %client.id, topic = %name, partition = index, "kafka: fetch refused: {e}");
+                    let who = format_args!("{} ({})", client.addr, client.id);
+                    Refusal {
+                        protocol: Protocol::Kafka,
+                        api: "fetch",
+                        client: &who,
+                        topic: &name,
+                        partition: i64::from(index),
                     }
+                    .log(&e);
                     let (start, hw) = e.range.map_or((-1, -1), |(s, h)| (s as i64, h as i64));
                     let mut d = PartitionData::default()
                         .with_partition_index(index)
