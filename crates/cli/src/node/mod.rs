@@ -107,15 +107,16 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         // A broker-only node serves its own gRPC port.
         let stop = cancel.clone();
         grpc_task = Some(tokio::spawn(async move {
-            let served = tonic::transport::Server::builder()
-                .initial_stream_window_size(runnel_broker::service::HTTP2_STREAM_WINDOW)
-                .initial_connection_window_size(runnel_broker::service::HTTP2_CONNECTION_WINDOW)
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
-                    stop.cancelled_owned(),
-                )
-                .await;
+            let served = runnel_controller::controller::grpc_server(
+                Some(runnel_broker::service::HTTP2_STREAM_WINDOW),
+                Some(runnel_broker::service::HTTP2_CONNECTION_WINDOW),
+            )
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
+                stop.cancelled_owned(),
+            )
+            .await;
             if let Err(e) = served {
                 tracing::error!("node {id}: gRPC server failed: {e}");
             }

@@ -22,5 +22,8 @@ pub use convert::{
 pub use error::{ControllerError, ERROR_CODE_KEY, ERROR_NAME_KEY, LEADER_KEY, status_error_code};
 pub use machine::{MetadataMachine, MetadataResponse};
 pub use metrics::ControllerMetrics;
-pub use node::{Controller, ControllerConfig, StartError, Voter, parse_voters};
+pub use node::{
+    Controller, ControllerConfig, GRPC_HEADER_LIST_BYTES_MAX, GRPC_KEEPALIVE_INTERVAL,
+    GRPC_KEEPALIVE_TIMEOUT, GRPC_STREAMS_PER_CONNECTION_MAX, StartError, Voter, grpc_server, parse_voters,
+};
 pub use service::{ControllerGrpcService, ServiceConfig};

@@ -101,6 +101,33 @@ impl ControllerConfig {
     }
 }
 
+/// Most concurrent HTTP/2 streams one gRPC client connection may open (the server's
+/// SETTINGS_MAX_CONCURRENT_STREAMS; hyper's default is unlimited). A client over it waits for
+/// a stream to end. Far above what Runnel's own clients open per connection.
+pub const GRPC_STREAMS_PER_CONNECTION_MAX: u32 = 1024;
+/// HTTP/2 PING interval on idle gRPC connections (and the TCP keepalive time): a connection
+/// whose peer vanished (a host lost, not a process: the kernel does not reset) is closed,
+/// not kept with its streams' buffers forever.
+pub const GRPC_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long the peer has to answer a keepalive PING.
+pub const GRPC_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Largest request header block accepted (gRPC metadata), against header-list bombs.
+pub const GRPC_HEADER_LIST_BYTES_MAX: u32 = 64 * 1024;
+
+/// The node's gRPC server with its limits: flow-control windows as given (`None`: hyper's
+/// defaults), [`GRPC_STREAMS_PER_CONNECTION_MAX`], HTTP/2 and TCP keepalives, and
+/// [`GRPC_HEADER_LIST_BYTES_MAX`]. Every gRPC listener of a node is built here.
+pub fn grpc_server(stream_window: Option<u32>, connection_window: Option<u32>) -> Server {
+    Server::builder()
+        .initial_stream_window_size(stream_window)
+        .initial_connection_window_size(connection_window)
+        .max_concurrent_streams(GRPC_STREAMS_PER_CONNECTION_MAX)
+        .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
+        .tcp_keepalive(Some(GRPC_KEEPALIVE_INTERVAL))
+        .http2_max_header_list_size(GRPC_HEADER_LIST_BYTES_MAX)
+}
+
 /// Why a controller node did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -208,9 +235,7 @@ impl Controller {
         let controller_service = ControllerGrpcService::new(Arc::clone(&shared)).into_server();
         let stop = cancel.clone();
         tasks.spawn(async move {
-            let served = Server::builder()
-                .initial_stream_window_size(config.http2_stream_window)
-                .initial_connection_window_size(config.http2_connection_window)
+            let served = grpc_server(config.http2_stream_window, config.http2_connection_window)
                 .add_routes(extra.add_service(raft_service).add_service(controller_service))
                 .serve_with_incoming_shutdown(
                     // Without it, small responses wait on Nagle and the peer's delayed ACK: a
