@@ -8,9 +8,11 @@
 //! - a batch whose `last_offset_delta` claims 2^31 offsets for one record is refused with
 //!   INVALID_RECORD, and a far-future create time with INVALID_TIMESTAMP;
 //!
-//! and afterwards the log holds exactly the good records, the node still serves, and its
-//! peak resident memory (`VmHWM` in `/proc/<pid>/status`, the high-water mark over its whole
-//! life, so nothing between two samples is missed) stayed under 1 GiB.
+//! and afterwards the log holds exactly the good records, the node still serves, its peak
+//! resident memory (`VmHWM` in `/proc/<pid>/status`, the high-water mark over its whole
+//! life, so nothing between two samples is missed) stayed under 1 GiB, and the refusals'
+//! log lines carry protocol, API, client, topic, partition and error code. A second test
+//! checks the Kafka listener's connection cap and idle timeout.
 //!
 //! Run with `cargo test -p runnel --test hostile_inputs`.
 
@@ -174,10 +176,102 @@ async fn hostile_requests_are_refused_within_bounded_memory() {
         .lines()
         .find(|l| l.contains("request refused") && l.contains("INVALID_TIMESTAMP"))
         .unwrap_or_else(|| panic!("no log line for the refused future record:\n{logs}"));
-    for field in ["protocol=\"grpc\"", "api=\"produce\"", "client=127.0.0.1:", "topic=\"t\"", "partition=0", "error_code=32"] {
+    for field in [
+        "protocol=\"grpc\"",
+        "api=\"produce\"",
+        "client=127.0.0.1:",
+        "topic=\"t\"",
+        "partition=0",
+        "error_code=32",
+    ] {
         assert!(refusal.contains(field), "{field} missing from the refusal's log line: {refusal}");
     }
     let peak = peak_rss(pid);
     println!("node 1 peak RSS (VmHWM) after the hostile requests: {:.1} MiB", peak as f64 / (1 << 20) as f64);
     assert!(peak < RSS_MAX_BYTES, "node 1's peak RSS was {peak} bytes, over {RSS_MAX_BYTES}");
+}
+
+/// One ApiVersions v0 request (correlation id `id`, no client id) on `stream`, and its answer's
+/// correlation id; `None` when the broker closed the connection instead.
+fn api_versions(stream: &mut std::net::TcpStream, id: i32) -> Option<i32> {
+    use std::io::{Read, Write};
+    let mut frame = 10i32.to_be_bytes().to_vec();
+    frame.extend(18i16.to_be_bytes());
+    frame.extend(0i16.to_be_bytes());
+    frame.extend(id.to_be_bytes());
+    frame.extend((-1i16).to_be_bytes());
+    stream.write_all(&frame).ok()?;
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).ok()?;
+    let mut body = vec![0u8; i32::from_be_bytes(len).clamp(4, 1 << 20) as usize];
+    stream.read_exact(&mut body).ok()?;
+    Some(i32::from_be_bytes(body[..4].try_into().unwrap()))
+}
+
+/// True once the broker has closed `stream` (EOF or reset) within `within`.
+fn closed_within(stream: &mut std::net::TcpStream, within: Duration) -> bool {
+    use std::io::Read;
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+    }
+}
+
+/// The Kafka listener's connection limits (Kafka's `max.connections` and
+/// `connections.max.idle.ms`): with 8 allowed, a ninth connection is closed at once; an idle
+/// one is closed after the idle time, while one that keeps asking stays open past it.
+#[test]
+fn kafka_connections_are_capped_and_idle_ones_closed() {
+    const MAX: usize = 8;
+    const IDLE: Duration = Duration::from_millis(1_500);
+    let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_runnel"));
+    opts.extra_args = vec![
+        "--max-connections".into(),
+        MAX.to_string(),
+        "--connections-max-idle-ms".into(),
+        IDLE.as_millis().to_string(),
+    ];
+    let cluster = Cluster::start(1, opts).unwrap_or_else(|e| panic!("cluster start: {e:#}"));
+    let addr = cluster.node(1).kafka_addr();
+    let connect = || {
+        let s = std::net::TcpStream::connect_timeout(&addr, CALL).expect("connect to the Kafka listener");
+        s.set_read_timeout(Some(CALL)).unwrap();
+        s
+    };
+    let mut open: Vec<_> = (0..MAX).map(|_| connect()).collect();
+    for (i, s) in open.iter_mut().enumerate() {
+        assert_eq!(api_versions(s, i as i32), Some(i as i32), "connection {i} of {MAX} is served");
+    }
+    let mut extra = connect();
+    assert!(closed_within(&mut extra, CALL), "connection {} was not closed at once", MAX + 1);
+    assert!(cluster.node(1).logs().contains("max.connections are open"), "{}", cluster.node(1).logs());
+
+    // One connection keeps asking every IDLE/3 for 2 x IDLE; the others say nothing.
+    let mut busy = open.pop().unwrap();
+    let started = std::time::Instant::now();
+    let mut id = 100;
+    while started.elapsed() < 2 * IDLE {
+        assert_eq!(
+            api_versions(&mut busy, id),
+            Some(id),
+            "the busy connection was closed after {:?}",
+            started.elapsed()
+        );
+        id += 1;
+        std::thread::sleep(IDLE / 3);
+    }
+    for (i, s) in open.iter_mut().enumerate() {
+        assert!(
+            closed_within(s, CALL),
+            "idle connection {i} still open {:?} after its last request",
+            started.elapsed()
+        );
+    }
+    assert_eq!(api_versions(&mut busy, id), Some(id), "the busy connection is still served");
+    // The idle ones are gone, so new connections are taken again.
+    let mut again = connect();
+    assert_eq!(api_versions(&mut again, 7), Some(7));
 }

@@ -51,7 +51,18 @@ pub struct KafkaConfig {
     /// `socket.request.max.bytes`: the largest request frame read; a larger one closes the
     /// connection.
     pub request_max_bytes: usize,
+    /// `max.connections`: Kafka connections open at once per listener; one more is closed at
+    /// once (each costs a reader, a writer and up to [`IN_FLIGHT_MAX`] requests).
+    pub max_connections: usize,
+    /// `connections.max.idle.ms`: a connection with no request for this long, and none
+    /// unanswered, is closed.
+    pub connections_max_idle: std::time::Duration,
 }
+
+/// `max.connections` by default (Kafka's is unlimited; a bound is the point here).
+pub const MAX_CONNECTIONS_DEFAULT: usize = 10_000;
+/// `connections.max.idle.ms` by default: Kafka's ten minutes.
+pub const CONNECTIONS_MAX_IDLE_DEFAULT: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl KafkaConfig {
     /// Kafka's defaults for broker `broker_id`.
@@ -63,6 +74,8 @@ impl KafkaConfig {
             num_partitions: 1,
             default_replication_factor: None,
             request_max_bytes: REQUEST_BYTES_MAX_DEFAULT,
+            max_connections: MAX_CONNECTIONS_DEFAULT,
+            connections_max_idle: CONNECTIONS_MAX_IDLE_DEFAULT,
         }
     }
 }

@@ -31,10 +31,20 @@ pub async fn serve(listeners: Vec<(String, TcpListener)>, context: Arc<Context>,
         let cancel = cancel.clone();
         accepts.spawn(async move {
             let mut connections = JoinSet::new();
+            let mut last_refusal_logged: Option<tokio::time::Instant> = None;
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     accepted = listener.accept() => match accepted {
+                        Ok((stream, peer)) if connections.len() >= context.config.max_connections => {
+                            drop(stream);
+                            // One line a second at most: a flood of connections is not a flood of logs.
+                            if last_refusal_logged.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(1)) {
+                                last_refusal_logged = Some(tokio::time::Instant::now());
+                                tracing::warn!(client = %peer, listener = %name, max_connections = context.config.max_connections,
+                                    "kafka: refused a connection: max.connections are open");
+                            }
+                        }
                         Ok((stream, peer)) => {
                             let _ = stream.set_nodelay(true);
                             let conn = connection(stream, peer, Arc::clone(&name), Arc::clone(&context), cancel.clone());
@@ -98,13 +108,23 @@ async fn connection(
     let mut write = BufWriter::new(write);
     let mut pending = FuturesOrdered::new();
     let mut reading = true;
+    let idle = context.config.connections_max_idle;
+    // The last request received or answered: with nothing pending, the idle clock.
+    let mut active_at = tokio::time::Instant::now();
     // Until the reader is done (the client closed, or a request closed the connection) and
     // every started request is answered.
     while reading || !pending.is_empty() {
         tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep_until(active_at + idle), if pending.is_empty() => {
+                tracing::debug!(client = %peer, "kafka: closing a connection idle for {idle:?} (connections.max.idle.ms)");
+                break;
+            }
             started = rx.recv(), if reading => match started {
-                Some(started) => pending.push_back(started.run()),
+                Some(started) => {
+                    active_at = tokio::time::Instant::now();
+                    pending.push_back(started.run());
+                }
                 None => reading = false,
             },
             Some(reply) = pending.next(), if !pending.is_empty() => {
@@ -120,6 +140,7 @@ async fn connection(
                 if write.write_all(&frame).await.is_err() {
                     break;
                 }
+                active_at = tokio::time::Instant::now();
                 if pending.is_empty() && write.flush().await.is_err() {
                     break;
                 }

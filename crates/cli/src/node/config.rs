@@ -104,6 +104,14 @@ pub(crate) struct NodeArgs {
     /// [default: 104857600].
     #[arg(long, env = "RUNNEL_SOCKET_REQUEST_MAX_BYTES")]
     pub(crate) socket_request_max_bytes: Option<usize>,
+    /// Kafka's max.connections: Kafka connections open at once per listener; more are
+    /// closed as they come [default: 10000].
+    #[arg(long, env = "RUNNEL_MAX_CONNECTIONS")]
+    pub(crate) max_connections: Option<usize>,
+    /// Kafka's connections.max.idle.ms: a Kafka connection with no request for this long
+    /// (and none unanswered) is closed [default: 600000].
+    #[arg(long, env = "RUNNEL_CONNECTIONS_MAX_IDLE_MS")]
+    pub(crate) connections_max_idle_ms: Option<u64>,
     /// Broker heartbeat period [default: 500].
     #[arg(long, env = "RUNNEL_HEARTBEAT_INTERVAL_MS")]
     pub(crate) heartbeat_interval_ms: Option<u64>,
@@ -173,6 +181,8 @@ pub(crate) struct NodeSettings {
     pub(crate) num_partitions: u32,
     pub(crate) default_replication_factor: Option<u32>,
     pub(crate) socket_request_max_bytes: usize,
+    pub(crate) max_connections: usize,
+    pub(crate) connections_max_idle_ms: u64,
     pub(crate) heartbeat_interval_ms: u64,
     pub(crate) session_timeout_ms: u64,
     pub(crate) replica_lag_time_ms: u64,
@@ -208,6 +218,8 @@ impl NodeArgs {
             num_partitions: self.num_partitions.or(lower.num_partitions),
             default_replication_factor: self.default_replication_factor.or(lower.default_replication_factor),
             socket_request_max_bytes: self.socket_request_max_bytes.or(lower.socket_request_max_bytes),
+            max_connections: self.max_connections.or(lower.max_connections),
+            connections_max_idle_ms: self.connections_max_idle_ms.or(lower.connections_max_idle_ms),
             heartbeat_interval_ms: self.heartbeat_interval_ms.or(lower.heartbeat_interval_ms),
             session_timeout_ms: self.session_timeout_ms.or(lower.session_timeout_ms),
             replica_lag_time_ms: self.replica_lag_time_ms.or(lower.replica_lag_time_ms),
@@ -323,6 +335,16 @@ impl NodeSettings {
         if socket_request_max_bytes < 1024 || socket_request_max_bytes > i32::MAX as usize {
             bail!("--socket-request-max-bytes must be from 1024 to {}", i32::MAX);
         }
+        let max_connections = args.max_connections.unwrap_or(runnel_kafka::MAX_CONNECTIONS_DEFAULT);
+        if max_connections == 0 {
+            bail!("--max-connections must be at least 1");
+        }
+        let connections_max_idle_ms = args
+            .connections_max_idle_ms
+            .unwrap_or(runnel_kafka::CONNECTIONS_MAX_IDLE_DEFAULT.as_millis() as u64);
+        if connections_max_idle_ms == 0 {
+            bail!("--connections-max-idle-ms must be at least 1");
+        }
         let settings = NodeSettings {
             id,
             data_dir,
@@ -339,6 +361,8 @@ impl NodeSettings {
             num_partitions,
             default_replication_factor: args.default_replication_factor,
             socket_request_max_bytes,
+            max_connections,
+            connections_max_idle_ms,
             heartbeat_interval_ms: args.heartbeat_interval_ms.unwrap_or(HEARTBEAT_INTERVAL_MS),
             session_timeout_ms: args.session_timeout_ms.unwrap_or(SESSION_TIMEOUT_MS),
             replica_lag_time_ms: args.replica_lag_time_ms.unwrap_or(REPLICA_LAG_TIME_MS),
@@ -407,6 +431,7 @@ mod tests {
         assert!(s.auto_create_topics_enable);
         assert_eq!((s.num_partitions, s.default_replication_factor), (1, None));
         assert_eq!(s.socket_request_max_bytes, 100 << 20);
+        assert_eq!((s.max_connections, s.connections_max_idle_ms), (10_000, 600_000));
     }
 
     #[test]
@@ -460,6 +485,8 @@ mod tests {
         );
         assert!(with(&["--id", "1", "--default-replication-factor", "0"]).is_err());
         assert!(with(&["--id", "1", "--socket-request-max-bytes", "10"]).is_err());
+        assert!(with(&["--id", "1", "--max-connections", "0"]).is_err());
+        assert!(with(&["--id", "1", "--connections-max-idle-ms", "0"]).is_err());
         assert!(
             with(&[
                 "--id",

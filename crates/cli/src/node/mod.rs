@@ -130,6 +130,8 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         config.num_partitions = settings.num_partitions;
         config.default_replication_factor = settings.default_replication_factor;
         config.request_max_bytes = settings.socket_request_max_bytes;
+        config.max_connections = settings.max_connections;
+        config.connections_max_idle = Duration::from_millis(settings.connections_max_idle_ms);
         let context = Arc::new(runnel_kafka::Context {
             config,
             plane: Arc::clone(broker.plane()),
