@@ -37,13 +37,14 @@ pub async fn serve(listeners: Vec<(String, TcpListener)>, context: Arc<Context>,
                     _ = cancel.cancelled() => break,
                     accepted = listener.accept() => match accepted {
                         Ok((stream, peer)) if connections.len() >= context.config.max_connections => {
-                            drop(stream);
                             // One line a second at most: a flood of connections is not a flood of logs.
+                            // The line is written before the close, so whoever sees the close can find it.
                             if last_refusal_logged.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(1)) {
                                 last_refusal_logged = Some(tokio::time::Instant::now());
                                 tracing::warn!(client = %peer, listener = %name, max_connections = context.config.max_connections,
                                     "kafka: refused a connection: max.connections are open");
                             }
+                            drop(stream);
                         }
                         Ok((stream, peer)) => {
                             let _ = stream.set_nodelay(true);
