@@ -10,8 +10,11 @@ use runnel_proto::pb::runnel::v1 as pb;
 pub struct BrokerEntry {
     /// The broker epoch.
     pub epoch: u64,
-    /// Its gRPC address.
+    /// Its gRPC address (clients).
     pub grpc: String,
+    /// Where other brokers fetch its replicas: its internal gRPC address, or `grpc` when it
+    /// serves both planes on one listener.
+    pub replication: String,
     /// Its Kafka listener address.
     pub kafka: String,
     /// Its HTTP listener address (probes, metrics, the console); empty when not advertised.
@@ -81,6 +84,11 @@ fn broker(info: &pb::BrokerInfo) -> BrokerEntry {
     BrokerEntry {
         epoch: info.broker_epoch,
         grpc: info.endpoints.as_ref().map(|e| e.grpc.clone()).unwrap_or_default(),
+        replication: info
+            .endpoints
+            .as_ref()
+            .map(|e| if e.internal.is_empty() { e.grpc.clone() } else { e.internal.clone() })
+            .unwrap_or_default(),
         kafka: info.endpoints.as_ref().map(|e| e.kafka.clone()).unwrap_or_default(),
         http: info.endpoints.as_ref().map(|e| e.http.clone()).unwrap_or_default(),
         rack: info.rack.clone(),

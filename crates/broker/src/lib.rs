@@ -54,7 +54,11 @@ pub struct BrokerConfig {
     pub kafka_addr: String,
     /// Advertised HTTP `host:port`.
     pub http_addr: String,
-    /// The controller voters' gRPC addresses.
+    /// Advertised `host:port` of the internal gRPC listener, where other brokers fetch
+    /// replicas, when the node serves it apart from `grpc_addr`; `None` when `grpc_addr`
+    /// serves it too.
+    pub internal_addr: Option<String>,
+    /// The controller voters' gRPC addresses (their internal listeners).
     pub controllers: Vec<String>,
     /// How often to heartbeat.
     pub heartbeat_interval: Duration,
@@ -352,6 +356,7 @@ async fn register(config: &BrokerConfig, addr: &str, incarnation_id: [u8; 16]) -
             grpc: config.grpc_addr.clone(),
             kafka: config.kafka_addr.clone(),
             http: config.http_addr.clone(),
+            internal: config.internal_addr.clone().unwrap_or_default(),
         }),
         rack: String::new(),
         incarnation_id: incarnation_id.to_vec(),
@@ -601,7 +606,8 @@ async fn watch_task(
     cancel: CancellationToken,
 ) {
     // Prefer this node's own controller when it is one (same address), else start at id.
-    let start = config.controllers.iter().position(|a| *a == config.grpc_addr).unwrap_or(config.id as usize);
+    let own = config.internal_addr.as_ref().unwrap_or(&config.grpc_addr);
+    let start = config.controllers.iter().position(|a| a == own).unwrap_or(config.id as usize);
     let mut controllers = Controllers::new(config.controllers.clone(), start);
     let retry = config.heartbeat_interval.min(Duration::from_millis(200));
     loop {

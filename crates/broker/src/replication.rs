@@ -327,7 +327,7 @@ async fn session(
     let addr = read_cache(cache)
         .brokers
         .get(&leader)
-        .map(|b| b.grpc.clone())
+        .map(|b| b.replication.clone())
         .filter(|a| !a.is_empty())
         .ok_or_else(|| Status::unavailable(format!("no address for broker {leader}")))?;
     let channel = Endpoint::from_shared(format!("http://{addr}"))

@@ -81,6 +81,9 @@ pub struct ClusterOpts {
     /// [`Cluster::isolate`] can cut it off from the others. Needs root; off by default (nodes
     /// on loopback ports).
     pub netns: bool,
+    /// Give each node a separate internal gRPC listener (`--internal-addr`) for inter-node
+    /// calls; the voters list names those. Off by default (one gRPC listener per node).
+    pub internal_listener: bool,
 }
 
 impl ClusterOpts {
@@ -95,6 +98,7 @@ impl ClusterOpts {
             log_filter: "info".to_owned(),
             extra_args: Vec::new(),
             netns: false,
+            internal_listener: false,
         }
     }
 }
@@ -106,6 +110,7 @@ pub struct Node {
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
     kafka_addr: SocketAddr,
+    internal_addr: Option<SocketAddr>,
     data_dir: PathBuf,
     stdout_path: PathBuf,
     stderr_path: PathBuf,
@@ -120,9 +125,15 @@ impl Node {
     pub fn id(&self) -> u64 {
         self.id
     }
-    /// The gRPC listener (RaftService, ControllerService, BrokerService), fixed across restarts.
+    /// The gRPC listener (BrokerService, GroupService, ControllerService; and the inter-node
+    /// services unless the node has an internal listener), fixed across restarts.
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+    /// The internal gRPC listener (RaftService, ReplicationService, the whole
+    /// ControllerService), with [`ClusterOpts::internal_listener`].
+    pub fn internal_addr(&self) -> Option<SocketAddr> {
+        self.internal_addr
     }
     /// The HTTP listener (health, metrics).
     pub fn http_addr(&self) -> SocketAddr {
@@ -233,6 +244,8 @@ pub const NETNS_GRPC_PORT: u16 = 50051;
 pub const NETNS_HTTP_PORT: u16 = 8081;
 /// See [`NETNS_GRPC_PORT`].
 pub const NETNS_KAFKA_PORT: u16 = 9092;
+/// See [`NETNS_GRPC_PORT`].
+pub const NETNS_INTERNAL_PORT: u16 = 50061;
 
 impl Cluster {
     /// Starts `n` nodes and waits until every one is ready.
@@ -259,7 +272,7 @@ impl Cluster {
         let root = tempfile::Builder::new().prefix("runnel-testkit-").tempdir()?;
         let netns =
             if opts.netns { Some(Netns::create(n).context("setting up network namespaces")?) } else { None };
-        let addrs: Vec<[SocketAddr; 3]> = match &netns {
+        let addrs: Vec<[SocketAddr; 4]> = match &netns {
             // Every node has an address of its own, so the ports can be the usual ones.
             Some(net) => (1..=n as u64)
                 .map(|id| {
@@ -268,18 +281,20 @@ impl Cluster {
                         (ip, NETNS_GRPC_PORT).into(),
                         (ip, NETNS_HTTP_PORT).into(),
                         (ip, NETNS_KAFKA_PORT).into(),
+                        (ip, NETNS_INTERNAL_PORT).into(),
                     ]
                 })
                 .collect(),
-            None => free_ports(3 * n)?
-                .chunks(3)
+            None => free_ports(4 * n)?
+                .chunks(4)
                 .map(|p| p.iter().map(|&port| SocketAddr::from(([127, 0, 0, 1], port))))
-                .map(|mut a| [a.next().unwrap(), a.next().unwrap(), a.next().unwrap()])
+                .map(|mut a| [a.next().unwrap(), a.next().unwrap(), a.next().unwrap(), a.next().unwrap()])
                 .collect(),
         };
         let mut nodes = Vec::with_capacity(n);
-        for (i, [grpc_addr, http_addr, kafka_addr]) in addrs.into_iter().enumerate() {
+        for (i, [grpc_addr, http_addr, kafka_addr, internal_addr]) in addrs.into_iter().enumerate() {
             let id = i as u64 + 1;
+            let internal_addr = opts.internal_listener.then_some(internal_addr);
             let dir = root.path().join(format!("node-{id}"));
             std::fs::create_dir_all(dir.join("data"))?;
             nodes.push(Node {
@@ -287,6 +302,7 @@ impl Cluster {
                 grpc_addr,
                 http_addr,
                 kafka_addr,
+                internal_addr,
                 data_dir: dir.join("data"),
                 stdout_path: dir.join("stdout.log"),
                 stderr_path: dir.join("stderr.log"),
@@ -295,7 +311,11 @@ impl Cluster {
                 namespace: netns.as_ref().map(|net| net.namespace(id).to_owned()),
             });
         }
-        let voters = nodes.iter().map(|n| format!("{}@{}", n.id, n.grpc_addr)).collect::<Vec<_>>().join(",");
+        let voters = nodes
+            .iter()
+            .map(|n| format!("{}@{}", n.id, n.internal_addr.unwrap_or(n.grpc_addr)))
+            .collect::<Vec<_>>()
+            .join(",");
         Ok(Self { opts, nodes, voters, netns, root: Some(root) })
     }
 
@@ -351,6 +371,9 @@ impl Cluster {
             "--kafka-addr".to_owned(),
             n.kafka_addr.to_string(),
         ];
+        if let Some(internal) = n.internal_addr {
+            args.extend(["--internal-addr".to_owned(), internal.to_string()]);
+        }
         if let Some(ms) = self.opts.session_timeout_ms {
             args.extend(["--session-timeout-ms".to_owned(), ms.to_string()]);
         }

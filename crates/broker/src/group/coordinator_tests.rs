@@ -24,6 +24,7 @@ fn cache_with_isr(offsets_leader: u32, epoch: i32, isr: Vec<u32>) -> MetadataCac
             BrokerEntry {
                 epoch: 1,
                 grpc: format!("127.0.0.1:5005{id}"),
+                replication: format!("127.0.0.1:5005{id}"),
                 kafka: String::new(),
                 http: String::new(),
                 rack: String::new(),

@@ -64,7 +64,8 @@ pub(crate) struct NodeArgs {
     /// Where the node keeps its data (required).
     #[arg(long, env = "RUNNEL_DATA_DIR")]
     pub(crate) data_dir: Option<PathBuf>,
-    /// The controller voters, `id@host:port,...` (required; each voter's gRPC address).
+    /// The controller voters, `id@host:port,...` (required; each voter's internal gRPC
+    /// address: its --internal-advertised-addr when set, else its --grpc-advertised-addr).
     #[arg(long, env = "RUNNEL_CONTROLLER_VOTERS")]
     pub(crate) controller_voters: Option<String>,
     /// The node's roles, comma separated: controller, broker [default: controller,broker].
@@ -79,6 +80,14 @@ pub(crate) struct NodeArgs {
     /// The gRPC address other nodes and clients are told, HOST:PORT [default: --grpc-addr].
     #[arg(long, env = "RUNNEL_GRPC_ADVERTISED_ADDR")]
     pub(crate) grpc_advertised_addr: Option<String>,
+    /// A separate gRPC listener for inter-node calls only (Raft, replication, broker
+    /// sessions, ISR changes), HOST:PORT, so that they can be firewalled from clients; the
+    /// --grpc-addr listener then refuses them [default: none, --grpc-addr serves both].
+    #[arg(long, env = "RUNNEL_INTERNAL_ADDR")]
+    pub(crate) internal_addr: Option<String>,
+    /// The internal address other nodes are told, HOST:PORT [default: --internal-addr].
+    #[arg(long, env = "RUNNEL_INTERNAL_ADVERTISED_ADDR")]
+    pub(crate) internal_advertised_addr: Option<String>,
     /// Kafka listeners, [NAME://]HOST:PORT[,...] (Kafka's `listeners`) [default:
     /// 127.0.0.1:(9091+id), so node 1 is on 9092]. A loopback host also listens on the other
     /// loopback family (127.0.0.1 and [::1]), since clients may resolve `localhost` to either.
@@ -169,6 +178,9 @@ pub(crate) struct NodeSettings {
     pub(crate) roles: Roles,
     pub(crate) grpc_addr: String,
     pub(crate) grpc_advertised_addr: String,
+    /// The internal listener and what other nodes are told of it, when the planes are apart.
+    pub(crate) internal_addr: Option<String>,
+    pub(crate) internal_advertised_addr: Option<String>,
     pub(crate) http_addr: String,
     pub(crate) kafka_addr: String,
     pub(crate) kafka_advertised_addr: String,
@@ -211,6 +223,8 @@ impl NodeArgs {
             roles: self.roles.or(lower.roles),
             grpc_addr: self.grpc_addr.or(lower.grpc_addr),
             grpc_advertised_addr: self.grpc_advertised_addr.or(lower.grpc_advertised_addr),
+            internal_addr: self.internal_addr.or(lower.internal_addr),
+            internal_advertised_addr: self.internal_advertised_addr.or(lower.internal_advertised_addr),
             http_addr: self.http_addr.or(lower.http_addr),
             kafka_addr: self.kafka_addr.or(lower.kafka_addr),
             kafka_advertised_addr: self.kafka_advertised_addr.or(lower.kafka_advertised_addr),
@@ -323,6 +337,26 @@ impl NodeSettings {
         let kafka_endpoint = runnel_kafka::listeners::encode(&advertised);
         let grpc_advertised_addr = args.grpc_advertised_addr.unwrap_or_else(|| grpc_addr.clone());
         check_reachable("gRPC", &grpc_advertised_addr, "--grpc-advertised-addr")?;
+        if args.internal_advertised_addr.is_some() && args.internal_addr.is_none() {
+            bail!("--internal-advertised-addr needs --internal-addr");
+        }
+        let internal_advertised_addr = args.internal_advertised_addr.or_else(|| args.internal_addr.clone());
+        if let Some(internal) = &internal_advertised_addr {
+            check_reachable("internal", internal, "--internal-advertised-addr")?;
+            if *internal == grpc_advertised_addr {
+                bail!("--internal-addr must differ from --grpc-addr (leave it unset to serve both on one)");
+            }
+            // Raft and the brokers reach a voter at its address in the list: with the planes
+            // apart, that must be its internal listener, or every call would be refused.
+            if let Some(me) = voters.iter().find(|v| v.id == u64::from(id))
+                && me.addr != *internal
+            {
+                bail!(
+                    "--controller-voters gives node {id} the address {:?}, but its internal listener is {internal:?}: with --internal-addr the voters list names each voter's internal address",
+                    me.addr
+                );
+            }
+        }
         let num_partitions = args.num_partitions.unwrap_or(1);
         if num_partitions == 0 {
             bail!("--num-partitions must be at least 1");
@@ -352,6 +386,8 @@ impl NodeSettings {
             roles,
             grpc_addr,
             grpc_advertised_addr,
+            internal_addr: args.internal_addr,
+            internal_advertised_addr,
             http_addr,
             kafka_addr,
             kafka_advertised_addr,
@@ -452,6 +488,35 @@ mod tests {
         assert!(!s.restore_preferred_leaders);
         assert_eq!(s.roles, Roles { controller: false, broker: true });
         assert_eq!(s.grpc_addr, "127.0.0.1:50051", "unset everywhere: the default");
+    }
+
+    #[test]
+    fn the_internal_listener_is_the_voters_address() {
+        let split = "1@127.0.0.1:50061,2@127.0.0.1:50062,3@127.0.0.1:50063";
+        let resolve = |voters: &str, extra: &[&str]| {
+            let mut all = vec!["--id", "1", "--data-dir", "d", "--controller-voters", voters];
+            all.extend_from_slice(extra);
+            NodeSettings::resolve(flags(&all))
+        };
+        let s = resolve(split, &["--internal-addr", "127.0.0.1:50061"]).expect("valid");
+        assert_eq!(s.internal_addr.as_deref(), Some("127.0.0.1:50061"));
+        assert_eq!(s.internal_advertised_addr.as_deref(), Some("127.0.0.1:50061"));
+        let s = resolve(
+            split,
+            &["--internal-addr", "0.0.0.0:50061", "--internal-advertised-addr", "127.0.0.1:50061"],
+        )
+        .expect("a wildcard bind, advertised");
+        assert_eq!(s.internal_addr.as_deref(), Some("0.0.0.0:50061"));
+        assert!(resolve(VOTERS, &[]).is_ok_and(|s| s.internal_addr.is_none()), "one listener by default");
+        let refused = [
+            (VOTERS, vec!["--internal-addr", "127.0.0.1:50061"], "the voters list names the client listener"),
+            (split, vec!["--internal-addr", "0.0.0.0:50061"], "a wildcard advertised to peers"),
+            (split, vec!["--internal-advertised-addr", "127.0.0.1:50061"], "advertised without a listener"),
+            (VOTERS, vec!["--internal-addr", "127.0.0.1:50051"], "the same listener twice"),
+        ];
+        for (voters, extra, why) in refused {
+            assert!(resolve(voters, &extra).is_err(), "{why}");
+        }
     }
 
     #[test]

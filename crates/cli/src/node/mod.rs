@@ -35,7 +35,19 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
     let http = TcpListener::bind(&settings.http_addr)
         .await
         .with_context(|| format!("binding the HTTP listener {}", settings.http_addr))?;
+    let internal = match &settings.internal_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the internal gRPC listener {addr}"))?,
+        ),
+        None => None,
+    };
     let grpc_addr = grpc.local_addr()?;
+    let internal_shown = match &internal {
+        Some(listener) => format!(" internal={}", listener.local_addr()?),
+        None => String::new(),
+    };
     let http_addr = http.local_addr()?;
     let mut kafka = Vec::new();
     if settings.roles.broker {
@@ -55,6 +67,7 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
                 grpc_addr: settings.grpc_advertised_addr.clone(),
                 kafka_addr: settings.kafka_endpoint.clone(),
                 http_addr: settings.http_addr.clone(),
+                internal_addr: settings.internal_advertised_addr.clone(),
                 controllers: settings.voters.iter().map(|v| v.addr.clone()).collect(),
                 heartbeat_interval: Duration::from_millis(settings.heartbeat_interval_ms),
                 request_timeout: Duration::from_millis(settings.session_timeout_ms.max(1_000)),
@@ -74,16 +87,26 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         .register_encoded_file_descriptor_set(runnel_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building the gRPC reflection service")?;
+    // Client routes; the inter-node ones go beside them unless the node has an internal
+    // listener for them.
     let mut routes = Routes::new(reflection);
+    let mut internal_routes = Routes::default();
     if let Some(broker) = &broker {
-        routes = routes
-            .add_service(broker.service())
-            .add_service(broker.replication_service())
-            .add_service(broker.group_service());
+        routes = routes.add_service(broker.service()).add_service(broker.group_service());
+        let replication = broker.replication_service();
+        if internal.is_none() {
+            routes = routes.add_service(replication);
+        } else {
+            internal_routes = internal_routes.add_service(replication);
+        }
     }
+    let planes = match internal {
+        Some(internal) => Planes::Split { internal: (internal, internal_routes), client: (grpc, routes) },
+        None => Planes::One(grpc, routes),
+    };
 
     let cancel = CancellationToken::new();
-    let mut grpc_task = None;
+    let mut grpc_tasks = Vec::new();
     let controller = if settings.roles.controller {
         let mut config = ControllerConfig::new(
             u64::from(id),
@@ -102,25 +125,22 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         config.shutdown_timeout = SHUTDOWN_PATIENCE;
         config.http2_stream_window = Some(runnel_broker::service::HTTP2_STREAM_WINDOW);
         config.http2_connection_window = Some(runnel_broker::service::HTTP2_CONNECTION_WINDOW);
-        Some(Controller::start_serving(config, grpc, routes).await.context("starting the controller")?)
+        let started = match planes {
+            Planes::One(listener, routes) => Controller::start_serving(config, listener, routes).await,
+            Planes::Split { internal, client } => Controller::start_split(config, internal, client).await,
+        };
+        Some(started.context("starting the controller")?)
     } else {
-        // A broker-only node serves its own gRPC port.
-        let stop = cancel.clone();
-        grpc_task = Some(tokio::spawn(async move {
-            let served = runnel_controller::controller::grpc_server(
-                Some(runnel_broker::service::HTTP2_STREAM_WINDOW),
-                Some(runnel_broker::service::HTTP2_CONNECTION_WINDOW),
-            )
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
-                stop.cancelled_owned(),
-            )
-            .await;
-            if let Err(e) = served {
-                tracing::error!("node {id}: gRPC server failed: {e}");
+        // A broker-only node serves its own gRPC listeners.
+        let listeners = match planes {
+            Planes::One(listener, routes) => vec![("gRPC", listener, routes)],
+            Planes::Split { internal, client } => {
+                vec![("client gRPC", client.0, client.1), ("internal gRPC", internal.0, internal.1)]
             }
-        }));
+        };
+        for (what, listener, routes) in listeners {
+            grpc_tasks.push(tokio::spawn(serve_grpc(id, what, listener, routes, cancel.clone())));
+        }
         None
     };
     let kafka_cancel = CancellationToken::new();
@@ -142,7 +162,7 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
     });
     let kafka_shown =
         if settings.roles.broker { format!(" kafka={}", settings.kafka_addr) } else { String::new() };
-    println!("runnel node {id} ready: grpc={grpc_addr} http={http_addr}{kafka_shown}");
+    println!("runnel node {id} ready: grpc={grpc_addr}{internal_shown} http={http_addr}{kafka_shown}");
     std::io::stdout().flush()?;
 
     let probes = http::Probes {
@@ -189,13 +209,44 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
     if let Some(controller) = controller {
         controller.shutdown().await;
     }
-    if let Some(task) = grpc_task
-        && tokio::time::timeout(SHUTDOWN_PATIENCE, task).await.is_err()
-    {
-        tracing::warn!("node {id}: the gRPC server did not stop in time");
+    for task in grpc_tasks {
+        if tokio::time::timeout(SHUTDOWN_PATIENCE, task).await.is_err() {
+            tracing::warn!("node {id}: a gRPC server did not stop in time");
+        }
     }
     tracing::info!("node {id}: stopped");
     Ok(())
+}
+
+/// The node's gRPC listeners and what each serves.
+enum Planes {
+    /// One listener for clients and the other nodes.
+    One(TcpListener, Routes),
+    /// Inter-node calls on `internal`, client calls on `client` (`--internal-addr`).
+    Split { internal: (TcpListener, Routes), client: (TcpListener, Routes) },
+}
+
+/// Serves `routes` on a broker-only node's `listener` until `stop`.
+async fn serve_grpc(
+    id: u32,
+    what: &'static str,
+    listener: TcpListener,
+    routes: Routes,
+    stop: CancellationToken,
+) {
+    let served = runnel_controller::controller::grpc_server(
+        Some(runnel_broker::service::HTTP2_STREAM_WINDOW),
+        Some(runnel_broker::service::HTTP2_CONNECTION_WINDOW),
+    )
+    .add_routes(routes)
+    .serve_with_incoming_shutdown(
+        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        stop.cancelled_owned(),
+    )
+    .await;
+    if let Err(e) = served {
+        tracing::error!("node {id}: {what} server failed: {e}");
+    }
 }
 
 /// The Kafka listeners for `addr`: the address itself and, for a loopback host, the other

@@ -49,7 +49,7 @@ fn endpoints(endpoints: Option<pb::BrokerEndpoints>) -> Result<Endpoints, Contro
             return invalid(format!("the {kind} endpoint must be 1 to {ENDPOINT_LEN_MAX} bytes"));
         }
     }
-    Ok(Endpoints { grpc: e.grpc, kafka: e.kafka, http: e.http })
+    Ok(Endpoints { grpc: e.grpc, kafka: e.kafka, http: e.http, internal: e.internal })
 }
 
 impl TryFrom<pb::CreateTopicRequest> for Command {
@@ -188,6 +188,7 @@ pub(crate) fn broker_info(broker: &Broker) -> pb::BrokerInfo {
             grpc: broker.endpoints.grpc.clone(),
             kafka: broker.endpoints.kafka.clone(),
             http: broker.endpoints.http.clone(),
+            internal: broker.endpoints.internal.clone(),
         }),
         rack: broker.rack.clone().unwrap_or_default(),
         fenced: broker.fenced,
@@ -319,7 +320,12 @@ mod tests {
 
     #[test]
     fn register_requests_need_endpoints_and_a_16_byte_incarnation() {
-        let endpoints = pb::BrokerEndpoints { grpc: "h:1".into(), kafka: "h:2".into(), http: "h:3".into() };
+        let endpoints = pb::BrokerEndpoints {
+            grpc: "h:1".into(),
+            kafka: "h:2".into(),
+            http: "h:3".into(),
+            internal: String::new(),
+        };
         let ok = pb::RegisterBrokerRequest {
             broker_id: 1,
             endpoints: Some(endpoints),

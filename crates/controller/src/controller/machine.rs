@@ -72,7 +72,12 @@ mod tests {
     #[test]
     fn the_machine_serializes_as_a_metadata_snapshot_and_refuses_other_formats() {
         let mut machine = MetadataMachine::default();
-        let endpoints = Endpoints { grpc: "h:1".into(), kafka: "h:2".into(), http: "h:3".into() };
+        let endpoints = Endpoints {
+            grpc: "h:1".into(),
+            kafka: "h:2".into(),
+            http: "h:3".into(),
+            internal: String::new(),
+        };
         let response =
             machine.apply(1, &Command::RegisterBroker { id: 1, endpoints, rack: None, incarnation_id: None });
         assert!(matches!(response, MetadataResponse::Command(Ok(_))));

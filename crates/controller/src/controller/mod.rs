@@ -10,6 +10,7 @@ pub mod error;
 mod machine;
 mod metrics;
 mod node;
+pub mod planes;
 pub mod service;
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use tonic::transport::server::TcpIncoming;
 
 use super::machine::MetadataMachine;
 use super::metrics::{ControllerMetrics, count_leader_changes};
+use super::planes::{BROKER_ONLY_METHODS, ClientFacing};
 use super::service::{ControllerGrpcService, ServiceConfig, Shared, liveness_task};
 use crate::metadata::ClusterMetadata;
 use crate::raft::{
@@ -22,12 +23,13 @@ use crate::raft::{
     RaftGrpcService, SledStore, StoreError, controller_config, elector_task,
 };
 
-/// One controller voter: its node id and the `host:port` of its gRPC listener.
+/// One controller voter: its node id and the `host:port` of its internal gRPC listener (its
+/// only one when the node's planes share a listener).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Voter {
     /// The node id.
     pub id: NodeId,
-    /// Where its RaftService and ControllerService are served.
+    /// Where its RaftService and whole ControllerService are served.
     pub addr: String,
 }
 
@@ -188,6 +190,26 @@ impl Controller {
         listener: TcpListener,
         extra: Routes,
     ) -> Result<Self, StartError> {
+        Self::start_planes(config, (listener, extra), None).await
+    }
+
+    /// Starts the node with its planes apart: Raft and the whole controller service on
+    /// `internal` (the address in the voters list, for the other nodes only) beside its extra
+    /// routes, and on `client` its routes plus the controller's service less the calls only
+    /// brokers make ([`ClientFacing`], [`BROKER_ONLY_METHODS`]).
+    pub async fn start_split(
+        config: ControllerConfig,
+        internal: (TcpListener, Routes),
+        client: (TcpListener, Routes),
+    ) -> Result<Self, StartError> {
+        Self::start_planes(config, internal, Some(client)).await
+    }
+
+    async fn start_planes(
+        config: ControllerConfig,
+        (listener, extra): (TcpListener, Routes),
+        client: Option<(TcpListener, Routes)>,
+    ) -> Result<Self, StartError> {
         let id = config.node_id;
         if !config.voters.iter().any(|v| v.id == id) {
             return Err(StartError::Config(format!("node {id} is not in the voters list")));
@@ -233,20 +255,20 @@ impl Controller {
         };
         tasks.spawn(elector_task(id, raft.clone(), contact, timing, cancel.clone()));
         let controller_service = ControllerGrpcService::new(Arc::clone(&shared)).into_server();
-        let stop = cancel.clone();
-        tasks.spawn(async move {
-            let served = grpc_server(config.http2_stream_window, config.http2_connection_window)
-                .add_routes(extra.add_service(raft_service).add_service(controller_service))
-                .serve_with_incoming_shutdown(
-                    // Without it, small responses wait on Nagle and the peer's delayed ACK: a
-                    // 40 ms stall on about 2% of commits, measured.
-                    TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    stop.cancelled_owned(),
-                );
-            if let Err(e) = served.await {
-                tracing::error!("controller {id}: gRPC server failed: {e}");
-            }
-        });
+        let windows = (config.http2_stream_window, config.http2_connection_window);
+        if let Some((client, client_routes)) = client {
+            let facing = ClientFacing::new(controller_service.clone(), &BROKER_ONLY_METHODS);
+            tasks.spawn(serve(
+                id,
+                "client",
+                client,
+                client_routes.add_service(facing),
+                windows,
+                cancel.clone(),
+            ));
+        }
+        let routes = extra.add_service(raft_service).add_service(controller_service);
+        tasks.spawn(serve(id, "internal", listener, routes, windows, cancel.clone()));
         tasks.spawn(liveness_task(shared));
 
         let initialized = raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?;
@@ -310,6 +332,27 @@ impl Controller {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("controller {}: raft shutdown: {e}", self.id);
         }
+    }
+}
+
+/// Serves `routes` on `listener` until `stop`.
+async fn serve(
+    id: NodeId,
+    plane: &'static str,
+    listener: TcpListener,
+    routes: Routes,
+    (stream_window, connection_window): (Option<u32>, Option<u32>),
+    stop: CancellationToken,
+) {
+    let served =
+        grpc_server(stream_window, connection_window).add_routes(routes).serve_with_incoming_shutdown(
+            // Without it, small responses wait on Nagle and the peer's delayed ACK: a 40 ms
+            // stall on about 2% of commits, measured.
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stop.cancelled_owned(),
+        );
+    if let Err(e) = served.await {
+        tracing::error!("controller {id}: gRPC server ({plane} listener) failed: {e}");
     }
 }
 

@@ -131,6 +131,7 @@ fn endpoints(id: u32) -> pb::BrokerEndpoints {
         grpc: format!("broker{id}:9000"),
         kafka: format!("broker{id}:9092"),
         http: format!("broker{id}:8080"),
+        internal: String::new(),
     }
 }
 

@@ -10,6 +10,7 @@ pub(super) fn endpoints(id: u32) -> Endpoints {
         grpc: format!("node{id}.runnel:{}", 50050 + id),
         kafka: format!("node{id}.runnel:{}", 9091 + id),
         http: format!("node{id}.runnel:{}", 8080 + id),
+        internal: String::new(),
     }
 }
 

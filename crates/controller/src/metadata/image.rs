@@ -335,6 +335,9 @@ impl ClusterMetadata {
         validate_endpoint("grpc", &endpoints.grpc)?;
         validate_endpoint("kafka", &endpoints.kafka)?;
         validate_endpoint("http", &endpoints.http)?;
+        if !endpoints.internal.is_empty() {
+            validate_endpoint("internal", &endpoints.internal)?;
+        }
         if let Some(rack) = rack
             && (rack.is_empty() || rack.len() > RACK_LEN_MAX)
         {

@@ -154,11 +154,12 @@ fn registration_validates_endpoints_and_rack() {
         Endpoints { http: "host:0".into(), ..endpoints(1) },
         Endpoints { http: "host:65536".into(), ..endpoints(1) },
         Endpoints { grpc: format!("{}:1", "h".repeat(ENDPOINT_LEN_MAX)), ..endpoints(1) },
+        Endpoints { internal: "no-port".into(), ..endpoints(1) },
     ] {
         let cmd = Command::RegisterBroker { id: 1, endpoints, rack: None, incarnation_id: None };
         assert_eq!(c.refused(cmd), ErrorCode::InvalidRequest);
     }
-    let ipv6 = Endpoints { grpc: "[::1]:50051".into(), ..endpoints(1) };
+    let ipv6 = Endpoints { grpc: "[::1]:50051".into(), internal: "[::1]:50061".into(), ..endpoints(1) };
     c.ok(Command::RegisterBroker { id: 1, endpoints: ipv6, rack: None, incarnation_id: None });
     let long_rack = Some("r".repeat(RACK_LEN_MAX + 1));
     let cmd =
@@ -818,4 +819,20 @@ fn the_next_producer_id_survives_snapshots_and_old_snapshots_start_at_zero() {
 
     let negative = text.replace("\"next_producer_id\":0", "\"next_producer_id\":-5");
     assert!(matches!(decode_snapshot(negative.as_bytes()), Err(SnapshotError::Inconsistent(_))));
+}
+
+/// Endpoints written before `internal` existed still read, and ones without it are written
+/// as before, so images and log entries of either version read in the other.
+#[test]
+fn endpoints_without_internal_read_and_write_as_before() {
+    let old = r#"{"grpc":"h:1","kafka":"h:2","http":"h:3"}"#;
+    let read: Endpoints = serde_json::from_str(old).unwrap();
+    assert_eq!(
+        read,
+        Endpoints { grpc: "h:1".into(), kafka: "h:2".into(), http: "h:3".into(), internal: String::new() }
+    );
+    assert_eq!(serde_json::to_string(&read).unwrap(), old);
+    let split = Endpoints { internal: "h:4".into(), ..read };
+    let json = serde_json::to_string(&split).unwrap();
+    assert_eq!(serde_json::from_str::<Endpoints>(&json).unwrap(), split);
 }

@@ -8,12 +8,16 @@ use serde::{Deserialize, Serialize};
 /// A broker's advertised listeners, each `host:port`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoints {
-    /// Runnel's gRPC API (clients, replication, controller traffic).
+    /// Runnel's gRPC API (clients; replication too unless `internal` is set).
     pub grpc: String,
     /// The Kafka wire protocol listener.
     pub kafka: String,
     /// Health, metrics and the console.
     pub http: String,
+    /// Inter-node gRPC (replication) when the broker serves it apart from `grpc`; empty
+    /// when `grpc` serves it. Absent from entries written before it existed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub internal: String,
 }
 
 /// A registered broker.
