@@ -12,7 +12,8 @@
 //! resident memory (`VmHWM` in `/proc/<pid>/status`, the high-water mark over its whole
 //! life, so nothing between two samples is missed) stayed under 1 GiB, and the refusals'
 //! log lines carry protocol, API, client, topic, partition and error code. A second test
-//! checks the Kafka listener's connection cap and idle timeout.
+//! checks the Kafka listener's connection cap and idle timeout, a third 10,000 idle gRPC
+//! streams and the gRPC listener's connection cap.
 //!
 //! Run with `cargo test -p runnel --test hostile_inputs`.
 
@@ -274,4 +275,99 @@ fn kafka_connections_are_capped_and_idle_ones_closed() {
     // The idle ones are gone, so new connections are taken again.
     let mut again = connect();
     assert_eq!(api_versions(&mut again, 7), Some(7));
+}
+
+/// 10,000 idle streams (consumers long-polling the end of a log, 1,000 on each of ten HTTP/2
+/// connections) on a node's client listener cost bounded memory, a connection past
+/// `--max-connections` is closed at once, and the node serves on: a record produced
+/// afterwards reaches the waiting streams. The node's own inter-node connections are on its
+/// internal listener, so the cap counts only these.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_idle_streams_cost_bounded_memory_and_connections_are_capped() {
+    const CONNECTIONS: usize = 10;
+    const STREAMS_EACH: usize = 1_000;
+    let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_runnel"));
+    opts.internal_listener = true;
+    opts.extra_args = vec!["--max-connections".into(), CONNECTIONS.to_string()];
+    let cluster = Cluster::start(1, opts).unwrap_or_else(|e| panic!("cluster start: {e:#}"));
+    let request = pb::CreateTopicRequest {
+        name: "t".into(),
+        partitions: 1,
+        replication_factor: 1,
+        configs: Default::default(),
+    };
+    cluster.create_topic(1, request, Duration::from_secs(20)).await.unwrap_or_else(|e| panic!("{e:#}"));
+    cluster.wait_for_partition_leaders(1, "t", Duration::from_secs(20)).await.unwrap();
+    let pid = cluster.node(1).pid().expect("node 1 runs");
+    let addr = cluster.node(1).grpc_addr();
+
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_timeout(CALL)
+            .connect()
+            .await
+            .unwrap();
+        clients.push(runnel_proto::pb::runnel::v1::broker_service_client::BrokerServiceClient::new(channel));
+    }
+    // One more connection is closed by the node at once, and says why in its log.
+    let mut extra = std::net::TcpStream::connect_timeout(&addr, CALL).unwrap();
+    assert!(closed_within(&mut extra, CALL), "a connection past --max-connections was kept");
+    assert!(cluster.node(1).logs().contains("max connections are open"), "{}", cluster.node(1).logs());
+
+    let started = std::time::Instant::now();
+    let mut opening = tokio::task::JoinSet::new();
+    for (c, client) in clients.iter().enumerate() {
+        for s in 0..STREAMS_EACH {
+            let mut client = client.clone();
+            opening.spawn(async move {
+                let request = pb::FetchStreamRequest {
+                    topic: "t".into(),
+                    partition: 0,
+                    offset: 0,
+                    max_bytes: 0,
+                    format: pb::RecordFormat::Records as i32,
+                };
+                let stream = client.fetch_stream(request).await.map(tonic::Response::into_inner);
+                (c * STREAMS_EACH + s, stream)
+            });
+        }
+    }
+    let mut streams = Vec::with_capacity(CONNECTIONS * STREAMS_EACH);
+    while let Some(opened) = opening.join_next().await {
+        let (i, stream) = opened.unwrap();
+        streams.push((i, stream.unwrap_or_else(|e| panic!("stream {i}: {e:?}"))));
+    }
+    println!("{} idle streams open in {:?}", streams.len(), started.elapsed());
+    assert_eq!(streams.len(), CONNECTIONS * STREAMS_EACH);
+    let peak = peak_rss(pid);
+    println!(
+        "node 1 peak RSS (VmHWM) with {} idle streams: {:.1} MiB",
+        streams.len(),
+        peak as f64 / (1 << 20) as f64
+    );
+    assert!(peak < RSS_MAX_BYTES, "node 1's peak RSS was {peak} bytes, over {RSS_MAX_BYTES}");
+
+    // The node serves on: a record produced now reaches waiting streams (one on each
+    // connection).
+    let mut producer = clients[0].clone();
+    let mut record = BatchBuilder::new(Compression::None);
+    record.push(NewRecord::with_value(b"wake".to_vec(), now_ms()));
+    let answer = producer.produce(produce_batch(record.build().unwrap())).await.unwrap().into_inner();
+    assert_eq!(answer.base_offset, 0);
+    streams.sort_by_key(|(i, _)| *i);
+    for (i, stream) in streams.iter_mut().step_by(STREAMS_EACH) {
+        let got = tokio::time::timeout(CALL, stream.message()).await;
+        let response = match got {
+            Ok(Ok(Some(response))) => response,
+            other => panic!("stream {i} got no record: {other:?}"),
+        };
+        assert_eq!(
+            response.records.first().and_then(|r| r.value.as_deref()),
+            Some(&b"wake"[..]),
+            "stream {i}"
+        );
+    }
+    assert!(cluster.is_up(1), "node 1 died:\n{}", cluster.all_logs());
 }

@@ -113,8 +113,8 @@ pub(crate) struct NodeArgs {
     /// [default: 104857600].
     #[arg(long, env = "RUNNEL_SOCKET_REQUEST_MAX_BYTES")]
     pub(crate) socket_request_max_bytes: Option<usize>,
-    /// Kafka's max.connections: Kafka connections open at once per listener; more are
-    /// closed as they come [default: 10000].
+    /// Kafka's max.connections: connections open at once per listener, for each Kafka and
+    /// gRPC listener; more are closed as they come [default: 10000].
     #[arg(long, env = "RUNNEL_MAX_CONNECTIONS")]
     pub(crate) max_connections: Option<usize>,
     /// Kafka's connections.max.idle.ms: a Kafka connection with no request for this long

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use runnel_broker::{Broker, BrokerConfig};
+use runnel_controller::controller::incoming::CappedIncoming;
 use runnel_controller::controller::{Controller, ControllerConfig};
 use runnel_storage::LogConfig;
 use tokio::net::TcpListener;
@@ -125,6 +126,7 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         config.shutdown_timeout = SHUTDOWN_PATIENCE;
         config.http2_stream_window = Some(runnel_broker::service::HTTP2_STREAM_WINDOW);
         config.http2_connection_window = Some(runnel_broker::service::HTTP2_CONNECTION_WINDOW);
+        config.max_connections = settings.max_connections;
         let started = match planes {
             Planes::One(listener, routes) => Controller::start_serving(config, listener, routes).await,
             Planes::Split { internal, client } => Controller::start_split(config, internal, client).await,
@@ -139,7 +141,8 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
             }
         };
         for (what, listener, routes) in listeners {
-            grpc_tasks.push(tokio::spawn(serve_grpc(id, what, listener, routes, cancel.clone())));
+            let incoming = CappedIncoming::new(listener, settings.max_connections, what);
+            grpc_tasks.push(tokio::spawn(serve_grpc(id, what, incoming, routes, cancel.clone())));
         }
         None
     };
@@ -230,7 +233,7 @@ enum Planes {
 async fn serve_grpc(
     id: u32,
     what: &'static str,
-    listener: TcpListener,
+    incoming: CappedIncoming,
     routes: Routes,
     stop: CancellationToken,
 ) {
@@ -239,10 +242,7 @@ async fn serve_grpc(
         Some(runnel_broker::service::HTTP2_CONNECTION_WINDOW),
     )
     .add_routes(routes)
-    .serve_with_incoming_shutdown(
-        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-        stop.cancelled_owned(),
-    )
+    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
     .await;
     if let Err(e) = served {
         tracing::error!("node {id}: {what} server failed: {e}");

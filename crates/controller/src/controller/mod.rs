@@ -7,6 +7,7 @@
 
 mod convert;
 pub mod error;
+pub mod incoming;
 mod machine;
 mod metrics;
 mod node;

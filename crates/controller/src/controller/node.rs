@@ -11,8 +11,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
+use super::incoming::{CappedIncoming, GRPC_CONNECTIONS_MAX_DEFAULT};
 use super::machine::MetadataMachine;
 use super::metrics::{ControllerMetrics, count_leader_changes};
 use super::planes::{BROKER_ONLY_METHODS, ClientFacing};
@@ -81,6 +81,9 @@ pub struct ControllerConfig {
     pub http2_stream_window: Option<u32>,
     /// HTTP/2 flow-control window per connection (`None`: hyper's default).
     pub http2_connection_window: Option<u32>,
+    /// Connections open at once on each of the node's gRPC listeners; more are closed as they
+    /// come (the node's `--max-connections`).
+    pub max_connections: usize,
 }
 
 impl ControllerConfig {
@@ -99,6 +102,7 @@ impl ControllerConfig {
             shutdown_timeout: Duration::from_secs(5),
             http2_stream_window: None,
             http2_connection_window: None,
+            max_connections: GRPC_CONNECTIONS_MAX_DEFAULT,
         }
     }
 }
@@ -117,8 +121,10 @@ pub const GRPC_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 pub const GRPC_HEADER_LIST_BYTES_MAX: u32 = 64 * 1024;
 
 /// The node's gRPC server with its limits: flow-control windows as given (`None`: hyper's
-/// defaults), [`GRPC_STREAMS_PER_CONNECTION_MAX`], HTTP/2 and TCP keepalives, and
-/// [`GRPC_HEADER_LIST_BYTES_MAX`]. Every gRPC listener of a node is built here.
+/// defaults), [`GRPC_STREAMS_PER_CONNECTION_MAX`], HTTP/2 keepalives, and
+/// [`GRPC_HEADER_LIST_BYTES_MAX`]. Every gRPC listener of a node is built here and fed by a
+/// [`CappedIncoming`] (connection cap, TCP keepalive, nodelay: a server fed its connections
+/// ignores its own TCP settings).
 pub fn grpc_server(stream_window: Option<u32>, connection_window: Option<u32>) -> Server {
     Server::builder()
         .initial_stream_window_size(stream_window)
@@ -126,7 +132,6 @@ pub fn grpc_server(stream_window: Option<u32>, connection_window: Option<u32>) -
         .max_concurrent_streams(GRPC_STREAMS_PER_CONNECTION_MAX)
         .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
-        .tcp_keepalive(Some(GRPC_KEEPALIVE_INTERVAL))
         .http2_max_header_list_size(GRPC_HEADER_LIST_BYTES_MAX)
 }
 
@@ -255,7 +260,7 @@ impl Controller {
         };
         tasks.spawn(elector_task(id, raft.clone(), contact, timing, cancel.clone()));
         let controller_service = ControllerGrpcService::new(Arc::clone(&shared)).into_server();
-        let windows = (config.http2_stream_window, config.http2_connection_window);
+        let windows = (config.http2_stream_window, config.http2_connection_window, config.max_connections);
         if let Some((client, client_routes)) = client {
             let facing = ClientFacing::new(controller_service.clone(), &BROKER_ONLY_METHODS);
             tasks.spawn(serve(
@@ -341,14 +346,12 @@ async fn serve(
     plane: &'static str,
     listener: TcpListener,
     routes: Routes,
-    (stream_window, connection_window): (Option<u32>, Option<u32>),
+    (stream_window, connection_window, max_connections): (Option<u32>, Option<u32>, usize),
     stop: CancellationToken,
 ) {
     let served =
         grpc_server(stream_window, connection_window).add_routes(routes).serve_with_incoming_shutdown(
-            // Without it, small responses wait on Nagle and the peer's delayed ACK: a 40 ms
-            // stall on about 2% of commits, measured.
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            CappedIncoming::new(listener, max_connections, plane),
             stop.cancelled_owned(),
         );
     if let Err(e) = served.await {
