@@ -70,6 +70,9 @@ pub struct BrokerConfig {
     pub log_defaults: LogConfig,
     /// How often retention deletes old segments (Kafka's `log.retention.check.interval.ms`).
     pub retention_check_interval: Duration,
+    /// An idempotent producer silent this long in a partition is forgotten there, at the next
+    /// retention check (Kafka's `producer.id.expiration.ms`, one day by default).
+    pub producer_id_expiration: Duration,
     /// A follower that has not caught up with its leader for this long leaves the ISR
     /// (Kafka's `replica.lag.time.max.ms`, 10 s by default).
     pub replica_lag_time: Duration,
@@ -177,7 +180,12 @@ impl Broker {
             status.clone(),
             cancel.clone(),
         ));
-        tasks.spawn(retention_task(Arc::clone(&replicas), config.retention_check_interval, cancel.clone()));
+        tasks.spawn(retention_task(
+            Arc::clone(&replicas),
+            config.retention_check_interval,
+            config.producer_id_expiration,
+            cancel.clone(),
+        ));
         tasks.spawn(replication::follow_manager_task(
             Arc::clone(&replicas),
             Arc::clone(&cache),
@@ -580,8 +588,13 @@ async fn reconcile_task(
     }
 }
 
-/// Deletes expired segments every `interval`.
-async fn retention_task(replicas: Arc<ReplicaManager>, interval: Duration, cancel: CancellationToken) {
+/// Deletes expired segments and forgets expired producers every `interval`.
+async fn retention_task(
+    replicas: Arc<ReplicaManager>,
+    interval: Duration,
+    producer_id_expiration: Duration,
+    cancel: CancellationToken,
+) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
@@ -591,7 +604,9 @@ async fn retention_task(replicas: Arc<ReplicaManager>, interval: Duration, cance
             _ = ticks.tick() => {}
         }
         let replicas = Arc::clone(&replicas);
-        if let Err(e) = tokio::task::spawn_blocking(move || replicas.enforce_retention()).await {
+        if let Err(e) =
+            tokio::task::spawn_blocking(move || replicas.enforce_retention(producer_id_expiration)).await
+        {
             tracing::error!("retention panicked: {e}");
         }
     }

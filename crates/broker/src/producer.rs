@@ -22,6 +22,15 @@ use runnel_storage::BatchHeader;
 /// per partition, and any of them may be retried).
 pub const PRODUCER_BATCHES_KEPT: usize = 5;
 
+/// Producers remembered per partition. A new one past it evicts the one whose last batch is
+/// oldest (by timestamp, then offset), so a flood of producer ids costs each partition at
+/// most this many entries (about 200 bytes each). Kafka has no such cap, only expiry.
+pub const PRODUCERS_PER_PARTITION_MAX: usize = 2_000;
+
+/// Default of `--producer-id-expiration-ms` (Kafka's `producer.id.expiration.ms`, one day):
+/// a producer whose last batch here is older than this is forgotten.
+pub const PRODUCER_ID_EXPIRATION_MS_DEFAULT: u64 = 86_400_000;
+
 /// The idempotence fields of one batch, validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProducerBatch {
@@ -126,6 +135,15 @@ struct ProducerEntry {
     epoch: i16,
     /// Oldest first, at most [`PRODUCER_BATCHES_KEPT`].
     batches: VecDeque<BatchEntry>,
+    /// The max timestamp of its last batch (Kafka's `lastTimestamp`), for expiry and eviction.
+    last_timestamp: i64,
+}
+
+impl ProducerEntry {
+    /// Eviction order: the oldest last batch first, by timestamp, then offset.
+    fn age(&self) -> (i64, u64) {
+        (self.last_timestamp, self.batches.back().map_or(0, |b| b.last_offset))
+    }
 }
 
 /// What the leader does with an idempotent batch.
@@ -144,9 +162,11 @@ pub enum Verdict {
 
 /// The idempotent producers of one partition. See the module documentation.
 ///
-/// Producer ids are never expired, so the state grows by one small entry per producer that
-/// ever wrote to the partition since the broker opened its log; it is rebuilt from the log
-/// (only producers with a batch still in the log) at every open.
+/// At most [`PRODUCERS_PER_PARTITION_MAX`] producers are kept, and [`ProducerStates::expire`]
+/// forgets those silent for the expiration time; the state is rebuilt from the log (only
+/// producers with a batch still in the log) at every open. A producer that is not known
+/// (never seen, expired, evicted, or its batches deleted by retention) may start at any
+/// sequence, as in Kafka since KIP-360: its state may have been lost, not its sequence.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProducerStates {
     producers: HashMap<i64, ProducerEntry>,
@@ -191,7 +211,7 @@ impl ProducerStates {
             expected,
         };
         let Some(entry) = self.producers.get(&batch.producer_id) else {
-            return if batch.first_seq == 0 { Ok(Verdict::Append) } else { Err(out_of_order(0)) };
+            return Ok(Verdict::Append);
         };
         if batch.epoch < entry.epoch {
             return Err(ProducerError::FencedEpoch {
@@ -216,17 +236,28 @@ impl ProducerStates {
         if batch.first_seq == expected { Ok(Verdict::Append) } else { Err(out_of_order(expected)) }
     }
 
-    /// Records `batch`, now in the log at `[first_offset, last_offset]`. A newer epoch
-    /// replaces what was known of the producer; a batch of an older epoch (which a leader
-    /// never appends) is ignored, so replaying any log gives the leader's state.
-    pub fn record(&mut self, batch: &ProducerBatch, first_offset: u64, last_offset: u64) {
-        let entry = self
-            .producers
-            .entry(batch.producer_id)
-            .or_insert_with(|| ProducerEntry { epoch: batch.epoch, batches: VecDeque::new() });
+    /// Records `batch`, now in the log at `[first_offset, last_offset]` with `max_timestamp`.
+    /// A newer epoch replaces what was known of the producer; a batch of an older epoch
+    /// (which a leader never appends) is ignored, so replaying any log gives the leader's
+    /// state. A new producer past [`PRODUCERS_PER_PARTITION_MAX`] evicts the oldest.
+    pub fn record(&mut self, batch: &ProducerBatch, first_offset: u64, last_offset: u64, max_timestamp: i64) {
+        if !self.producers.contains_key(&batch.producer_id)
+            && self.producers.len() >= PRODUCERS_PER_PARTITION_MAX
+        {
+            let oldest = self.producers.iter().min_by_key(|(id, e)| (e.age(), **id)).map(|(id, _)| *id);
+            if let Some(oldest) = oldest {
+                self.producers.remove(&oldest);
+            }
+        }
+        let entry = self.producers.entry(batch.producer_id).or_insert_with(|| ProducerEntry {
+            epoch: batch.epoch,
+            batches: VecDeque::new(),
+            last_timestamp: max_timestamp,
+        });
         if batch.epoch < entry.epoch {
             return;
         }
+        entry.last_timestamp = entry.last_timestamp.max(max_timestamp);
         if batch.epoch > entry.epoch {
             entry.epoch = batch.epoch;
             entry.batches.clear();
@@ -247,8 +278,17 @@ impl ProducerStates {
     pub fn record_header(&mut self, header: &BatchHeader) {
         if let (Ok(Some(batch)), Ok(first)) = (ProducerBatch::of(header), u64::try_from(header.base_offset)) {
             let last = u64::try_from(header.last_offset()).unwrap_or(first);
-            self.record(&batch, first, last);
+            self.record(&batch, first, last, header.max_timestamp);
         }
+    }
+
+    /// Forgets every producer whose last batch's timestamp is `expiration_ms` or more before
+    /// `now_ms` (Kafka's `producer.id.expiration.ms`); how many were forgotten.
+    pub fn expire(&mut self, now_ms: i64, expiration_ms: u64) -> usize {
+        let before = self.producers.len();
+        let expiration = i64::try_from(expiration_ms).unwrap_or(i64::MAX);
+        self.producers.retain(|_, e| now_ms.saturating_sub(e.last_timestamp) < expiration);
+        before - self.producers.len()
     }
 }
 
@@ -268,7 +308,7 @@ mod tests {
         if verdict == Verdict::Append {
             let span = (i64::from(b.last_seq) - i64::from(b.first_seq)).rem_euclid(i64::from(i32::MAX) + 1);
             let records = span as u64 + 1;
-            s.record(&b, *next, *next + records - 1);
+            s.record(&b, *next, *next + records - 1, 0);
             *next += records;
         }
         Ok(verdict)
@@ -359,10 +399,12 @@ mod tests {
     }
 
     #[test]
-    fn a_new_producer_or_a_new_epoch_must_start_at_sequence_zero() {
+    fn a_new_epoch_must_start_at_sequence_zero_and_an_unknown_producer_anywhere() {
         let mut s = ProducerStates::new();
         let mut next = 0;
-        assert!(matches!(s.check(&batch(9, 0, 5, 1)), Err(ProducerError::OutOfOrder { expected: 0, .. })));
+        // Its state may have been lost (expired, evicted, deleted with old segments), not its
+        // sequence: Kafka accepts it since KIP-360.
+        assert_eq!(s.check(&batch(9, 0, 5, 1)), Ok(Verdict::Append));
         produce(&mut s, batch(9, 0, 0, 5), &mut next).unwrap();
         assert!(matches!(s.check(&batch(9, 1, 5, 1)), Err(ProducerError::OutOfOrder { expected: 0, .. })));
         assert_eq!(produce(&mut s, batch(9, 1, 0, 1), &mut next), Ok(Verdict::Append));
@@ -371,6 +413,45 @@ mod tests {
         // Another producer id is independent.
         assert_eq!(produce(&mut s, batch(10, 0, 0, 1), &mut next), Ok(Verdict::Append));
         assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn producers_silent_for_the_expiration_time_are_forgotten() {
+        let mut s = ProducerStates::new();
+        s.record(&batch(1, 0, 0, 1), 0, 0, 1_000);
+        s.record(&batch(2, 0, 0, 1), 1, 1, 5_000);
+        // A later batch of producer 1 with an older timestamp does not make it look older.
+        s.record(&batch(1, 0, 1, 1), 2, 2, 900);
+        assert_eq!(s.expire(10_999, 10_000), 0, "producer 1 is 9,999 ms old");
+        assert_eq!(s.expire(11_000, 10_000), 1, "producer 1 is 10,000 ms old");
+        assert!(s.producer(1).is_none() && s.producer(2).is_some());
+        // Forgotten, it may go on at its next sequence, and is known again.
+        assert_eq!(s.check(&batch(1, 0, 2, 1)), Ok(Verdict::Append));
+        assert_eq!(s.expire(i64::MIN, u64::MAX), 0, "no overflow at the extremes");
+        assert_eq!(s.expire(i64::MAX, 0), 1);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn a_flood_of_producer_ids_keeps_the_newest_up_to_the_cap() {
+        let mut s = ProducerStates::new();
+        let flood = PRODUCERS_PER_PARTITION_MAX as i64 + 500;
+        for id in 0..flood {
+            // Timestamps out of order: ids 0, 2, 4, ... are the oldest half.
+            let ts = if id % 2 == 0 { id } else { 1_000_000 + id };
+            s.record(&batch(id, 0, 0, 1), id as u64, id as u64, ts);
+            assert!(s.len() <= PRODUCERS_PER_PARTITION_MAX);
+        }
+        assert_eq!(s.len(), PRODUCERS_PER_PARTITION_MAX);
+        // The 500 evicted are the oldest by timestamp: even ids 0..998.
+        for id in (0..1_000).step_by(2) {
+            assert!(s.producer(id).is_none(), "producer {id} was kept");
+        }
+        assert!(s.producer(1_000).is_some() && s.producer(1).is_some() && s.producer(flood - 1).is_some());
+        // A known producer's next batch evicts no one.
+        s.record(&batch(1, 0, 1, 1), flood as u64, flood as u64, 2_000_000);
+        assert_eq!(s.len(), PRODUCERS_PER_PARTITION_MAX);
+        assert!(s.producer(1_000).is_some());
     }
 
     #[test]
@@ -392,7 +473,7 @@ mod tests {
         let mut s = ProducerStates::new();
         let mut next = 0;
         // A producer already at the end of the sequence space (the state learned it from the log).
-        s.record(&batch(3, 0, i32::MAX - 2, 2), 0, 1);
+        s.record(&batch(3, 0, i32::MAX - 2, 2), 0, 1, 0);
         next += 2;
         assert!(
             matches!(s.check(&batch(3, 0, 0, 1)), Err(ProducerError::OutOfOrder { expected, .. }) if expected == i32::MAX)
@@ -456,7 +537,7 @@ mod tests {
         assert!(s.is_empty());
         let huge = ProducerBatch::of(&header(0, i64::MAX, i16::MAX, i32::MAX, i32::MAX)).unwrap().unwrap();
         assert_eq!(huge.last_seq, i32::MAX - 2, "MAX wraps to 0 after one step");
-        s.record(&huge, 0, u64::MAX);
+        s.record(&huge, 0, u64::MAX, 0);
         assert_eq!(s.check(&huge), Ok(Verdict::Duplicate { first_offset: 0, last_offset: u64::MAX }));
     }
 }

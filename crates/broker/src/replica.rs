@@ -388,6 +388,17 @@ impl Partition {
         }
     }
 
+    /// Forgets the idempotent producers whose last batch here is `expiration_ms` or more
+    /// older than `now_ms`; how many.
+    pub fn expire_producers(&self, now_ms: i64, expiration_ms: u64) -> usize {
+        lock(&self.producers).expire(now_ms, expiration_ms)
+    }
+
+    /// How many idempotent producers this replica remembers.
+    pub fn producer_count(&self) -> usize {
+        lock(&self.producers).len()
+    }
+
     /// The latest epoch and remembered batches of an idempotent producer, if known here.
     pub fn producer_state(&self, producer_id: i64) -> Option<(i16, Vec<crate::producer::BatchEntry>)> {
         lock(&self.producers).producer(producer_id)
@@ -433,7 +444,7 @@ impl Partition {
         // broker leads in at the moment the batch enters the log.
         let info = self.log.append(batch, epoch).map_err(|e| BrokerError::from_log(&self.tp, e))?;
         if let Some(p) = &producer {
-            producers.record(p, info.base_offset, info.last_offset);
+            producers.record(p, info.base_offset, info.last_offset, info.max_timestamp);
         }
         drop(producers);
         drop(st);
@@ -1152,11 +1163,20 @@ impl ReplicaManager {
         ))
     }
 
-    /// Runs retention on every hosted log. Blocking.
-    pub fn enforce_retention(&self) {
+    /// Runs retention on every hosted log, and forgets producers silent for
+    /// `producer_id_expiration` (Kafka's `producer.id.expiration.ms`). Blocking.
+    pub fn enforce_retention(&self, producer_id_expiration: Duration) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let expiration_ms = u64::try_from(producer_id_expiration.as_millis()).unwrap_or(u64::MAX);
         for partition in self.partitions() {
             if let Err(e) = partition.log.enforce_retention() {
                 tracing::warn!(partition = %partition.tp, "retention failed: {e}");
+            }
+            let expired = partition.expire_producers(now_ms, expiration_ms);
+            if expired > 0 {
+                tracing::debug!(partition = %partition.tp, expired, "forgot idle idempotent producers");
             }
         }
     }

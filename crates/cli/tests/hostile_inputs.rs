@@ -371,3 +371,84 @@ async fn ten_thousand_idle_streams_cost_bounded_memory_and_connections_are_cappe
     }
     assert!(cluster.is_up(1), "node 1 died:\n{}", cluster.all_logs());
 }
+
+/// `runnel_partition_producers{topic="t",partition="0"}` on node 1's /metrics.
+fn producers_gauge(cluster: &Cluster) -> u64 {
+    let (status, body) =
+        runnel_testkit::http_get(cluster.node(1).http_addr(), "/metrics", CALL).expect("GET /metrics");
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix("runnel_partition_producers{topic=\"t\",partition=\"0\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no producers gauge for t-0 in:\n{body}"))
+}
+
+/// Idempotent-producer state is bounded (issue 14's "producer-state entries expire and are
+/// capped per partition"): 2,500 producer ids, each with one batch, leave the partition
+/// remembering the cap of 2,000; with `--producer-id-expiration-ms 2000` all are forgotten
+/// once silent that long; and a forgotten producer goes on at its next sequence (as Kafka
+/// accepts since KIP-360) instead of being refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_producers_expire_and_a_flood_of_producer_ids_is_capped() {
+    const FLOOD: i64 = 2_500;
+    let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_runnel"));
+    opts.extra_args = vec![
+        "--producer-id-expiration-ms".into(),
+        "2000".into(),
+        "--retention-check-interval-ms".into(),
+        "200".into(),
+    ];
+    let cluster = Cluster::start(1, opts).unwrap_or_else(|e| panic!("cluster start: {e:#}"));
+    let request = pb::CreateTopicRequest {
+        name: "t".into(),
+        partitions: 1,
+        replication_factor: 1,
+        configs: Default::default(),
+    };
+    cluster.create_topic(1, request, Duration::from_secs(20)).await.unwrap_or_else(|e| panic!("{e:#}"));
+    cluster.wait_for_partition_leaders(1, "t", Duration::from_secs(20)).await.unwrap();
+    let mut client = cluster.broker_client(1).await.unwrap();
+    // The flood's records are stamped 15 s ahead (within message.timestamp.after.max.ms), so
+    // that none expires before the cap is checked, however slow the machine.
+    const AHEAD: Duration = Duration::from_secs(15);
+    let idempotent = |producer_id: i64, base_sequence: i32, timestamp_ms: i64| {
+        let record = pb::Record {
+            key: None,
+            value: Some(b"v".to_vec().into()),
+            headers: Vec::new(),
+            timestamp_ms: Some(timestamp_ms),
+            offset: 0,
+        };
+        let mut request = produce_batch(Vec::new());
+        request.data = Some(pb::produce_request::Data::Records(pb::RecordList { records: vec![record] }));
+        request.producer = Some(pb::ProducerBatch { producer_id, producer_epoch: 0, base_sequence });
+        request
+    };
+    let started = std::time::Instant::now();
+    let ahead = now_ms() + AHEAD.as_millis() as i64;
+    for id in 1..=FLOOD {
+        client.produce(idempotent(id, 0, ahead)).await.unwrap_or_else(|e| panic!("producer {id}: {e:?}"));
+    }
+    println!("{FLOOD} producers' batches in {:?}", started.elapsed());
+    let remembered = producers_gauge(&cluster);
+    assert!(remembered <= 2_000, "{remembered} producers remembered, over the cap");
+    if started.elapsed() < AHEAD {
+        assert_eq!(remembered, 2_000, "the flood did not fill the cap");
+    }
+
+    // Silent for the expiration time past their timestamps, every one is forgotten.
+    let deadline = std::time::Instant::now() + AHEAD + CALL;
+    while producers_gauge(&cluster) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "producers not forgotten: {}",
+            producers_gauge(&cluster)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The last producer goes on at sequence 1 and is known again.
+    let answer =
+        client.produce(idempotent(FLOOD, 1, now_ms())).await.expect("a forgotten producer's next batch");
+    assert_eq!(answer.into_inner().base_offset, FLOOD);
+    assert_eq!(producers_gauge(&cluster), 1);
+}

@@ -135,6 +135,10 @@ pub(crate) struct NodeArgs {
     /// log.retention.check.interval.ms) [default: 300000].
     #[arg(long, env = "RUNNEL_RETENTION_CHECK_INTERVAL_MS", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) retention_check_interval_ms: Option<u64>,
+    /// An idempotent producer with no batch in a partition for this long is forgotten there,
+    /// at the next retention check (Kafka's producer.id.expiration.ms) [default: 86400000].
+    #[arg(long, env = "RUNNEL_PRODUCER_ID_EXPIRATION_MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) producer_id_expiration_ms: Option<u64>,
     /// Partitions of the internal `__consumer_offsets` topic, used by the broker that
     /// creates it on the first group call; fixed once the topic exists [default: 8].
     #[arg(long, env = "RUNNEL_OFFSETS_TOPIC_PARTITIONS")]
@@ -199,6 +203,7 @@ pub(crate) struct NodeSettings {
     pub(crate) session_timeout_ms: u64,
     pub(crate) replica_lag_time_ms: u64,
     pub(crate) retention_check_interval_ms: u64,
+    pub(crate) producer_id_expiration_ms: u64,
     pub(crate) offsets_topic_partitions: u32,
     pub(crate) raft_heartbeat_interval_ms: u64,
     pub(crate) election_timeout_min_ms: u64,
@@ -240,6 +245,7 @@ impl NodeArgs {
             retention_check_interval_ms: self
                 .retention_check_interval_ms
                 .or(lower.retention_check_interval_ms),
+            producer_id_expiration_ms: self.producer_id_expiration_ms.or(lower.producer_id_expiration_ms),
             offsets_topic_partitions: self.offsets_topic_partitions.or(lower.offsets_topic_partitions),
             raft_heartbeat_interval_ms: self.raft_heartbeat_interval_ms.or(lower.raft_heartbeat_interval_ms),
             election_timeout_min_ms: self.election_timeout_min_ms.or(lower.election_timeout_min_ms),
@@ -405,6 +411,9 @@ impl NodeSettings {
             retention_check_interval_ms: args
                 .retention_check_interval_ms
                 .unwrap_or(RETENTION_CHECK_INTERVAL_MS),
+            producer_id_expiration_ms: args
+                .producer_id_expiration_ms
+                .unwrap_or(runnel_broker::producer::PRODUCER_ID_EXPIRATION_MS_DEFAULT),
             offsets_topic_partitions: args
                 .offsets_topic_partitions
                 .unwrap_or(runnel_broker::group::OFFSETS_TOPIC_PARTITIONS_DEFAULT),

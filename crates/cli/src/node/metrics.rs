@@ -130,6 +130,7 @@ struct Row {
     replicas: usize,
     isr: usize,
     min_isr: usize,
+    producers: usize,
 }
 
 /// Per hosted partition replica: log offsets and size, leadership and ISR health, read from
@@ -164,6 +165,7 @@ impl PartitionCollector {
                     replicas: state.replicas.len(),
                     isr: state.isr.len(),
                     min_isr: p.limits().min_insync_replicas,
+                    producers: p.producer_count(),
                 })
             })
             .collect();
@@ -175,7 +177,7 @@ impl PartitionCollector {
 type Value = fn(&Row) -> u64;
 
 /// The partition gauges: name, help, value.
-const PARTITION_GAUGES: [(&str, &str, Value); 9] = [
+const PARTITION_GAUGES: [(&str, &str, Value); 10] = [
     ("runnel_partition_log_end_offset", "The offset after the last record in this replica's log.", |r| {
         r.log_end
     }),
@@ -198,6 +200,11 @@ const PARTITION_GAUGES: [(&str, &str, Value); 9] = [
         "runnel_partition_under_min_isr",
         "1 on the leader while the ISR is smaller than min.insync.replicas.",
         |r| u64::from(r.leader && r.isr < r.min_isr),
+    ),
+    (
+        "runnel_partition_producers",
+        "Idempotent producers this replica remembers (capped per partition; expired after producer.id.expiration.ms).",
+        |r| r.producers as u64,
     ),
 ];
 

@@ -75,6 +75,7 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
                 log_dir: settings.data_dir.join("logs"),
                 log_defaults: LogConfig::default(),
                 retention_check_interval: Duration::from_millis(settings.retention_check_interval_ms),
+                producer_id_expiration: Duration::from_millis(settings.producer_id_expiration_ms),
                 replica_lag_time: Duration::from_millis(settings.replica_lag_time_ms),
                 offsets_topic_partitions: settings.offsets_topic_partitions,
             })
