@@ -36,6 +36,8 @@ pub enum ErrorCode {
     NotController = 41,
     /// 42: a malformed request.
     InvalidRequest = 42,
+    /// 44: the request would break a cluster limit (replicas per broker).
+    PolicyViolation = 44,
     /// 74: the request carries an older leader epoch than the partition's.
     FencedLeaderEpoch = 74,
     /// 77: the broker epoch in the request is not the broker's current one.
@@ -58,7 +60,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tables and tests.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::UnknownServerError,
         ErrorCode::UnknownTopicOrPartition,
         ErrorCode::NotLeaderOrFollower,
@@ -71,6 +73,7 @@ impl ErrorCode {
         ErrorCode::InvalidConfig,
         ErrorCode::NotController,
         ErrorCode::InvalidRequest,
+        ErrorCode::PolicyViolation,
         ErrorCode::FencedLeaderEpoch,
         ErrorCode::StaleBrokerEpoch,
         ErrorCode::PreferredLeaderNotAvailable,
@@ -102,6 +105,7 @@ impl ErrorCode {
             ErrorCode::InvalidConfig => "INVALID_CONFIG",
             ErrorCode::NotController => "NOT_CONTROLLER",
             ErrorCode::InvalidRequest => "INVALID_REQUEST",
+            ErrorCode::PolicyViolation => "POLICY_VIOLATION",
             ErrorCode::FencedLeaderEpoch => "FENCED_LEADER_EPOCH",
             ErrorCode::StaleBrokerEpoch => "STALE_BROKER_EPOCH",
             ErrorCode::PreferredLeaderNotAvailable => "PREFERRED_LEADER_NOT_AVAILABLE",

@@ -20,6 +20,11 @@ use super::types::{Broker, Endpoints, PartitionState, Topic, TopicId};
 pub const TOPIC_NAME_LEN_MAX: usize = 249;
 /// Most partitions in one topic.
 pub const PARTITIONS_MAX: u32 = 10_000;
+/// Most partition replicas one broker may be assigned: each costs it open files, memory and
+/// a replica fetch, and a broker with too many is fenced for slowness rather than refusing.
+/// A CreateTopics or CreatePartitions that would put more on any broker is refused with
+/// POLICY_VIOLATION (Kafka has no such cap; its guidance is about 4,000 per broker).
+pub const REPLICAS_PER_BROKER_MAX: usize = 20_000;
 /// Longest advertised `host:port`.
 pub const ENDPOINT_LEN_MAX: usize = 512;
 /// Longest rack name.
@@ -513,6 +518,7 @@ impl ClusterMetadata {
             None => self.place(partitions, replication_factor)?,
         };
         let config = validate_topic_config(config, replication_factor)?;
+        self.check_replicas_per_broker(&replica_lists)?;
         let partitions = replica_lists.into_iter().map(|replicas| self.new_partition(replicas)).collect();
         let topic = Topic { name: name.to_owned(), id: TopicId::derive(index, name), config, partitions };
         Ok((Outcome::TopicCreated(topic.clone()), vec![MetadataDelta::TopicCreated(topic)]))
@@ -523,6 +529,28 @@ impl ClusterMetadata {
     fn new_partition(&self, replicas: Vec<u32>) -> PartitionState {
         let isr: Vec<u32> = replicas.iter().copied().filter(|&r| self.is_unfenced(r)).collect();
         PartitionState { leader: isr.first().copied(), isr, replicas, leader_epoch: 0, partition_epoch: 0 }
+    }
+
+    /// Refuses `new` replica lists that would put more than [`REPLICAS_PER_BROKER_MAX`]
+    /// replicas on any broker, counting every existing partition's.
+    fn check_replicas_per_broker(&self, new: &[Vec<u32>]) -> Result<(), CommandError> {
+        let mut count: BTreeMap<u32, usize> = BTreeMap::new();
+        let existing = self.topics.values().flat_map(|t| t.partitions.iter().map(|p| &p.replicas));
+        for replicas in existing.chain(new.iter()) {
+            for &broker in replicas {
+                *count.entry(broker).or_default() += 1;
+            }
+        }
+        match count.into_iter().find(|&(_, n)| n > REPLICAS_PER_BROKER_MAX) {
+            Some((broker, n)) => err(
+                ErrorCode::PolicyViolation,
+                format!(
+                    "broker {broker} would host {n} partition replicas, over the limit of {REPLICAS_PER_BROKER_MAX} \
+                     per broker: add brokers or delete topics"
+                ),
+            ),
+            None => Ok(()),
+        }
     }
 
     /// Places `partitions` new partitions of `replication_factor` replicas on the unfenced
@@ -635,11 +663,10 @@ impl ClusterMetadata {
         if count == current {
             return err(ErrorCode::InvalidPartitions, format!("topic {name} already has {count} partitions"));
         }
-        let partitions: Vec<PartitionState> = self
-            .place(count - current, topic.replication_factor())?
-            .into_iter()
-            .map(|replicas| self.new_partition(replicas))
-            .collect();
+        let placed = self.place(count - current, topic.replication_factor())?;
+        self.check_replicas_per_broker(&placed)?;
+        let partitions: Vec<PartitionState> =
+            placed.into_iter().map(|replicas| self.new_partition(replicas)).collect();
         let mut grown = topic.clone();
         grown.partitions.extend(partitions.iter().cloned());
         Ok((

@@ -36,7 +36,7 @@ pub use command::{
 pub use error::{CommandError, DeltaError, ErrorCode, SnapshotError};
 pub use image::{
     ClusterMetadata, ELECTION_PARTITIONS_MAX, ENDPOINT_LEN_MAX, PARTITIONS_MAX, PRODUCER_ID_BLOCK_SIZE,
-    RACK_LEN_MAX, TOPIC_NAME_LEN_MAX, is_valid_topic_name,
+    RACK_LEN_MAX, REPLICAS_PER_BROKER_MAX, TOPIC_NAME_LEN_MAX, is_valid_topic_name,
 };
 pub use snapshot::{SNAPSHOT_FORMAT, decode_snapshot, encode_snapshot};
 pub use types::{Broker, Endpoints, PartitionState, Topic, TopicId};

@@ -836,3 +836,25 @@ fn endpoints_without_internal_read_and_write_as_before() {
     let json = serde_json::to_string(&split).unwrap();
     assert_eq!(serde_json::from_str::<Endpoints>(&json).unwrap(), split);
 }
+
+#[test]
+fn no_broker_is_assigned_more_than_the_replica_cap() {
+    let mut c = Cluster::with_brokers(&[1, 2], None);
+    // Two brokers at RF 2: each new partition puts a replica on both.
+    c.ok(create("a", PARTITIONS_MAX, 2));
+    c.ok(create("b", PARTITIONS_MAX, 2));
+    assert_eq!(2 * PARTITIONS_MAX as usize, REPLICAS_PER_BROKER_MAX, "the cap is exactly full");
+    let before = c.image.clone();
+    assert_eq!(c.refused(create("c", 1, 1)), ErrorCode::PolicyViolation);
+    assert_eq!(c.refused(grow("a", PARTITIONS_MAX)), ErrorCode::InvalidPartitions, "already that many");
+    c.ok(Command::DeleteTopic { name: "b".into() });
+    c.ok(create("c", 1, 1));
+    c.ok(grow("c", 2));
+    // Growing past the cap is refused too, and a refusal changes nothing.
+    // 10,000 of a, one of c and 9,999 of d on each broker: full again.
+    c.ok(create("d", PARTITIONS_MAX - 1, 2));
+    let full = c.image.clone();
+    assert_eq!(c.refused(grow("c", 3)), ErrorCode::PolicyViolation);
+    assert_eq!(c.image, full);
+    assert_ne!(before, full);
+}
