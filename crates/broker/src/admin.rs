@@ -63,7 +63,7 @@ pub struct NewTopic {
 /// Creates, alters and deletes topics through the controller voters.
 #[derive(Debug, Clone)]
 pub struct TopicAdmin {
-    controllers: Vec<String>,
+    controllers: crate::ControllerSet,
     request_timeout: Duration,
     status: watch::Receiver<BrokerStatus>,
 }
@@ -72,7 +72,7 @@ impl TopicAdmin {
     /// An admin calling `controllers`, each call bounded by `request_timeout`, that waits
     /// for this broker's metadata through `status`.
     pub fn new(
-        controllers: Vec<String>,
+        controllers: crate::ControllerSet,
         request_timeout: Duration,
         status: watch::Receiver<BrokerStatus>,
     ) -> Self {
@@ -184,7 +184,11 @@ mod tests {
     async fn without_a_controller_the_admin_calls_answer_request_timed_out() {
         // Port 1 on loopback: nothing listens, so each attempt is refused at once.
         let (_tx, status) = watch::channel(BrokerStatus::default());
-        let admin = TopicAdmin::new(vec!["127.0.0.1:1".into()], Duration::from_secs(2), status);
+        let admin = TopicAdmin::new(
+            crate::ControllerSet::new(vec!["127.0.0.1:1".into()], None),
+            Duration::from_secs(2),
+            status,
+        );
         let set = BTreeMap::from([("retention.ms".to_owned(), "1000".to_owned())]);
         let e = admin.alter_topic_config("t", set, vec![], false).await.unwrap_err();
         assert_eq!((e.code, e.name.as_str()), (7, "REQUEST_TIMED_OUT"), "{e}");

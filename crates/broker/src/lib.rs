@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub use cache::{CacheError, MetadataCache};
 pub use error::{BrokerError, ERROR_CODE_KEY, ErrorCode, LEADER_KEY};
@@ -60,6 +60,9 @@ pub struct BrokerConfig {
     pub internal_addr: Option<String>,
     /// The controller voters' gRPC addresses (their internal listeners).
     pub controllers: Vec<String>,
+    /// TLS on every channel to the controllers and other brokers, and node identities checked
+    /// on replica fetches; `None`: plaintext.
+    pub tls: Option<runnel_proto::tls::NodeTls>,
     /// How often to heartbeat.
     pub heartbeat_interval: Duration,
     /// Deadline of one controller call.
@@ -102,8 +105,38 @@ pub struct Broker {
     plane: Arc<DataPlane>,
     groups: Arc<group::GroupCoordinator>,
     admin: admin::TopicAdmin,
+    peers: runnel_proto::tls::PeerCheck,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
+}
+
+/// The controller voters' addresses and how to reach them: cheap to clone, shared by every
+/// task that calls the controller.
+#[derive(Debug, Clone)]
+pub struct ControllerSet {
+    addrs: Vec<String>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
+impl ControllerSet {
+    /// The voters at `addrs`, reached over TLS with `tls` when set.
+    pub fn new(addrs: Vec<String>, tls: Option<tonic::transport::ClientTlsConfig>) -> Self {
+        ControllerSet { addrs, tls }
+    }
+
+    fn of(config: &BrokerConfig) -> Self {
+        ControllerSet { addrs: config.controllers.clone(), tls: config.tls.as_ref().map(|t| t.client()) }
+    }
+
+    /// A client of the voter at `addr` (see [`client`]).
+    fn client(
+        &self,
+        addr: &str,
+        timeout: Duration,
+        unary: bool,
+    ) -> Result<ControllerServiceClient<Channel>, tonic::Status> {
+        client(addr, self.tls.as_ref(), timeout, unary)
+    }
 }
 
 /// Picks a controller to call: the leader when a hint named one, else the voters in turn.
@@ -140,10 +173,11 @@ impl Controllers {
 /// streams must outlive it, so they get none (only the connect timeout).
 fn client(
     addr: &str,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
     timeout: Duration,
     unary: bool,
 ) -> Result<ControllerServiceClient<Channel>, tonic::Status> {
-    let mut endpoint = Endpoint::from_shared(format!("http://{addr}"))
+    let mut endpoint = runnel_proto::tls::endpoint(addr, tls)
         .map_err(|e| tonic::Status::invalid_argument(format!("bad controller address {addr:?}: {e}")))?
         .connect_timeout(timeout)
         .tcp_nodelay(true);
@@ -167,7 +201,7 @@ impl Broker {
         let cache = Arc::new(RwLock::new(MetadataCache::default()));
         let (status_tx, status) = watch::channel(BrokerStatus { fenced: true, ..BrokerStatus::default() });
         let producer_ids =
-            ProducerIds::new(config.id, config.controllers.clone(), config.request_timeout, status.clone());
+            ProducerIds::new(config.id, ControllerSet::of(&config), config.request_timeout, status.clone());
         let plane = Arc::new(
             DataPlane::new(config.id, Arc::clone(&replicas), Arc::clone(&cache))
                 .with_producer_ids(Arc::new(producer_ids)),
@@ -190,13 +224,14 @@ impl Broker {
             Arc::clone(&replicas),
             Arc::clone(&cache),
             status.clone(),
+            config.tls.as_ref().map(runnel_proto::tls::NodeTls::client),
             cancel.clone(),
         ));
         tasks.spawn(replication::isr_task(
             Arc::clone(&replicas),
             Arc::clone(&cache),
             status.clone(),
-            config.controllers.clone(),
+            ControllerSet::of(&config),
             config.replica_lag_time,
             config.request_timeout,
             cancel.clone(),
@@ -205,7 +240,7 @@ impl Broker {
             config.id,
             group::GroupConfig {
                 offsets_topic_partitions: config.offsets_topic_partitions,
-                controllers: config.controllers.clone(),
+                controllers: ControllerSet::of(&config),
                 request_timeout: config.request_timeout,
                 initial_rebalance_delay: group::INITIAL_REBALANCE_DELAY_DEFAULT,
             },
@@ -215,10 +250,11 @@ impl Broker {
         ));
         tasks.spawn(group::coordinator::run(Arc::clone(&groups), cancel.clone()));
         let admin =
-            admin::TopicAdmin::new(config.controllers.clone(), config.request_timeout, status.clone());
+            admin::TopicAdmin::new(ControllerSet::of(&config), config.request_timeout, status.clone());
         tasks.spawn(watch_task(config.clone(), Arc::clone(&cache), Arc::clone(&status_tx), cancel.clone()));
+        let peers = runnel_proto::tls::PeerCheck::for_tls(config.tls.is_some());
         tasks.spawn(liveness_task(config, status_tx, cancel.clone()));
-        Ok(Self { status, cache, replicas, plane, groups, admin, cancel, tasks })
+        Ok(Self { status, cache, replicas, plane, groups, admin, peers, cancel, tasks })
     }
 
     /// The client API over this broker's partitions, for a gRPC server to serve.
@@ -241,7 +277,7 @@ impl Broker {
     ) -> runnel_proto::pb::runnel::v1::replication_service_server::ReplicationServiceServer<
         replication::ReplicationGrpc,
     > {
-        replication::ReplicationGrpc::new(Arc::clone(&self.replicas)).into_server()
+        replication::ReplicationGrpc::new(Arc::clone(&self.replicas), self.peers).into_server()
     }
 
     /// The transport-free data plane, for other front-ends (the Kafka listener).
@@ -369,7 +405,8 @@ async fn register(config: &BrokerConfig, addr: &str, incarnation_id: [u8; 16]) -
         rack: String::new(),
         incarnation_id: incarnation_id.to_vec(),
     };
-    let mut client = client(addr, config.request_timeout, true)?;
+    let tls = config.tls.as_ref().map(runnel_proto::tls::NodeTls::client);
+    let mut client = client(addr, tls.as_ref(), config.request_timeout, true)?;
     Ok(client.register_broker(request).await?.into_inner().broker_epoch)
 }
 
@@ -384,7 +421,8 @@ async fn run_session(
 ) -> SessionEnd {
     let answer_timeout = (config.heartbeat_interval * 2).max(Duration::from_millis(200));
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let mut client = match client(addr, config.request_timeout, false) {
+    let tls = config.tls.as_ref().map(runnel_proto::tls::NodeTls::client);
+    let mut client = match client(addr, tls.as_ref(), config.request_timeout, false) {
         Ok(client) => client,
         Err(e) => return SessionEnd::Failed(e),
     };
@@ -444,7 +482,7 @@ async fn run_session(
 /// Sends one AlterPartition to the controller voters in turn (followers forward to the
 /// leader; a NOT_CONTROLLER hint is followed), until one answers or all failed.
 pub(crate) async fn alter_partition(
-    controllers: &[String],
+    controllers: &ControllerSet,
     request: pb::AlterPartitionRequest,
     timeout: Duration,
 ) -> Result<(), tonic::Status> {
@@ -460,7 +498,7 @@ pub(crate) async fn alter_partition(
 /// the leader; a NOT_CONTROLLER hint is followed), until one answers or all failed. A
 /// refusal with Kafka's code is the controller's answer and is not retried.
 async fn call_controller<T, F, Fut>(
-    controllers: &[String],
+    controllers: &ControllerSet,
     timeout: Duration,
     mut call: F,
 ) -> Result<T, tonic::Status>
@@ -468,11 +506,11 @@ where
     F: FnMut(ControllerServiceClient<Channel>) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
-    let mut picker = Controllers::new(controllers.to_vec(), 0);
+    let mut picker = Controllers::new(controllers.addrs.clone(), 0);
     let mut last = tonic::Status::unavailable("no controller");
-    for _ in 0..controllers.len() + 1 {
+    for _ in 0..controllers.addrs.len() + 1 {
         let addr = picker.current();
-        match call(client(&addr, timeout, true)?).await {
+        match call(controllers.client(&addr, timeout, true)?).await {
             Ok(response) => return Ok(response.into_inner()),
             Err(e) => {
                 if e.metadata().get(ERROR_CODE_KEY).is_some()
@@ -496,7 +534,7 @@ where
 #[derive(Debug)]
 pub struct ProducerIds {
     broker_id: u32,
-    controllers: Vec<String>,
+    controllers: ControllerSet,
     request_timeout: Duration,
     status: watch::Receiver<BrokerStatus>,
     /// The unused rest of the current block. The async lock is held across a block fetch, so
@@ -508,7 +546,7 @@ impl ProducerIds {
     /// Ids for broker `broker_id` (its epoch read from `status`), from `controllers`.
     pub fn new(
         broker_id: u32,
-        controllers: Vec<String>,
+        controllers: ControllerSet,
         request_timeout: Duration,
         status: watch::Receiver<BrokerStatus>,
     ) -> Self {
@@ -628,7 +666,7 @@ async fn watch_task(
     loop {
         let addr = controllers.addrs[controllers.next].clone();
         let watched = async {
-            let mut client = client(&addr, config.request_timeout, false)?;
+            let mut client = ControllerSet::of(&config).client(&addr, config.request_timeout, false)?;
             let mut stream = client.watch_metadata(pb::WatchMetadataRequest {}).await?.into_inner();
             while let Some(update) = stream.next().await {
                 let update = update?;

@@ -26,7 +26,7 @@ use runnel_storage::TopicPartition;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
+use tonic::transport::ClientTlsConfig;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::BrokerStatus;
@@ -55,12 +55,14 @@ fn read_cache(cache: &RwLock<MetadataCache>) -> std::sync::RwLockReadGuard<'_, M
 #[derive(Debug, Clone)]
 pub struct ReplicationGrpc {
     replicas: Arc<ReplicaManager>,
+    peers: runnel_proto::tls::PeerCheck,
 }
 
 impl ReplicationGrpc {
-    /// The service over `replicas`.
-    pub fn new(replicas: Arc<ReplicaManager>) -> Self {
-        ReplicationGrpc { replicas }
+    /// The service over `replicas`; with TLS (`peers`), a follower's certificate must name
+    /// the follower its requests claim to be.
+    pub fn new(replicas: Arc<ReplicaManager>, peers: runnel_proto::tls::PeerCheck) -> Self {
+        ReplicationGrpc { replicas, peers }
     }
 
     /// The tonic server.
@@ -145,6 +147,7 @@ impl ReplicationService for ReplicationGrpc {
         &self,
         request: Request<Streaming<pb::ReplicaFetchRequest>>,
     ) -> Result<Response<Self::ReplicaFetchStream>, Status> {
+        let caller = self.peers.caller(&request)?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(1);
         let replicas = Arc::clone(&self.replicas);
@@ -159,6 +162,17 @@ impl ReplicationService for ReplicationGrpc {
                         _ => return,
                     },
                 };
+                if let Some(caller) = caller
+                    && request.follower_id != caller
+                {
+                    let why = format!(
+                        "a replica fetch for follower {} on a connection with node {caller}'s certificate",
+                        request.follower_id
+                    );
+                    tracing::warn!(follower = request.follower_id, caller, "refused a replica fetch: {why}");
+                    let _ = tx.send(Err(Status::permission_denied(why))).await;
+                    return;
+                }
                 if let Err(status) = check_replica_fetch(&request) {
                     tracing::warn!(
                         follower = request.follower_id,
@@ -253,6 +267,7 @@ pub(crate) async fn follow_manager_task(
     replicas: Arc<ReplicaManager>,
     cache: Arc<RwLock<MetadataCache>>,
     status: watch::Receiver<BrokerStatus>,
+    tls: Option<ClientTlsConfig>,
     cancel: CancellationToken,
 ) {
     let mut reconciled = replicas.subscribe_reconciled();
@@ -276,6 +291,7 @@ pub(crate) async fn follow_manager_task(
                     Arc::clone(&replicas),
                     Arc::clone(&cache),
                     status.clone(),
+                    tls.clone(),
                     token.clone(),
                 ));
                 token
@@ -295,13 +311,14 @@ pub(crate) async fn follow_task(
     replicas: Arc<ReplicaManager>,
     cache: Arc<RwLock<MetadataCache>>,
     status: watch::Receiver<BrokerStatus>,
+    tls: Option<ClientTlsConfig>,
     cancel: CancellationToken,
 ) {
     let me = replicas.broker_id();
     loop {
         let ended = tokio::select! {
             _ = cancel.cancelled() => return,
-            ended = session(leader, &replicas, &cache, &status) => ended,
+            ended = session(leader, &replicas, &cache, &status, tls.as_ref()) => ended,
         };
         match ended {
             Ok(()) => {
@@ -323,6 +340,7 @@ async fn session(
     replicas: &Arc<ReplicaManager>,
     cache: &RwLock<MetadataCache>,
     status: &watch::Receiver<BrokerStatus>,
+    tls: Option<&ClientTlsConfig>,
 ) -> Result<(), Status> {
     let addr = read_cache(cache)
         .brokers
@@ -330,7 +348,7 @@ async fn session(
         .map(|b| b.replication.clone())
         .filter(|a| !a.is_empty())
         .ok_or_else(|| Status::unavailable(format!("no address for broker {leader}")))?;
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
+    let channel = runnel_proto::tls::endpoint(&addr, tls)
         .map_err(|e| Status::invalid_argument(format!("bad address {addr:?}: {e}")))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
@@ -396,7 +414,7 @@ pub(crate) async fn isr_task(
     replicas: Arc<ReplicaManager>,
     cache: Arc<RwLock<MetadataCache>>,
     status: watch::Receiver<BrokerStatus>,
-    controllers: Vec<String>,
+    controllers: crate::ControllerSet,
     lag: Duration,
     request_timeout: Duration,
     cancel: CancellationToken,

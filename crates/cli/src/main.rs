@@ -80,6 +80,29 @@ enum Command {
     /// GET a node's probe (default: its /readyz) and exit 0 on 200, 1 otherwise; for
     /// container HEALTHCHECKs on images without curl.
     Healthcheck(healthcheck::HealthcheckArgs),
+    /// TLS certificates for a cluster.
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TlsCommand {
+    /// Write a throwaway CA (ca.pem, ca.key) and a certificate and key per node
+    /// (node-<id>.pem, node-<id>.key, subject CN runnel-node-<id>) into DIR, for
+    /// `runnel node --tls-cert DIR/node-<id>.pem --tls-key DIR/node-<id>.key --tls-ca DIR/ca.pem`.
+    /// For tests and local clusters: the CA's key is written beside them.
+    Generate {
+        /// Where to write the files (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The node ids, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<u32>,
+        /// Names and IP addresses the nodes are reached by (each certificate is valid for all
+        /// of them) [default: localhost,127.0.0.1,::1].
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -272,6 +295,16 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench(command) => data::cli::run_bench(command),
         Command::Group { client, command } => group::run(client, command),
         Command::Healthcheck(args) => healthcheck::run(args),
+        Command::Tls(TlsCommand::Generate { dir, nodes, hosts }) => {
+            let hosts = if hosts.is_empty() {
+                vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()]
+            } else {
+                hosts
+            };
+            runnel_proto::tls::generate(&dir, &nodes, &hosts)?;
+            println!("wrote ca.pem, ca.key and node-<id>.pem/.key for nodes {nodes:?} to {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Log(LogCommand::Dump { partition_dir, records, max_batch_bytes }) => {
             if !partition_dir.is_dir() {
                 anyhow::bail!("{} is not a directory", partition_dir.display());

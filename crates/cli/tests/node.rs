@@ -57,6 +57,53 @@ fn missing_required_settings_fail() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--data-dir is required"));
 }
 
+/// `runnel tls generate` writes a CA and node certificates that `runnel node` takes, and
+/// TLS settings that cannot work are refused at start with the reason.
+#[test]
+fn tls_generate_writes_certificates_the_node_takes_and_bad_tls_settings_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    let out =
+        runnel().args(["tls", "generate", "--dir"]).arg(&tls).args(["--nodes", "1,2"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for file in ["ca.pem", "ca.key", "node-1.pem", "node-1.key", "node-2.pem", "node-2.key"] {
+        assert!(tls.join(file).is_file(), "{file} missing");
+    }
+    let file = |name: &str| tls.join(name).display().to_string();
+    let node = |cert: &str, key: &str| {
+        let mut command = runnel();
+        command.args(["node", "--id", "1", "--data-dir", "/d", "--controller-voters", "1@127.0.0.1:50051"]);
+        command.args(["--tls-cert", &file(cert), "--tls-key", &file(key), "--tls-ca", &file("ca.pem")]);
+        command
+    };
+    let value = print_config(&mut node("node-1.pem", "node-1.key"));
+    assert_eq!(value["tls_files"][0], file("node-1.pem"));
+    let refused = |command: &mut Command, why: &str| {
+        let out = command.arg("--print-config").output().unwrap();
+        assert!(!out.status.success(), "{why}: accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(why), "expected {why:?} in: {stderr}");
+    };
+    refused(&mut node("node-2.pem", "node-2.key"), "is node 2's certificate");
+    refused(&mut node("ca.pem", "ca.key"), "is not runnel-node-<node id>");
+    refused(&mut node("node-1.key", "node-1.key"), "holds no PEM CERTIFICATE");
+    refused(&mut node("missing.pem", "node-1.key"), "missing.pem");
+    refused(
+        runnel().args([
+            "node",
+            "--id",
+            "1",
+            "--data-dir",
+            "/d",
+            "--controller-voters",
+            "1@h:1",
+            "--tls-cert",
+            "x",
+        ]),
+        "give all three or none",
+    );
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

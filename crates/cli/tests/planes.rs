@@ -99,6 +99,69 @@ async fn produce_acked(client: &mut BrokerServiceClient<Channel>, i: usize) -> i
     }
 }
 
+/// Creates topic `t` (one partition, replication factor 3) through node 1's client listener,
+/// waits for a leader and a full ISR, and produces [`RECORDS`] records with acks=all: the
+/// partition as it then is, and the acknowledged (offset, value) pairs.
+async fn replicated_topic(cluster: &Cluster) -> (pb::PartitionInfo, Vec<(i64, String)>) {
+    let request = pb::CreateTopicRequest {
+        name: "t".into(),
+        partitions: 1,
+        replication_factor: 3,
+        configs: Default::default(),
+    };
+    cluster.create_topic(1, request, WAIT).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let state = cluster
+        .wait_for_first_partition("t", "a leader and a full ISR", WAIT, |p| p.leader > 0 && p.isr.len() == 3)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut client = cluster.broker_client(state.leader as u64).await.unwrap();
+    let mut acked = Vec::new();
+    for i in 0..RECORDS {
+        acked.push((produce_acked(&mut client, i).await, format!("v{i}")));
+    }
+    (state, acked)
+}
+
+/// kill -9 of the partition leader `leader`: a follower takes over, and every acknowledged
+/// record reads back from it, and it takes new records.
+async fn fail_over_and_read_back(cluster: &mut Cluster, leader: u64, acked: &[(i64, String)]) {
+    cluster.kill(leader).unwrap();
+    let moved = cluster
+        .wait_for_first_partition("t", "a new leader", WAIT, |p| p.leader > 0 && p.leader as u64 != leader)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut client = cluster.broker_client(moved.leader as u64).await.unwrap();
+    let fetch = pb::FetchRequest {
+        topic: "t".into(),
+        partition: 0,
+        offset: 0,
+        max_bytes: 0,
+        max_wait_ms: 0,
+        min_bytes: 0,
+        format: pb::RecordFormat::Records as i32,
+    };
+    // Its high watermark may trail its log for a moment after the move: poll until it
+    // covers what was acknowledged.
+    let deadline = std::time::Instant::now() + WAIT;
+    let got = loop {
+        let read =
+            client.fetch(fetch.clone()).await.unwrap_or_else(|e| panic!("fetch from the new leader: {e:?}"));
+        let got: Vec<(i64, String)> = read
+            .into_inner()
+            .records
+            .iter()
+            .map(|r| (r.offset, String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned()))
+            .collect();
+        if got.len() >= acked.len() || std::time::Instant::now() >= deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(got, acked, "the new leader {} lost or changed acknowledged records", moved.leader);
+    let next = acked.len();
+    assert_eq!(produce_acked(&mut client, next).await, next as i64, "produce after the failover");
+}
+
 fn refused_as(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code, what: &str) -> tonic::Status {
     match result {
         Ok(answer) => panic!("{what} was served on the client listener: {answer:?}"),
@@ -124,23 +187,8 @@ async fn inter_node_calls_are_refused_on_the_client_listener() {
 
     // Clients work on the client listener: the topic is created through node 1's, whichever
     // node leads the controller, and the ISR fills, so followers fetch over the internal plane.
-    let request = pb::CreateTopicRequest {
-        name: "t".into(),
-        partitions: 1,
-        replication_factor: 3,
-        configs: Default::default(),
-    };
-    cluster.create_topic(1, request, WAIT).await.unwrap_or_else(|e| panic!("{e:#}"));
-    let before = cluster
-        .wait_for_first_partition("t", "a leader and a full ISR", WAIT, |p| p.leader > 0 && p.isr.len() == 3)
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let (before, acked) = replicated_topic(&cluster).await;
     let leader = before.leader as u64;
-    let mut client = cluster.broker_client(leader).await.unwrap();
-    let mut acked = Vec::new();
-    for i in 0..RECORDS {
-        acked.push((produce_acked(&mut client, i).await, format!("v{i}")));
-    }
     let described = cluster.describe_cluster(1, WAIT).await.unwrap();
     for broker in &described.brokers {
         let internal = cluster.node(u64::from(broker.broker_id)).internal_addr().unwrap().to_string();
@@ -240,39 +288,191 @@ async fn inter_node_calls_are_refused_on_the_client_listener() {
     );
     assert_eq!(terms(&cluster).await, terms_before, "a stale vote moved a term");
 
-    // kill -9 of the partition leader: a follower takes over with every acknowledged record.
-    cluster.kill(leader).unwrap();
-    let moved = cluster
-        .wait_for_first_partition("t", "a new leader", WAIT, |p| p.leader > 0 && p.leader as u64 != leader)
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let mut client = cluster.broker_client(moved.leader as u64).await.unwrap();
-    let fetch = pb::FetchRequest {
-        topic: "t".into(),
-        partition: 0,
-        offset: 0,
-        max_bytes: 0,
-        max_wait_ms: 0,
-        min_bytes: 0,
-        format: pb::RecordFormat::Records as i32,
+    fail_over_and_read_back(&mut cluster, leader, &acked).await;
+}
+
+/// An AppendEntries heartbeat as openraft 0.9 spells it in JSON: leader `node` at `term`.
+fn heartbeat(term: u64, node: u64) -> pb::RaftAppendEntriesRequest {
+    let json = serde_json::json!({
+        "vote": {"leader_id": {"term": term, "node_id": node}, "committed": true},
+        "prev_log_id": null,
+        "entries": [],
+        "leader_commit": null,
+    });
+    pb::RaftAppendEntriesRequest { request_json: serde_json::to_vec(&json).unwrap() }
+}
+
+/// A call that must not get through: the TLS handshake fails (connecting or on the first
+/// call, as TLS 1.3 reports a refused client certificate after the handshake).
+async fn handshake_refused(
+    cluster: &Cluster,
+    addr: SocketAddr,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    what: &str,
+) {
+    let connected = runnel_proto::tls::endpoint(&addr.to_string(), tls.as_ref())
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await;
+    let Ok(channel) = connected else { return };
+    let answer = RaftServiceClient::new(channel).vote(vote(u64::MAX / 2, 1, u64::MAX / 2)).await;
+    assert!(answer.is_err(), "{what}: a vote got through: {answer:?}\n{}", cluster.all_logs());
+}
+
+/// With TLS (issue 14: "no one forges a broker, a vote or an ack"), on a three-node cluster
+/// whose planes are apart: clients use TLS on the client listener; the internal listener
+/// refuses a caller without a certificate and one whose certificate the cluster CA did not
+/// sign, even if it names a node; and a genuine node certificate cannot speak for another
+/// node: a vote, an AppendEntries, a replica fetch, a broker registration, a session, an ISR
+/// change and a producer-id block claiming to come from the partition leader, sent with a
+/// follower's certificate, are each PERMISSION_DENIED, while the same node's calls as itself
+/// are served. Nothing moves, and a kill -9 of the leader loses no acknowledged record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_no_node_speaks_for_another_and_strangers_are_refused() {
+    let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_runnel"));
+    opts.internal_listener = true;
+    opts.tls = true;
+    let mut cluster = Cluster::start(3, opts).unwrap_or_else(|e| panic!("cluster start: {e:#}"));
+    let (before, acked) = replicated_topic(&cluster).await;
+    let leader = before.leader as u64;
+    let forger = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    let other = cluster.ids().into_iter().find(|&id| id != leader && id != forger).unwrap();
+    let described = cluster.describe_cluster(1, WAIT).await.unwrap();
+    let epoch_of =
+        |id: u64| described.brokers.iter().find(|b| u64::from(b.broker_id) == id).unwrap().broker_epoch;
+    let terms_before = terms(&cluster).await;
+    let top_term = terms_before.iter().map(|&(_, t)| t).max().unwrap();
+
+    // Strangers: no certificate, and a certificate naming the leader from another CA.
+    let ca = std::fs::read(cluster.root().join("tls").join("ca.pem")).unwrap();
+    let ca_only =
+        tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(&ca));
+    let elsewhere = cluster.root().join("other-ca");
+    runnel_proto::tls::generate(&elsewhere, &[leader as u32], &["localhost".into(), "127.0.0.1".into()])
+        .unwrap();
+    let impostor = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&ca))
+        .identity(tonic::transport::Identity::from_pem(
+            std::fs::read(elsewhere.join(format!("node-{leader}.pem"))).unwrap(),
+            std::fs::read(elsewhere.join(format!("node-{leader}.key"))).unwrap(),
+        ));
+    for id in cluster.ids() {
+        let internal = cluster.node(id).internal_addr().unwrap();
+        handshake_refused(&cluster, internal, Some(ca_only.clone()), "no client certificate").await;
+        handshake_refused(&cluster, internal, Some(impostor.clone()), "a certificate from another CA").await;
+        handshake_refused(&cluster, internal, None, "plaintext").await;
+    }
+
+    // A genuine follower certificate claiming to be the leader, at every node's internal
+    // listener.
+    let denied = |result: Result<(), tonic::Status>, what: &str| {
+        let status = result.expect_err(what);
+        assert_eq!(status.code(), Code::PermissionDenied, "{what}: {status:?}");
     };
-    // Its high watermark may trail its log for a moment after the move: poll until it
-    // covers what was acknowledged.
-    let deadline = std::time::Instant::now() + WAIT;
-    let got = loop {
-        let read =
-            client.fetch(fetch.clone()).await.unwrap_or_else(|e| panic!("fetch from the new leader: {e:?}"));
-        let got: Vec<(i64, String)> = read
-            .into_inner()
-            .records
-            .iter()
-            .map(|r| (r.offset, String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned()))
-            .collect();
-        if got.len() >= acked.len() || std::time::Instant::now() >= deadline {
-            break got;
+    for id in cluster.ids().into_iter().filter(|&id| id != forger) {
+        let as_forger =
+            cluster.channel(cluster.node(id).internal_addr().unwrap(), Some(forger)).await.unwrap();
+        let mut raft = RaftServiceClient::new(as_forger.clone());
+        denied(
+            raft.vote(vote(top_term + 1_000, leader, u64::MAX / 2)).await.map(|_| ()),
+            "a vote for the leader",
+        );
+        denied(
+            raft.append_entries(heartbeat(top_term + 1_000, leader)).await.map(|_| ()),
+            "entries from the leader",
+        );
+        let mut controller = ControllerServiceClient::new(as_forger.clone());
+        let register = pb::RegisterBrokerRequest {
+            broker_id: leader as u32,
+            endpoints: Some(pb::BrokerEndpoints {
+                grpc: "10.9.9.9:1".into(),
+                kafka: "10.9.9.9:2".into(),
+                http: "10.9.9.9:3".into(),
+                internal: "10.9.9.9:4".into(),
+            }),
+            rack: String::new(),
+            incarnation_id: vec![7; 16],
+        };
+        denied(controller.register_broker(register).await.map(|_| ()), "registering as the leader");
+        let shrink = pb::AlterPartitionRequest {
+            topic: "t".into(),
+            topic_id: Vec::new(),
+            partition: 0,
+            leader_id: leader as u32,
+            broker_epoch: epoch_of(leader),
+            leader_epoch: before.leader_epoch,
+            partition_epoch: before.partition_epoch,
+            new_isr: vec![pb::IsrMember { broker_id: leader as u32, broker_epoch: epoch_of(leader) }],
+        };
+        denied(controller.alter_partition(shrink).await.map(|_| ()), "an ISR shrink as the leader");
+        let ids = pb::AllocateProducerIdsRequest { broker_id: leader as u32, broker_epoch: epoch_of(leader) };
+        denied(controller.allocate_producer_ids(ids).await.map(|_| ()), "producer ids as the leader");
+        let beat = pb::BrokerHeartbeatRequest {
+            broker_id: leader as u32,
+            broker_epoch: epoch_of(leader),
+            metadata_version: 0,
+        };
+        let session = controller.broker_session(tokio_stream::iter([beat])).await;
+        // Only the controller leader holds sessions; the others answer NOT_CONTROLLER first.
+        if let Ok(mut session) = session {
+            let first = session.get_mut().message().await;
+            if let Err(status) = first {
+                assert!(
+                    matches!(status.code(), Code::PermissionDenied | Code::Unavailable),
+                    "session: {status:?}"
+                );
+                if status.code() == Code::Unavailable {
+                    assert!(!status.message().contains("certificate"), "{status:?}");
+                }
+            } else {
+                panic!("a session heartbeat as the leader was answered: {first:?}");
+            }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(got, acked, "the new leader {} lost or changed acknowledged records", moved.leader);
-    assert_eq!(produce_acked(&mut client, RECORDS).await, RECORDS as i64, "produce after the failover");
+        if id == leader {
+            let mut replication = ReplicationServiceClient::new(as_forger);
+            let fetch = pb::ReplicaFetchRequest {
+                follower_id: other as u32,
+                follower_epoch: epoch_of(other),
+                partitions: vec![pb::ReplicaFetchPartition {
+                    topic: "t".into(),
+                    topic_id: Vec::new(),
+                    partition: 0,
+                    fetch_offset: RECORDS as u64,
+                    last_fetched_epoch: before.leader_epoch,
+                    current_leader_epoch: before.leader_epoch,
+                    durable_end: u64::MAX,
+                }],
+                ..Default::default()
+            };
+            let mut answers =
+                replication.replica_fetch(tokio_stream::iter([fetch])).await.unwrap().into_inner();
+            let answer = answers.message().await;
+            assert!(
+                matches!(&answer, Err(s) if s.code() == Code::PermissionDenied),
+                "a replica fetch for another follower: {answer:?}"
+            );
+        }
+    }
+
+    // The forger's calls as itself are served: the checks are on identity, not on the call.
+    let as_itself =
+        cluster.channel(cluster.node(leader).internal_addr().unwrap(), Some(forger)).await.unwrap();
+    let stale = RaftServiceClient::new(as_itself.clone()).vote(vote(0, forger, 0)).await;
+    assert!(stale.is_ok(), "a node's own stale vote was not answered: {stale:?}");
+    let ids = pb::AllocateProducerIdsRequest { broker_id: forger as u32, broker_epoch: epoch_of(forger) };
+    let block = ControllerServiceClient::new(as_itself).allocate_producer_ids(ids).await;
+    assert!(block.is_ok_and(|b| b.into_inner().count > 0), "a node's own producer-id call was refused");
+
+    // Nothing moved.
+    assert_eq!(terms(&cluster).await, terms_before, "a refused call moved a term");
+    assert_eq!(
+        cluster.first_partition(1, "t").await.expect("the partition"),
+        before,
+        "the partition changed"
+    );
+    let after = cluster.describe_cluster(1, WAIT).await.unwrap();
+    assert_eq!(after.brokers, described.brokers, "a broker changed");
+    fail_over_and_read_back(&mut cluster, leader, &acked).await;
 }

@@ -30,7 +30,7 @@ fn context(dir: &std::path::Path) -> Arc<Context> {
     let cache = Arc::new(RwLock::new(MetadataCache { loaded: true, ..Default::default() }));
     let plane = Arc::new(DataPlane::new(1, Arc::clone(&replicas), Arc::clone(&cache)));
     let (_tx, status) = tokio::sync::watch::channel(BrokerStatus::default());
-    let nowhere = vec!["127.0.0.1:1".to_owned()];
+    let nowhere = runnel_broker::ControllerSet::new(vec!["127.0.0.1:1".to_owned()], None);
     let timeout = Duration::from_millis(200);
     let groups = Arc::new(GroupCoordinator::new(
         1,

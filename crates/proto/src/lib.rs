@@ -18,6 +18,8 @@ pub mod pb {
 /// gRPC server reflection (`tonic-reflection`'s `register_encoded_file_descriptor_set`).
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/runnel_descriptor.bin"));
 
+pub mod tls;
+
 /// HTTP/2 flow-control window of one stream, for servers and clients of the data plane.
 /// hyper's defaults (1 MiB on a server, 2 MiB on a client) are smaller than one default
 /// fetch response, so a sender stalls for a window update in the middle of every message.

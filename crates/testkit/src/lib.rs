@@ -84,6 +84,11 @@ pub struct ClusterOpts {
     /// Give each node a separate internal gRPC listener (`--internal-addr`) for inter-node
     /// calls; the voters list names those. Off by default (one gRPC listener per node).
     pub internal_listener: bool,
+    /// Run every node with TLS: a throwaway CA and node certificates
+    /// (`runnel_proto::tls::generate`) in the cluster's temp dir, passed as `--tls-cert`,
+    /// `--tls-key`, `--tls-ca`. The cluster's own clients ([`Cluster::channel`]) then use TLS
+    /// (trusting the CA, presenting no certificate). Off by default.
+    pub tls: bool,
 }
 
 impl ClusterOpts {
@@ -99,6 +104,7 @@ impl ClusterOpts {
             extra_args: Vec::new(),
             netns: false,
             internal_listener: false,
+            tls: false,
         }
     }
 }
@@ -311,6 +317,12 @@ impl Cluster {
                 namespace: netns.as_ref().map(|net| net.namespace(id).to_owned()),
             });
         }
+        if opts.tls {
+            let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+            hosts.extend(nodes.iter().map(|n| n.grpc_addr.ip().to_string()).filter(|ip| ip != "127.0.0.1"));
+            let ids: Vec<u32> = nodes.iter().map(|n| n.id as u32).collect();
+            runnel_proto::tls::generate(&root.path().join("tls"), &ids, &hosts)?;
+        }
         let voters = nodes
             .iter()
             .map(|n| format!("{}@{}", n.id, n.internal_addr.unwrap_or(n.grpc_addr)))
@@ -373,6 +385,16 @@ impl Cluster {
         ];
         if let Some(internal) = n.internal_addr {
             args.extend(["--internal-addr".to_owned(), internal.to_string()]);
+        }
+        if self.opts.tls {
+            let dir = self.root().join("tls");
+            for (flag, file) in [
+                ("--tls-cert", format!("node-{id}.pem")),
+                ("--tls-key", format!("node-{id}.key")),
+                ("--tls-ca", "ca.pem".into()),
+            ] {
+                args.extend([flag.to_owned(), dir.join(file).display().to_string()]);
+            }
         }
         if let Some(ms) = self.opts.session_timeout_ms {
             args.extend(["--session-timeout-ms".to_owned(), ms.to_string()]);
@@ -610,17 +632,45 @@ impl Cluster {
 
     /// A ControllerService client connected to node `id`.
     pub async fn controller_client(&self, id: u64) -> anyhow::Result<ControllerServiceClient<Channel>> {
-        grpc_client(self.node(id).grpc_addr).await
+        Ok(ControllerServiceClient::new(self.channel(self.node(id).grpc_addr, None).await?))
     }
 
     /// A BrokerService (the client data plane) client connected to node `id`.
     pub async fn broker_client(&self, id: u64) -> anyhow::Result<BrokerServiceClient<Channel>> {
-        let channel = Channel::from_shared(format!("http://{}", self.node(id).grpc_addr))?
+        let channel = self.channel(self.node(id).grpc_addr, None).await?;
+        Ok(BrokerServiceClient::new(channel).max_decoding_message_size(128 << 20))
+    }
+
+    /// A channel to `addr`, connected within 2 s: with [`ClusterOpts::tls`], over TLS trusting
+    /// the cluster CA and presenting node `as_node`'s certificate when given (to act as that
+    /// node), none otherwise.
+    pub async fn channel(&self, addr: SocketAddr, as_node: Option<u64>) -> anyhow::Result<Channel> {
+        let tls = match (self.opts.tls, as_node) {
+            (false, _) => None,
+            (true, Some(node)) => Some(self.node_tls(node)?.client()),
+            (true, None) => {
+                let ca = std::fs::read(self.root().join("tls").join("ca.pem"))?;
+                Some(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+                )
+            }
+        };
+        runnel_proto::tls::endpoint(&addr.to_string(), tls.as_ref())?
             .connect_timeout(Duration::from_secs(2))
             .connect()
             .await
-            .with_context(|| format!("connecting to node {id}"))?;
-        Ok(BrokerServiceClient::new(channel).max_decoding_message_size(128 << 20))
+            .with_context(|| format!("connecting to {addr}"))
+    }
+
+    /// Node `id`'s TLS material, with [`ClusterOpts::tls`].
+    pub fn node_tls(&self, id: u64) -> anyhow::Result<runnel_proto::tls::NodeTls> {
+        let dir = self.root().join("tls");
+        Ok(runnel_proto::tls::NodeTls::load(
+            &dir.join(format!("node-{id}.pem")),
+            &dir.join(format!("node-{id}.key")),
+            &dir.join("ca.pem"),
+        )?)
     }
 
     /// Creates a topic through node `via`'s controller service, polling until `timeout` while

@@ -107,7 +107,7 @@ pub struct GroupConfig {
     /// Partitions of the offsets topic when this broker creates it.
     pub offsets_topic_partitions: u32,
     /// The controller voters (for CreateTopic).
-    pub controllers: Vec<String>,
+    pub controllers: crate::ControllerSet,
     /// Deadline of one controller call.
     pub request_timeout: Duration,
     /// How long a classic group leaving Empty waits for more members before its first
@@ -1343,16 +1343,16 @@ pub async fn run(coordinator: Arc<GroupCoordinator>, cancel: CancellationToken) 
 /// Creates a topic through the controller voters in turn (followers forward; a
 /// NOT_CONTROLLER hint is followed). `Ok(false)`: it already existed.
 async fn create_topic(
-    controllers: &[String],
+    controllers: &crate::ControllerSet,
     request: pb::CreateTopicRequest,
     timeout: Duration,
 ) -> Result<bool, tonic::Status> {
     const TOPIC_ALREADY_EXISTS: &str = "36";
-    let mut picker = Controllers::new(controllers.to_vec(), 0);
+    let mut picker = Controllers::new(controllers.addrs.clone(), 0);
     let mut last = tonic::Status::unavailable("no controller");
-    for _ in 0..controllers.len() + 1 {
+    for _ in 0..controllers.addrs.len() + 1 {
         let addr = picker.current();
-        let mut c = crate::client(&addr, timeout, true)?;
+        let mut c = controllers.client(&addr, timeout, true)?;
         match c.create_topic(request.clone()).await {
             Ok(_) => return Ok(true),
             Err(e) => {

@@ -78,7 +78,7 @@ impl Node {
         let (status, rx) = watch::channel(BrokerStatus::default());
         let config = GroupConfig {
             offsets_topic_partitions: 1,
-            controllers: vec!["127.0.0.1:1".into()],
+            controllers: crate::ControllerSet::new(vec!["127.0.0.1:1".into()], None),
             request_timeout: Duration::from_secs(1),
             initial_rebalance_delay: INITIAL_DELAY,
         };

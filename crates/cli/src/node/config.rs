@@ -88,6 +88,19 @@ pub(crate) struct NodeArgs {
     /// The internal address other nodes are told, HOST:PORT [default: --internal-addr].
     #[arg(long, env = "RUNNEL_INTERNAL_ADVERTISED_ADDR")]
     pub(crate) internal_advertised_addr: Option<String>,
+    /// This node's TLS certificate (PEM; its subject CN must be runnel-node-<id>). With
+    /// --tls-key and --tls-ca: every gRPC listener serves TLS, calls to other nodes present
+    /// this certificate, and inter-node calls are refused unless the caller's certificate
+    /// names the node the call claims to come from. `runnel tls generate` makes a throwaway
+    /// set [default: none, plaintext].
+    #[arg(long, env = "RUNNEL_TLS_CERT")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// This node's TLS private key (PEM).
+    #[arg(long, env = "RUNNEL_TLS_KEY")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM) every node's certificate is signed by.
+    #[arg(long, env = "RUNNEL_TLS_CA")]
+    pub(crate) tls_ca: Option<PathBuf>,
     /// Kafka listeners, [NAME://]HOST:PORT[,...] (Kafka's `listeners`) [default:
     /// 127.0.0.1:(9091+id), so node 1 is on 9092]. A loopback host also listens on the other
     /// loopback family (127.0.0.1 and [::1]), since clients may resolve `localhost` to either.
@@ -185,6 +198,11 @@ pub(crate) struct NodeSettings {
     /// The internal listener and what other nodes are told of it, when the planes are apart.
     pub(crate) internal_addr: Option<String>,
     pub(crate) internal_advertised_addr: Option<String>,
+    /// The certificate, key and CA files, when the node runs TLS.
+    pub(crate) tls_files: Option<[PathBuf; 3]>,
+    /// Their contents, loaded and checked.
+    #[serde(skip)]
+    pub(crate) tls: Option<runnel_proto::tls::NodeTls>,
     pub(crate) http_addr: String,
     pub(crate) kafka_addr: String,
     pub(crate) kafka_advertised_addr: String,
@@ -230,6 +248,9 @@ impl NodeArgs {
             grpc_advertised_addr: self.grpc_advertised_addr.or(lower.grpc_advertised_addr),
             internal_addr: self.internal_addr.or(lower.internal_addr),
             internal_advertised_addr: self.internal_advertised_addr.or(lower.internal_advertised_addr),
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
+            tls_ca: self.tls_ca.or(lower.tls_ca),
             http_addr: self.http_addr.or(lower.http_addr),
             kafka_addr: self.kafka_addr.or(lower.kafka_addr),
             kafka_advertised_addr: self.kafka_advertised_addr.or(lower.kafka_advertised_addr),
@@ -363,6 +384,25 @@ impl NodeSettings {
                 );
             }
         }
+        let tls_files = match (args.tls_cert, args.tls_key, args.tls_ca) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => Some([cert, key, ca]),
+            _ => bail!("--tls-cert, --tls-key and --tls-ca go together: give all three or none"),
+        };
+        let tls = match &tls_files {
+            Some([cert, key, ca]) => {
+                let tls = runnel_proto::tls::NodeTls::load(cert, key, ca)
+                    .context("--tls-cert/--tls-key/--tls-ca")?;
+                if tls.node_id() != id {
+                    bail!(
+                        "--tls-cert is node {}'s certificate (its CN), but this is node {id}",
+                        tls.node_id()
+                    );
+                }
+                Some(tls)
+            }
+            None => None,
+        };
         let num_partitions = args.num_partitions.unwrap_or(1);
         if num_partitions == 0 {
             bail!("--num-partitions must be at least 1");
@@ -394,6 +434,8 @@ impl NodeSettings {
             grpc_advertised_addr,
             internal_addr: args.internal_addr,
             internal_advertised_addr,
+            tls_files,
+            tls,
             http_addr,
             kafka_addr,
             kafka_advertised_addr,

@@ -69,6 +69,7 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
                 kafka_addr: settings.kafka_endpoint.clone(),
                 http_addr: settings.http_addr.clone(),
                 internal_addr: settings.internal_advertised_addr.clone(),
+                tls: settings.tls.clone(),
                 controllers: settings.voters.iter().map(|v| v.addr.clone()).collect(),
                 heartbeat_interval: Duration::from_millis(settings.heartbeat_interval_ms),
                 request_timeout: Duration::from_millis(settings.session_timeout_ms.max(1_000)),
@@ -128,6 +129,7 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         config.http2_stream_window = Some(runnel_broker::service::HTTP2_STREAM_WINDOW);
         config.http2_connection_window = Some(runnel_broker::service::HTTP2_CONNECTION_WINDOW);
         config.max_connections = settings.max_connections;
+        config.tls = settings.tls.clone();
         let started = match planes {
             Planes::One(listener, routes) => Controller::start_serving(config, listener, routes).await,
             Planes::Split { internal, client } => Controller::start_split(config, internal, client).await,
@@ -135,15 +137,26 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         Some(started.context("starting the controller")?)
     } else {
         // A broker-only node serves its own gRPC listeners.
+        // (name, listener, routes, whether TLS requires a client certificate there)
         let listeners = match planes {
-            Planes::One(listener, routes) => vec![("gRPC", listener, routes)],
+            Planes::One(listener, routes) => vec![("gRPC", listener, routes, false)],
             Planes::Split { internal, client } => {
-                vec![("client gRPC", client.0, client.1), ("internal gRPC", internal.0, internal.1)]
+                vec![
+                    ("client gRPC", client.0, client.1, false),
+                    ("internal gRPC", internal.0, internal.1, true),
+                ]
             }
         };
-        for (what, listener, routes) in listeners {
+        for (what, listener, routes, require_client_cert) in listeners {
+            let server = runnel_controller::controller::grpc_server_tls(
+                Some(runnel_broker::service::HTTP2_STREAM_WINDOW),
+                Some(runnel_broker::service::HTTP2_CONNECTION_WINDOW),
+                settings.tls.as_ref(),
+                require_client_cert,
+            )
+            .context("TLS")?;
             let incoming = CappedIncoming::new(listener, settings.max_connections, what);
-            grpc_tasks.push(tokio::spawn(serve_grpc(id, what, incoming, routes, cancel.clone())));
+            grpc_tasks.push(tokio::spawn(serve_grpc(id, what, incoming, routes, server, cancel.clone())));
         }
         None
     };
@@ -236,15 +249,11 @@ async fn serve_grpc(
     what: &'static str,
     incoming: CappedIncoming,
     routes: Routes,
+    mut server: tonic::transport::Server,
     stop: CancellationToken,
 ) {
-    let served = runnel_controller::controller::grpc_server(
-        Some(runnel_broker::service::HTTP2_STREAM_WINDOW),
-        Some(runnel_broker::service::HTTP2_CONNECTION_WINDOW),
-    )
-    .add_routes(routes)
-    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-    .await;
+    let served =
+        server.add_routes(routes).serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await;
     if let Err(e) = served {
         tracing::error!("node {id}: {what} server failed: {e}");
     }

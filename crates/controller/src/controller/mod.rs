@@ -26,6 +26,7 @@ pub use machine::{MetadataMachine, MetadataResponse};
 pub use metrics::ControllerMetrics;
 pub use node::{
     Controller, ControllerConfig, GRPC_HEADER_LIST_BYTES_MAX, GRPC_KEEPALIVE_INTERVAL,
-    GRPC_KEEPALIVE_TIMEOUT, GRPC_STREAMS_PER_CONNECTION_MAX, StartError, Voter, grpc_server, parse_voters,
+    GRPC_KEEPALIVE_TIMEOUT, GRPC_STREAMS_PER_CONNECTION_MAX, StartError, Voter, grpc_server, grpc_server_tls,
+    parse_voters,
 };
 pub use service::{ControllerGrpcService, ServiceConfig};

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use runnel_proto::tls::{NodeTls, PeerCheck};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -84,6 +85,8 @@ pub struct ControllerConfig {
     /// Connections open at once on each of the node's gRPC listeners; more are closed as they
     /// come (the node's `--max-connections`).
     pub max_connections: usize,
+    /// TLS on every listener and channel, and node identities checked on inter-node calls.
+    pub tls: Option<NodeTls>,
 }
 
 impl ControllerConfig {
@@ -103,6 +106,7 @@ impl ControllerConfig {
             http2_stream_window: None,
             http2_connection_window: None,
             max_connections: GRPC_CONNECTIONS_MAX_DEFAULT,
+            tls: None,
         }
     }
 }
@@ -133,6 +137,20 @@ pub fn grpc_server(stream_window: Option<u32>, connection_window: Option<u32>) -
         .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
         .http2_max_header_list_size(GRPC_HEADER_LIST_BYTES_MAX)
+}
+
+/// [`grpc_server`] serving TLS with `tls` when set (see [`NodeTls::server`]).
+pub fn grpc_server_tls(
+    stream_window: Option<u32>,
+    connection_window: Option<u32>,
+    tls: Option<&NodeTls>,
+    require_client_cert: bool,
+) -> Result<Server, tonic::transport::Error> {
+    let server = grpc_server(stream_window, connection_window);
+    match tls {
+        Some(tls) => server.tls_config(tls.server(require_client_cert)),
+        None => Ok(server),
+    }
 }
 
 /// Why a controller node did not start.
@@ -233,7 +251,14 @@ impl Controller {
             .await
             .map_err(|e| StartError::Raft(format!("opening the store: {e}")))??;
         let view = store.state_machine.view();
-        let network = GrpcNetworkFactory::new(id, NetworkConfig::default());
+        let tls = config.tls.clone();
+        let network_config =
+            NetworkConfig { tls: tls.as_ref().map(NodeTls::client), ..NetworkConfig::default() };
+        let network = GrpcNetworkFactory::new(id, network_config);
+        let peers = PeerCheck::for_tls(tls.is_some());
+        let mut service_config = config.service.clone();
+        service_config.peers = peers;
+        service_config.tls = tls.as_ref().map(NodeTls::client);
         let raft = openraft::Raft::new(id, Arc::new(raft_config), network, store.log, store.state_machine)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -241,39 +266,49 @@ impl Controller {
         let addr = listener.local_addr()?;
         let cancel = CancellationToken::new();
         let metrics = ControllerMetrics::new(view.clone());
-        let shared = Shared::new(
-            id,
-            raft.clone(),
-            view.clone(),
-            config.service.clone(),
-            cancel.clone(),
-            metrics.clone(),
-        );
+        let shared =
+            Shared::new(id, raft.clone(), view.clone(), service_config, cancel.clone(), metrics.clone());
         let mut tasks = JoinSet::new();
         tasks.spawn(count_leader_changes(metrics.clone(), raft.metrics(), cancel.clone()));
         let contact = Arc::new(Contact::default());
-        let raft_service =
-            RaftGrpcService::new(raft.clone()).with_contact(Arc::clone(&contact)).into_server();
+        let raft_service = RaftGrpcService::new(raft.clone())
+            .with_contact(Arc::clone(&contact))
+            .with_peer_check(peers)
+            .into_server();
         let timing = ElectorTiming {
             lease: config.election_timeout_max,
             stagger: config.election_timeout_max.saturating_sub(config.election_timeout_min),
         };
         tasks.spawn(elector_task(id, raft.clone(), contact, timing, cancel.clone()));
         let controller_service = ControllerGrpcService::new(Arc::clone(&shared)).into_server();
-        let windows = (config.http2_stream_window, config.http2_connection_window, config.max_connections);
+        // With TLS, the internal listener of a split node requires a client certificate;
+        // one shared with clients asks for it, and inter-node calls without one are refused.
+        let server = |require_client_cert: bool| {
+            grpc_server_tls(
+                config.http2_stream_window,
+                config.http2_connection_window,
+                tls.as_ref(),
+                require_client_cert,
+            )
+            .map_err(|e| StartError::Config(format!("TLS: {e}")))
+        };
+        let max = config.max_connections;
+        let split = client.is_some();
         if let Some((client, client_routes)) = client {
             let facing = ClientFacing::new(controller_service.clone(), &BROKER_ONLY_METHODS);
+            let routes = client_routes.add_service(facing);
             tasks.spawn(serve(
                 id,
                 "client",
-                client,
-                client_routes.add_service(facing),
-                windows,
+                CappedIncoming::new(client, max, "client"),
+                routes,
+                server(false)?,
                 cancel.clone(),
             ));
         }
         let routes = extra.add_service(raft_service).add_service(controller_service);
-        tasks.spawn(serve(id, "internal", listener, routes, windows, cancel.clone()));
+        let incoming = CappedIncoming::new(listener, max, "internal");
+        tasks.spawn(serve(id, "internal", incoming, routes, server(split)?, cancel.clone()));
         tasks.spawn(liveness_task(shared));
 
         let initialized = raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?;
@@ -344,16 +379,12 @@ impl Controller {
 async fn serve(
     id: NodeId,
     plane: &'static str,
-    listener: TcpListener,
+    incoming: CappedIncoming,
     routes: Routes,
-    (stream_window, connection_window, max_connections): (Option<u32>, Option<u32>, usize),
+    mut server: Server,
     stop: CancellationToken,
 ) {
-    let served =
-        grpc_server(stream_window, connection_window).add_routes(routes).serve_with_incoming_shutdown(
-            CappedIncoming::new(listener, max_connections, plane),
-            stop.cancelled_owned(),
-        );
+    let served = server.add_routes(routes).serve_with_incoming_shutdown(incoming, stop.cancelled_owned());
     if let Err(e) = served.await {
         tracing::error!("controller {id}: gRPC server ({plane} listener) failed: {e}");
     }

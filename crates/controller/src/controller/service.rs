@@ -41,7 +41,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX};
@@ -73,6 +73,11 @@ pub struct ServiceConfig {
     /// How long a new leader waits for a broker to reach it (by session or heartbeat) before
     /// fencing it; at most `session_timeout` matters.
     pub session_grace: Duration,
+    /// Who may make the calls only brokers make: with TLS, the broker the call names (or,
+    /// for a call a controller forwarded, any node).
+    pub peers: runnel_proto::tls::PeerCheck,
+    /// TLS to the leader when forwarding, when the node runs TLS.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Default for ServiceConfig {
@@ -83,6 +88,8 @@ impl Default for ServiceConfig {
             restore_preferred_leaders: true,
             // Two heartbeat intervals at the default 500 ms, plus 300 ms to find the leader.
             session_grace: Duration::from_millis(1_300),
+            peers: runnel_proto::tls::PeerCheck::Off,
+            tls: None,
         }
     }
 }
@@ -179,7 +186,7 @@ impl Shared {
         if let Some(client) = peers.get(addr) {
             return Ok(client.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+        let channel = runnel_proto::tls::endpoint(addr, self.config.tls.as_ref())
             .map_err(|e| ControllerError::Unavailable(format!("bad leader address {addr:?}: {e}")))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
@@ -430,6 +437,20 @@ impl ControllerGrpcService {
     }
 }
 
+impl ControllerGrpcService {
+    /// With TLS, refuses a call only brokers make unless the caller's certificate is broker
+    /// `claimed`'s, or, for a call a controller forwarded, any node's (that controller
+    /// checked the broker).
+    fn check_broker<T>(&self, request: &Request<T>, claimed: u32, what: &str) -> Result<(), Status> {
+        let peers = self.shared.config.peers;
+        if request.metadata().contains_key(FORWARDED_KEY) {
+            peers.any_node(request)
+        } else {
+            peers.check(request, u64::from(claimed), what)
+        }
+    }
+}
+
 /// `message` as a forwarded call, with a deadline covering the leader's own.
 fn forwarded<T>(message: T, write_timeout: Duration) -> Request<T> {
     let mut request = Request::new(message);
@@ -492,6 +513,7 @@ impl ControllerService for ControllerGrpcService {
         &self,
         request: Request<pb::RegisterBrokerRequest>,
     ) -> Result<Response<pb::RegisterBrokerResponse>, Status> {
+        self.check_broker(&request, request.get_ref().broker_id, "RegisterBroker")?;
         forward_unless_leader!(self, request, register_broker);
         let command = Command::try_from(request.into_inner())?;
         match self.shared.propose(command).await?.outcome {
@@ -506,6 +528,7 @@ impl ControllerService for ControllerGrpcService {
         &self,
         request: Request<pb::BrokerHeartbeatRequest>,
     ) -> Result<Response<pb::BrokerHeartbeatResponse>, Status> {
+        self.check_broker(&request, request.get_ref().broker_id, "BrokerHeartbeat")?;
         forward_unless_leader!(self, request, broker_heartbeat);
         Ok(Response::new(self.shared.heartbeat(request.into_inner()).await?))
     }
@@ -516,9 +539,11 @@ impl ControllerService for ControllerGrpcService {
         &self,
         request: Request<tonic::Streaming<pb::BrokerHeartbeatRequest>>,
     ) -> Result<Response<SessionStream>, Status> {
+        // Sessions are not forwarded: the caller is the broker itself.
+        let caller = self.shared.config.peers.caller(&request)?;
         let term = self.shared.leader_term().ok_or_else(|| self.shared.not_controller())?;
         let (tx, rx) = mpsc::channel(SESSION_BUFFER);
-        tokio::spawn(session(Arc::clone(&self.shared), term, request.into_inner(), tx));
+        tokio::spawn(session(Arc::clone(&self.shared), term, caller, request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -537,6 +562,7 @@ impl ControllerService for ControllerGrpcService {
         &self,
         request: Request<pb::AlterPartitionRequest>,
     ) -> Result<Response<pb::AlterPartitionResponse>, Status> {
+        self.check_broker(&request, request.get_ref().leader_id, "AlterPartition")?;
         forward_unless_leader!(self, request, alter_partition);
         let command = Command::try_from(request.into_inner())?;
         match self.shared.propose(command).await?.outcome {
@@ -571,6 +597,7 @@ impl ControllerService for ControllerGrpcService {
         &self,
         request: Request<pb::AllocateProducerIdsRequest>,
     ) -> Result<Response<pb::AllocateProducerIdsResponse>, Status> {
+        self.check_broker(&request, request.get_ref().broker_id, "AllocateProducerIds")?;
         forward_unless_leader!(self, request, allocate_producer_ids);
         let command = Command::from(request.into_inner());
         match self.shared.propose(command).await?.outcome {
@@ -788,6 +815,7 @@ const SESSION_LEADERSHIP_CHECK: Duration = Duration::from_millis(100);
 async fn session(
     shared: Arc<Shared>,
     term: u64,
+    caller: Option<u32>,
     mut inbound: tonic::Streaming<pb::BrokerHeartbeatRequest>,
     tx: mpsc::Sender<Result<pb::BrokerHeartbeatResponse, Status>>,
 ) {
@@ -812,6 +840,15 @@ async fn session(
             None => break "session closed by the broker".to_owned(),
         };
         let id = request.broker_id;
+        if let Some(caller) = caller
+            && caller != id
+        {
+            let why = format!(
+                "a session heartbeat names broker {id}, but the caller's certificate is node {caller}'s"
+            );
+            let _ = tx.send(Err(Status::permission_denied(why))).await;
+            return;
+        }
         let answer = shared.heartbeat(request).await;
         broker = match &answer {
             Ok(response) if !response.should_reregister => Some((id, request.broker_epoch)),

@@ -42,7 +42,7 @@ use runnel_proto::pb::runnel::v1 as pb;
 use runnel_proto::pb::runnel::v1::raft_service_client::RaftServiceClient;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::machine::Machine;
 use super::types::{Node, NodeId, TypeConfig};
@@ -66,6 +66,8 @@ pub struct NetworkConfig {
     pub backoff_max: Duration,
     /// Largest message sent or received, in bytes.
     pub message_bytes_max: usize,
+    /// TLS to the peers (their CA and this node's certificate), when the node runs TLS.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Default for NetworkConfig {
@@ -75,6 +77,7 @@ impl Default for NetworkConfig {
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_millis(200),
             message_bytes_max: MESSAGE_BYTES_MAX,
+            tls: None,
         }
     }
 }
@@ -100,7 +103,7 @@ impl<M> GrpcNetworkFactory<M> {
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        let channel = runnel_proto::tls::endpoint(addr, self.config.tls.as_ref())?
             .connect_timeout(self.config.connect_timeout)
             .tcp_nodelay(true)
             .connect_lazy();

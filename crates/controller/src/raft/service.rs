@@ -25,12 +25,25 @@ pub struct RaftGrpcService<M: Machine> {
     raft: Raft<M>,
     message_bytes_max: usize,
     contact: Arc<Contact>,
+    peers: runnel_proto::tls::PeerCheck,
 }
 
 impl<M: Machine> RaftGrpcService<M> {
     /// A service for `raft`, accepting messages up to [`MESSAGE_BYTES_MAX`].
     pub fn new(raft: Raft<M>) -> Self {
-        Self { raft, message_bytes_max: MESSAGE_BYTES_MAX, contact: Arc::default() }
+        Self {
+            raft,
+            message_bytes_max: MESSAGE_BYTES_MAX,
+            contact: Arc::default(),
+            peers: runnel_proto::tls::PeerCheck::Off,
+        }
+    }
+
+    /// Checks every call against the caller's certificate: a vote must come from its
+    /// candidate, entries and snapshots from their leader.
+    pub fn with_peer_check(mut self, peers: runnel_proto::tls::PeerCheck) -> Self {
+        self.peers = peers;
+        self
     }
 
     /// Records into `contact` every time a leader is heard from (an AppendEntries or
@@ -84,7 +97,8 @@ impl<M: Machine> RaftService for RaftGrpcService<M> {
         request: Request<pb::RaftAppendEntriesRequest>,
     ) -> Result<Response<pb::RaftAppendEntriesResponse>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig<M>> =
-            decode(&request.into_inner().request_json, "append-entries request")?;
+            decode(&request.get_ref().request_json, "append-entries request")?;
+        self.peers.check(&request, rpc.vote.leader_id.node_id, "an AppendEntries")?;
         // A leader is alive now, however long storing the entries takes; a request from a
         // deposed leader is refused below, and it learns so from the answer at once.
         self.contact.touch();
@@ -102,7 +116,8 @@ impl<M: Machine> RaftService for RaftGrpcService<M> {
         &self,
         request: Request<pb::RaftVoteRequest>,
     ) -> Result<Response<pb::RaftVoteResponse>, Status> {
-        let rpc: VoteRequest<u64> = decode(&request.into_inner().request_json, "vote request")?;
+        let rpc: VoteRequest<u64> = decode(&request.get_ref().request_json, "vote request")?;
+        self.peers.check(&request, rpc.vote.leader_id.node_id, "a vote")?;
         let answer = self.raft.vote(rpc).await;
         if matches!(answer, Ok(ref r) if r.vote_granted) {
             self.contact.touch();
@@ -117,9 +132,10 @@ impl<M: Machine> RaftService for RaftGrpcService<M> {
         &self,
         request: Request<pb::RaftInstallSnapshotRequest>,
     ) -> Result<Response<pb::RaftInstallSnapshotResponse>, Status> {
-        let message = request.into_inner();
         let mut rpc: InstallSnapshotRequest<TypeConfig<M>> =
-            decode(&message.header_json, "install-snapshot request")?;
+            decode(&request.get_ref().header_json, "install-snapshot request")?;
+        self.peers.check(&request, rpc.vote.leader_id.node_id, "an InstallSnapshot")?;
+        let message = request.into_inner();
         rpc.data = message.data;
         let sent_vote = rpc.vote;
         let answer = self.raft.install_snapshot(rpc).await;
