@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A local 3-node Runnel cluster: every node runs the controller and broker roles.
 #
-#   scripts/cluster.sh up | down | status | logs N | kill N | pause N | resume N | restart N
+#   scripts/cluster.sh up [--tls] | down | status | logs N | kill N | pause N | resume N | restart N
 #                      | isolate N | heal N|all      (isolate and heal: netns mode only)
 #                      | bootstrap | kafka-bootstrap (the gRPC / Kafka addresses, comma-separated)
 #
@@ -11,6 +11,12 @@
 # Data, logs and pid files live in ${RUNNEL_HOME:-<repo>/.runnel}/node-N/. The binary is
 # ${CARGO_TARGET_DIR:-<repo>/target}/release/runnel, rebuilt when older than the sources;
 # RUNNEL_BIN overrides it (no build).
+#
+# TLS mode: `scripts/cluster.sh up --tls` writes a throwaway CA and node certificates
+# (`runnel tls generate`) to $RUNNEL_HOME/tls and starts every node with them: gRPC on TLS,
+# inter-node calls checked against the caller's certificate. Clients pass
+# `--tls-ca $RUNNEL_HOME/tls/ca.pem` (or RUNNEL_TLS_CA); the Kafka and HTTP listeners stay
+# plaintext. The mode is remembered (restarts keep it) until `down`, which deletes the files.
 #
 # Netns mode (root only): `RUNNEL_NETNS=1 scripts/cluster.sh up` runs node N in its own network
 # namespace rnc-node-N with the address 10.213.7.N (RUNNEL_NETNS_SUBNET=a.b.c changes 10.213.7),
@@ -57,6 +63,20 @@ bootstrap() { echo "$(grpc 1),$(grpc 2),$(grpc 3)"; }
 kafka() { echo "$(host "$1"):$(kafka_port "$1")"; }
 kafka_bootstrap() { echo "$(kafka 1),$(kafka 2),$(kafka 3)"; }
 isolated() { [[ -f $(dir "$1")/isolated ]]; }
+
+# TLS mode: on while $home/tls holds the CA.
+tls_dir=$home/tls
+tls_mode() { [[ -f $tls_dir/ca.pem ]]; }
+tls_client_flags() { if tls_mode; then echo "--tls-ca $tls_dir/ca.pem"; fi; }
+tls_up() {
+    tls_mode && return 0
+    local n hosts=localhost
+    for n in "${nodes[@]}"; do
+        alive "$n" && die "node $n runs without TLS; scripts/cluster.sh down first"
+    done
+    for n in "${nodes[@]}"; do [[ ,$hosts, == *,$(host "$n"),* ]] || hosts+=",$(host "$n")"; done
+    "$bin" tls generate --dir "$tls_dir" --nodes 1,2,3 --hosts "$hosts"
+}
 
 netns_up() {
     [[ $(id -u) == 0 ]] || die "RUNNEL_NETNS=1 needs root: it creates network namespaces, veths and a bridge"
@@ -166,14 +186,15 @@ start() {
         fi
     done
     mkdir -p "$d"
-    local run=()
+    local run=() tls=()
     if netns_mode; then run=(ip netns exec "$(ns "$n")"); fi
+    if tls_mode; then tls=(--tls-cert "$tls_dir/node-$n.pem" --tls-key "$tls_dir/node-$n.key" --tls-ca "$tls_dir/ca.pem"); fi
     # setsid: the node gets a session of its own, so a Ctrl-C in the terminal that ran this
     # script (or scripts/chaos.sh, which restarts nodes) never reaches it. setsid, nohup and
     # ip netns exec all exec, so $! is the node's pid.
     setsid nohup "${run[@]}" "$bin" node --id "$n" --data-dir "$d/data" --controller-voters "$(voters)" \
         --grpc-addr "$(grpc "$n")" --http-addr "$(http "$n")" \
-        --kafka-addr "$(kafka "$n")" >>"$d/node.log" 2>&1 </dev/null &
+        --kafka-addr "$(kafka "$n")" "${tls[@]}" >>"$d/node.log" 2>&1 </dev/null &
     echo $! >"$d/pid"
     echo "node $n started (pid $!)"
 }
@@ -212,8 +233,9 @@ endpoints() {
         echo "node $n: grpc=$(grpc "$n") http=http://$(http "$n") kafka=$(kafka "$n")"
     done
     echo "console: http://$(http 1)/"
-    if netns_mode || ((port_offset > 0)); then
-        echo "try: $bin topic create orders --partitions 3 --replication-factor 3 --bootstrap $(bootstrap)"
+    if tls_mode; then echo "tls: gRPC serves TLS; clients pass $(tls_client_flags)"; fi
+    if netns_mode || ((port_offset > 0)) || tls_mode; then
+        echo "try: $bin topic create orders --partitions 3 --replication-factor 3 --bootstrap $(bootstrap) $(tls_client_flags)"
     else
         echo "try: $bin topic create orders --partitions 3 --replication-factor 3"
     fi
@@ -229,7 +251,12 @@ signal_node() {
 cmd=${1:-}
 case $cmd in
 up)
+    case ${2:-} in
+    --tls | "") ;;
+    *) die "up takes --tls or nothing (got '$2')" ;;
+    esac
     build
+    if [[ ${2:-} == --tls ]]; then tls_up; fi
     if [[ ${RUNNEL_NETNS:-0} == 1 ]] && ! netns_mode; then
         for n in "${nodes[@]}"; do
             alive "$n" && die "node $n runs on loopback; scripts/cluster.sh down first"
@@ -244,6 +271,7 @@ up)
 down)
     for n in "${nodes[@]}"; do stop "$n"; done
     if netns_mode; then netns_down; fi
+    rm -rf "$tls_dir"
     ;;
 status)
     for n in "${nodes[@]}"; do
@@ -251,7 +279,9 @@ status)
         if isolated "$n"; then state="$state, isolated"; fi
         echo "node $n: $state, /readyz $(readyz "$n")"
     done
-    "$bin" cluster status --bootstrap "$(bootstrap)" || true
+    tls=()
+    if tls_mode; then tls=(--tls-ca "$tls_dir/ca.pem"); fi
+    "$bin" cluster status --bootstrap "$(bootstrap)" "${tls[@]}" || true
     ;;
 bootstrap) bootstrap ;;
 kafka-bootstrap) kafka_bootstrap ;;

@@ -29,9 +29,74 @@ pub(crate) struct ClientArgs {
     /// Controller addresses, host:port[,host:port...]; the next is tried when one is down.
     #[arg(long, global = true, env = "RUNNEL_BOOTSTRAP", default_value = "127.0.0.1:50051")]
     pub(crate) bootstrap: String,
+    /// The cluster CA (PEM) when its nodes serve TLS (`runnel node --tls-ca`): connect over
+    /// TLS, trusting it [default: plaintext].
+    #[arg(long, global = true, env = "RUNNEL_TLS_CA")]
+    pub(crate) tls_ca: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
     pub(crate) output: Output,
+}
+
+impl ClientArgs {
+    /// `--bootstrap` and `--tls-ca`, read.
+    pub(crate) fn target(&self) -> anyhow::Result<Target> {
+        Target::new(&self.bootstrap, self.tls_ca.as_deref())
+    }
+}
+
+/// Where the cluster is and how to reach it: the bootstrap addresses and, with TLS, the CA
+/// to trust. Derefs to the addresses.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    addrs: Vec<String>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
+impl Target {
+    /// `bootstrap` (`host:port[,...]`), over TLS trusting the CA in `tls_ca` when given.
+    pub(crate) fn new(bootstrap: &str, tls_ca: Option<&std::path::Path>) -> anyhow::Result<Target> {
+        let tls = match tls_ca {
+            Some(path) => {
+                let pem = anyhow::Context::with_context(std::fs::read(path), || {
+                    format!("reading --tls-ca {}", path.display())
+                })?;
+                Some(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+                )
+            }
+            None => None,
+        };
+        Ok(Target { addrs: self::bootstrap(bootstrap), tls })
+    }
+
+    /// The TLS to use (the CA to trust), if any.
+    pub(crate) fn tls(&self) -> Option<tonic::transport::ClientTlsConfig> {
+        self.tls.clone()
+    }
+
+    /// An admin client of the controllers.
+    pub(crate) fn admin(&self) -> Admin {
+        Admin::new(self.addrs.clone()).with_tls(self.tls.clone())
+    }
+
+    /// A router over the brokers.
+    pub(crate) fn router(&self) -> runnel_client::router::Router {
+        runnel_client::router::Router::new(self.addrs.clone()).with_tls(self.tls.clone())
+    }
+
+    /// Group `group`'s coordinator.
+    pub(crate) fn coordinator(&self, group: &str) -> runnel_client::coordinator::Coordinator {
+        runnel_client::coordinator::Coordinator::new(self.addrs.clone(), group).with_tls(self.tls.clone())
+    }
+}
+
+impl std::ops::Deref for Target {
+    type Target = [String];
+    fn deref(&self) -> &[String] {
+        &self.addrs
+    }
 }
 
 pub(crate) use runnel_client::ClientError;
@@ -42,8 +107,8 @@ pub(crate) fn bootstrap(list: &str) -> Vec<String> {
 }
 
 /// `runnel cluster status`.
-pub(crate) async fn cluster_status(addrs: &[String]) -> Result<Value, ClientError> {
-    let admin = Admin::new(addrs.to_vec());
+pub(crate) async fn cluster_status(addrs: &Target) -> Result<Value, ClientError> {
+    let admin = addrs.admin();
     let cluster = admin.describe_cluster_at(addrs, PROBE_TIMEOUT).await?;
     // Each voter knows its own term and indexes exactly: ask each one.
     let mut voters = Vec::new();
@@ -94,51 +159,50 @@ fn topic_json(topic: &TopicDescription) -> Value {
 
 /// `runnel topic create`.
 pub(crate) async fn topic_create(
-    addrs: &[String],
+    addrs: &Target,
     name: String,
     partitions: u32,
     replication_factor: Option<u32>,
     configs: Vec<(String, String)>,
 ) -> Result<Value, ClientError> {
     let topic = NewTopic { name, partitions, replication_factor, configs: configs.into_iter().collect() };
-    let created = Admin::new(addrs.to_vec()).create_topic(topic).await?;
+    let created = addrs.admin().create_topic(topic).await?;
     Ok(topic_json(&created))
 }
 
 /// `runnel topic alter-config`.
 pub(crate) async fn topic_alter_config(
-    addrs: &[String],
+    addrs: &Target,
     name: String,
     set: Vec<(String, String)>,
     delete: Vec<String>,
     validate_only: bool,
 ) -> Result<Value, ClientError> {
-    let configs = Admin::new(addrs.to_vec())
-        .alter_topic_config(&name, set.into_iter().collect(), delete, validate_only)
-        .await?;
+    let configs =
+        addrs.admin().alter_topic_config(&name, set.into_iter().collect(), delete, validate_only).await?;
     Ok(json!({"name": name, "configs": configs, "validate_only": validate_only}))
 }
 
 /// `runnel topic add-partitions`.
 pub(crate) async fn topic_add_partitions(
-    addrs: &[String],
+    addrs: &Target,
     name: String,
     count: u32,
     validate_only: bool,
 ) -> Result<Value, ClientError> {
-    let grown = Admin::new(addrs.to_vec()).create_partitions(&name, count, validate_only).await?;
+    let grown = addrs.admin().create_partitions(&name, count, validate_only).await?;
     Ok(topic_json(&grown))
 }
 
 /// `runnel topic describe`.
-pub(crate) async fn topic_describe(addrs: &[String], name: String) -> Result<Value, ClientError> {
-    let described = Admin::new(addrs.to_vec()).describe_topic(&name).await?;
+pub(crate) async fn topic_describe(addrs: &Target, name: String) -> Result<Value, ClientError> {
+    let described = addrs.admin().describe_topic(&name).await?;
     Ok(topic_json(&described))
 }
 
 /// `runnel topic list`.
-pub(crate) async fn topic_list(addrs: &[String]) -> Result<Value, ClientError> {
-    let listed = Admin::new(addrs.to_vec()).list_topics().await?;
+pub(crate) async fn topic_list(addrs: &Target) -> Result<Value, ClientError> {
+    let listed = addrs.admin().list_topics().await?;
     let topics: Vec<Value> = listed
         .iter()
         .map(|t| {
@@ -150,8 +214,8 @@ pub(crate) async fn topic_list(addrs: &[String]) -> Result<Value, ClientError> {
 }
 
 /// `runnel topic delete`.
-pub(crate) async fn topic_delete(addrs: &[String], name: String) -> Result<Value, ClientError> {
-    let id = Admin::new(addrs.to_vec()).delete_topic(&name).await?;
+pub(crate) async fn topic_delete(addrs: &Target, name: String) -> Result<Value, ClientError> {
+    let id = addrs.admin().delete_topic(&name).await?;
     Ok(json!({"deleted": name, "topic_id": id.to_string()}))
 }
 

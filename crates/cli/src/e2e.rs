@@ -25,10 +25,9 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use runnel_client::consumer::{Consumer, ConsumerConfig, OffsetReset};
 use runnel_client::producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord};
-use runnel_client::router::Router;
 use serde_json::{Value, json};
 
-use crate::client::{self, ClientError, Output};
+use crate::client::{ClientError, Output};
 use crate::data::produce::Acks;
 
 /// Records handed to the producer and not yet acknowledged, at most.
@@ -116,14 +115,22 @@ fn micros(d: Duration) -> u64 {
 }
 
 async fn e2e(args: &E2eArgs) -> Result<Value, ClientError> {
-    let bootstrap = client::bootstrap(&args.bootstrap.bootstrap);
-    let router = Arc::new(Router::new(bootstrap.clone()));
+    let target = args.bootstrap.target().map_err(|e| {
+        runnel_client::error::error(
+            runnel_client::error::code::INVALID_REQUEST,
+            "INVALID_CONFIG",
+            format!("{e:#}"),
+        )
+    })?;
+    let bootstrap = target.to_vec();
+    let router = Arc::new(target.router());
     let partitions = router.partition_count(&args.topic).await?;
     let duration = Duration::from_secs_f64(args.duration);
     let total = (f64::from(args.rate) * duration.as_secs_f64()).round() as u64;
 
     // The consumer first: assigned every partition, at the log end.
     let mut config = ConsumerConfig::new(bootstrap).with_group(format!("runnel-e2e-{}", std::process::id()));
+    config.tls = target.tls();
     config.client_id = "runnel-bench-e2e".into();
     config.auto_offset_reset = OffsetReset::Latest;
     config.enable_auto_commit = false;
@@ -156,7 +163,8 @@ async fn e2e(args: &E2eArgs) -> Result<Value, ClientError> {
     }
 
     let start = Instant::now();
-    let mut config = ProducerConfig::new(client::bootstrap(&args.bootstrap.bootstrap));
+    let mut config = ProducerConfig::new(target.to_vec());
+    config.tls = target.tls();
     config.client_id = "runnel-bench-e2e".into();
     config.acks = args.acks.to_client();
     config.idempotence = args.idempotence.unwrap_or(args.acks == Acks::All);

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runnel_client::consumer::{Consumer, ConsumerConfig, OffsetReset, TopicPartition};
-use runnel_client::coordinator::Coordinator;
 use runnel_client::error::{code, error};
 use runnel_client::fetch::list_offset;
 use runnel_client::membership::from_pb;
@@ -125,13 +124,14 @@ fn fail(e: &ClientError) -> ExitCode {
 pub(crate) fn run_group_consume(
     topic: String,
     group: &GroupConsumeArgs,
-    bootstrap: &str,
+    target: &client::Target,
     from_beginning: bool,
     max_messages: Option<u64>,
     print: PrintOptions,
 ) -> anyhow::Result<ExitCode> {
     let Some(group_id) = group.group.clone() else { anyhow::bail!("--group is required") };
-    let mut config = ConsumerConfig::new(client::bootstrap(bootstrap)).with_group(group_id);
+    let mut config = ConsumerConfig::new(target.to_vec()).with_group(group_id);
+    config.tls = target.tls();
     config.client_id = group.client_id.clone();
     config.auto_offset_reset = if from_beginning { OffsetReset::Earliest } else { OffsetReset::Latest };
     config.session_timeout = Duration::from_millis(u64::from(group.session_timeout_ms));
@@ -205,7 +205,7 @@ pub(crate) fn run_group_consume(
 
 /// Runs `runnel group ...`.
 pub(crate) fn run(client: ClientArgs, command: GroupCommand) -> anyhow::Result<ExitCode> {
-    let addrs = client::bootstrap(&client.bootstrap);
+    let addrs = client.target()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let answer = runtime.block_on(async {
         match command {
@@ -236,9 +236,9 @@ pub(crate) fn run(client: ClientArgs, command: GroupCommand) -> anyhow::Result<E
 }
 
 /// The brokers' gRPC addresses, from the first bootstrap address that answers Metadata.
-async fn brokers(router: &Router, addrs: &[String]) -> Result<Vec<(u32, String)>, ClientError> {
+async fn brokers(router: &Router, addrs: &client::Target) -> Result<Vec<(u32, String)>, ClientError> {
     let mut last = error(code::NETWORK_EXCEPTION, "NETWORK_EXCEPTION", "no bootstrap address");
-    for addr in addrs {
+    for addr in addrs.iter() {
         let mut c = router.client(addr)?;
         match tokio::time::timeout(LIST_TIMEOUT, c.metadata(pb::MetadataRequest { topics: Vec::new() })).await
         {
@@ -267,10 +267,10 @@ async fn brokers(router: &Router, addrs: &[String]) -> Result<Vec<(u32, String)>
 
 /// `runnel group list`: every broker's ListGroups, merged. A broker that does not answer is
 /// listed under `unreachable` (its groups may be missing).
-async fn list(addrs: &[String]) -> Result<Value, ClientError> {
-    let router = Router::new(addrs.to_vec());
+async fn list(addrs: &client::Target) -> Result<Value, ClientError> {
+    let router = addrs.router();
     let brokers = brokers(&router, addrs).await?;
-    let lookup = Coordinator::new(addrs.to_vec(), "");
+    let lookup = addrs.coordinator("");
     let mut groups: BTreeMap<String, Value> = BTreeMap::new();
     let mut unreachable = Vec::new();
     for (id, addr) in &brokers {
@@ -309,8 +309,8 @@ fn partitions_json(list: &[pb::TopicPartitions]) -> Value {
 }
 
 /// `runnel group describe G`.
-async fn describe(addrs: &[String], group: &str) -> Result<Value, ClientError> {
-    let coordinator = Coordinator::new(addrs.to_vec(), group);
+async fn describe(addrs: &client::Target, group: &str) -> Result<Value, ClientError> {
+    let coordinator = addrs.coordinator(group);
     let request = pb::DescribeGroupRequest { group_id: group.to_owned() };
     let d = coordinator
         .call(CALL_TIMEOUT, |mut c| {
@@ -318,7 +318,7 @@ async fn describe(addrs: &[String], group: &str) -> Result<Value, ClientError> {
             async move { c.describe_group(request).await.map(tonic::Response::into_inner) }
         })
         .await?;
-    let router = Arc::new(Router::new(addrs.to_vec()));
+    let router = Arc::new(addrs.router());
     // Every partition of a subscribed or committed topic, with its committed offset and
     // owner.
     let mut topics: BTreeSet<String> = d.offsets.iter().map(|o| o.topic.clone()).collect();
@@ -385,13 +385,13 @@ enum To {
 
 /// `runnel group reset-offsets G --topic T --to-...`.
 async fn reset_offsets(
-    addrs: &[String],
+    addrs: &client::Target,
     group: &str,
     topic: &str,
     partition: Option<u32>,
     to: To,
 ) -> Result<Value, ClientError> {
-    let router = Router::new(addrs.to_vec());
+    let router = addrs.router();
     let partitions = crate::data::consume::partitions_to_read(&router, topic, partition).await?;
     let mut offsets = Vec::new();
     for p in partitions {
@@ -409,7 +409,7 @@ async fn reset_offsets(
             metadata: String::new(),
         });
     }
-    let coordinator = Coordinator::new(addrs.to_vec(), group);
+    let coordinator = addrs.coordinator(group);
     let request = pb::ResetOffsetsRequest { group_id: group.to_owned(), offsets: offsets.clone() };
     coordinator
         .call(CALL_TIMEOUT, |mut c| {

@@ -232,7 +232,7 @@ fn run_node(args: node::NodeArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs a client command; a controller's refusal prints `error: NAME (code): message`.
 fn run_client(client: client::ClientArgs, kind: &str, call: ClientCall) -> anyhow::Result<ExitCode> {
-    let addrs = client::bootstrap(&client.bootstrap);
+    let addrs = client.target()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let answer = runtime.block_on(async {
         match call {

@@ -465,6 +465,13 @@ async fn with_tls_no_node_speaks_for_another_and_strangers_are_refused() {
     let block = ControllerServiceClient::new(as_itself).allocate_producer_ids(ids).await;
     assert!(block.is_ok_and(|b| b.into_inner().count > 0), "a node's own producer-id call was refused");
 
+    // The command-line client: with the CA it works; without, it says TLS may be why.
+    let ca_path = cluster.root().join("tls").join("ca.pem").display().to_string();
+    let out = cluster.runnel(&["topic", "describe", "t", "--tls-ca", &ca_path]);
+    assert!(out.success() && out.stdout.contains("topic t"), "{out:?}");
+    let out = cluster.runnel(&["topic", "describe", "t"]);
+    assert!(!out.success() && out.stderr.contains("--tls-ca"), "{out:?}");
+
     // Nothing moved.
     assert_eq!(terms(&cluster).await, terms_before, "a refused call moved a term");
     assert_eq!(

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use runnel_proto::pb::runnel::v1 as pb;
 use runnel_proto::pb::runnel::v1::controller_service_client::ControllerServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::error::{ClientError, code, unreachable};
 
@@ -257,12 +257,19 @@ impl From<pb::DescribeClusterResponse> for ClusterDescription {
 pub struct Admin {
     bootstrap: Vec<String>,
     clients: Mutex<HashMap<String, ControllerServiceClient<Channel>>>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Admin {
     /// An admin client for the controllers at `bootstrap` (`host:port`), tried in order.
     pub fn new(bootstrap: Vec<String>) -> Self {
-        Admin { bootstrap, clients: Mutex::new(HashMap::new()) }
+        Admin { bootstrap, clients: Mutex::new(HashMap::new()), tls: None }
+    }
+
+    /// The same admin, reaching the controllers over TLS with `tls` (their CA).
+    pub fn with_tls(mut self, tls: Option<tonic::transport::ClientTlsConfig>) -> Self {
+        self.tls = tls;
+        self
     }
 
     fn client(&self, addr: &str) -> Result<ControllerServiceClient<Channel>, tonic::Status> {
@@ -270,7 +277,7 @@ impl Admin {
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+        let channel = runnel_proto::tls::endpoint(addr, self.tls.as_ref())
             .map_err(|e| tonic::Status::invalid_argument(format!("bad address {addr:?}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
             .connect_lazy();

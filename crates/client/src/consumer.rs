@@ -62,6 +62,8 @@ pub enum OffsetReset {
 pub struct ConsumerConfig {
     /// Broker addresses (`host:port`); any of them answers Metadata and FindCoordinator.
     pub bootstrap: Vec<String>,
+    /// TLS to the brokers (their CA), when the cluster serves it.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
     /// The group: needed by [`Consumer::subscribe`] and for commits.
     pub group_id: Option<String>,
     /// For people and `runnel group describe`.
@@ -93,6 +95,7 @@ impl ConsumerConfig {
     pub fn new(bootstrap: Vec<String>) -> Self {
         ConsumerConfig {
             bootstrap,
+            tls: None,
             group_id: None,
             client_id: "runnel-client".to_owned(),
             auto_offset_reset: OffsetReset::Latest,
@@ -329,9 +332,10 @@ impl Consumer {
         if config.group_id.as_deref() == Some("") {
             return Err(error(group_code::INVALID_GROUP_ID, "INVALID_GROUP_ID", "the group id is empty"));
         }
-        let router = Arc::new(Router::new(config.bootstrap.clone()));
-        let coordinator =
-            config.group_id.as_ref().map(|g| Arc::new(Coordinator::new(config.bootstrap.clone(), g.clone())));
+        let router = Arc::new(Router::new(config.bootstrap.clone()).with_tls(config.tls.clone()));
+        let coordinator = config.group_id.as_ref().map(|g| {
+            Arc::new(Coordinator::new(config.bootstrap.clone(), g.clone()).with_tls(config.tls.clone()))
+        });
         let (fetched_tx, fetched_rx) = mpsc::channel(config.fetch_queue_chunks.max(1));
         let next_auto_commit = Instant::now() + config.auto_commit_interval;
         Ok(Consumer {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use runnel_proto::pb::runnel::v1 as pb;
 use runnel_proto::pb::runnel::v1::group_service_client::GroupServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::error::{ClientError, code, error};
 use crate::router::{Backoff, Failure, leader_hint};
@@ -72,6 +72,8 @@ pub struct Coordinator {
     clients: Mutex<HashMap<String, GroupServiceClient<Channel>>>,
     /// The coordinator's address, when known.
     current: Mutex<Option<String>>,
+    /// TLS to the brokers, when the cluster serves it.
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -86,7 +88,14 @@ impl Coordinator {
             bootstrap,
             clients: Mutex::new(HashMap::new()),
             current: Mutex::new(None),
+            tls: None,
         }
+    }
+
+    /// The same coordinator, reaching the brokers over TLS with `tls` (their CA).
+    pub fn with_tls(mut self, tls: Option<tonic::transport::ClientTlsConfig>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// The group this coordinator serves.
@@ -100,7 +109,7 @@ impl Coordinator {
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+        let channel = runnel_proto::tls::endpoint(addr, self.tls.as_ref())
             .map_err(|e| {
                 error(code::INVALID_REQUEST, "INVALID_REQUEST", format!("bad address {addr:?}: {e}"))
             })?

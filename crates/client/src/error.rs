@@ -47,11 +47,20 @@ impl From<tonic::Status> for ClientError {
                 code: code::NETWORK_EXCEPTION,
                 message: status.message().to_owned(),
             },
-            _ => ClientError {
-                name: "UNKNOWN_SERVER_ERROR".into(),
-                code: -1,
-                message: format!("{:?}: {}", status.code(), status.message()),
-            },
+            _ => {
+                // A TLS server answering a plaintext HTTP/2 client looks like this to hyper.
+                let message = status.message();
+                let hint = if message.contains("h2 protocol error") || message == "transport error" {
+                    " (if the cluster serves TLS, connect with its CA: `--tls-ca`, or the client's `tls`)"
+                } else {
+                    ""
+                };
+                ClientError {
+                    name: "UNKNOWN_SERVER_ERROR".into(),
+                    code: -1,
+                    message: format!("{:?}: {}{hint}", status.code(), status.message()),
+                }
+            }
         }
     }
 }
@@ -101,4 +110,22 @@ pub mod code {
     pub const UNKNOWN_PRODUCER_ID: i32 = 59;
     /// A record the broker refuses (for example a bad timestamp).
     pub const INVALID_RECORD: i32 = 87;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plaintext_client_of_a_tls_server_is_told_about_tls() {
+        for message in ["h2 protocol error: http2 error", "transport error"] {
+            let e = ClientError::from(tonic::Status::internal(message));
+            assert!(e.message.contains("--tls-ca"), "{e}");
+        }
+        let refused = ClientError::from(tonic::Status::unavailable("tcp connect error"));
+        assert_eq!(refused.name, "NETWORK_EXCEPTION");
+        assert!(!refused.message.contains("TLS"), "{refused}");
+        let other = ClientError::from(tonic::Status::internal("something else"));
+        assert!(!other.message.contains("TLS"), "{other}");
+    }
 }

@@ -121,6 +121,8 @@ impl Acks {
 pub struct ProducerConfig {
     /// Broker gRPC addresses (`host:port`) to ask for metadata first; others are learned.
     pub bootstrap: Vec<String>,
+    /// TLS to the brokers (their CA), when the cluster serves it.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
     /// Names this producer to the brokers (sent as [`CLIENT_ID_KEY`] metadata).
     pub client_id: String,
     /// Default [`Acks::All`].
@@ -151,6 +153,7 @@ impl ProducerConfig {
     pub fn new(bootstrap: Vec<String>) -> Self {
         ProducerConfig {
             bootstrap,
+            tls: None,
             client_id: "runnel-producer".into(),
             acks: Acks::All,
             linger: Duration::from_millis(5),
@@ -518,7 +521,7 @@ impl Producer {
     /// the current tokio runtime.
     pub async fn new(config: ProducerConfig) -> Result<Producer, ClientError> {
         config.validate()?;
-        let router = Arc::new(Router::new(config.bootstrap.clone()));
+        let router = Arc::new(Router::new(config.bootstrap.clone()).with_tls(config.tls.clone()));
         let ids =
             if config.idempotence { Some(init_producer_id(&router, &config.bootstrap).await?) } else { None };
         let memory = Arc::new(Semaphore::new(config.buffer_memory));

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use runnel_proto::pb::runnel::v1 as pb;
 use runnel_proto::pb::runnel::v1::broker_service_client::BrokerServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::error::code;
 use crate::error::{ClientError, unreachable};
@@ -290,6 +290,8 @@ pub struct Router {
     /// [`Router::moved_from`]'s recent answers, per (topic, broker left out), shared by every
     /// partition that asks within [`ELSEWHERE_FRESH`].
     elsewhere: Mutex<HashMap<(String, String), Recent>>,
+    /// TLS to the brokers, when the cluster serves it.
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// Per partition, a leader's address and its leader epoch.
@@ -312,7 +314,14 @@ impl Router {
             table: Mutex::new(Table::default()),
             refreshing: tokio::sync::Mutex::new(()),
             elsewhere: Mutex::new(HashMap::new()),
+            tls: None,
         }
+    }
+
+    /// The same router, reaching the brokers over TLS with `tls` (their CA).
+    pub fn with_tls(mut self, tls: Option<tonic::transport::ClientTlsConfig>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// A client for the broker at `addr` (one channel per address, connected on first use).
@@ -321,7 +330,7 @@ impl Router {
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+        let channel = runnel_proto::tls::endpoint(addr, self.tls.as_ref())
             .map_err(|e| ClientError {
                 name: "INVALID_REQUEST".into(),
                 code: code::INVALID_REQUEST,

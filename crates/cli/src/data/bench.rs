@@ -306,7 +306,7 @@ struct Total {
 /// `runnel bench produce`: the report as JSON (see the README).
 pub(crate) async fn produce(
     router: Arc<Router>,
-    bootstrap: &[String],
+    bootstrap: &crate::client::Target,
     bench: ProduceBench,
 ) -> Result<Value, ClientError> {
     let count = router.partition_count(&bench.topic).await?;
@@ -338,6 +338,7 @@ pub(crate) async fn produce(
     let mut producers = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
         let mut config = ProducerConfig::new(bootstrap.to_vec());
+        config.tls = bootstrap.tls();
         config.client_id = "runnel-bench".into();
         config.acks = bench.acks.to_client();
         config.batch_size = bench.batch_size;

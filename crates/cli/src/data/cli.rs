@@ -19,11 +19,20 @@ pub(crate) struct Bootstrap {
     /// tried when one is down.
     #[arg(long, env = "RUNNEL_BOOTSTRAP", default_value = "127.0.0.1:50051")]
     pub(crate) bootstrap: String,
+    /// The cluster CA (PEM) when its nodes serve TLS: connect over TLS, trusting it
+    /// [default: plaintext].
+    #[arg(long, env = "RUNNEL_TLS_CA")]
+    pub(crate) tls_ca: Option<std::path::PathBuf>,
 }
 
 impl Bootstrap {
-    fn router(&self) -> Arc<Router> {
-        Arc::new(Router::new(client::bootstrap(&self.bootstrap)))
+    /// `--bootstrap` and `--tls-ca`, read.
+    pub(crate) fn target(&self) -> anyhow::Result<client::Target> {
+        client::Target::new(&self.bootstrap, self.tls_ca.as_deref())
+    }
+
+    fn router(&self) -> anyhow::Result<Arc<Router>> {
+        Ok(Arc::new(self.target()?.router()))
     }
 }
 
@@ -204,6 +213,7 @@ pub(crate) fn run_produce(args: ProduceArgs) -> anyhow::Result<ExitCode> {
         linger: Duration::from_millis(args.linger_ms),
         idempotence: args.idempotence.unwrap_or(args.acks == Acks::All),
         bootstrap: client::bootstrap(&args.bootstrap.bootstrap),
+        tls: args.bootstrap.target()?.tls(),
     };
     let summary = match runtime()?.block_on(produce::produce(options)) {
         Ok(summary) => summary,
@@ -237,11 +247,11 @@ pub(crate) fn run_consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
         key_separator: args.key_separator.clone(),
     };
     if args.group.group.is_some() {
-        let b = &args.bootstrap.bootstrap;
+        let target = args.bootstrap.target()?;
         return crate::group::run_group_consume(
             args.topic,
             &args.group,
-            b,
+            &target,
             args.from_beginning,
             args.max_messages,
             print,
@@ -260,7 +270,7 @@ pub(crate) fn run_consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
         follow: args.follow,
         print,
     };
-    let router = args.bootstrap.router();
+    let router = args.bootstrap.router()?;
     let runtime = runtime()?;
     let cancel = crate::group::cancel_on_ctrl_c(&runtime);
     let stdout = std::io::stdout();
@@ -299,9 +309,9 @@ pub(crate) fn run_bench(command: BenchCommand) -> anyhow::Result<ExitCode> {
                 batch_size: a.batch_size as usize,
                 linger: Duration::from_millis(a.linger_ms),
             };
-            let router = a.bootstrap.router();
-            let bootstrap = client::bootstrap(&a.bootstrap.bootstrap);
-            (runtime()?.block_on(bench::produce(router, &bootstrap, bench)), a.output)
+            let target = a.bootstrap.target()?;
+            let router = Arc::new(target.router());
+            (runtime()?.block_on(bench::produce(router, &target, bench)), a.output)
         }
         BenchCommand::Consume(a) => {
             let bench = ConsumeBench {
@@ -310,7 +320,7 @@ pub(crate) fn run_bench(command: BenchCommand) -> anyhow::Result<ExitCode> {
                 partitions: a.partitions,
                 timeout: seconds("--timeout", a.timeout)?,
             };
-            let router = a.bootstrap.router();
+            let router = a.bootstrap.router()?;
             (runtime()?.block_on(bench::consume(router, bench)), a.output)
         }
     };

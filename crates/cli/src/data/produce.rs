@@ -80,6 +80,8 @@ pub(crate) struct ProduceOptions {
     /// Idempotent appends (needs acks=all).
     pub(crate) idempotence: bool,
     pub(crate) bootstrap: Vec<String>,
+    /// TLS to the brokers, when the cluster serves it.
+    pub(crate) tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// What happened to the records of one partition.
@@ -139,6 +141,7 @@ fn spawn_stdin_reader(
 /// `runnel produce`.
 pub(crate) async fn produce(options: ProduceOptions) -> Result<ProduceSummary, ClientError> {
     let mut config = ProducerConfig::new(options.bootstrap.clone());
+    config.tls = options.tls.clone();
     config.client_id = "runnel-produce".into();
     config.acks = options.acks.to_client();
     config.batch_size = options.batch_size;
