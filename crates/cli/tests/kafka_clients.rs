@@ -67,6 +67,11 @@ impl Setup {
 
     /// The same, every node started with `extra_args` too.
     fn start_with(test: &str, extra_args: &[&str]) -> Option<Setup> {
+        Self::start_opts(test, |opts| opts.extra_args = extra_args.iter().map(|a| (*a).to_owned()).collect())
+    }
+
+    /// The same, with the cluster's options set by `configure`.
+    fn start_opts(test: &str, configure: impl FnOnce(&mut ClusterOpts)) -> Option<Setup> {
         if skip_python(test) {
             return None;
         }
@@ -75,7 +80,7 @@ impl Setup {
         let root = repo_root();
         let venv = python_env(&root, &target_dir().join("pyenv")).unwrap_or_else(|e| panic!("{e:#}"));
         let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_runnel"));
-        opts.extra_args = extra_args.iter().map(|a| (*a).to_owned()).collect();
+        configure(&mut opts);
         let cluster = Cluster::start(NODES, opts).unwrap_or_else(|e| panic!("cluster start: {e:#}"));
         let setup = Setup { root, venv, cluster, _serial: serial };
         setup.wait_for_kafka_ports();
@@ -171,6 +176,23 @@ fn auto_creation_off() {
         return;
     };
     setup.run_script("kafka_auto_create_off_test.py", &setup.kafka_args(), Duration::from_secs(90));
+    setup.finish();
+}
+
+/// Kafka's SSL security protocol: with TLS certificates and a listener named SSL, kafka-python
+/// and librdkafka produce and consume over TLS, trusting the cluster CA; a plaintext client and
+/// one that does not trust the CA get nowhere.
+#[test]
+fn kafka_clients_over_tls() {
+    let Some(setup) = Setup::start_opts("kafka_clients_over_tls", |opts| {
+        opts.tls = true;
+        opts.kafka_listener_name = Some("SSL".into());
+    }) else {
+        return;
+    };
+    let ca = setup.cluster.root().join("tls").join("ca.pem").display().to_string();
+    let args = vec!["--bootstrap".into(), setup.kafka_bootstrap(), "--ca".into(), ca];
+    setup.run_script("kafka_tls_test.py", &args, Duration::from_secs(150));
     setup.finish();
 }
 

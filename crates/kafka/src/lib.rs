@@ -24,7 +24,7 @@ use runnel_broker::DataPlane;
 use runnel_broker::admin::TopicAdmin;
 use runnel_broker::group::GroupCoordinator;
 
-pub use server::serve;
+pub use server::{Listener as BoundListener, serve};
 
 /// Kafka's `socket.request.max.bytes` default: the largest request frame read.
 pub const REQUEST_BYTES_MAX_DEFAULT: usize = 100 << 20;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -21,11 +21,33 @@ use crate::codec::{self, CodecError, Decoded};
 use crate::handlers::{self, Reply, Started};
 use crate::{Context, IN_FLIGHT_MAX};
 
-/// Serves Kafka clients on `listeners` (each with its listener name, which decides the
-/// addresses its clients are told) until `cancel`; every connection ends with it.
-pub async fn serve(listeners: Vec<(String, TcpListener)>, context: Arc<Context>, cancel: CancellationToken) {
+/// How long a client has to finish the TLS handshake on an SSL listener.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One bound Kafka listener.
+pub struct Listener {
+    /// Its name, which decides the addresses its clients are told.
+    pub name: String,
+    /// The socket.
+    pub socket: TcpListener,
+    /// TLS (Kafka's SSL security protocol) when set: every connection starts with a handshake.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("name", &self.name)
+            .field("socket", &self.socket)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// Serves Kafka clients on `listeners` until `cancel`; every connection ends with it.
+pub async fn serve(listeners: Vec<Listener>, context: Arc<Context>, cancel: CancellationToken) {
     let mut accepts = JoinSet::new();
-    for (name, listener) in listeners {
+    for Listener { name, socket: listener, tls } in listeners {
         let name: Arc<str> = name.into();
         let context = Arc::clone(&context);
         let cancel = cancel.clone();
@@ -48,8 +70,23 @@ pub async fn serve(listeners: Vec<(String, TcpListener)>, context: Arc<Context>,
                         }
                         Ok((stream, peer)) => {
                             let _ = stream.set_nodelay(true);
-                            let conn = connection(stream, peer, Arc::clone(&name), Arc::clone(&context), cancel.clone());
-                            connections.spawn(conn);
+                            let (name, context, cancel) = (Arc::clone(&name), Arc::clone(&context), cancel.clone());
+                            match tls.clone() {
+                                None => {
+                                    connections.spawn(connection(stream, peer, name, context, cancel));
+                                }
+                                Some(acceptor) => {
+                                    connections.spawn(async move {
+                                        let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                                        match handshake.await {
+                                            Ok(Ok(stream)) => connection(stream, peer, name, context, cancel).await,
+                                            Ok(Err(e)) => tracing::info!(client = %peer, listener = %name, "kafka: TLS handshake failed: {e}"),
+                                            Err(_) => tracing::info!(client = %peer, listener = %name,
+                                                "kafka: no TLS handshake within {TLS_HANDSHAKE_TIMEOUT:?}"),
+                                        }
+                                    });
+                                }
+                            }
                         }
                         Err(e) => {
                             // Out of file descriptors and the like: keep serving the others.
@@ -67,14 +104,16 @@ pub async fn serve(listeners: Vec<(String, TcpListener)>, context: Arc<Context>,
 }
 
 /// One connection, until the client closes it, a request closes it, or `cancel`.
-async fn connection(
-    stream: TcpStream,
+async fn connection<S>(
+    stream: S,
     peer: SocketAddr,
     listener: Arc<str>,
     context: Arc<Context>,
     cancel: CancellationToken,
-) {
-    let (read, write) = stream.into_split();
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (read, write) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Started>(IN_FLIGHT_MAX);
     let reader_context = Arc::clone(&context);
     let reader = tokio::spawn(async move {

@@ -52,8 +52,8 @@ pub enum TlsError {
         /// What is wrong with it.
         why: String,
     },
-    /// Certificate generation failed.
-    #[error("generating certificates: {0}")]
+    /// Certificate generation, or building a TLS configuration, failed.
+    #[error("TLS: {0}")]
     Generate(String),
 }
 
@@ -132,6 +132,25 @@ impl NodeTls {
             .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
             .client_ca_root(Certificate::from_pem(&self.ca_pem))
             .client_auth_optional(!require_client_cert)
+    }
+
+    /// A rustls server configuration with this node's certificate and key, asking no client
+    /// certificate: for listeners tonic does not serve (Kafka's SSL listener).
+    pub fn rustls_server(&self) -> Result<std::sync::Arc<rustls::ServerConfig>, TlsError> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |why: String| TlsError::Generate(why);
+        let chain = CertificateDer::pem_slice_iter(&self.cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("the node certificate: {e}")))?;
+        let key =
+            PrivateKeyDer::from_pem_slice(&self.key_pem).map_err(|e| bad(format!("the node key: {e}")))?;
+        // The process's provider: ring, the one crypto backend built in (as for tonic).
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| bad(format!("the node certificate and key: {e}")))?;
+        Ok(std::sync::Arc::new(config))
     }
 
     /// For a channel to another node: the CA to verify it by, and this node's certificate.
@@ -244,6 +263,7 @@ mod tests {
         let tls =
             NodeTls::load(&dir.join("node-7.pem"), &dir.join("node-7.key"), &dir.join("ca.pem")).unwrap();
         assert_eq!(tls.node_id(), 7);
+        tls.rustls_server().expect("a rustls server configuration from the generated files");
         // The CA is no node: loading it as a node certificate says why.
         let err = NodeTls::load(&dir.join("ca.pem"), &dir.join("ca.key"), &dir.join("ca.pem")).unwrap_err();
         assert!(err.to_string().contains("is not runnel-node-<node id>"), "{err}");

@@ -89,6 +89,9 @@ pub struct ClusterOpts {
     /// `--tls-key`, `--tls-ca`. The cluster's own clients ([`Cluster::channel`]) then use TLS
     /// (trusting the CA, presenting no certificate). Off by default.
     pub tls: bool,
+    /// The Kafka listener's name (`--kafka-addr NAME://...`); `SSL` makes it serve TLS, with
+    /// [`ClusterOpts::tls`]. Default: unnamed (PLAINTEXT).
+    pub kafka_listener_name: Option<String>,
 }
 
 impl ClusterOpts {
@@ -105,6 +108,7 @@ impl ClusterOpts {
             netns: false,
             internal_listener: false,
             tls: false,
+            kafka_listener_name: None,
         }
     }
 }
@@ -381,7 +385,10 @@ impl Cluster {
             "--http-addr".to_owned(),
             n.http_addr.to_string(),
             "--kafka-addr".to_owned(),
-            n.kafka_addr.to_string(),
+            match &self.opts.kafka_listener_name {
+                Some(name) => format!("{name}://{}", n.kafka_addr),
+                None => n.kafka_addr.to_string(),
+            },
         ];
         if let Some(internal) = n.internal_addr {
             args.extend(["--internal-addr".to_owned(), internal.to_string()]);

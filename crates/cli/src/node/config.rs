@@ -106,6 +106,11 @@ pub(crate) struct NodeArgs {
     /// loopback family (127.0.0.1 and [::1]), since clients may resolve `localhost` to either.
     #[arg(long, env = "RUNNEL_KAFKA_ADDR")]
     pub(crate) kafka_addr: Option<String>,
+    /// Kafka's listener.security.protocol.map: NAME:PROTOCOL[,...], PROTOCOL PLAINTEXT or SSL
+    /// (TLS with the node's --tls-cert; SASL is not supported yet) [default: a listener named
+    /// SSL is SSL, the others PLAINTEXT].
+    #[arg(long, env = "RUNNEL_KAFKA_LISTENER_SECURITY_PROTOCOL_MAP")]
+    pub(crate) kafka_listener_security_protocol_map: Option<String>,
     /// What Metadata tells clients, per listener: [NAME://]HOST:PORT[,...] (Kafka's
     /// `advertised.listeners`; a client is told the addresses of the listener it connected
     /// to) [default: --kafka-addr].
@@ -209,6 +214,8 @@ pub(crate) struct NodeSettings {
     /// The Kafka listeners to bind: (name, HOST:PORT).
     #[serde(skip)]
     pub(crate) kafka_listeners: Vec<runnel_kafka::listeners::Listener>,
+    /// The Kafka listeners that serve TLS (security protocol SSL).
+    pub(crate) kafka_ssl_listeners: Vec<String>,
     /// The Kafka endpoint this broker registers (every listener's advertised address).
     pub(crate) kafka_endpoint: String,
     pub(crate) auto_create_topics_enable: bool,
@@ -254,6 +261,9 @@ impl NodeArgs {
             http_addr: self.http_addr.or(lower.http_addr),
             kafka_addr: self.kafka_addr.or(lower.kafka_addr),
             kafka_advertised_addr: self.kafka_advertised_addr.or(lower.kafka_advertised_addr),
+            kafka_listener_security_protocol_map: self
+                .kafka_listener_security_protocol_map
+                .or(lower.kafka_listener_security_protocol_map),
             auto_create_topics_enable: self.auto_create_topics_enable.or(lower.auto_create_topics_enable),
             num_partitions: self.num_partitions.or(lower.num_partitions),
             default_replication_factor: self.default_replication_factor.or(lower.default_replication_factor),
@@ -300,6 +310,41 @@ fn check_reachable(what: &str, addr: &str, flag: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The names of `listeners` whose security protocol is SSL: as `map` (Kafka's
+/// listener.security.protocol.map) says, else SSL for a listener named SSL.
+fn ssl_listeners(
+    listeners: &[runnel_kafka::listeners::Listener],
+    map: Option<&str>,
+) -> anyhow::Result<Vec<String>> {
+    let mut protocols = std::collections::BTreeMap::new();
+    for entry in map.unwrap_or_default().split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let Some((name, protocol)) = entry.split_once(':') else {
+            bail!("--kafka-listener-security-protocol-map: {entry:?} is not NAME:PROTOCOL");
+        };
+        let ssl = match protocol {
+            "PLAINTEXT" => false,
+            "SSL" => true,
+            "SASL_PLAINTEXT" | "SASL_SSL" => {
+                bail!(
+                    "--kafka-listener-security-protocol-map: {protocol} (listener {name}) is not supported yet"
+                )
+            }
+            other => {
+                bail!("--kafka-listener-security-protocol-map: unknown protocol {other:?} (PLAINTEXT or SSL)")
+            }
+        };
+        if !listeners.iter().any(|l| l.name == name) {
+            bail!("--kafka-listener-security-protocol-map names {name}, which --kafka-addr does not define");
+        }
+        protocols.insert(name.to_owned(), ssl);
+    }
+    Ok(listeners
+        .iter()
+        .filter(|l| protocols.get(&l.name).copied().unwrap_or(l.name == "SSL"))
+        .map(|l| l.name.clone())
+        .collect())
 }
 
 fn parse_roles(text: &str) -> anyhow::Result<Roles> {
@@ -403,6 +448,13 @@ impl NodeSettings {
             }
             None => None,
         };
+        let kafka_ssl_listeners =
+            ssl_listeners(&kafka_listeners, args.kafka_listener_security_protocol_map.as_deref())?;
+        if let Some(name) = kafka_ssl_listeners.first()
+            && tls.is_none()
+        {
+            bail!("the Kafka listener {name} is SSL: it needs --tls-cert, --tls-key and --tls-ca");
+        }
         let num_partitions = args.num_partitions.unwrap_or(1);
         if num_partitions == 0 {
             bail!("--num-partitions must be at least 1");
@@ -440,6 +492,7 @@ impl NodeSettings {
             kafka_addr,
             kafka_advertised_addr,
             kafka_listeners,
+            kafka_ssl_listeners,
             kafka_endpoint,
             auto_create_topics_enable: args.auto_create_topics_enable.unwrap_or(true),
             num_partitions,
@@ -568,6 +621,29 @@ mod tests {
         for (voters, extra, why) in refused {
             assert!(resolve(voters, &extra).is_err(), "{why}");
         }
+    }
+
+    #[test]
+    fn the_security_protocol_map_picks_the_ssl_listeners() {
+        let listeners = runnel_kafka::listeners::parse("SSL://h:1,INTERNAL://h:2,EXTERNAL://h:3").unwrap();
+        assert_eq!(ssl_listeners(&listeners, None).unwrap(), ["SSL"], "named SSL: SSL by default");
+        let map = Some("EXTERNAL:SSL,SSL:PLAINTEXT");
+        assert_eq!(ssl_listeners(&listeners, map).unwrap(), ["EXTERNAL"]);
+        for bad in ["EXTERNAL", "EXTERNAL:TLS", "EXTERNAL:SASL_SSL", "OTHER:SSL"] {
+            assert!(ssl_listeners(&listeners, Some(bad)).is_err(), "{bad}");
+        }
+        // An SSL listener needs the node's certificate.
+        let refused = NodeSettings::resolve(flags(&[
+            "--id",
+            "1",
+            "--data-dir",
+            "d",
+            "--controller-voters",
+            VOTERS,
+            "--kafka-addr",
+            "SSL://127.0.0.1:9093",
+        ]));
+        assert!(refused.is_err_and(|e| e.to_string().contains("needs --tls-cert")));
     }
 
     #[test]

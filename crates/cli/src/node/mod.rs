@@ -52,9 +52,22 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
     let http_addr = http.local_addr()?;
     let mut kafka = Vec::new();
     if settings.roles.broker {
+        // The SSL listeners' handshakes use the node's certificate (resolve checked it is set).
+        let acceptor = match &settings.tls {
+            Some(tls) if !settings.kafka_ssl_listeners.is_empty() => {
+                Some(tokio_rustls::TlsAcceptor::from(tls.rustls_server().context("the SSL Kafka listener")?))
+            }
+            _ => None,
+        };
         for listener in &settings.kafka_listeners {
-            for bound in kafka_listeners(&listener.addr).await? {
-                kafka.push((listener.name.clone(), bound));
+            let tls =
+                if settings.kafka_ssl_listeners.contains(&listener.name) { acceptor.clone() } else { None };
+            for socket in kafka_listeners(&listener.addr).await? {
+                kafka.push(runnel_kafka::BoundListener {
+                    name: listener.name.clone(),
+                    socket,
+                    tls: tls.clone(),
+                });
             }
         }
     }
