@@ -13,6 +13,7 @@ pub mod admin;
 pub mod cache;
 pub mod error;
 pub mod group;
+pub mod health;
 pub mod metrics;
 pub mod plane;
 pub mod producer;
@@ -94,6 +95,8 @@ pub struct BrokerStatus {
     pub controller: Option<String>,
     /// The metadata version the cache is at.
     pub metadata_version: u64,
+    /// Why the broker's storage failed, while it is (see [`health`]): it left the cluster.
+    pub storage_failure: Option<String>,
 }
 
 /// A running broker role.
@@ -253,7 +256,9 @@ impl Broker {
             admin::TopicAdmin::new(ControllerSet::of(&config), config.request_timeout, status.clone());
         tasks.spawn(watch_task(config.clone(), Arc::clone(&cache), Arc::clone(&status_tx), cancel.clone()));
         let peers = runnel_proto::tls::PeerCheck::for_tls(config.tls.is_some());
-        tasks.spawn(liveness_task(config, status_tx, cancel.clone()));
+        let health = replicas.health().clone();
+        tasks.spawn(health::probe_task(health.clone(), Arc::clone(&replicas), cancel.clone()));
+        tasks.spawn(liveness_task(config, status_tx, health, cancel.clone()));
         Ok(Self { status, cache, replicas, plane, groups, admin, peers, cancel, tasks })
     }
 
@@ -336,6 +341,8 @@ enum SessionEnd {
     Cancelled,
     /// The controller wants a new registration.
     Reregister,
+    /// The broker's storage failed: dropping the session has the controller fence it.
+    StorageFailed,
     /// The leader moved or went away; the status names where to go next.
     Failed(tonic::Status),
 }
@@ -345,14 +352,30 @@ enum SessionEnd {
 async fn liveness_task(
     config: BrokerConfig,
     status: Arc<watch::Sender<BrokerStatus>>,
+    health: health::StorageHealth,
     cancel: CancellationToken,
 ) {
     let incarnation_id: [u8; 16] = rand::random();
     let mut controllers = Controllers::new(config.controllers.clone(), config.id as usize);
     let mut epoch = 0u64;
+    let mut failures = health.subscribe();
     loop {
         if cancel.is_cancelled() {
             return;
+        }
+        // Out of the cluster while the storage is failed; back with a new registration.
+        if let Some(reason) = health.failure() {
+            status.send_modify(|s| {
+                s.storage_failure = Some(reason);
+                s.fenced = true;
+            });
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = failures.wait_for(Option::is_none) => {}
+            }
+            status.send_modify(|s| s.storage_failure = None);
+            epoch = 0;
+            continue;
         }
         let addr = controllers.current();
         if epoch == 0 {
@@ -372,8 +395,16 @@ async fn liveness_task(
                 }
             }
         } else {
-            match run_session(&config, &addr, epoch, &status, &cancel).await {
+            match run_session(&config, &addr, epoch, &status, &mut failures, &cancel).await {
                 SessionEnd::Cancelled => return,
+                SessionEnd::StorageFailed => {
+                    tracing::warn!(
+                        broker = config.id,
+                        epoch,
+                        "storage failed: leaving the cluster (session closed)"
+                    );
+                    continue;
+                }
                 SessionEnd::Reregister => {
                     tracing::warn!(broker = config.id, epoch, "the controller asks for a new registration");
                     epoch = 0;
@@ -417,6 +448,7 @@ async fn run_session(
     addr: &str,
     epoch: u64,
     status: &watch::Sender<BrokerStatus>,
+    failures: &mut watch::Receiver<Option<String>>,
     cancel: &CancellationToken,
 ) -> SessionEnd {
     let answer_timeout = (config.heartbeat_interval * 2).max(Duration::from_millis(200));
@@ -451,6 +483,7 @@ async fn run_session(
     loop {
         let answer = tokio::select! {
             _ = cancel.cancelled() => return SessionEnd::Cancelled,
+            _ = failures.wait_for(Option::is_some) => return SessionEnd::StorageFailed,
             answer = tokio::time::timeout(answer_timeout, answers.message()) => answer,
         };
         let response = match answer {
@@ -471,6 +504,7 @@ async fn run_session(
         });
         tokio::select! {
             _ = cancel.cancelled() => return SessionEnd::Cancelled,
+            _ = failures.wait_for(Option::is_some) => return SessionEnd::StorageFailed,
             _ = interval.tick() => {}
         }
         if tx.send(beat()).await.is_err() {

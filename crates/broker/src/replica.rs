@@ -28,6 +28,7 @@ use tokio::sync::watch;
 
 use crate::cache::{MetadataCache, PartitionEntry};
 use crate::error::{BrokerError, ErrorCode, LeaderHint};
+use crate::health::StorageHealth;
 use crate::metrics::ReplicaMetrics;
 use crate::producer::{ProducerBatch, ProducerStates, Verdict};
 
@@ -155,6 +156,8 @@ pub struct Partition {
     view: Mutex<LeaderView>,
     /// Bumped after every leader append, for replica fetch sessions waiting for data.
     appended: Arc<watch::Sender<u64>>,
+    /// The broker's storage health: a write or fsync error here fails it.
+    health: StorageHealth,
     /// The log's durable end, as the log's durable listener last reported it: a follower
     /// waits on it, without a blocking thread, before reporting its offsets.
     durable: watch::Sender<u64>,
@@ -199,6 +202,7 @@ impl Partition {
         log: Arc<Log>,
         limits: Limits,
         appended: Arc<watch::Sender<u64>>,
+        health: StorageHealth,
     ) -> Arc<Self> {
         let producers = rebuild_producers(&tp, &log);
         let partition = Arc::new(Partition {
@@ -227,6 +231,7 @@ impl Partition {
                 since: Instant::now(),
             }),
             appended,
+            health,
             durable: watch::Sender::new(0),
             producers: Mutex::new(producers),
         });
@@ -412,6 +417,7 @@ impl Partition {
     /// with the original's offsets and not appended; an older epoch is INVALID_PRODUCER_EPOCH,
     /// a sequence that does not follow OUT_OF_ORDER_SEQUENCE_NUMBER.
     pub fn append(&self, batch: &mut [u8], acks_all: bool) -> Result<Appended, BrokerError> {
+        self.check_storage()?;
         let st = read(&self.state);
         let epoch = self.leader_epoch_of(&st)?;
         let min = read(&self.limits).min_insync_replicas;
@@ -442,7 +448,7 @@ impl Partition {
         }
         // The state lock is held across the append, so the epoch stamped is the epoch this
         // broker leads in at the moment the batch enters the log.
-        let info = self.log.append(batch, epoch).map_err(|e| BrokerError::from_log(&self.tp, e))?;
+        let info = self.log.append(batch, epoch).map_err(|e| self.log_error(e))?;
         if let Some(p) = &producer {
             producers.record(p, info.base_offset, info.last_offset, info.max_timestamp);
         }
@@ -452,18 +458,45 @@ impl Partition {
         Ok(Appended { base_offset: info.base_offset, last_offset: info.last_offset, duplicate: false })
     }
 
+    /// `error` from a write to the log (append, truncation) as the client's error; a write or
+    /// fsync failure (a full or broken disk) also fails the broker's storage. Read errors
+    /// do not: retention racing a read is not a broken disk.
+    fn log_error(&self, error: LogError) -> BrokerError {
+        if matches!(error, LogError::Io { .. } | LogError::Failed { .. }) {
+            self.health.fail(format!("{}: {error}", self.tp));
+        }
+        BrokerError::from_log(&self.tp, error)
+    }
+
+    /// Refuses with KAFKA_STORAGE_ERROR while the broker's storage is failed.
+    fn check_storage(&self) -> Result<(), BrokerError> {
+        match self.health.failure() {
+            Some(reason) => Err(BrokerError::new(
+                ErrorCode::KafkaStorageError,
+                format!(
+                    "{}: this broker's storage failed ({reason}); its partitions move to other replicas",
+                    self.tp
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Waits until the HW passes `end` (the offset after a produced batch), as acks=all
     /// requires. Fails with REQUEST_TIMED_OUT after `timeout`, NOT_LEADER_OR_FOLLOWER if
     /// leadership moves, NOT_ENOUGH_REPLICAS_AFTER_APPEND if the ISR shrinks below the
     /// minimum meanwhile.
     pub async fn wait_committed(&self, end: u64, timeout: Duration) -> Result<(), BrokerError> {
         let mut progress = self.subscribe();
+        let mut health = self.health.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let now = *progress.borrow_and_update();
             if now.high_watermark >= end {
                 return Ok(());
             }
+            health.borrow_and_update();
+            self.check_storage()?;
             {
                 let st = read(&self.state);
                 self.leader_epoch_of(&st)?;
@@ -479,9 +512,16 @@ impl Partition {
                     ));
                 }
             }
-            match tokio::time::timeout_at(deadline, progress.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(BrokerError::not_leader(&self.tp, LeaderHint::default())),
+            let changed = async {
+                tokio::select! {
+                    changed = progress.changed() => changed.is_ok(),
+                    // A storage failure answers at once, as KAFKA_STORAGE_ERROR above.
+                    _ = health.changed() => true,
+                }
+            };
+            match tokio::time::timeout_at(deadline, changed).await {
+                Ok(true) => {}
+                Ok(false) => return Err(BrokerError::not_leader(&self.tp, LeaderHint::default())),
                 Err(_) => {
                     return Err(BrokerError::new(
                         ErrorCode::RequestTimedOut,
@@ -582,6 +622,7 @@ impl Partition {
         if max_bytes > 0
             && let Err(e) = self.log.read_into(fetch_offset, max_bytes, None, &mut buf)
         {
+            // A read error is this request's, not the disk's verdict: writes decide that.
             let e = BrokerError::from_log(&self.tp, e);
             return fail(out, e.code.code(), e.message);
         }
@@ -641,7 +682,7 @@ impl Partition {
             let own = self.log.end_offset_for_epoch(data.diverging_epoch).map_or(0, |(_, end)| end);
             let to = data.diverging_end_offset.min(own).max(self.log.log_start());
             let before = self.log.log_end();
-            let end = self.log.truncate_to(to).map_err(|e| BrokerError::from_log(&self.tp, e))?;
+            let end = self.log.truncate_to(to).map_err(|e| self.log_error(e))?;
             if end < before {
                 *producers = rebuild_producers(&self.tp, &self.log);
             }
@@ -656,12 +697,10 @@ impl Partition {
                     // Everything the follower has was deleted on the leader: start over there.
                     self.log
                         .truncate_fully_and_start_at(data.log_start_offset)
-                        .map_err(|e| BrokerError::from_log(&self.tp, e))?;
+                        .map_err(|e| self.log_error(e))?;
                     *producers = ProducerStates::new();
                 } else if offsets.log_end > data.log_end_offset {
-                    self.log
-                        .truncate_to(data.log_end_offset)
-                        .map_err(|e| BrokerError::from_log(&self.tp, e))?;
+                    self.log.truncate_to(data.log_end_offset).map_err(|e| self.log_error(e))?;
                     *producers = rebuild_producers(&self.tp, &self.log);
                 }
                 return Ok(false);
@@ -676,7 +715,7 @@ impl Partition {
         let appended = if data.batches.is_empty() {
             false
         } else {
-            self.log.append_replicated(&data.batches).map_err(|e| BrokerError::from_log(&self.tp, e))?;
+            self.log.append_replicated(&data.batches).map_err(|e| self.log_error(e))?;
             // append_replicated checked every batch (CRCs included): only headers are read here.
             let mut rest: &[u8] = &data.batches;
             while let Ok(header) = BatchHeader::parse(rest, BATCH_BYTES_LIMIT) {
@@ -1000,6 +1039,8 @@ pub struct ReplicaManager {
     appended: Arc<watch::Sender<u64>>,
     /// Bumped after every reconcile (the follower manager waits on it).
     reconciled: watch::Sender<u64>,
+    /// Whether the log directory works (see [`crate::health`]).
+    health: StorageHealth,
     /// fsync and ISR-change metrics; the log manager tells it about every fsync.
     metrics: ReplicaMetrics,
 }
@@ -1018,6 +1059,7 @@ impl ReplicaManager {
             failed: RwLock::new(HashMap::new()),
             appended: Arc::new(watch::Sender::new(0)),
             reconciled: watch::Sender::new(0),
+            health: StorageHealth::default(),
             metrics,
         })
     }
@@ -1067,6 +1109,21 @@ impl ReplicaManager {
         }
         self.apply_metadata(cache);
         self.reconciled.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The broker's storage health.
+    pub fn health(&self) -> &StorageHealth {
+        &self.health
+    }
+
+    /// The log directory.
+    pub fn log_dir(&self) -> &Path {
+        self.logs.dir()
+    }
+
+    /// The first hosted log that refuses writes until reopened, with why.
+    pub fn broken_log(&self) -> Option<String> {
+        self.partitions().iter().find_map(|p| p.log.failure().map(|why| format!("{}: {why}", p.tp)))
     }
 
     /// A receiver woken after every [`reconcile`](Self::reconcile), when the hosted
@@ -1160,6 +1217,7 @@ impl ReplicaManager {
             log,
             limits,
             Arc::clone(&self.appended),
+            self.health.clone(),
         ))
     }
 

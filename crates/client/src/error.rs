@@ -102,6 +102,8 @@ pub mod code {
     pub const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i32 = 20;
     /// A malformed request.
     pub const INVALID_REQUEST: i32 = 42;
+    /// The broker's log directory failed (full or broken disk); retriable elsewhere.
+    pub const KAFKA_STORAGE_ERROR: i32 = 56;
     /// An idempotent batch whose first sequence does not follow the producer's last one.
     pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i32 = 45;
     /// An idempotent batch with an epoch older than the producer's latest.

@@ -139,7 +139,9 @@ fn offset_range(status: &tonic::Status) -> Option<(i64, i64)> {
 fn next_for(error_code: i32, hint: Option<String>) -> Next {
     match error_code {
         code::NOT_LEADER_OR_FOLLOWER => hint.map_or(Next::Refresh, Next::Redirect),
-        code::LEADER_NOT_AVAILABLE | code::NETWORK_EXCEPTION => Next::Refresh,
+        // KAFKA_STORAGE_ERROR: the leader's disk failed and leadership is moving (Kafka's
+        // KafkaStorageException is retriable and refreshes metadata too).
+        code::LEADER_NOT_AVAILABLE | code::NETWORK_EXCEPTION | code::KAFKA_STORAGE_ERROR => Next::Refresh,
         // The ISR is short or shrank while acks=all waited: Kafka's producer retries these.
         code::NOT_ENOUGH_REPLICAS | code::NOT_ENOUGH_REPLICAS_AFTER_APPEND | code::REQUEST_TIMED_OUT => {
             Next::Refresh

@@ -585,6 +585,12 @@ impl Log {
         self.shared.lock().durable_end
     }
 
+    /// Why the log refuses writes until it is reopened (a failed fsync, or a truncation that
+    /// failed part way), if it does.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.lock().failed.clone()
+    }
+
     /// How many fsyncs have advanced the durable offset so far; with group commit this
     /// grows more slowly than the number of appends.
     pub fn fsync_count(&self) -> u64 {

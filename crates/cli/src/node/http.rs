@@ -52,6 +52,9 @@ impl Probes {
         }
         if let Some(broker) = &self.broker {
             let status = broker.borrow().clone();
+            if let Some(reason) = &status.storage_failure {
+                return Err(format!("storage failed, out of the cluster until it works again: {reason}"));
+            }
             if self.raft.is_none() && status.controller.is_none() {
                 return Err("no controller reachable".into());
             }
