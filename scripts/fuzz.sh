@@ -15,9 +15,10 @@
 # Targets (see each file's top comment in fuzz/fuzz_targets/ and docs/architecture.md,
 # "Fuzzing"): record_batch, index, epoch_checkpoint, kafka_request, grpc_messages.
 #
-# The corpus grows in fuzz/corpus/<target> (ignored by git), seeded from fuzz/seeds/<target>
-# when that exists; crashes land in fuzz/artifacts/<target>; each run's libFuzzer output is
-# kept in fuzz/logs/<target>.log (ignored by git).
+# The corpus grows in fuzz/corpus/<target>; each target first writes its own seeds there
+# (valid inputs made by the code that defines the formats, see runnel_fuzz::write_seeds).
+# Crashes land in fuzz/artifacts/<target>, and each run's libFuzzer output is kept in
+# fuzz/logs/<target>.log. All three are ignored by git.
 #
 # Usage: scripts/fuzz.sh [--seconds N] [target...]
 set -euo pipefail
@@ -93,14 +94,12 @@ for t in "${targets[@]}"; do
   corpus="$root/fuzz/corpus/$t"
   artifacts="$root/fuzz/artifacts/$t"
   mkdir -p "$corpus" "$artifacts"
-  dirs=("$corpus")
-  [[ -d "$root/fuzz/seeds/$t" ]] && dirs+=("$root/fuzz/seeds/$t")
   # -jobs=1 runs the fuzzer in one child process whose output goes to fuzz-0.log in the
   # working directory: run from a directory of its own and keep that log.
   work=$(mktemp -d "$RUNNEL_FUZZ_TMP/$t.XXXXXX")
   echo "==> $t: fuzzing for ${seconds}s"
   status=0
-  (cd "$work" && cargo +nightly fuzz run --fuzz-dir "$root/fuzz" "$t" "${dirs[@]}" -- \
+  (cd "$work" && RUNNEL_FUZZ_SEEDS="$corpus" cargo +nightly fuzz run --fuzz-dir "$root/fuzz" "$t" "$corpus" -- \
     -max_total_time="$seconds" -jobs=1 -workers=1 \
     -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=30 \
     -print_final_stats=1 -artifact_prefix="$artifacts/") || status=$?
