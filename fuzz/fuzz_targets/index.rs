@@ -78,6 +78,12 @@ fn seeds() -> Vec<Vec<u8>> {
         seed.extend_from_slice(index);
         seed.extend_from_slice(time);
         seeds.push(seed);
+        // A time index claiming an interval near 2^64 (the scan window once overflowed).
+        let mut seed = vec![flags | 0x02, 0, 0];
+        for at in 8..16u8 {
+            seed.extend([0, at, 0xff]);
+        }
+        seeds.push(seed);
     }
     seeds
 }
