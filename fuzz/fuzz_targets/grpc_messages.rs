@@ -457,8 +457,13 @@ fn seeds() -> Vec<Vec<u8>> {
     };
     let now = runnel_fuzz::now_ms();
     let batch = runnel_fuzz::sample_batch(runnel_storage::Compression::Snappy, 3, now);
+    // Two batches as a leader sends them: offsets 0-1 then 2-4, leader epoch 4.
     let mut replicated = runnel_fuzz::sample_batch(runnel_storage::Compression::None, 2, now);
     runnel_storage::batch::set_partition_leader_epoch(&mut replicated, 4);
+    let mut second = runnel_fuzz::sample_batch(runnel_storage::Compression::Gzip, 3, now);
+    runnel_storage::batch::set_base_offset(&mut second, 2);
+    runnel_storage::batch::set_partition_leader_epoch(&mut second, 4);
+    replicated.extend(second);
     let produce = pb::ProduceRequest {
         topic: LEADS.into(),
         partition: 0,
