@@ -82,6 +82,7 @@ fn seed_image() -> &'static ClusterMetadata {
                 grpc: format!("b{id}:9090"),
                 kafka: format!("b{id}:9092"),
                 http: format!("b{id}:8080"),
+                internal: String::new(),
             };
             apply(&mut image, Command::RegisterBroker { id, endpoints, rack: None, incarnation_id: Some(7) });
             let epoch = image.broker(id).expect("registered").epoch;
@@ -219,6 +220,7 @@ fn broker_cache() -> MetadataCache {
     let broker = |id: u32| BrokerEntry {
         epoch: 5,
         grpc: format!("b{id}:9090"),
+        replication: format!("b{id}:9090"),
         kafka: format!("b{id}:9092"),
         http: String::new(),
         rack: String::new(),
@@ -276,7 +278,7 @@ impl Broker {
             1,
             GroupConfig {
                 offsets_topic_partitions: 1,
-                controllers: vec!["127.0.0.1:1".to_owned()],
+                controllers: runnel_broker::ControllerSet::new(vec!["127.0.0.1:1".to_owned()], None),
                 request_timeout: Duration::from_millis(100),
                 initial_rebalance_delay: Duration::from_millis(10),
             },
@@ -429,6 +431,7 @@ fn seeds() -> Vec<Vec<u8>> {
         grpc: format!("b{id}:1"),
         kafka: format!("b{id}:2"),
         http: format!("b{id}:3"),
+        internal: if id == 4 { format!("b{id}:4") } else { String::new() },
     };
     let log_id = LogId::new(CommittedLeaderId::new(3, 1), 20);
     let create = Command::CreateTopic {
