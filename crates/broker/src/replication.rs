@@ -101,6 +101,26 @@ fn check_replica_fetch(request: &pb::ReplicaFetchRequest) -> Result<(), Status> 
     Ok(())
 }
 
+/// The bytes per partition a replica fetch asks for, bounded: 0 means the default.
+fn replica_fetch_max_bytes(request: &pb::ReplicaFetchRequest) -> usize {
+    match request.max_bytes as usize {
+        0 => FETCH_BYTES_DEFAULT,
+        n => n.min(FETCH_BYTES_MAX),
+    }
+}
+
+/// One answer to a follower's replica fetch, as the leader's session gives it first: the
+/// request's shape checked, then every partition answered, without waiting for news (the
+/// session answers again when nothing was new, until the request's `max_wait_ms`). Public
+/// as the handler's entry point without a stream, for fuzzing. Blocking: it reads logs.
+pub fn answer_replica_fetch(
+    replicas: &ReplicaManager,
+    request: &pb::ReplicaFetchRequest,
+) -> Result<pb::ReplicaFetchResponse, Status> {
+    check_replica_fetch(request)?;
+    Ok(answer(replicas, request, replica_fetch_max_bytes(request)))
+}
+
 /// Answers every partition of one request, within `max_bytes` per partition and
 /// [`REPLICA_FETCH_RESPONSE_BYTES_MAX`] in all: once the answer is full, the remaining
 /// partitions get their offsets and no records.
@@ -184,10 +204,7 @@ impl ReplicationService for ReplicationGrpc {
                 }
                 let max_wait =
                     Duration::from_millis(u64::from(request.max_wait_ms)).min(REPLICA_FETCH_WAIT_MAX);
-                let max_bytes = match request.max_bytes as usize {
-                    0 => FETCH_BYTES_DEFAULT,
-                    n => n.min(FETCH_BYTES_MAX),
-                };
+                let max_bytes = replica_fetch_max_bytes(&request);
                 let deadline = tokio::time::Instant::now() + max_wait;
                 let mut appended = replicas.subscribe_appends();
                 let response = loop {

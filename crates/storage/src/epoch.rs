@@ -46,53 +46,14 @@ impl LeaderEpochCache {
             }
             Err(e) => return Err(LogError::io("read", &path)(e)),
         };
-        let entries =
-            Self::parse(&text).map_err(|reason| LogError::CorruptFile { path: path.clone(), reason })?;
+        let entries = parse_epoch_checkpoint(&text)
+            .map_err(|reason| LogError::CorruptFile { path: path.clone(), reason })?;
         Ok(LeaderEpochCache { path, entries })
     }
 
     /// An empty cache for `dir`, to be filled by [`assign`](Self::assign) (rebuilds).
     pub(crate) fn empty(dir: &Path) -> Self {
         LeaderEpochCache { path: dir.join(CHECKPOINT_FILE), entries: Vec::new() }
-    }
-
-    fn parse(bytes: &[u8]) -> std::result::Result<Vec<EpochEntry>, String> {
-        let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
-        let body_end = text.rfind("crc32c ").ok_or("no crc32c line")?;
-        let (body, crc_line) = text.split_at(body_end);
-        let stored = u32::from_str_radix(crc_line.trim_start_matches("crc32c ").trim_end(), 16)
-            .map_err(|_| "unreadable crc32c line".to_string())?;
-        let computed = crc32c::crc32c(body.as_bytes());
-        if stored != computed {
-            return Err(format!("checksum mismatch: stored {stored:08x}, computed {computed:08x}"));
-        }
-        let mut lines = body.lines();
-        if lines.next() != Some(MAGIC_LINE) {
-            return Err("unknown header line".into());
-        }
-        let count: usize =
-            lines.next().and_then(|l| l.parse().ok()).ok_or_else(|| "unreadable entry count".to_string())?;
-        let mut entries = Vec::new();
-        for line in lines {
-            let mut parts = line.split(' ');
-            let (Some(e), Some(o), None) = (parts.next(), parts.next(), parts.next()) else {
-                return Err(format!("bad entry line {line:?}"));
-            };
-            let entry = EpochEntry {
-                epoch: e.parse().map_err(|_| format!("bad epoch in {line:?}"))?,
-                start_offset: o.parse().map_err(|_| format!("bad offset in {line:?}"))?,
-            };
-            if let Some(prev) = entries.last()
-                && !(entry_follows(prev, &entry))
-            {
-                return Err(format!("entries out of order at {line:?}"));
-            }
-            entries.push(entry);
-        }
-        if entries.len() != count {
-            return Err(format!("expected {count} entries, found {}", entries.len()));
-        }
-        Ok(entries)
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -174,6 +135,48 @@ impl LeaderEpochCache {
             None => Some((epoch, next.start_offset)),
         }
     }
+}
+
+/// Parses the contents of a `leader-epoch-checkpoint` file, as opening a log does: the
+/// entries, or why the file is damaged (a damaged file makes [`crate::Log::open`] rebuild
+/// the cache from the log). Public as the parser's entry point, for fuzzing and tools.
+pub fn parse_epoch_checkpoint(bytes: &[u8]) -> std::result::Result<Vec<EpochEntry>, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
+    let body_end = text.rfind("crc32c ").ok_or("no crc32c line")?;
+    let (body, crc_line) = text.split_at(body_end);
+    let stored = u32::from_str_radix(crc_line.trim_start_matches("crc32c ").trim_end(), 16)
+        .map_err(|_| "unreadable crc32c line".to_string())?;
+    let computed = crc32c::crc32c(body.as_bytes());
+    if stored != computed {
+        return Err(format!("checksum mismatch: stored {stored:08x}, computed {computed:08x}"));
+    }
+    let mut lines = body.lines();
+    if lines.next() != Some(MAGIC_LINE) {
+        return Err("unknown header line".into());
+    }
+    let count: usize =
+        lines.next().and_then(|l| l.parse().ok()).ok_or_else(|| "unreadable entry count".to_string())?;
+    let mut entries = Vec::new();
+    for line in lines {
+        let mut parts = line.split(' ');
+        let (Some(e), Some(o), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(format!("bad entry line {line:?}"));
+        };
+        let entry = EpochEntry {
+            epoch: e.parse().map_err(|_| format!("bad epoch in {line:?}"))?,
+            start_offset: o.parse().map_err(|_| format!("bad offset in {line:?}"))?,
+        };
+        if let Some(prev) = entries.last()
+            && !(entry_follows(prev, &entry))
+        {
+            return Err(format!("entries out of order at {line:?}"));
+        }
+        entries.push(entry);
+    }
+    if entries.len() != count {
+        return Err(format!("expected {count} entries, found {}", entries.len()));
+    }
+    Ok(entries)
 }
 
 fn entry_follows(prev: &EpochEntry, next: &EpochEntry) -> bool {

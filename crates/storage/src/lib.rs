@@ -21,7 +21,7 @@ pub mod record;
 mod segment;
 
 pub use batch::{BatchHeader, Compression};
-pub use epoch::EpochEntry;
+pub use epoch::{EpochEntry, parse_epoch_checkpoint};
 pub use error::{BatchError, LogError};
 pub use log::{
     AppendInfo, BATCH_BYTES_LIMIT, BatchHeaders, Clock, DurableListener, FsyncPolicy, Log, LogConfig,

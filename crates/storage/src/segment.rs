@@ -583,10 +583,12 @@ impl Segment {
             below.map_or(self.base_offset, |e| self.base_offset + u64::from(e.relative_offset));
         let Some((start_pos, _)) = self.find_batch(start_offset)? else { return Ok(None) };
         // The entries were made with this index's own interval, whatever the config is now.
-        let window = self.time_index.interval();
+        // It comes from the file's header, so it may be anything but 0: a damaged one only
+        // widens the scan (up to the segment's end), it must not wrap the window around.
+        let window_end = start_pos.saturating_add(self.time_index.interval());
         let mut pos = start_pos;
         let mut hdr = [0u8; BATCH_HEADER_LEN];
-        while pos < self.size && pos < start_pos + window {
+        while pos < self.size && pos < window_end {
             self.file.read_exact_at(&mut hdr, pos).map_err(LogError::io("read segment", &self.path))?;
             let h = BatchHeader::parse(&hdr, STORED_BATCH_MAX)
                 .map_err(|source| self.corrupt(pos, start_offset, source))?;
@@ -759,6 +761,36 @@ mod tests {
         let meta = seg.file.metadata().unwrap();
         assert_eq!(meta.len(), seg.size());
         assert!(meta.blocks() * 512 <= 64 * 1024, "{} bytes still reserved", meta.blocks() * 512);
+    }
+
+    #[test]
+    fn a_time_index_claiming_a_huge_interval_still_finds_the_right_batch() {
+        // A sealed segment's time index header gives the interval that bounds the scan
+        // window, and with a damaged one `start + window` overflowed: a panic with overflow
+        // checks, a later batch than the right one without (reproduced through the `index`
+        // fuzz target).
+        let d = tempfile::tempdir().unwrap();
+        let mut seg = Segment::create(d.path(), 0, settings(256)).unwrap();
+        let stamps: Vec<i64> = (0..40).map(|i| 1000 + i * 10).collect();
+        for &ts in &stamps {
+            push(&mut seg, ts, 50);
+        }
+        assert!(seg.time_index.entries().len() < stamps.len() / 2, "entries are sparse");
+        seg.seal(true).unwrap();
+        drop(seg);
+        let path = d.path().join(file_name(0, TIME_INDEX_SUFFIX));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[8..16].copy_from_slice(&u64::MAX.to_be_bytes());
+        std::fs::write(&path, bytes).unwrap();
+        let (again, outcome) = Segment::open_sealed(d.path(), 0, settings(256)).unwrap();
+        assert!(matches!(outcome, Rebuilt::Clean), "the indexes still hold together");
+        assert_eq!(again.time_index.interval(), u64::MAX);
+        for (i, &ts) in stamps.iter().enumerate() {
+            for target in [ts - 5, ts] {
+                let found = again.find_by_timestamp(target).unwrap().map(|(_, h)| h.base_offset);
+                assert_eq!(found, Some(i as i64), "target {target}");
+            }
+        }
     }
 
     proptest! {
