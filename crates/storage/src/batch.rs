@@ -221,12 +221,14 @@ impl BatchHeader {
 
     /// Offset of the last record of the batch.
     pub fn last_offset(&self) -> i64 {
-        self.base_offset + i64::from(self.last_offset_delta)
+        // Saturating: a header from the network may claim a base offset near i64::MAX; the
+        // checks that compare these with the log's offsets then refuse it.
+        self.base_offset.saturating_add(i64::from(self.last_offset_delta))
     }
 
     /// The offset right after this batch.
     pub fn next_offset(&self) -> i64 {
-        self.last_offset() + 1
+        self.last_offset().saturating_add(1)
     }
 
     /// Number of offsets the batch occupies (last offset delta + 1).

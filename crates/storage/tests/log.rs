@@ -347,6 +347,12 @@ fn replicated_batches_keep_their_offsets_and_epochs() {
     let mut gap = batch_of(&["x"], 0);
     batch::set_base_offset(&mut gap, 7);
     assert!(follower.append_replicated(&gap).is_err());
+    // A batch whose base offset would end it past i64::MAX, then another: refused whole,
+    // without overflowing while checking that the second follows the first.
+    let mut two = batch_of(&["x", "y", "z"], 0);
+    batch::set_base_offset(&mut two, i64::MAX - 1);
+    two.extend_from_slice(&batch_of(&["w"], 0));
+    assert!(follower.append_replicated(&two).is_err());
     assert_eq!(follower.log_end(), 6);
     assert!(follower.append_replicated(&[]).unwrap().is_none());
 }
