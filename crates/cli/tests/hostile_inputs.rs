@@ -49,6 +49,20 @@ fn error_name(status: &tonic::Status) -> String {
     runnel_testkit::error_name(status)
 }
 
+/// One node started with `opts`, with topic `t` (one partition, one replica) led.
+async fn one_node_with_topic(opts: ClusterOpts) -> Cluster {
+    let cluster = Cluster::start(1, opts).unwrap_or_else(|e| panic!("cluster start: {e:#}"));
+    let request = pb::CreateTopicRequest {
+        name: "t".into(),
+        partitions: 1,
+        replication_factor: 1,
+        configs: Default::default(),
+    };
+    cluster.create_topic(1, request, Duration::from_secs(20)).await.unwrap_or_else(|e| panic!("{e:#}"));
+    cluster.wait_for_partition_leaders(1, "t", Duration::from_secs(20)).await.unwrap();
+    cluster
+}
+
 /// The node's peak resident set (`VmHWM`), in bytes.
 fn peak_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
@@ -62,16 +76,7 @@ fn peak_rss(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_are_refused_within_bounded_memory() {
-    let cluster = Cluster::start(1, ClusterOpts::new(env!("CARGO_BIN_EXE_runnel")))
-        .unwrap_or_else(|e| panic!("cluster start: {e:#}"));
-    let request = pb::CreateTopicRequest {
-        name: "t".into(),
-        partitions: 1,
-        replication_factor: 1,
-        configs: Default::default(),
-    };
-    cluster.create_topic(1, request, Duration::from_secs(20)).await.unwrap_or_else(|e| panic!("{e:#}"));
-    cluster.wait_for_partition_leaders(1, "t", Duration::from_secs(20)).await.unwrap();
+    let cluster = one_node_with_topic(ClusterOpts::new(env!("CARGO_BIN_EXE_runnel"))).await;
     let pid = cluster.node(1).pid().expect("node 1 runs");
     println!("node 1 peak RSS at the start: {:.1} MiB", peak_rss(pid) as f64 / (1 << 20) as f64);
     let mut client = cluster.broker_client(1).await.unwrap();
@@ -289,15 +294,7 @@ async fn ten_thousand_idle_streams_cost_bounded_memory_and_connections_are_cappe
     let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_runnel"));
     opts.internal_listener = true;
     opts.extra_args = vec!["--max-connections".into(), CONNECTIONS.to_string()];
-    let cluster = Cluster::start(1, opts).unwrap_or_else(|e| panic!("cluster start: {e:#}"));
-    let request = pb::CreateTopicRequest {
-        name: "t".into(),
-        partitions: 1,
-        replication_factor: 1,
-        configs: Default::default(),
-    };
-    cluster.create_topic(1, request, Duration::from_secs(20)).await.unwrap_or_else(|e| panic!("{e:#}"));
-    cluster.wait_for_partition_leaders(1, "t", Duration::from_secs(20)).await.unwrap();
+    let cluster = one_node_with_topic(opts).await;
     let pid = cluster.node(1).pid().expect("node 1 runs");
     let addr = cluster.node(1).grpc_addr();
 
@@ -398,15 +395,7 @@ async fn idle_producers_expire_and_a_flood_of_producer_ids_is_capped() {
         "--retention-check-interval-ms".into(),
         "200".into(),
     ];
-    let cluster = Cluster::start(1, opts).unwrap_or_else(|e| panic!("cluster start: {e:#}"));
-    let request = pb::CreateTopicRequest {
-        name: "t".into(),
-        partitions: 1,
-        replication_factor: 1,
-        configs: Default::default(),
-    };
-    cluster.create_topic(1, request, Duration::from_secs(20)).await.unwrap_or_else(|e| panic!("{e:#}"));
-    cluster.wait_for_partition_leaders(1, "t", Duration::from_secs(20)).await.unwrap();
+    let cluster = one_node_with_topic(opts).await;
     let mut client = cluster.broker_client(1).await.unwrap();
     // The flood's records are stamped 15 s ahead (within message.timestamp.after.max.ms), so
     // that none expires before the cap is checked, however slow the machine.

@@ -162,6 +162,44 @@ async fn fail_over_and_read_back(cluster: &mut Cluster, leader: u64, acked: &[(i
     assert_eq!(produce_acked(&mut client, next).await, next as i64, "produce after the failover");
 }
 
+/// A registration of `broker_id` that points its endpoints elsewhere, as a forger would.
+fn forged_registration(broker_id: u32) -> pb::RegisterBrokerRequest {
+    pb::RegisterBrokerRequest {
+        broker_id,
+        endpoints: Some(pb::BrokerEndpoints {
+            grpc: "10.9.9.9:1".into(),
+            kafka: "10.9.9.9:2".into(),
+            http: "10.9.9.9:3".into(),
+            internal: "10.9.9.9:4".into(),
+        }),
+        rack: String::new(),
+        incarnation_id: vec![7; 16],
+    }
+}
+
+/// A replica fetch of `t-0` in `follower`'s name claiming everything durable, which would
+/// raise the high watermark if the leader believed it.
+fn forged_fetch(
+    follower: u32,
+    follower_epoch: u64,
+    partition: &pb::PartitionInfo,
+) -> pb::ReplicaFetchRequest {
+    pb::ReplicaFetchRequest {
+        follower_id: follower,
+        follower_epoch,
+        partitions: vec![pb::ReplicaFetchPartition {
+            topic: "t".into(),
+            topic_id: Vec::new(),
+            partition: 0,
+            fetch_offset: RECORDS as u64,
+            last_fetched_epoch: partition.leader_epoch,
+            current_leader_epoch: partition.leader_epoch,
+            durable_end: u64::MAX,
+        }],
+        ..Default::default()
+    }
+}
+
 fn refused_as(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code, what: &str) -> tonic::Status {
     match result {
         Ok(answer) => panic!("{what} was served on the client listener: {answer:?}"),
@@ -209,20 +247,7 @@ async fn inter_node_calls_are_refused_on_the_client_listener() {
             "a Raft vote",
         );
         let mut replication = ReplicationServiceClient::new(client_channel.clone());
-        let fetch = pb::ReplicaFetchRequest {
-            follower_id: follower,
-            follower_epoch: epoch_of(follower),
-            partitions: vec![pb::ReplicaFetchPartition {
-                topic: "t".into(),
-                topic_id: Vec::new(),
-                partition: 0,
-                fetch_offset: RECORDS as u64,
-                last_fetched_epoch: before.leader_epoch,
-                current_leader_epoch: before.leader_epoch,
-                durable_end: u64::MAX,
-            }],
-            ..Default::default()
-        };
+        let fetch = forged_fetch(follower, epoch_of(follower), &before);
         let opened = replication.replica_fetch(tokio_stream::iter([fetch])).await;
         refused_as(opened.map(|_| ()), Code::Unimplemented, "a replica fetch");
 
@@ -231,18 +256,7 @@ async fn inter_node_calls_are_refused_on_the_client_listener() {
             let status = refused_as(result, Code::PermissionDenied, what);
             assert!(status.message().contains("internal listener"), "{what}: {status:?}");
         };
-        let register = pb::RegisterBrokerRequest {
-            broker_id: follower,
-            endpoints: Some(pb::BrokerEndpoints {
-                grpc: "10.9.9.9:1".into(),
-                kafka: "10.9.9.9:2".into(),
-                http: "10.9.9.9:3".into(),
-                internal: "10.9.9.9:4".into(),
-            }),
-            rack: String::new(),
-            incarnation_id: vec![7; 16],
-        };
-        denied(controller.register_broker(register).await.map(|_| ()), "RegisterBroker");
+        denied(controller.register_broker(forged_registration(follower)).await.map(|_| ()), "RegisterBroker");
         let heartbeat = pb::BrokerHeartbeatRequest {
             broker_id: follower,
             broker_epoch: epoch_of(follower),
@@ -384,17 +398,7 @@ async fn with_tls_no_node_speaks_for_another_and_strangers_are_refused() {
             "entries from the leader",
         );
         let mut controller = ControllerServiceClient::new(as_forger.clone());
-        let register = pb::RegisterBrokerRequest {
-            broker_id: leader as u32,
-            endpoints: Some(pb::BrokerEndpoints {
-                grpc: "10.9.9.9:1".into(),
-                kafka: "10.9.9.9:2".into(),
-                http: "10.9.9.9:3".into(),
-                internal: "10.9.9.9:4".into(),
-            }),
-            rack: String::new(),
-            incarnation_id: vec![7; 16],
-        };
+        let register = forged_registration(leader as u32);
         denied(controller.register_broker(register).await.map(|_| ()), "registering as the leader");
         let shrink = pb::AlterPartitionRequest {
             topic: "t".into(),
@@ -432,20 +436,7 @@ async fn with_tls_no_node_speaks_for_another_and_strangers_are_refused() {
         }
         if id == leader {
             let mut replication = ReplicationServiceClient::new(as_forger);
-            let fetch = pb::ReplicaFetchRequest {
-                follower_id: other as u32,
-                follower_epoch: epoch_of(other),
-                partitions: vec![pb::ReplicaFetchPartition {
-                    topic: "t".into(),
-                    topic_id: Vec::new(),
-                    partition: 0,
-                    fetch_offset: RECORDS as u64,
-                    last_fetched_epoch: before.leader_epoch,
-                    current_leader_epoch: before.leader_epoch,
-                    durable_end: u64::MAX,
-                }],
-                ..Default::default()
-            };
+            let fetch = forged_fetch(other as u32, epoch_of(other), &before);
             let mut answers =
                 replication.replica_fetch(tokio_stream::iter([fetch])).await.unwrap().into_inner();
             let answer = answers.message().await;
