@@ -22,9 +22,11 @@
 #
 # No Docker engine answering: says so loudly and exits 0, so the rest of CI runs.
 #
-# Environment: RUNNEL_TEST_PORT_OFFSET (default 10000) is added to the compose file's host
+# Environment: RUNNEL_TEST_PORT_OFFSET (default 11000) is added to the compose file's host
 # ports (Kafka 9092-9094, gRPC 50051-50053, HTTP 8081-8083), so the test does not collide
-# with a cluster of scripts/cluster.sh or a developer's own compose cluster; RUNNEL_BIN a
+# with a cluster of scripts/cluster.sh or a developer's own compose cluster; the default puts
+# every port outside Linux's ephemeral range (32768-60999), where an outgoing connection's
+# local port could already hold it (10000 put gRPC at 60051-60053, and CI once lost 60052); RUNNEL_BIN a
 # prebuilt binary (default: `cargo build --release -p runnel`); RUNNEL_KEEP=1 leaves the
 # cluster up on failure for a look (still removed on success).
 set -euo pipefail
@@ -71,7 +73,7 @@ fi
 
 project=runnel-dtest-$$
 image=runnel:dtest-$$
-offset=${RUNNEL_TEST_PORT_OFFSET:-10000}
+offset=${RUNNEL_TEST_PORT_OFFSET:-11000}
 kport() { echo $((9091 + $1 + offset)); }
 gport() { echo $((50050 + $1 + offset)); }
 hport() { echo $((8080 + $1 + offset)); }
