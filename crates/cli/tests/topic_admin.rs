@@ -233,3 +233,15 @@ async fn partitions_grow_and_config_changes_take_effect_on_the_brokers() {
 
     cluster.stop_all().expect("stop the nodes");
 }
+
+/// The controller's internal topics include the group coordinators' offsets topic, so no
+/// client deletes or grows the topic the broker writes commits to.
+#[test]
+fn the_offsets_topic_is_one_of_the_controllers_internal_topics() {
+    assert!(
+        runnel_controller::controller::service::INTERNAL_TOPICS
+            .contains(&runnel_broker::group::OFFSETS_TOPIC),
+        "{:?}",
+        runnel_controller::controller::service::INTERNAL_TOPICS
+    );
+}

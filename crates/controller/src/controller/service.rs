@@ -451,6 +451,24 @@ impl ControllerGrpcService {
     }
 }
 
+/// Topics the cluster runs on, which no client may delete or grow (Kafka's internal topics):
+/// the group coordinators' `__consumer_offsets`.
+pub const INTERNAL_TOPICS: [&str; 1] = ["__consumer_offsets"];
+
+/// Refuses a client's change to an internal topic with INVALID_TOPIC_EXCEPTION. Checked where
+/// the call arrives, not in the replicated state machine, so replaying old log entries gives
+/// the same image as before.
+fn refuse_internal(name: &str, what: &str) -> Result<(), Status> {
+    if INTERNAL_TOPICS.contains(&name) {
+        let refusal = crate::metadata::CommandError::new(
+            crate::metadata::ErrorCode::InvalidTopicException,
+            format!("{name} is an internal topic: it cannot be {what}"),
+        );
+        return Err(ControllerError::from(refusal).into());
+    }
+    Ok(())
+}
+
 /// `message` as a forwarded call, with a deadline covering the leader's own.
 fn forwarded<T>(message: T, write_timeout: Duration) -> Request<T> {
     let mut request = Request::new(message);
@@ -626,6 +644,7 @@ impl ControllerService for ControllerGrpcService {
         &self,
         request: Request<pb::DeleteTopicRequest>,
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
+        refuse_internal(&request.get_ref().name, "deleted")?;
         forward_unless_leader!(self, request, delete_topic);
         let command = Command::try_from(request.into_inner())?;
         match self.shared.propose(command).await?.outcome {
@@ -656,6 +675,8 @@ impl ControllerService for ControllerGrpcService {
         &self,
         request: Request<pb::CreatePartitionsRequest>,
     ) -> Result<Response<pb::CreatePartitionsResponse>, Status> {
+        // Its partition count decides every group's coordinator: growing it moves groups.
+        refuse_internal(&request.get_ref().name, "given more partitions")?;
         forward_unless_leader!(self, request, create_partitions);
         let request = request.into_inner();
         let validate_only = request.validate_only;

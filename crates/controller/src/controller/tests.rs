@@ -739,6 +739,21 @@ async fn topic_configs_and_partition_counts_change_through_any_node() -> anyhow:
             .expect_err("unknown topic");
         ensure!(status_error_code(&bad) == Some(ErrorCode::UnknownTopicOrPartition), "{bad:?}");
 
+        // The internal topic exists (a broker creates it) but no client deletes or grows it.
+        let internal = super::service::INTERNAL_TOPICS[0];
+        client.create_topic(create(internal, 1)).await?;
+        let bad = client
+            .create_partitions(pb::CreatePartitionsRequest { name: internal.into(), ..grow(5, false) })
+            .await
+            .expect_err("grew the internal topic");
+        ensure!(status_error_code(&bad) == Some(ErrorCode::InvalidTopicException), "{bad:?}");
+        let bad = client
+            .delete_topic(pb::DeleteTopicRequest { name: internal.into() })
+            .await
+            .expect_err("deleted the internal topic");
+        ensure!(status_error_code(&bad) == Some(ErrorCode::InvalidTopicException), "{bad:?}");
+        ensure!(bad.message().contains("internal topic"), "{bad:?}");
+
         // A watcher sees the config changes and the new partitions as deltas.
         let (mut configs_seen, mut partitions_seen) = (0, false);
         let mut version = image.version;
