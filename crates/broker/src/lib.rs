@@ -696,11 +696,12 @@ async fn watch_task(
     let own = config.internal_addr.as_ref().unwrap_or(&config.grpc_addr);
     let start = config.controllers.iter().position(|a| a == own).unwrap_or(config.id as usize);
     let mut controllers = Controllers::new(config.controllers.clone(), start);
+    let reach = ControllerSet::of(&config);
     let retry = config.heartbeat_interval.min(Duration::from_millis(200));
     loop {
         let addr = controllers.addrs[controllers.next].clone();
         let watched = async {
-            let mut client = ControllerSet::of(&config).client(&addr, config.request_timeout, false)?;
+            let mut client = reach.client(&addr, config.request_timeout, false)?;
             let mut stream = client.watch_metadata(pb::WatchMetadataRequest {}).await?.into_inner();
             while let Some(update) = stream.next().await {
                 let update = update?;

@@ -169,7 +169,14 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
             )
             .context("TLS")?;
             let incoming = CappedIncoming::new(listener, settings.max_connections, what);
-            grpc_tasks.push(tokio::spawn(serve_grpc(id, what, incoming, routes, server, cancel.clone())));
+            grpc_tasks.push(tokio::spawn(runnel_controller::controller::serve(
+                u64::from(id),
+                what,
+                incoming,
+                routes,
+                server,
+                cancel.clone(),
+            )));
         }
         None
     };
@@ -254,22 +261,6 @@ enum Planes {
     One(TcpListener, Routes),
     /// Inter-node calls on `internal`, client calls on `client` (`--internal-addr`).
     Split { internal: (TcpListener, Routes), client: (TcpListener, Routes) },
-}
-
-/// Serves `routes` on a broker-only node's `listener` until `stop`.
-async fn serve_grpc(
-    id: u32,
-    what: &'static str,
-    incoming: CappedIncoming,
-    routes: Routes,
-    mut server: tonic::transport::Server,
-    stop: CancellationToken,
-) {
-    let served =
-        server.add_routes(routes).serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await;
-    if let Err(e) = served {
-        tracing::error!("node {id}: {what} server failed: {e}");
-    }
 }
 
 /// The Kafka listeners for `addr`: the address itself and, for a loopback host, the other

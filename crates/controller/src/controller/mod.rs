@@ -27,6 +27,6 @@ pub use metrics::ControllerMetrics;
 pub use node::{
     Controller, ControllerConfig, GRPC_HEADER_LIST_BYTES_MAX, GRPC_KEEPALIVE_INTERVAL,
     GRPC_KEEPALIVE_TIMEOUT, GRPC_STREAMS_PER_CONNECTION_MAX, StartError, Voter, grpc_server, grpc_server_tls,
-    parse_voters,
+    parse_voters, serve,
 };
 pub use service::{ControllerGrpcService, ServiceConfig};

@@ -375,8 +375,9 @@ impl Controller {
     }
 }
 
-/// Serves `routes` on `listener` until `stop`.
-async fn serve(
+/// Serves `routes` with `server` on `incoming` until `stop`: every gRPC listener of a node,
+/// the controller's and a broker-only node's alike.
+pub async fn serve(
     id: NodeId,
     plane: &'static str,
     incoming: CappedIncoming,
@@ -386,7 +387,7 @@ async fn serve(
 ) {
     let served = server.add_routes(routes).serve_with_incoming_shutdown(incoming, stop.cancelled_owned());
     if let Err(e) = served.await {
-        tracing::error!("controller {id}: gRPC server ({plane} listener) failed: {e}");
+        tracing::error!("node {id}: gRPC server ({plane} listener) failed: {e}");
     }
 }
 
