@@ -1,8 +1,9 @@
 //! Topic administration for client front-ends: create and delete topics, change their
-//! configs and grow their partition counts through the controller quorum, with Kafka's
-//! error codes and no gRPC types in the API, so the Kafka listener's CreateTopics,
-//! DeleteTopics, IncrementalAlterConfigs, CreatePartitions and topic auto-creation share
-//! one path. What a topic's configs are now, defaults included, is the data plane's to say
+//! configs and grow their partition counts, and create and delete ACLs, through the
+//! controller quorum, with Kafka's error codes and no gRPC types in the API, so the Kafka
+//! listener's CreateTopics, DeleteTopics, IncrementalAlterConfigs, CreatePartitions,
+//! CreateAcls, DeleteAcls and topic auto-creation share one path. What a topic's configs are
+//! now, defaults included, is the data plane's to say
 //! ([`crate::DataPlane::describe_topic_configs`]).
 
 use std::collections::BTreeMap;
@@ -60,7 +61,8 @@ pub struct NewTopic {
     pub configs: BTreeMap<String, String>,
 }
 
-/// Creates, alters and deletes topics through the controller voters.
+/// Creates, alters and deletes topics, and creates and deletes ACLs, through the controller
+/// voters.
 #[derive(Debug, Clone)]
 pub struct TopicAdmin {
     controllers: crate::ControllerSet,
@@ -158,6 +160,52 @@ impl TopicAdmin {
         .map_err(|e| AdminError::from_status(&e))
     }
 
+    /// Adds ACL bindings (Kafka's CreateAcls), all in one controller call: bindings that
+    /// exist already stay as they are. The controller refuses the call whole with
+    /// INVALID_REQUEST (42) if a binding is invalid, or if there are none or too many. The
+    /// brokers authorize with the new bindings as they reach their metadata.
+    pub async fn create_acls(&self, acls: Vec<runnel_auth::AclBinding>) -> Result<(), AdminError> {
+        let request =
+            pb::CreateAclsRequest { acls: acls.iter().map(runnel_proto::security::acl_to_pb).collect() };
+        call_controller(&self.controllers, self.request_timeout, |mut c| {
+            let request = request.clone();
+            async move { c.create_acls(request).await }
+        })
+        .await
+        .map(|_: pb::CreateAclsResponse| ())
+        .map_err(|e| AdminError::from_status(&e))
+    }
+
+    /// Deletes every ACL binding one of `filters` matches (Kafka's DeleteAcls), all in one
+    /// controller call; returns the bindings deleted (each once, whichever filters matched
+    /// it). The controller refuses the call whole with INVALID_REQUEST (42) if there are no
+    /// filters or too many.
+    pub async fn delete_acls(
+        &self,
+        filters: Vec<runnel_auth::AclFilter>,
+    ) -> Result<Vec<runnel_auth::AclBinding>, AdminError> {
+        let request = pb::DeleteAclsRequest {
+            filters: filters.iter().map(runnel_proto::security::filter_to_pb).collect(),
+        };
+        let response = call_controller(&self.controllers, self.request_timeout, |mut c| {
+            let request = request.clone();
+            async move { c.delete_acls(request).await }
+        })
+        .await
+        .map_err(|e| AdminError::from_status(&e))?;
+        response
+            .deleted
+            .into_iter()
+            .map(|binding| {
+                runnel_proto::security::acl_from_pb(binding).map_err(|e| AdminError {
+                    code: -1,
+                    name: "UNKNOWN_SERVER_ERROR".into(),
+                    message: format!("the controller answered an invalid ACL binding: {e}"),
+                })
+            })
+            .collect()
+    }
+
     /// Waits until this broker's metadata satisfies `ready`, up to `timeout`; says whether
     /// it did.
     pub async fn wait_for_metadata(&self, timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
@@ -193,6 +241,19 @@ mod tests {
         let e = admin.alter_topic_config("t", set, vec![], false).await.unwrap_err();
         assert_eq!((e.code, e.name.as_str()), (7, "REQUEST_TIMED_OUT"), "{e}");
         let e = admin.create_partitions("t", 3, true).await.unwrap_err();
+        assert_eq!(e.code, 7, "{e}");
+        let acl = runnel_auth::AclBinding {
+            principal: "User:alice".into(),
+            host: "*".into(),
+            resource_type: runnel_auth::ResourceType::Topic,
+            resource_name: "orders".into(),
+            pattern_type: runnel_auth::PatternType::Literal,
+            operation: runnel_auth::Operation::Read,
+            permission: runnel_auth::Permission::Allow,
+        };
+        let e = admin.create_acls(vec![acl]).await.unwrap_err();
+        assert_eq!(e.code, 7, "{e}");
+        let e = admin.delete_acls(vec![runnel_auth::AclFilter::default()]).await.unwrap_err();
         assert_eq!(e.code, 7, "{e}");
     }
 }

@@ -2,7 +2,9 @@
 //! `WatchMetadata` stream (a full image, then deltas tagged with the metadata version).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use runnel_auth::Security;
 use runnel_proto::pb::runnel::v1 as pb;
 
 /// A broker as this broker knows it.
@@ -78,6 +80,8 @@ pub struct MetadataCache {
     pub brokers: BTreeMap<u32, BrokerEntry>,
     /// Topics by name.
     pub topics: BTreeMap<String, TopicEntry>,
+    /// The users and ACLs (shared: replaced whole, never changed in place).
+    pub security: Arc<Security>,
 }
 
 fn broker(info: &pb::BrokerInfo) -> BrokerEntry {
@@ -94,6 +98,11 @@ fn broker(info: &pb::BrokerInfo) -> BrokerEntry {
         rack: info.rack.clone(),
         fenced: info.fenced,
     }
+}
+
+fn security(state: &pb::SecurityState) -> Result<Security, CacheError> {
+    runnel_proto::security::security_from_pb(state.clone())
+        .map_err(|e| CacheError::Malformed(format!("users and ACLs: {e}")))
 }
 
 fn partition(info: &pb::PartitionInfo) -> PartitionEntry {
@@ -122,6 +131,10 @@ impl MetadataCache {
             Some(Update::Image(image)) => {
                 self.brokers = image.brokers.iter().map(|b| (b.broker_id, broker(b))).collect();
                 self.topics = image.topics.iter().map(|t| (t.name.clone(), topic(t))).collect();
+                self.security = match &image.security {
+                    Some(state) => Arc::new(security(state)?),
+                    None => Arc::default(),
+                };
                 self.version = update.version;
                 self.loaded = true;
                 Ok(())
@@ -191,6 +204,7 @@ impl MetadataCache {
                 })?;
                 *slot = partition(state);
             }
+            Some(Change::SecurityChanged(state)) => self.security = Arc::new(security(state)?),
             None => return Err(CacheError::Malformed("an empty delta".into())),
         }
         Ok(())
@@ -224,7 +238,8 @@ mod tests {
     fn an_image_then_deltas_then_a_new_image() {
         let mut cache = MetadataCache::default();
         assert!(cache.apply(&deltas(3, vec![])).is_err(), "deltas before an image");
-        let image = pb::MetadataImage { brokers: vec![broker_info(1, 2, true)], topics: vec![] };
+        let image =
+            pb::MetadataImage { brokers: vec![broker_info(1, 2, true)], topics: vec![], security: None };
         cache.apply(&pb::MetadataUpdate { version: 2, update: Some(Update::Image(image)) }).unwrap();
         assert!(cache.brokers[&1].fenced);
 
@@ -272,7 +287,7 @@ mod tests {
         cache.apply(&deltas(7, vec![Change::TopicDeleted(topic_ref("t"))])).unwrap();
         assert!(cache.topics.is_empty());
 
-        let image = pb::MetadataImage { brokers: vec![], topics: vec![] };
+        let image = pb::MetadataImage { brokers: vec![], topics: vec![], security: None };
         cache.apply(&pb::MetadataUpdate { version: 9, update: Some(Update::Image(image)) }).unwrap();
         assert!(cache.brokers.is_empty() && cache.version == 9);
     }
@@ -293,7 +308,11 @@ mod tests {
             partitions: vec![one.clone()],
             ..Default::default()
         };
-        let image = pb::MetadataImage { brokers: vec![broker_info(1, 1, false)], topics: vec![topic] };
+        let image = pb::MetadataImage {
+            brokers: vec![broker_info(1, 1, false)],
+            topics: vec![topic],
+            security: None,
+        };
         cache.apply(&pb::MetadataUpdate { version: 2, update: Some(Update::Image(image)) }).unwrap();
 
         let added = |first: u32, n: u32| {
@@ -319,5 +338,28 @@ mod tests {
         });
         let mut fresh = cache.clone();
         assert!(matches!(fresh.apply(&deltas(4, vec![other])), Err(CacheError::Malformed(_))));
+    }
+
+    #[test]
+    fn users_and_acls_come_with_the_image_and_are_replaced_whole_by_a_delta() {
+        use runnel_auth::scram::{Mechanism, ScramCredential};
+        let mut security = Security::default();
+        let credential = ScramCredential::from_salt(Mechanism::ScramSha256, "pw", b"salt", 4096);
+        security.users.entry("alice".into()).or_default().insert(credential.mechanism, credential);
+        let state = runnel_proto::security::security_to_pb(&security);
+        let mut cache = MetadataCache::default();
+        let image = pb::MetadataImage { brokers: vec![], topics: vec![], security: Some(state) };
+        cache.apply(&pb::MetadataUpdate { version: 2, update: Some(Update::Image(image)) }).unwrap();
+        assert_eq!(*cache.security, security);
+        cache.apply(&deltas(3, vec![Change::SecurityChanged(pb::SecurityState::default())])).unwrap();
+        assert!(cache.security.users.is_empty(), "the delta is the whole new state");
+        // A credential that is not valid is refused, not stored.
+        let mut bad = runnel_proto::security::security_to_pb(&security);
+        bad.users[0].credentials[0].iterations = 1;
+        assert!(cache.apply(&deltas(4, vec![Change::SecurityChanged(bad)])).is_err());
+        // A client listener's watch sends no security: an image without it means none.
+        let image = pb::MetadataImage { brokers: vec![], topics: vec![], security: None };
+        cache.apply(&pb::MetadataUpdate { version: 5, update: Some(Update::Image(image)) }).unwrap();
+        assert!(cache.security.users.is_empty());
     }
 }

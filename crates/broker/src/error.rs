@@ -46,6 +46,12 @@ pub enum ErrorCode {
     NotEnoughReplicas,
     /// 20: appended, but the ISR shrank below min.insync.replicas before it was replicated.
     NotEnoughReplicasAfterAppend,
+    /// 29: the caller may not do this to the topic (ACLs).
+    TopicAuthorizationFailed,
+    /// 30: the caller may not do this to the consumer group (ACLs).
+    GroupAuthorizationFailed,
+    /// 31: the caller may not do this to the cluster (ACLs).
+    ClusterAuthorizationFailed,
     /// 32: a record's timestamp is outside `message.timestamp.{before,after}.max.ms` of now.
     InvalidTimestamp,
     /// 42: the request is malformed.
@@ -81,6 +87,9 @@ impl ErrorCode {
             ErrorCode::InvalidTopic => 17,
             ErrorCode::NotEnoughReplicas => 19,
             ErrorCode::NotEnoughReplicasAfterAppend => 20,
+            ErrorCode::TopicAuthorizationFailed => 29,
+            ErrorCode::GroupAuthorizationFailed => 30,
+            ErrorCode::ClusterAuthorizationFailed => 31,
             ErrorCode::InvalidTimestamp => 32,
             ErrorCode::InvalidRequest => 42,
             ErrorCode::OutOfOrderSequenceNumber => 45,
@@ -106,6 +115,9 @@ impl ErrorCode {
             ErrorCode::InvalidTopic => "INVALID_TOPIC_EXCEPTION",
             ErrorCode::NotEnoughReplicas => "NOT_ENOUGH_REPLICAS",
             ErrorCode::NotEnoughReplicasAfterAppend => "NOT_ENOUGH_REPLICAS_AFTER_APPEND",
+            ErrorCode::TopicAuthorizationFailed => "TOPIC_AUTHORIZATION_FAILED",
+            ErrorCode::GroupAuthorizationFailed => "GROUP_AUTHORIZATION_FAILED",
+            ErrorCode::ClusterAuthorizationFailed => "CLUSTER_AUTHORIZATION_FAILED",
             ErrorCode::InvalidTimestamp => "INVALID_TIMESTAMP",
             ErrorCode::InvalidRequest => "INVALID_REQUEST",
             ErrorCode::OutOfOrderSequenceNumber => "OUT_OF_ORDER_SEQUENCE_NUMBER",
@@ -136,6 +148,9 @@ impl ErrorCode {
             | ErrorCode::FencedLeaderEpoch
             | ErrorCode::UnknownLeaderEpoch => Code::Unavailable,
             ErrorCode::RequestTimedOut => Code::DeadlineExceeded,
+            ErrorCode::TopicAuthorizationFailed
+            | ErrorCode::GroupAuthorizationFailed
+            | ErrorCode::ClusterAuthorizationFailed => Code::PermissionDenied,
             // Retrying the same batch cannot succeed: the producer has to act.
             ErrorCode::OutOfOrderSequenceNumber | ErrorCode::InvalidProducerEpoch => Code::FailedPrecondition,
         }
@@ -191,7 +206,10 @@ impl Refusal<'_> {
             | ErrorCode::InvalidRequest
             | ErrorCode::InvalidTopic
             | ErrorCode::InvalidProducerEpoch
-            | ErrorCode::OutOfOrderSequenceNumber => tracing::info!(
+            | ErrorCode::OutOfOrderSequenceNumber
+            | ErrorCode::TopicAuthorizationFailed
+            | ErrorCode::GroupAuthorizationFailed
+            | ErrorCode::ClusterAuthorizationFailed => tracing::info!(
                 protocol, api, client = %client, topic, partition, error_code = code, error = name,
                 "request refused: {message}"
             ),
@@ -258,6 +276,23 @@ impl BrokerError {
     /// Shorthand for INVALID_REQUEST.
     pub fn invalid(message: impl Into<String>) -> Self {
         BrokerError::new(ErrorCode::InvalidRequest, message)
+    }
+
+    /// The caller (`principal`) may not do `operation` on the resource: Kafka's
+    /// TOPIC_, GROUP_ or CLUSTER_AUTHORIZATION_FAILED.
+    pub fn unauthorized(
+        principal: &runnel_auth::Principal,
+        operation: runnel_auth::acl::Operation,
+        resource_type: runnel_auth::acl::ResourceType,
+        name: &str,
+    ) -> Self {
+        use runnel_auth::acl::ResourceType;
+        let code = match resource_type {
+            ResourceType::Topic => ErrorCode::TopicAuthorizationFailed,
+            ResourceType::Group => ErrorCode::GroupAuthorizationFailed,
+            ResourceType::Cluster | ResourceType::TransactionalId => ErrorCode::ClusterAuthorizationFailed,
+        };
+        BrokerError::new(code, format!("{principal} is not authorized to {operation} {resource_type} {name}"))
     }
 
     /// The error as a `pb::Error`.

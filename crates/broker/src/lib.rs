@@ -82,6 +82,9 @@ pub struct BrokerConfig {
     pub replica_lag_time: Duration,
     /// Partitions of `__consumer_offsets` when this broker is the one to create it.
     pub offsets_topic_partitions: u32,
+    /// When set, the users and ACLs of each metadata update go into this store (the Kafka
+    /// listener and the client gRPC API authenticate and authorize against it).
+    pub auth: Option<Arc<runnel_auth::AuthStore>>,
 }
 
 /// The broker's standing with the controller, for readiness and metrics.
@@ -698,6 +701,8 @@ async fn watch_task(
     let mut controllers = Controllers::new(config.controllers.clone(), start);
     let reach = ControllerSet::of(&config);
     let retry = config.heartbeat_interval.min(Duration::from_millis(200));
+    // The users and ACLs last put in the store.
+    let mut fed: Arc<runnel_auth::Security> = Arc::default();
     loop {
         let addr = controllers.addrs[controllers.next].clone();
         let watched = async {
@@ -705,11 +710,17 @@ async fn watch_task(
             let mut stream = client.watch_metadata(pb::WatchMetadataRequest {}).await?.into_inner();
             while let Some(update) = stream.next().await {
                 let update = update?;
-                let version = {
+                let (version, security) = {
                     let mut cache = cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
                     cache.apply(&update).map_err(|e| tonic::Status::data_loss(e.to_string()))?;
-                    cache.version
+                    (cache.version, Arc::clone(&cache.security))
                 };
+                if let Some(store) = &config.auth
+                    && !Arc::ptr_eq(&security, &fed)
+                {
+                    store.set((*security).clone());
+                    fed = security;
+                }
                 status.send_modify(|s| s.metadata_version = version);
             }
             Err::<(), _>(tonic::Status::unavailable("the metadata stream ended"))

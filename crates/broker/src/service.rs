@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::{FuturesOrdered, StreamExt};
+use runnel_auth::acl::{CLUSTER_RESOURCE_NAME, Operation, ResourceType};
 use runnel_proto::pb::runnel::v1 as pb;
 use runnel_proto::pb::runnel::v1::broker_service_server::{BrokerService, BrokerServiceServer};
+use runnel_proto::security::{Caller, caller};
 use runnel_storage::BATCH_BYTES_LIMIT;
 use runnel_storage::batch::BatchIter;
 use runnel_storage::record::{DecodeLimits, Header, NewRecord, decode_batch};
@@ -360,6 +362,22 @@ impl BrokerGrpc {
     }
 }
 
+/// Ok unless authentication is on where the call came in and `caller` may not do
+/// `operation` on the resource.
+pub fn authorized(
+    caller: Option<&Caller>,
+    operation: Operation,
+    resource_type: ResourceType,
+    name: &str,
+) -> Result<(), BrokerError> {
+    match caller {
+        Some(c) if !c.allowed(operation, resource_type, name) => {
+            Err(BrokerError::unauthorized(&c.principal, operation, resource_type, name))
+        }
+        _ => Ok(()),
+    }
+}
+
 type BoxStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -370,9 +388,11 @@ impl BrokerService for BrokerGrpc {
     ) -> Result<Response<pb::ProduceResponse>, Status> {
         let started = Instant::now();
         let client = Client::of(&request);
+        let allowed =
+            authorized(caller(&request), Operation::Write, ResourceType::Topic, &request.get_ref().topic);
         let request = request.into_inner();
         let (topic, partition) = (request.topic.clone(), request.partition);
-        let result = match append_request(request) {
+        let result = match allowed.and_then(|()| append_request(request)) {
             Ok(request) => self.plane.produce(request).await,
             Err(e) => Err(e),
         };
@@ -392,6 +412,7 @@ impl BrokerService for BrokerGrpc {
         request: Request<Streaming<pb::ProduceStreamRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
         let client = Client::of(&request);
+        let caller = caller(&request).cloned();
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(PRODUCE_STREAM_IN_FLIGHT_MAX);
         let plane = Arc::clone(&self.plane);
@@ -410,7 +431,9 @@ impl BrokerService for BrokerGrpc {
                                 let (topic, partition) =
                                     message.request.as_ref().map_or_else(|| (String::new(), 0), |r| (r.topic.clone(), r.partition));
                                 let appended = match message.request {
-                                    Some(request) => append_request(request).and_then(|r| plane.append(r)),
+                                    Some(request) => authorized(caller.as_ref(), Operation::Write, ResourceType::Topic, &topic)
+                                        .and_then(|()| append_request(request))
+                                        .and_then(|r| plane.append(r)),
                                     None => Err(BrokerError::invalid("a stream request needs a request")),
                                 };
                                 let plane = Arc::clone(&plane);
@@ -453,6 +476,7 @@ impl BrokerService for BrokerGrpc {
 
     async fn fetch(&self, request: Request<pb::FetchRequest>) -> Result<Response<pb::FetchResponse>, Status> {
         let client = Client::of(&request);
+        authorized(caller(&request), Operation::Read, ResourceType::Topic, &request.get_ref().topic)?;
         let r = request.into_inner();
         let (max_bytes, max_wait, format) = validated_fetch(r.max_bytes, r.max_wait_ms, r.format)?;
         let read = PartitionRead {
@@ -474,6 +498,7 @@ impl BrokerService for BrokerGrpc {
         request: Request<pb::FetchStreamRequest>,
     ) -> Result<Response<Self::FetchStreamStream>, Status> {
         let client = Client::of(&request);
+        authorized(caller(&request), Operation::Read, ResourceType::Topic, &request.get_ref().topic)?;
         let r = request.into_inner();
         let (max_bytes, _, format) = validated_fetch(r.max_bytes, 0, r.format)?;
         // The first read answers errors (unknown topic, bad offset) as the call's status.
@@ -521,13 +546,26 @@ impl BrokerService for BrokerGrpc {
         &self,
         request: Request<pb::ListOffsetsRequest>,
     ) -> Result<Response<pb::ListOffsetsResponse>, Status> {
+        authorized(caller(&request), Operation::Describe, ResourceType::Topic, &request.get_ref().topic)?;
         Ok(Response::new(list_offsets(&self.plane, request.get_ref())?))
     }
 
     async fn init_producer_id(
         &self,
-        _request: Request<pb::InitProducerIdRequest>,
+        request: Request<pb::InitProducerIdRequest>,
     ) -> Result<Response<pb::InitProducerIdResponse>, Status> {
+        // As Kafka since 3.0 (KIP-679): IDEMPOTENT_WRITE on the cluster, or WRITE on some topic.
+        if let Some(c) = caller(&request)
+            && !c.may_produce_idempotently()
+        {
+            return Err(BrokerError::unauthorized(
+                &c.principal,
+                Operation::IdempotentWrite,
+                ResourceType::Cluster,
+                CLUSTER_RESOURCE_NAME,
+            )
+            .into());
+        }
         let (producer_id, producer_epoch) = self.plane.init_producer_id().await?;
         Ok(Response::new(pb::InitProducerIdResponse {
             producer_id,
@@ -539,7 +577,27 @@ impl BrokerService for BrokerGrpc {
         &self,
         request: Request<pb::MetadataRequest>,
     ) -> Result<Response<pb::MetadataResponse>, Status> {
-        Ok(Response::new(metadata(&self.plane, request.get_ref())?))
+        let mut response = metadata(&self.plane, request.get_ref())?;
+        if let Some(c) = caller(&request) {
+            // As Kafka: listing shows only the topics the caller may describe; a topic asked
+            // for by name that it may not is TOPIC_AUTHORIZATION_FAILED.
+            let listing = request.get_ref().topics.is_empty();
+            response.topics = std::mem::take(&mut response.topics)
+                .into_iter()
+                .filter_map(|t| {
+                    match authorized(Some(c), Operation::Describe, ResourceType::Topic, &t.name) {
+                        Ok(()) => Some(t),
+                        Err(_) if listing => None,
+                        Err(e) => Some(pb::TopicMetadata {
+                            name: t.name,
+                            error: Some(e.to_proto()),
+                            ..Default::default()
+                        }),
+                    }
+                })
+                .collect();
+        }
+        Ok(Response::new(response))
     }
 }
 

@@ -33,15 +33,40 @@ pub(crate) struct ClientArgs {
     /// TLS, trusting it [default: plaintext].
     #[arg(long, global = true, env = "RUNNEL_TLS_CA")]
     pub(crate) tls_ca: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub(crate) login: Login,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
     pub(crate) output: Output,
 }
 
 impl ClientArgs {
-    /// `--bootstrap` and `--tls-ca`, read.
+    /// `--bootstrap`, `--tls-ca` and the credentials, read.
     pub(crate) fn target(&self) -> anyhow::Result<Target> {
-        Target::new(&self.bootstrap, self.tls_ca.as_deref())
+        Target::new(&self.bootstrap, self.tls_ca.as_deref(), &self.login)
+    }
+}
+
+/// Who the command authenticates as, on a cluster started with `--auth`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct Login {
+    /// The user to authenticate as (a cluster with --auth) [default: none].
+    #[arg(long, global = true, env = "RUNNEL_USER", requires = "password")]
+    pub(crate) user: Option<String>,
+    /// Its password; prefer the RUNNEL_PASSWORD environment variable to the flag, which
+    /// other users of the host can see.
+    #[arg(long, global = true, env = "RUNNEL_PASSWORD", hide_env_values = true, requires = "user")]
+    pub(crate) password: Option<String>,
+}
+
+impl Login {
+    /// The credentials to send.
+    pub(crate) fn credentials(&self) -> anyhow::Result<runnel_proto::security::Credentials> {
+        match (&self.user, &self.password) {
+            (Some(user), Some(password)) => runnel_proto::security::Credentials::basic(user, password)
+                .map_err(|e| anyhow::anyhow!("--user: {e}")),
+            _ => Ok(runnel_proto::security::Credentials::none()),
+        }
     }
 }
 
@@ -51,11 +76,16 @@ impl ClientArgs {
 pub(crate) struct Target {
     addrs: Vec<String>,
     tls: Option<tonic::transport::ClientTlsConfig>,
+    credentials: runnel_proto::security::Credentials,
 }
 
 impl Target {
     /// `bootstrap` (`host:port[,...]`), over TLS trusting the CA in `tls_ca` when given.
-    pub(crate) fn new(bootstrap: &str, tls_ca: Option<&std::path::Path>) -> anyhow::Result<Target> {
+    pub(crate) fn new(
+        bootstrap: &str,
+        tls_ca: Option<&std::path::Path>,
+        login: &Login,
+    ) -> anyhow::Result<Target> {
         let tls = match tls_ca {
             Some(path) => {
                 let pem = anyhow::Context::with_context(std::fs::read(path), || {
@@ -68,7 +98,12 @@ impl Target {
             }
             None => None,
         };
-        Ok(Target { addrs: self::bootstrap(bootstrap), tls })
+        Ok(Target { addrs: self::bootstrap(bootstrap), tls, credentials: login.credentials()? })
+    }
+
+    /// The credentials sent with every call.
+    pub(crate) fn credentials(&self) -> runnel_proto::security::Credentials {
+        self.credentials.clone()
     }
 
     /// The TLS to use (the CA to trust), if any.
@@ -78,17 +113,21 @@ impl Target {
 
     /// An admin client of the controllers.
     pub(crate) fn admin(&self) -> Admin {
-        Admin::new(self.addrs.clone()).with_tls(self.tls.clone())
+        Admin::new(self.addrs.clone()).with_tls(self.tls.clone()).with_credentials(self.credentials.clone())
     }
 
     /// A router over the brokers.
     pub(crate) fn router(&self) -> runnel_client::router::Router {
-        runnel_client::router::Router::new(self.addrs.clone()).with_tls(self.tls.clone())
+        runnel_client::router::Router::new(self.addrs.clone())
+            .with_tls(self.tls.clone())
+            .with_credentials(self.credentials.clone())
     }
 
     /// Group `group`'s coordinator.
     pub(crate) fn coordinator(&self, group: &str) -> runnel_client::coordinator::Coordinator {
-        runnel_client::coordinator::Coordinator::new(self.addrs.clone(), group).with_tls(self.tls.clone())
+        runnel_client::coordinator::Coordinator::new(self.addrs.clone(), group)
+            .with_tls(self.tls.clone())
+            .with_credentials(self.credentials.clone())
     }
 }
 

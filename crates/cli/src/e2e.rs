@@ -131,6 +131,7 @@ async fn e2e(args: &E2eArgs) -> Result<Value, ClientError> {
     // The consumer first: assigned every partition, at the log end.
     let mut config = ConsumerConfig::new(bootstrap).with_group(format!("runnel-e2e-{}", std::process::id()));
     config.tls = target.tls();
+    config.credentials = target.credentials();
     config.client_id = "runnel-bench-e2e".into();
     config.auto_offset_reset = OffsetReset::Latest;
     config.enable_auto_commit = false;
@@ -165,6 +166,7 @@ async fn e2e(args: &E2eArgs) -> Result<Value, ClientError> {
     let start = Instant::now();
     let mut config = ProducerConfig::new(target.to_vec());
     config.tls = target.tls();
+    config.credentials = target.credentials();
     config.client_id = "runnel-bench-e2e".into();
     config.acks = args.acks.to_client();
     config.idempotence = args.idempotence.unwrap_or(args.acks == Acks::All);

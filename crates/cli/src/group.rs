@@ -132,6 +132,7 @@ pub(crate) fn run_group_consume(
     let Some(group_id) = group.group.clone() else { anyhow::bail!("--group is required") };
     let mut config = ConsumerConfig::new(target.to_vec()).with_group(group_id);
     config.tls = target.tls();
+    config.credentials = target.credentials();
     config.client_id = group.client_id.clone();
     config.auto_offset_reset = if from_beginning { OffsetReset::Earliest } else { OffsetReset::Latest };
     config.session_timeout = Duration::from_millis(u64::from(group.session_timeout_ms));

@@ -15,6 +15,7 @@ mod e2e;
 mod group;
 mod healthcheck;
 mod node;
+mod security;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -83,6 +84,20 @@ enum Command {
     /// TLS certificates for a cluster.
     #[command(subcommand)]
     Tls(TlsCommand),
+    /// Users of a cluster started with --auth: create (or change a password), delete, list.
+    User {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(subcommand)]
+        command: security::UserCommand,
+    },
+    /// ACLs of a cluster started with --auth (Kafka's model): add, remove, list.
+    Acl {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(subcommand)]
+        command: security::AclCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -295,6 +310,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench(command) => data::cli::run_bench(command),
         Command::Group { client, command } => group::run(client, command),
         Command::Healthcheck(args) => healthcheck::run(args),
+        Command::User { client, command } => security::run_user(client, command),
+        Command::Acl { client, command } => security::run_acl(client, command),
         Command::Tls(TlsCommand::Generate { dir, nodes, hosts }) => {
             let hosts = if hosts.is_empty() {
                 vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()]

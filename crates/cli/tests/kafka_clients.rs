@@ -11,6 +11,7 @@
 //! | `kafka_bad_input` | `kafka_bad_input_test.py` | oversized, truncated and garbage frames, an unknown API key, a bad CRC: each answered, the node still serving |
 //! | `aiokafka_client` | `aiokafka_test.py` | aiokafka's idempotent producer to an auto-created topic, a group's read, commit and resume |
 //! | `auto_creation_off` | `kafka_auto_create_off_test.py` | with `--auto-create-topics-enable false`, neither Metadata nor Produce creates a topic; CreateTopics does |
+//! | `kafka_clients_with_sasl_and_acls` | `kafka_sasl_test.py` | `--auth`: SCRAM-SHA-256/512 and PLAIN over TLS with kafka-python and librdkafka, each user held to its ACLs; no SASL or a wrong password refused |
 //! | `kafka_admin_and_kip848` | `kafka_admin_test.py` | CreatePartitions, DescribeConfigs, IncrementalAlterConfigs taking effect, a KIP-848 group of two, List/Describe/DeleteGroups |
 //!
 //! The scripts print one line per check and a summary; a failing test prints all of it and
@@ -193,6 +194,70 @@ fn kafka_clients_over_tls() {
     let ca = setup.cluster.root().join("tls").join("ca.pem").display().to_string();
     let args = vec!["--bootstrap".into(), setup.kafka_bootstrap(), "--ca".into(), ca];
     setup.run_script("kafka_tls_test.py", &args, Duration::from_secs(150));
+    setup.finish();
+}
+
+/// SASL and ACLs (`runnel node --auth`) over TLS (a listener named SASL_SSL): users and ACLs
+/// made with `runnel user` and `runnel acl`; kafka-python (SCRAM-SHA-256, PLAIN) and librdkafka
+/// (SCRAM-SHA-512, an idempotent producer, a group) each do what their user's ACLs allow and
+/// are refused the rest; no SASL and a wrong password get nowhere.
+#[test]
+fn kafka_clients_with_sasl_and_acls() {
+    let Some(setup) = Setup::start_opts("kafka_clients_with_sasl_and_acls", |opts| {
+        opts.tls = true;
+        opts.internal_listener = true;
+        opts.kafka_listener_name = Some("SASL_SSL".into());
+        opts.extra_args = vec!["--auth".into()];
+    }) else {
+        return;
+    };
+    let ca = setup.cluster.root().join("tls").join("ca.pem").display().to_string();
+    let runnel = |args: &[&str]| {
+        let mut full = args.to_vec();
+        full.extend(["--tls-ca", &ca]);
+        let out = setup.cluster.runnel(&full);
+        assert!(out.success(), "runnel {args:?}: {out:?}");
+    };
+    let admin = |args: &[&str]| {
+        let mut full = args.to_vec();
+        full.extend(["--user", "admin", "--password", "admin-secret"]);
+        runnel(&full);
+    };
+    let (topic, other, group) = ("sasl-orders", "sasl-secret", "sasl-group");
+    // The first administrator, from loopback without credentials; then everything as admin.
+    runnel(&["user", "create", "admin", "--user-password", "admin-secret"]);
+    // The admin's credential reaches the node that answers before it can act: retry briefly.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut args = vec!["topic", "create", topic, "--partitions", "1", "--replication-factor", "3"];
+        args.extend(["--user", "admin", "--password", "admin-secret", "--tls-ca", &ca]);
+        let out = setup.cluster.runnel(&args);
+        if out.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the admin could not create {topic}: {out:?}");
+        std::thread::sleep(POLL_INTERVAL * 5);
+    }
+    admin(&["topic", "create", other, "--partitions", "1", "--replication-factor", "3"]);
+    admin(&["user", "create", "alice", "--user-password", "alice-secret"]);
+    admin(&["user", "create", "reader", "--user-password", "reader-secret"]);
+    admin(&["acl", "add", "--principal", "User:alice", "--operation", "read,write", "--topic", topic]);
+    admin(&["acl", "add", "--principal", "User:alice", "--operation", "read", "--group", group]);
+    admin(&["acl", "add", "--principal", "User:reader", "--operation", "read", "--topic", topic]);
+    admin(&["acl", "add", "--principal", "User:reader", "--operation", "read", "--group", group]);
+    let args: Vec<String> = [
+        ("--bootstrap", setup.kafka_bootstrap()),
+        ("--ca", ca.clone()),
+        ("--topic", topic.into()),
+        ("--other", other.into()),
+        ("--group", group.into()),
+        ("--password-alice", "alice-secret".into()),
+        ("--password-reader", "reader-secret".into()),
+    ]
+    .into_iter()
+    .flat_map(|(flag, value)| [flag.to_owned(), value])
+    .collect();
+    setup.run_script("kafka_sasl_test.py", &args, Duration::from_secs(180));
     setup.finish();
 }
 

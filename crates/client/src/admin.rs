@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use runnel_proto::pb::runnel::v1 as pb;
 use runnel_proto::pb::runnel::v1::controller_service_client::ControllerServiceClient;
-use tonic::transport::Channel;
+use runnel_proto::security::{AuthChannel, Credentials};
 
 use crate::error::{ClientError, code, unreachable};
 
@@ -256,14 +256,16 @@ impl From<pb::DescribeClusterResponse> for ClusterDescription {
 #[derive(Debug)]
 pub struct Admin {
     bootstrap: Vec<String>,
-    clients: Mutex<HashMap<String, ControllerServiceClient<Channel>>>,
+    clients: Mutex<HashMap<String, ControllerServiceClient<AuthChannel>>>,
     tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Sent with every call.
+    credentials: Credentials,
 }
 
 impl Admin {
     /// An admin client for the controllers at `bootstrap` (`host:port`), tried in order.
     pub fn new(bootstrap: Vec<String>) -> Self {
-        Admin { bootstrap, clients: Mutex::new(HashMap::new()), tls: None }
+        Admin { bootstrap, clients: Mutex::new(HashMap::new()), tls: None, credentials: Credentials::none() }
     }
 
     /// The same admin, reaching the controllers over TLS with `tls` (their CA).
@@ -272,7 +274,13 @@ impl Admin {
         self
     }
 
-    fn client(&self, addr: &str) -> Result<ControllerServiceClient<Channel>, tonic::Status> {
+    /// The same, sending `credentials` with every call (a cluster with `--auth`).
+    pub fn with_credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = credentials;
+        self
+    }
+
+    fn client(&self, addr: &str) -> Result<ControllerServiceClient<AuthChannel>, tonic::Status> {
         let mut clients = self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
@@ -281,7 +289,8 @@ impl Admin {
             .map_err(|e| tonic::Status::invalid_argument(format!("bad address {addr:?}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
             .connect_lazy();
-        let client = ControllerServiceClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX);
+        let client = ControllerServiceClient::with_interceptor(channel, self.credentials.clone())
+            .max_decoding_message_size(RESPONSE_BYTES_MAX);
         clients.insert(addr.to_owned(), client.clone());
         Ok(client)
     }
@@ -291,7 +300,7 @@ impl Admin {
     /// once, any other error is the answer.
     async fn call<T, F, Fut>(&self, addrs: &[String], timeout: Duration, mut op: F) -> Result<T, ClientError>
     where
-        F: FnMut(ControllerServiceClient<Channel>) -> Fut,
+        F: FnMut(ControllerServiceClient<AuthChannel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let mut addrs = addrs.to_vec();
@@ -411,6 +420,101 @@ impl Admin {
             .collect()
     }
 
+    /// Creates user `name`, or replaces its credentials for `mechanisms`, from `password`:
+    /// the SCRAM credentials (a random salt, the stored and server keys) are computed here, so
+    /// the password never leaves this process.
+    pub async fn upsert_user(
+        &self,
+        name: &str,
+        mechanisms: &[runnel_auth::Mechanism],
+        password: &str,
+        iterations: u32,
+    ) -> Result<(), ClientError> {
+        let credentials = mechanisms
+            .iter()
+            .map(|m| {
+                let credential = runnel_auth::ScramCredential::generate(*m, password, iterations);
+                runnel_proto::security::credential_to_pb(&credential)
+            })
+            .collect();
+        let request = pb::UpsertUserRequest { name: name.to_owned(), credentials };
+        self.call(&self.bootstrap, CALL_TIMEOUT, |mut c| {
+            let request = request.clone();
+            async move { c.upsert_user(request).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Deletes user `name`, or only its credential for `mechanism`.
+    pub async fn delete_user(
+        &self,
+        name: &str,
+        mechanism: Option<runnel_auth::Mechanism>,
+    ) -> Result<(), ClientError> {
+        let request = pb::DeleteUserRequest {
+            name: name.to_owned(),
+            mechanism: mechanism.map(|m| m.name().to_owned()),
+        };
+        self.call(&self.bootstrap, CALL_TIMEOUT, |mut c| {
+            let request = request.clone();
+            async move { c.delete_user(request).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Every user, with its mechanisms and their iteration counts.
+    pub async fn list_users(&self) -> Result<Vec<pb::UserSummary>, ClientError> {
+        self.call(&self.bootstrap, CALL_TIMEOUT, |mut c| async move {
+            c.list_users(pb::ListUsersRequest {}).await
+        })
+        .await
+        .map(|r| r.users)
+    }
+
+    /// Adds ACL bindings; answers how many were new.
+    pub async fn create_acls(&self, acls: &[runnel_auth::AclBinding]) -> Result<u32, ClientError> {
+        let request =
+            pb::CreateAclsRequest { acls: acls.iter().map(runnel_proto::security::acl_to_pb).collect() };
+        self.call(&self.bootstrap, CALL_TIMEOUT, |mut c| {
+            let request = request.clone();
+            async move { c.create_acls(request).await }
+        })
+        .await
+        .map(|r| r.created)
+    }
+
+    /// Deletes the ACL bindings `filter` matches; answers them.
+    pub async fn delete_acls(
+        &self,
+        filter: &runnel_auth::AclFilter,
+    ) -> Result<Vec<runnel_auth::AclBinding>, ClientError> {
+        let request = pb::DeleteAclsRequest { filters: vec![runnel_proto::security::filter_to_pb(filter)] };
+        let deleted = self
+            .call(&self.bootstrap, CALL_TIMEOUT, |mut c| {
+                let request = request.clone();
+                async move { c.delete_acls(request).await }
+            })
+            .await?;
+        bindings(deleted.deleted)
+    }
+
+    /// The ACL bindings `filter` matches.
+    pub async fn list_acls(
+        &self,
+        filter: &runnel_auth::AclFilter,
+    ) -> Result<Vec<runnel_auth::AclBinding>, ClientError> {
+        let request = pb::ListAclsRequest { filter: Some(runnel_proto::security::filter_to_pb(filter)) };
+        let listed = self
+            .call(&self.bootstrap, CALL_TIMEOUT, |mut c| {
+                let request = request.clone();
+                async move { c.list_acls(request).await }
+            })
+            .await?;
+        bindings(listed.acls)
+    }
+
     /// Deletes a topic; answers the id it had.
     pub async fn delete_topic(&self, name: &str) -> Result<TopicId, ClientError> {
         let request = pb::DeleteTopicRequest { name: name.to_owned() };
@@ -480,6 +584,19 @@ impl Admin {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Bindings off the wire; one the server should never send is a protocol error.
+fn bindings(acls: Vec<pb::AclBinding>) -> Result<Vec<runnel_auth::AclBinding>, ClientError> {
+    acls.into_iter()
+        .map(|a| {
+            runnel_proto::security::acl_from_pb(a).map_err(|e| ClientError {
+                name: "UNKNOWN_SERVER_ERROR".into(),
+                code: -1,
+                message: format!("the server sent an ACL binding that is not valid: {e}"),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -64,6 +64,8 @@ pub struct ConsumerConfig {
     pub bootstrap: Vec<String>,
     /// TLS to the brokers (their CA), when the cluster serves it.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// A user's credentials, for a cluster with `--auth` (none by default).
+    pub credentials: runnel_proto::security::Credentials,
     /// The group: needed by [`Consumer::subscribe`] and for commits.
     pub group_id: Option<String>,
     /// For people and `runnel group describe`.
@@ -96,6 +98,7 @@ impl ConsumerConfig {
         ConsumerConfig {
             bootstrap,
             tls: None,
+            credentials: runnel_proto::security::Credentials::none(),
             group_id: None,
             client_id: "runnel-client".to_owned(),
             auto_offset_reset: OffsetReset::Latest,
@@ -332,9 +335,17 @@ impl Consumer {
         if config.group_id.as_deref() == Some("") {
             return Err(error(group_code::INVALID_GROUP_ID, "INVALID_GROUP_ID", "the group id is empty"));
         }
-        let router = Arc::new(Router::new(config.bootstrap.clone()).with_tls(config.tls.clone()));
+        let router = Arc::new(
+            Router::new(config.bootstrap.clone())
+                .with_tls(config.tls.clone())
+                .with_credentials(config.credentials.clone()),
+        );
         let coordinator = config.group_id.as_ref().map(|g| {
-            Arc::new(Coordinator::new(config.bootstrap.clone(), g.clone()).with_tls(config.tls.clone()))
+            Arc::new(
+                Coordinator::new(config.bootstrap.clone(), g.clone())
+                    .with_tls(config.tls.clone())
+                    .with_credentials(config.credentials.clone()),
+            )
         });
         let (fetched_tx, fetched_rx) = mpsc::channel(config.fetch_queue_chunks.max(1));
         let next_auto_commit = Instant::now() + config.auto_commit_interval;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use runnel_proto::pb::runnel::v1 as pb;
 use runnel_proto::pb::runnel::v1::group_service_client::GroupServiceClient;
-use tonic::transport::Channel;
+use runnel_proto::security::{AuthChannel, Credentials};
 
 use crate::error::{ClientError, code, error};
 use crate::router::{Backoff, Failure, leader_hint};
@@ -69,11 +69,13 @@ pub fn coordinator_moved(e: &ClientError) -> bool {
 pub struct Coordinator {
     group_id: String,
     bootstrap: Vec<String>,
-    clients: Mutex<HashMap<String, GroupServiceClient<Channel>>>,
+    clients: Mutex<HashMap<String, GroupServiceClient<AuthChannel>>>,
     /// The coordinator's address, when known.
     current: Mutex<Option<String>>,
     /// TLS to the brokers, when the cluster serves it.
     tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Sent with every call.
+    credentials: Credentials,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -89,6 +91,7 @@ impl Coordinator {
             clients: Mutex::new(HashMap::new()),
             current: Mutex::new(None),
             tls: None,
+            credentials: Credentials::none(),
         }
     }
 
@@ -98,13 +101,19 @@ impl Coordinator {
         self
     }
 
+    /// The same, sending `credentials` with every call (a cluster with `--auth`).
+    pub fn with_credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = credentials;
+        self
+    }
+
     /// The group this coordinator serves.
     pub fn group_id(&self) -> &str {
         &self.group_id
     }
 
     /// A GroupService client for `addr` (one lazily connected channel per address).
-    pub fn client(&self, addr: &str) -> Result<GroupServiceClient<Channel>, ClientError> {
+    pub fn client(&self, addr: &str) -> Result<GroupServiceClient<AuthChannel>, ClientError> {
         let mut clients = lock(&self.clients);
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
@@ -119,7 +128,8 @@ impl Coordinator {
             .keep_alive_timeout(KEEPALIVE)
             .keep_alive_while_idle(true)
             .connect_lazy();
-        let client = GroupServiceClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX);
+        let client = GroupServiceClient::with_interceptor(channel, self.credentials.clone())
+            .max_decoding_message_size(RESPONSE_BYTES_MAX);
         clients.insert(addr.to_owned(), client.clone());
         Ok(client)
     }
@@ -173,7 +183,7 @@ impl Coordinator {
     /// coordinator moved, the cached address is forgotten.
     pub async fn attempt<T, F, Fut>(&self, timeout: Duration, op: F) -> Result<T, ClientError>
     where
-        F: FnOnce(GroupServiceClient<Channel>) -> Fut,
+        F: FnOnce(GroupServiceClient<AuthChannel>) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
         let addr = match self.address().await {
@@ -214,7 +224,7 @@ impl Coordinator {
     /// [`COORDINATOR_RETRY_DEADLINE`].
     pub async fn call<T, F, Fut>(&self, timeout: Duration, mut op: F) -> Result<T, ClientError>
     where
-        F: FnMut(GroupServiceClient<Channel>) -> Fut,
+        F: FnMut(GroupServiceClient<AuthChannel>) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
         let started = Instant::now();

@@ -123,6 +123,8 @@ pub struct ProducerConfig {
     pub bootstrap: Vec<String>,
     /// TLS to the brokers (their CA), when the cluster serves it.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// A user's credentials, for a cluster with `--auth` (none by default).
+    pub credentials: runnel_proto::security::Credentials,
     /// Names this producer to the brokers (sent as [`CLIENT_ID_KEY`] metadata).
     pub client_id: String,
     /// Default [`Acks::All`].
@@ -154,6 +156,7 @@ impl ProducerConfig {
         ProducerConfig {
             bootstrap,
             tls: None,
+            credentials: runnel_proto::security::Credentials::none(),
             client_id: "runnel-producer".into(),
             acks: Acks::All,
             linger: Duration::from_millis(5),
@@ -521,7 +524,11 @@ impl Producer {
     /// the current tokio runtime.
     pub async fn new(config: ProducerConfig) -> Result<Producer, ClientError> {
         config.validate()?;
-        let router = Arc::new(Router::new(config.bootstrap.clone()).with_tls(config.tls.clone()));
+        let router = Arc::new(
+            Router::new(config.bootstrap.clone())
+                .with_tls(config.tls.clone())
+                .with_credentials(config.credentials.clone()),
+        );
         let ids =
             if config.idempotence { Some(init_producer_id(&router, &config.bootstrap).await?) } else { None };
         let memory = Arc::new(Semaphore::new(config.buffer_memory));

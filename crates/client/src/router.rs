@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use runnel_proto::pb::runnel::v1 as pb;
 use runnel_proto::pb::runnel::v1::broker_service_client::BrokerServiceClient;
-use tonic::transport::Channel;
+use runnel_proto::security::{AuthChannel, Credentials};
 
 use crate::error::code;
 use crate::error::{ClientError, unreachable};
@@ -284,7 +284,7 @@ struct Table {
 #[derive(Debug)]
 pub struct Router {
     bootstrap: Vec<String>,
-    clients: Mutex<HashMap<String, BrokerServiceClient<Channel>>>,
+    clients: Mutex<HashMap<String, BrokerServiceClient<AuthChannel>>>,
     table: Mutex<Table>,
     /// One refresh at a time: tasks that find the table stale while another refreshes wait
     /// for that refresh instead of sending their own.
@@ -294,6 +294,8 @@ pub struct Router {
     elsewhere: Mutex<HashMap<(String, String), Recent>>,
     /// TLS to the brokers, when the cluster serves it.
     tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Sent with every call.
+    credentials: Credentials,
 }
 
 /// Per partition, a leader's address and its leader epoch.
@@ -317,6 +319,7 @@ impl Router {
             refreshing: tokio::sync::Mutex::new(()),
             elsewhere: Mutex::new(HashMap::new()),
             tls: None,
+            credentials: Credentials::none(),
         }
     }
 
@@ -326,8 +329,14 @@ impl Router {
         self
     }
 
+    /// The same, sending `credentials` with every call (a cluster with `--auth`).
+    pub fn with_credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = credentials;
+        self
+    }
+
     /// A client for the broker at `addr` (one channel per address, connected on first use).
-    pub fn client(&self, addr: &str) -> Result<BrokerServiceClient<Channel>, ClientError> {
+    pub fn client(&self, addr: &str) -> Result<BrokerServiceClient<AuthChannel>, ClientError> {
         let mut clients = lock(&self.clients);
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
@@ -346,7 +355,7 @@ impl Router {
             .initial_stream_window_size(runnel_proto::HTTP2_STREAM_WINDOW)
             .initial_connection_window_size(runnel_proto::HTTP2_CONNECTION_WINDOW)
             .connect_lazy();
-        let client = BrokerServiceClient::new(channel)
+        let client = BrokerServiceClient::with_interceptor(channel, self.credentials.clone())
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX);
         clients.insert(addr.to_owned(), client.clone());
@@ -741,7 +750,7 @@ impl Router {
         mut op: F,
     ) -> Result<T, ClientError>
     where
-        F: FnMut(BrokerServiceClient<Channel>) -> Fut,
+        F: FnMut(BrokerServiceClient<AuthChannel>) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
         let mut retry = Retry::new();

@@ -14,6 +14,7 @@
 pub mod codec;
 pub mod handlers;
 pub mod listeners;
+pub mod sasl;
 pub mod server;
 pub mod versions;
 
@@ -91,4 +92,7 @@ pub struct Context {
     pub groups: Arc<GroupCoordinator>,
     /// Topic creation and deletion.
     pub admin: TopicAdmin,
+    /// With authentication on: the users and ACLs every connection authenticates (SASL) and
+    /// every request is authorized against.
+    pub auth: Option<Arc<runnel_auth::AuthStore>>,
 }

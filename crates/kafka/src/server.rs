@@ -17,8 +17,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
+
 use crate::codec::{self, CodecError, Decoded};
 use crate::handlers::{self, Reply, Started};
+use crate::sasl::{Session, Step};
 use crate::{Context, IN_FLIGHT_MAX};
 
 /// How long a client has to finish the TLS handshake on an SSL listener.
@@ -118,6 +121,8 @@ async fn connection<S>(
     let reader_context = Arc::clone(&context);
     let reader = tokio::spawn(async move {
         let mut read = BufReader::new(read);
+        // With authentication on, the connection's SASL exchange and, after it, its principal.
+        let mut session = reader_context.auth.as_ref().map(|store| Session::new(Arc::clone(store), peer));
         loop {
             let frame = match codec::read_frame(&mut read, reader_context.config.request_max_bytes).await {
                 Ok(Some(frame)) => frame,
@@ -127,10 +132,47 @@ async fn connection<S>(
                     return;
                 }
             };
+            let mut close = false;
             let started = match codec::decode(frame) {
-                Ok(Decoded::Request { header, request }) => {
-                    handlers::start(&reader_context, header, *request, peer, &listener)
-                }
+                Ok(Decoded::Request { header, request }) => match (*request, session.as_mut()) {
+                    (RequestKind::SaslHandshake(r), Some(session)) => {
+                        let (response, step) = session.handshake(r.mechanism.as_str());
+                        close = step == Step::Close;
+                        handlers::answer(
+                            &header,
+                            ApiKey::SaslHandshake,
+                            ResponseKind::SaslHandshake(response),
+                        )
+                    }
+                    (RequestKind::SaslAuthenticate(r), Some(session)) => {
+                        let (response, step) = session.authenticate(&r.auth_bytes);
+                        close = step == Step::Close;
+                        handlers::answer(
+                            &header,
+                            ApiKey::SaslAuthenticate,
+                            ResponseKind::SaslAuthenticate(response),
+                        )
+                    }
+                    (RequestKind::SaslHandshake(_) | RequestKind::SaslAuthenticate(_), None) => {
+                        tracing::info!(client = %peer, listener = %listener,
+                            "kafka: a SASL request on a listener without authentication; closing the connection");
+                        return;
+                    }
+                    (request, Some(session))
+                        if session.principal().is_none()
+                            && !matches!(request, RequestKind::ApiVersions(_)) =>
+                    {
+                        let key = ApiKey::try_from(header.request_api_key)
+                            .map_or_else(|_| format!("key {}", header.request_api_key), |k| format!("{k:?}"));
+                        tracing::info!(client = %peer, listener = %listener,
+                            "kafka: {key} before SASL authentication; closing the connection");
+                        return;
+                    }
+                    (request, session) => {
+                        let principal = session.and_then(|s| s.principal().cloned());
+                        handlers::start(&reader_context, header, request, peer, &listener, principal)
+                    }
+                },
                 Ok(Decoded::ApiVersionsTooNew { correlation_id }) => {
                     handlers::api_versions_too_new(correlation_id)
                 }
@@ -139,7 +181,7 @@ async fn connection<S>(
                     return;
                 }
             };
-            if tx.send(started).await.is_err() {
+            if tx.send(started).await.is_err() || close {
                 return;
             }
         }

@@ -49,6 +49,7 @@ fn context(dir: &std::path::Path) -> Arc<Context> {
         plane,
         groups,
         admin: TopicAdmin::new(nowhere, timeout, status),
+        auth: None,
     })
 }
 
@@ -57,7 +58,7 @@ async fn feed(context: &Arc<Context>, frame: Bytes) {
     let peer: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
     match codec::decode(frame) {
         Ok(Decoded::Request { header, request }) => {
-            let started = handlers::start(context, header, *request, peer, &Arc::from("PLAINTEXT"));
+            let started = handlers::start(context, header, *request, peer, &Arc::from("PLAINTEXT"), None);
             // A handler may wait (a long poll, a join); it must still end or be droppable.
             let _ = tokio::time::timeout(Duration::from_secs(2), started.run()).await;
         }

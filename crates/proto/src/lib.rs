@@ -18,6 +18,7 @@ pub mod pb {
 /// gRPC server reflection (`tonic-reflection`'s `register_encoded_file_descriptor_set`).
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/runnel_descriptor.bin"));
 
+pub mod security;
 pub mod tls;
 
 /// HTTP/2 flow-control window of one stream, for servers and clients of the data plane.

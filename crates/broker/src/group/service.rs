@@ -4,8 +4,10 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use runnel_auth::acl::{CLUSTER_RESOURCE_NAME, Operation, ResourceType};
 use runnel_proto::pb::runnel::v1 as pb;
 use runnel_proto::pb::runnel::v1::group_service_server::{GroupService, GroupServiceServer};
+use runnel_proto::security::{caller, check};
 use tonic::{Request, Response, Status};
 
 use super::assign::{Assignor, TpSet};
@@ -130,12 +132,22 @@ fn offsets(list: Vec<pb::OffsetCommitPartition>) -> Result<Vec<OffsetEntry>, Gro
         .collect()
 }
 
+/// Checks `operation` on every topic of `topics` for the caller of `request`.
+fn check_topics<'a, T>(
+    request: &Request<T>,
+    operation: Operation,
+    topics: impl IntoIterator<Item = &'a String>,
+) -> Result<(), Status> {
+    topics.into_iter().try_for_each(|t| check(request, operation, ResourceType::Topic, t))
+}
+
 #[tonic::async_trait]
 impl GroupService for GroupGrpc {
     async fn find_coordinator(
         &self,
         request: Request<pb::FindCoordinatorRequest>,
     ) -> Result<Response<pb::FindCoordinatorResponse>, Status> {
+        check(&request, Operation::Describe, ResourceType::Group, &request.get_ref().group_id)?;
         let found = self.coordinator.find_coordinator(&request.get_ref().group_id).await?;
         Ok(Response::new(pb::FindCoordinatorResponse {
             broker_id: found.broker_id,
@@ -148,6 +160,8 @@ impl GroupService for GroupGrpc {
         &self,
         request: Request<pb::ConsumerGroupHeartbeatRequest>,
     ) -> Result<Response<pb::ConsumerGroupHeartbeatResponse>, Status> {
+        check(&request, Operation::Read, ResourceType::Group, &request.get_ref().group_id)?;
+        check_topics(&request, Operation::Describe, &request.get_ref().subscribed_topics)?;
         let host = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let r = request.into_inner();
         let group_id = r.group_id.clone();
@@ -165,6 +179,8 @@ impl GroupService for GroupGrpc {
         &self,
         request: Request<pb::OffsetCommitRequest>,
     ) -> Result<Response<pb::OffsetCommitResponse>, Status> {
+        check(&request, Operation::Read, ResourceType::Group, &request.get_ref().group_id)?;
+        check_topics(&request, Operation::Read, request.get_ref().offsets.iter().map(|o| &o.topic))?;
         let r = request.into_inner();
         validate_group_id(&r.group_id)?;
         let entries = offsets(r.offsets)?;
@@ -177,6 +193,8 @@ impl GroupService for GroupGrpc {
         &self,
         request: Request<pb::OffsetFetchRequest>,
     ) -> Result<Response<pb::OffsetFetchResponse>, Status> {
+        check(&request, Operation::Describe, ResourceType::Group, &request.get_ref().group_id)?;
+        check_topics(&request, Operation::Describe, request.get_ref().partitions.iter().map(|p| &p.topic))?;
         let r = request.into_inner();
         validate_group_id(&r.group_id)?;
         let wanted: Vec<_> = partition_set(&r.partitions, "partitions")?.into_iter().collect();
@@ -186,15 +204,23 @@ impl GroupService for GroupGrpc {
 
     async fn list_groups(
         &self,
-        _request: Request<pb::ListGroupsRequest>,
+        request: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
-        Ok(Response::new(self.coordinator.list_groups()))
+        let mut listed = self.coordinator.list_groups();
+        // As Kafka: DESCRIBE on the cluster lists every group, otherwise those the caller may describe.
+        if let Some(c) = caller(&request)
+            && !c.allowed(Operation::Describe, ResourceType::Cluster, CLUSTER_RESOURCE_NAME)
+        {
+            listed.groups.retain(|g| c.allowed(Operation::Describe, ResourceType::Group, &g.group_id));
+        }
+        Ok(Response::new(listed))
     }
 
     async fn describe_group(
         &self,
         request: Request<pb::DescribeGroupRequest>,
     ) -> Result<Response<pb::DescribeGroupResponse>, Status> {
+        check(&request, Operation::Describe, ResourceType::Group, &request.get_ref().group_id)?;
         Ok(Response::new(self.coordinator.describe_group(&request.get_ref().group_id).await?))
     }
 
@@ -202,6 +228,8 @@ impl GroupService for GroupGrpc {
         &self,
         request: Request<pb::ResetOffsetsRequest>,
     ) -> Result<Response<pb::ResetOffsetsResponse>, Status> {
+        check(&request, Operation::Read, ResourceType::Group, &request.get_ref().group_id)?;
+        check_topics(&request, Operation::Read, request.get_ref().offsets.iter().map(|o| &o.topic))?;
         let r = request.into_inner();
         validate_group_id(&r.group_id)?;
         let entries = offsets(r.offsets)?;

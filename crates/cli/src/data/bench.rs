@@ -339,6 +339,7 @@ pub(crate) async fn produce(
     for _ in 0..concurrency {
         let mut config = ProducerConfig::new(bootstrap.to_vec());
         config.tls = bootstrap.tls();
+        config.credentials = bootstrap.credentials();
         config.client_id = "runnel-bench".into();
         config.acks = bench.acks.to_client();
         config.batch_size = bench.batch_size;

@@ -23,12 +23,14 @@ pub(crate) struct Bootstrap {
     /// [default: plaintext].
     #[arg(long, env = "RUNNEL_TLS_CA")]
     pub(crate) tls_ca: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub(crate) login: client::Login,
 }
 
 impl Bootstrap {
     /// `--bootstrap` and `--tls-ca`, read.
     pub(crate) fn target(&self) -> anyhow::Result<client::Target> {
-        client::Target::new(&self.bootstrap, self.tls_ca.as_deref())
+        client::Target::new(&self.bootstrap, self.tls_ca.as_deref(), &self.login)
     }
 
     fn router(&self) -> anyhow::Result<Arc<Router>> {
@@ -214,6 +216,7 @@ pub(crate) fn run_produce(args: ProduceArgs) -> anyhow::Result<ExitCode> {
         idempotence: args.idempotence.unwrap_or(args.acks == Acks::All),
         bootstrap: client::bootstrap(&args.bootstrap.bootstrap),
         tls: args.bootstrap.target()?.tls(),
+        credentials: args.bootstrap.target()?.credentials(),
     };
     let summary = match runtime()?.block_on(produce::produce(options)) {
         Ok(summary) => summary,

@@ -82,6 +82,8 @@ pub(crate) struct ProduceOptions {
     pub(crate) bootstrap: Vec<String>,
     /// TLS to the brokers, when the cluster serves it.
     pub(crate) tls: Option<tonic::transport::ClientTlsConfig>,
+    /// The user's credentials, for a cluster with `--auth`.
+    pub(crate) credentials: runnel_proto::security::Credentials,
 }
 
 /// What happened to the records of one partition.
@@ -142,6 +144,7 @@ fn spawn_stdin_reader(
 pub(crate) async fn produce(options: ProduceOptions) -> Result<ProduceSummary, ClientError> {
     let mut config = ProducerConfig::new(options.bootstrap.clone());
     config.tls = options.tls.clone();
+    config.credentials = options.credentials.clone();
     config.client_id = "runnel-produce".into();
     config.acks = options.acks.to_client();
     config.batch_size = options.batch_size;

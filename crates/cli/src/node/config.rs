@@ -106,9 +106,10 @@ pub(crate) struct NodeArgs {
     /// loopback family (127.0.0.1 and [::1]), since clients may resolve `localhost` to either.
     #[arg(long, env = "RUNNEL_KAFKA_ADDR")]
     pub(crate) kafka_addr: Option<String>,
-    /// Kafka's listener.security.protocol.map: NAME:PROTOCOL[,...], PROTOCOL PLAINTEXT or SSL
-    /// (TLS with the node's --tls-cert; SASL is not supported yet) [default: a listener named
-    /// SSL is SSL, the others PLAINTEXT].
+    /// Kafka's listener.security.protocol.map: NAME:PROTOCOL[,...], PROTOCOL PLAINTEXT, SSL
+    /// (TLS with the node's --tls-cert), SASL_PLAINTEXT or SASL_SSL (with --auth, every
+    /// listener is one of the SASL two) [default: a listener named SSL or SASL_SSL is TLS, the
+    /// others plaintext].
     #[arg(long, env = "RUNNEL_KAFKA_LISTENER_SECURITY_PROTOCOL_MAP")]
     pub(crate) kafka_listener_security_protocol_map: Option<String>,
     /// What Metadata tells clients, per listener: [NAME://]HOST:PORT[,...] (Kafka's
@@ -116,6 +117,20 @@ pub(crate) struct NodeArgs {
     /// to) [default: --kafka-addr].
     #[arg(long, env = "RUNNEL_KAFKA_ADVERTISED_ADDR")]
     pub(crate) kafka_advertised_addr: Option<String>,
+    /// Client authentication and authorization: Kafka clients authenticate with SASL (PLAIN,
+    /// SCRAM-SHA-256, SCRAM-SHA-512) and gRPC clients with the same users' credentials, and
+    /// every request is checked against the ACLs (none allows nothing, as Kafka's
+    /// allow.everyone.if.no.acl.found=false). Users and ACLs live in the cluster metadata
+    /// (`runnel user`, `runnel acl`, Kafka's CreateAcls). Needs --internal-addr (the other
+    /// nodes' calls stay off the client listener) [default: false].
+    #[arg(long, env = "RUNNEL_AUTH", num_args = 0..=1, default_missing_value = "true",
+          value_parser = BoolishValueParser::new())]
+    pub(crate) auth: Option<bool>,
+    /// Kafka's super.users: principals allowed everything, `User:NAME` separated by `;` or
+    /// `,`. While the cluster has no user, one of them may be created from a node's own host
+    /// without credentials (`runnel user create admin`) [default: User:admin].
+    #[arg(long, env = "RUNNEL_SUPER_USERS")]
+    pub(crate) super_users: Option<String>,
     /// Kafka's auto.create.topics.enable: a Metadata (or Produce) for an unknown topic
     /// creates it [default: true].
     #[arg(long, env = "RUNNEL_AUTO_CREATE_TOPICS_ENABLE", value_parser = BoolishValueParser::new())]
@@ -214,8 +229,12 @@ pub(crate) struct NodeSettings {
     /// The Kafka listeners to bind: (name, HOST:PORT).
     #[serde(skip)]
     pub(crate) kafka_listeners: Vec<runnel_kafka::listeners::Listener>,
-    /// The Kafka listeners that serve TLS (security protocol SSL).
+    /// The Kafka listeners that serve TLS (security protocol SSL or SASL_SSL).
     pub(crate) kafka_ssl_listeners: Vec<String>,
+    /// Client authentication (SASL, gRPC credentials) and ACLs.
+    pub(crate) auth: bool,
+    /// Principals allowed everything.
+    pub(crate) super_users: Vec<String>,
     /// The Kafka endpoint this broker registers (every listener's advertised address).
     pub(crate) kafka_endpoint: String,
     pub(crate) auto_create_topics_enable: bool,
@@ -261,6 +280,8 @@ impl NodeArgs {
             http_addr: self.http_addr.or(lower.http_addr),
             kafka_addr: self.kafka_addr.or(lower.kafka_addr),
             kafka_advertised_addr: self.kafka_advertised_addr.or(lower.kafka_advertised_addr),
+            auth: self.auth.or(lower.auth),
+            super_users: self.super_users.or(lower.super_users),
             kafka_listener_security_protocol_map: self
                 .kafka_listener_security_protocol_map
                 .or(lower.kafka_listener_security_protocol_map),
@@ -317,24 +338,34 @@ fn check_reachable(what: &str, addr: &str, flag: &str) -> anyhow::Result<()> {
 fn ssl_listeners(
     listeners: &[runnel_kafka::listeners::Listener],
     map: Option<&str>,
+    auth: bool,
 ) -> anyhow::Result<Vec<String>> {
     let mut protocols = std::collections::BTreeMap::new();
     for entry in map.unwrap_or_default().split(',').map(str::trim).filter(|e| !e.is_empty()) {
         let Some((name, protocol)) = entry.split_once(':') else {
             bail!("--kafka-listener-security-protocol-map: {entry:?} is not NAME:PROTOCOL");
         };
-        let ssl = match protocol {
-            "PLAINTEXT" => false,
-            "SSL" => true,
-            "SASL_PLAINTEXT" | "SASL_SSL" => {
+        let (ssl, sasl) = match protocol {
+            "PLAINTEXT" => (false, false),
+            "SSL" => (true, false),
+            "SASL_PLAINTEXT" => (false, true),
+            "SASL_SSL" => (true, true),
+            other => {
                 bail!(
-                    "--kafka-listener-security-protocol-map: {protocol} (listener {name}) is not supported yet"
+                    "--kafka-listener-security-protocol-map: unknown protocol {other:?} (PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL)"
                 )
             }
-            other => {
-                bail!("--kafka-listener-security-protocol-map: unknown protocol {other:?} (PLAINTEXT or SSL)")
-            }
         };
+        if sasl && !auth {
+            bail!(
+                "--kafka-listener-security-protocol-map: listener {name} is {protocol}, which needs --auth"
+            );
+        }
+        if !sasl && auth {
+            bail!(
+                "--kafka-listener-security-protocol-map: listener {name} is {protocol}, but with --auth every Kafka listener authenticates: make it SASL_{protocol}"
+            );
+        }
         if !listeners.iter().any(|l| l.name == name) {
             bail!("--kafka-listener-security-protocol-map names {name}, which --kafka-addr does not define");
         }
@@ -342,9 +373,21 @@ fn ssl_listeners(
     }
     Ok(listeners
         .iter()
-        .filter(|l| protocols.get(&l.name).copied().unwrap_or(l.name == "SSL"))
+        .filter(|l| protocols.get(&l.name).copied().unwrap_or(l.name == "SSL" || l.name == "SASL_SSL"))
         .map(|l| l.name.clone())
         .collect())
+}
+
+/// Kafka's super.users: `User:NAME` entries separated by `;` (Kafka's) or `,`.
+fn parse_super_users(text: &str) -> anyhow::Result<Vec<String>> {
+    let mut users = Vec::new();
+    for entry in text.split([';', ',']).map(str::trim).filter(|e| !e.is_empty()) {
+        match entry.strip_prefix("User:") {
+            Some(name) if !name.is_empty() => users.push(entry.to_owned()),
+            _ => bail!("--super-users: {entry:?} is not User:NAME"),
+        }
+    }
+    Ok(users)
 }
 
 fn parse_roles(text: &str) -> anyhow::Result<Roles> {
@@ -448,8 +491,15 @@ impl NodeSettings {
             }
             None => None,
         };
+        let auth = args.auth.unwrap_or(false);
+        if auth && args.internal_addr.is_none() {
+            bail!(
+                "--auth needs --internal-addr: with the other nodes' calls on the client listener, a client could forge them past any ACL"
+            );
+        }
+        let super_users = parse_super_users(args.super_users.as_deref().unwrap_or("User:admin"))?;
         let kafka_ssl_listeners =
-            ssl_listeners(&kafka_listeners, args.kafka_listener_security_protocol_map.as_deref())?;
+            ssl_listeners(&kafka_listeners, args.kafka_listener_security_protocol_map.as_deref(), auth)?;
         if let Some(name) = kafka_ssl_listeners.first()
             && tls.is_none()
         {
@@ -493,6 +543,8 @@ impl NodeSettings {
             kafka_advertised_addr,
             kafka_listeners,
             kafka_ssl_listeners,
+            auth,
+            super_users,
             kafka_endpoint,
             auto_create_topics_enable: args.auto_create_topics_enable.unwrap_or(true),
             num_partitions,
@@ -626,12 +678,17 @@ mod tests {
     #[test]
     fn the_security_protocol_map_picks_the_ssl_listeners() {
         let listeners = runnel_kafka::listeners::parse("SSL://h:1,INTERNAL://h:2,EXTERNAL://h:3").unwrap();
-        assert_eq!(ssl_listeners(&listeners, None).unwrap(), ["SSL"], "named SSL: SSL by default");
+        assert_eq!(ssl_listeners(&listeners, None, false).unwrap(), ["SSL"], "named SSL: SSL by default");
         let map = Some("EXTERNAL:SSL,SSL:PLAINTEXT");
-        assert_eq!(ssl_listeners(&listeners, map).unwrap(), ["EXTERNAL"]);
+        assert_eq!(ssl_listeners(&listeners, map, false).unwrap(), ["EXTERNAL"]);
         for bad in ["EXTERNAL", "EXTERNAL:TLS", "EXTERNAL:SASL_SSL", "OTHER:SSL"] {
-            assert!(ssl_listeners(&listeners, Some(bad)).is_err(), "{bad}");
+            assert!(ssl_listeners(&listeners, Some(bad), false).is_err(), "{bad}");
         }
+        // With --auth every listener is SASL_*: SASL_SSL is TLS, a plain protocol is refused.
+        let map = Some("EXTERNAL:SASL_SSL,SSL:SASL_PLAINTEXT");
+        assert_eq!(ssl_listeners(&listeners, map, true).unwrap(), ["EXTERNAL"]);
+        assert!(ssl_listeners(&listeners, Some("EXTERNAL:SSL"), true).is_err(), "SSL under --auth");
+        assert_eq!(ssl_listeners(&listeners, None, true).unwrap(), ["SSL"], "defaults keep TLS by name");
         // An SSL listener needs the node's certificate.
         let refused = NodeSettings::resolve(flags(&[
             "--id",

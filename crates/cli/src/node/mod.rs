@@ -15,6 +15,7 @@ use anyhow::Context;
 use runnel_broker::{Broker, BrokerConfig};
 use runnel_controller::controller::incoming::CappedIncoming;
 use runnel_controller::controller::{Controller, ControllerConfig};
+use runnel_proto::security::Authenticated;
 use runnel_storage::LogConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -72,6 +73,17 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         }
     }
 
+    // With --auth, the node's view of the users and ACLs: kept current by its controller
+    // (a controller node applies the metadata first) or else by its broker's metadata watch.
+    let auth = settings.auth.then(|| {
+        let super_users = settings
+            .super_users
+            .iter()
+            .map(|u| runnel_auth::Principal::user(u.trim_start_matches("User:")))
+            .collect();
+        Arc::new(runnel_auth::AuthStore::new(super_users))
+    });
+
     // The broker starts first (it locks and lists its log directory), so that the one gRPC
     // server of the node serves its client API from the start.
     let broker = if settings.roles.broker {
@@ -92,6 +104,7 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
                 producer_id_expiration: Duration::from_millis(settings.producer_id_expiration_ms),
                 replica_lag_time: Duration::from_millis(settings.replica_lag_time_ms),
                 offsets_topic_partitions: settings.offsets_topic_partitions,
+                auth: if settings.roles.controller { None } else { auth.clone() },
             })
             .context("starting the broker")?,
         )
@@ -108,7 +121,12 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
     let mut routes = Routes::new(reflection);
     let mut internal_routes = Routes::default();
     if let Some(broker) = &broker {
-        routes = routes.add_service(broker.service()).add_service(broker.group_service());
+        routes = match &auth {
+            Some(store) => routes
+                .add_service(Authenticated::new(broker.service(), Arc::clone(store)))
+                .add_service(Authenticated::new(broker.group_service(), Arc::clone(store))),
+            None => routes.add_service(broker.service()).add_service(broker.group_service()),
+        };
         let replication = broker.replication_service();
         if internal.is_none() {
             routes = routes.add_service(replication);
@@ -143,6 +161,7 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         config.http2_connection_window = Some(runnel_broker::service::HTTP2_CONNECTION_WINDOW);
         config.max_connections = settings.max_connections;
         config.tls = settings.tls.clone();
+        config.auth = auth.clone();
         let started = match planes {
             Planes::One(listener, routes) => Controller::start_serving(config, listener, routes).await,
             Planes::Split { internal, client } => Controller::start_split(config, internal, client).await,
@@ -194,6 +213,7 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
             plane: Arc::clone(broker.plane()),
             groups: Arc::clone(broker.groups()),
             admin: broker.admin().clone(),
+            auth: auth.clone(),
         });
         tokio::spawn(runnel_kafka::serve(kafka, context, kafka_cancel.clone()))
     });

@@ -4,11 +4,13 @@
 use std::collections::BTreeMap;
 
 use runnel_proto::pb::runnel::v1 as pb;
+use runnel_proto::security as wire;
 
 use super::error::ControllerError;
 use crate::metadata::{
-    Broker, ClusterMetadata, Command, ENDPOINT_LEN_MAX, Endpoints, IsrMember, MetadataDelta, PARTITIONS_MAX,
-    PartitionState, RACK_LEN_MAX, TOPIC_NAME_LEN_MAX, Topic, TopicId,
+    ACLS_MAX, Broker, ClusterMetadata, Command, CommandError, ENDPOINT_LEN_MAX, Endpoints, ErrorCode,
+    IsrMember, MetadataDelta, PARTITIONS_MAX, PartitionState, RACK_LEN_MAX, TOPIC_NAME_LEN_MAX, Topic,
+    TopicId,
 };
 
 /// Largest gRPC request the controller service accepts, in bytes. Metadata requests are
@@ -221,16 +223,75 @@ pub(crate) fn topic_info(topic: &Topic) -> pb::TopicInfo {
     }
 }
 
+/// An UpsertUser request as a command: a known mechanism and a user name that may be one.
+pub(crate) fn upsert_user(request: pb::UpsertUserRequest) -> Result<Command, ControllerError> {
+    crate::metadata::check_user_name(&request.name)?;
+    if request.credentials.is_empty() || request.credentials.len() > runnel_auth::Mechanism::ALL.len() {
+        return invalid(format!("give one credential per mechanism, not {}", request.credentials.len()));
+    }
+    let credentials = request
+        .credentials
+        .into_iter()
+        .map(wire::credential_from_pb)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            ControllerError::Command(CommandError::new(
+                ErrorCode::UnsupportedSaslMechanism,
+                format!("user {}: {e}", request.name),
+            ))
+        })?;
+    Ok(Command::UpsertUser { name: request.name, credentials })
+}
+
+/// A DeleteUser request as a command.
+pub(crate) fn delete_user(request: pb::DeleteUserRequest) -> Result<Command, ControllerError> {
+    let mechanism =
+        request.mechanism.map(|m| wire::mechanism_from_name(&m)).transpose().map_err(|e| {
+            ControllerError::Command(CommandError::new(ErrorCode::UnsupportedSaslMechanism, e))
+        })?;
+    Ok(Command::DeleteUser { name: request.name, mechanism })
+}
+
+/// A CreateAcls request as a command: every binding valid, at most [`ACLS_MAX`] of them.
+pub(crate) fn create_acls(request: pb::CreateAclsRequest) -> Result<Command, ControllerError> {
+    if request.acls.is_empty() || request.acls.len() > ACLS_MAX {
+        return invalid(format!("give 1 to {ACLS_MAX} ACL bindings, not {}", request.acls.len()));
+    }
+    let acls = request
+        .acls
+        .into_iter()
+        .map(wire::acl_from_pb)
+        .collect::<Result<_, _>>()
+        .map_err(ControllerError::Invalid)?;
+    Ok(Command::CreateAcls { acls })
+}
+
+/// A DeleteAcls request as a command.
+pub(crate) fn delete_acls(request: pb::DeleteAclsRequest) -> Result<Command, ControllerError> {
+    if request.filters.is_empty() || request.filters.len() > ACLS_MAX {
+        return invalid(format!("give 1 to {ACLS_MAX} ACL filters, not {}", request.filters.len()));
+    }
+    let filters = request
+        .filters
+        .into_iter()
+        .map(wire::filter_from_pb)
+        .collect::<Result<_, _>>()
+        .map_err(ControllerError::Invalid)?;
+    Ok(Command::DeleteAcls { filters })
+}
+
 /// The whole image as protobuf.
-pub(crate) fn image(image: &ClusterMetadata) -> pb::MetadataImage {
+pub(crate) fn image(image: &ClusterMetadata, with_security: bool) -> pb::MetadataImage {
     pb::MetadataImage {
         brokers: image.brokers().map(broker_info).collect(),
         topics: image.topics().map(topic_info).collect(),
+        security: with_security.then(|| wire::security_to_pb(image.security())),
     }
 }
 
-/// One delta as protobuf; `None` for a change brokers do not watch (producer-id blocks).
-pub(crate) fn delta(delta: &MetadataDelta) -> Option<pb::MetadataDelta> {
+/// One delta as protobuf; `None` for a change brokers do not watch (producer-id blocks), and
+/// for users and ACLs unless `with_security`.
+pub(crate) fn delta(delta: &MetadataDelta, with_security: bool) -> Option<pb::MetadataDelta> {
     use pb::metadata_delta::Change;
     let change = match delta {
         MetadataDelta::BrokerChanged(broker) => Change::BrokerChanged(broker_info(broker)),
@@ -257,6 +318,12 @@ pub(crate) fn delta(delta: &MetadataDelta) -> Option<pb::MetadataDelta> {
             })
         }
         MetadataDelta::ProducerIdsAllocated { .. } => return None,
+        MetadataDelta::SecurityChanged(security) => {
+            if !with_security {
+                return None;
+            }
+            Change::SecurityChanged(wire::security_to_pb(security))
+        }
     };
     Some(pb::MetadataDelta { change: Some(change) })
 }

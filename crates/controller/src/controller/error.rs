@@ -57,7 +57,10 @@ impl ControllerError {
         match self {
             ControllerError::Command(e) => match e.code {
                 ErrorCode::TopicAlreadyExists => Code::AlreadyExists,
-                ErrorCode::UnknownTopicOrPartition | ErrorCode::UnknownTopicId => Code::NotFound,
+                ErrorCode::UnknownTopicOrPartition
+                | ErrorCode::UnknownTopicId
+                | ErrorCode::ResourceNotFound => Code::NotFound,
+                ErrorCode::UnsupportedSaslMechanism => Code::InvalidArgument,
                 ErrorCode::InvalidTopicException
                 | ErrorCode::InvalidPartitions
                 | ErrorCode::InvalidReplicationFactor

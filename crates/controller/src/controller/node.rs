@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use runnel_auth::AuthStore;
+use runnel_proto::security::Authenticated;
 use runnel_proto::tls::{NodeTls, PeerCheck};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -14,13 +16,13 @@ use tonic::service::Routes;
 use tonic::transport::Server;
 
 use super::incoming::{CappedIncoming, GRPC_CONNECTIONS_MAX_DEFAULT};
-use super::machine::MetadataMachine;
+use super::machine::{MetadataMachine, MetadataResponse};
 use super::metrics::{ControllerMetrics, count_leader_changes};
 use super::planes::{BROKER_ONLY_METHODS, ClientFacing};
 use super::service::{ControllerGrpcService, ServiceConfig, Shared, liveness_task};
-use crate::metadata::ClusterMetadata;
+use crate::metadata::{ClusterMetadata, MetadataDelta};
 use crate::raft::{
-    Contact, ElectorTiming, GrpcNetworkFactory, MachineView, NetworkConfig, Node, NodeId, Raft,
+    Contact, ElectorTiming, GrpcNetworkFactory, MachineEvent, MachineView, NetworkConfig, Node, NodeId, Raft,
     RaftGrpcService, SledStore, StoreError, controller_config, elector_task,
 };
 
@@ -87,6 +89,10 @@ pub struct ControllerConfig {
     pub max_connections: usize,
     /// TLS on every listener and channel, and node identities checked on inter-node calls.
     pub tls: Option<NodeTls>,
+    /// Client authentication and ACLs on the client listener, when set: the controller keeps
+    /// this store's users and ACLs in step with its applied image, and the client listener
+    /// (which must be apart, [`Controller::start_split`]) requires credentials.
+    pub auth: Option<Arc<AuthStore>>,
 }
 
 impl ControllerConfig {
@@ -107,6 +113,7 @@ impl ControllerConfig {
             http2_connection_window: None,
             max_connections: GRPC_CONNECTIONS_MAX_DEFAULT,
             tls: None,
+            auth: None,
         }
     }
 }
@@ -294,9 +301,21 @@ impl Controller {
         };
         let max = config.max_connections;
         let split = client.is_some();
+        if let Some(store) = &config.auth {
+            if !split {
+                return Err(StartError::Config(
+                    "authentication needs the client listener apart from the internal one (--internal-addr)"
+                        .into(),
+                ));
+            }
+            tasks.spawn(feed_auth_store(view.clone(), Arc::clone(store), cancel.clone()));
+        }
         if let Some((client, client_routes)) = client {
             let facing = ClientFacing::new(controller_service.clone(), &BROKER_ONLY_METHODS);
-            let routes = client_routes.add_service(facing);
+            let routes = match &config.auth {
+                Some(store) => client_routes.add_service(Authenticated::new(facing, Arc::clone(store))),
+                None => client_routes.add_service(facing),
+            };
             tasks.spawn(serve(
                 id,
                 "client",
@@ -371,6 +390,45 @@ impl Controller {
         }
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("controller {}: raft shutdown: {e}", self.id);
+        }
+    }
+}
+
+/// Keeps `store`'s users and ACLs those of the applied image: at start, after each change
+/// to them, and after a snapshot replaced the image.
+async fn feed_auth_store(
+    view: MachineView<MetadataMachine>,
+    store: Arc<AuthStore>,
+    cancel: CancellationToken,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let subscribed = view.subscribe(|m, _| m.image.security().clone());
+        let (security, mut events) = match subscribed {
+            Ok(subscribed) => subscribed,
+            Err(e) => {
+                tracing::error!("the users and ACLs cannot be read from the metadata: {e}");
+                return;
+            }
+        };
+        store.set(security);
+        loop {
+            let event = tokio::select! {
+                _ = cancel.cancelled() => return,
+                event = events.recv() => event,
+            };
+            match event {
+                Ok(MachineEvent::Applied { response: MetadataResponse::Command(Ok(applied)), .. }) => {
+                    for delta in &applied.deltas {
+                        if let MetadataDelta::SecurityChanged(security) = delta {
+                            store.set(security.clone());
+                        }
+                    }
+                }
+                Ok(MachineEvent::Applied { .. }) => {}
+                Ok(MachineEvent::Replaced) | Err(RecvError::Lagged(_)) => break,
+                Err(RecvError::Closed) => return,
+            }
         }
     }
 }

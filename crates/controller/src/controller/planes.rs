@@ -26,6 +26,11 @@ fn is_one_of(path: &str, service: &str, methods: &[&str]) -> bool {
         .is_some_and(|method| methods.contains(&method))
 }
 
+/// Marks a request that came in on a client listener (in its extensions): the controller's
+/// WatchMetadata leaves users' credentials out of what it sends there.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientPlane;
+
 /// A gRPC service as the client listener offers it: `refused` methods answer
 /// PERMISSION_DENIED, naming the internal listener; the rest go to the service.
 #[derive(Debug, Clone)]
@@ -58,7 +63,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        request.extensions_mut().insert(ClientPlane);
         let path = request.uri().path();
         if is_one_of(path, S::NAME, self.refused) {
             let status = tonic::Status::permission_denied(format!(

@@ -34,9 +34,12 @@ use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{RaftMetrics, ServerState};
+use runnel_auth::Principal;
+use runnel_auth::acl::{CLUSTER_RESOURCE_NAME, Operation, ResourceType};
 use runnel_proto::pb::runnel::v1 as pb;
 use runnel_proto::pb::runnel::v1::controller_service_client::ControllerServiceClient;
 use runnel_proto::pb::runnel::v1::controller_service_server::{ControllerService, ControllerServiceServer};
+use runnel_proto::security::{self as wire, check};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -569,10 +572,13 @@ impl ControllerService for ControllerGrpcService {
 
     async fn watch_metadata(
         &self,
-        _request: Request<pb::WatchMetadataRequest>,
+        request: Request<pb::WatchMetadataRequest>,
     ) -> Result<Response<WatchStream>, Status> {
+        check(&request, Operation::Describe, ResourceType::Cluster, CLUSTER_RESOURCE_NAME)?;
+        // Users' credentials go to the other nodes only, never out of a client listener.
+        let with_security = request.extensions().get::<super::planes::ClientPlane>().is_none();
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        tokio::spawn(watch(Arc::clone(&self.shared), tx));
+        tokio::spawn(watch(Arc::clone(&self.shared), tx, with_security));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -630,6 +636,11 @@ impl ControllerService for ControllerGrpcService {
         &self,
         request: Request<pb::CreateTopicRequest>,
     ) -> Result<Response<pb::CreateTopicResponse>, Status> {
+        if let Some(caller) = wire::caller(&request)
+            && !caller.allowed(Operation::Create, ResourceType::Cluster, CLUSTER_RESOURCE_NAME)
+        {
+            caller.check(Operation::Create, ResourceType::Topic, &request.get_ref().name)?;
+        }
         forward_unless_leader!(self, request, create_topic);
         let command = Command::try_from(request.into_inner())?;
         match self.shared.propose(command).await?.outcome {
@@ -645,6 +656,7 @@ impl ControllerService for ControllerGrpcService {
         request: Request<pb::DeleteTopicRequest>,
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
         refuse_internal(&request.get_ref().name, "deleted")?;
+        check(&request, Operation::Delete, ResourceType::Topic, &request.get_ref().name)?;
         forward_unless_leader!(self, request, delete_topic);
         let command = Command::try_from(request.into_inner())?;
         match self.shared.propose(command).await?.outcome {
@@ -659,6 +671,7 @@ impl ControllerService for ControllerGrpcService {
         &self,
         request: Request<pb::AlterTopicConfigRequest>,
     ) -> Result<Response<pb::AlterTopicConfigResponse>, Status> {
+        check(&request, Operation::AlterConfigs, ResourceType::Topic, &request.get_ref().name)?;
         forward_unless_leader!(self, request, alter_topic_config);
         let request = request.into_inner();
         let validate_only = request.validate_only;
@@ -677,6 +690,7 @@ impl ControllerService for ControllerGrpcService {
     ) -> Result<Response<pb::CreatePartitionsResponse>, Status> {
         // Its partition count decides every group's coordinator: growing it moves groups.
         refuse_internal(&request.get_ref().name, "given more partitions")?;
+        check(&request, Operation::Alter, ResourceType::Topic, &request.get_ref().name)?;
         forward_unless_leader!(self, request, create_partitions);
         let request = request.into_inner();
         let validate_only = request.validate_only;
@@ -693,27 +707,41 @@ impl ControllerService for ControllerGrpcService {
         &self,
         request: Request<pb::ListTopicsRequest>,
     ) -> Result<Response<pb::ListTopicsResponse>, Status> {
-        forward_unless_leader!(self, request, list_topics);
-        self.shared.linearize().await?;
-        let response = self.shared.read(|image| pb::ListTopicsResponse {
-            topics: image
-                .topics()
-                .map(|t| pb::TopicListing {
-                    name: t.name.clone(),
-                    topic_id: t.id.0.to_vec(),
-                    partitions: t.partition_count(),
-                    replication_factor: u32::from(t.replication_factor()),
-                })
-                .collect(),
-            metadata_version: image.version(),
-        })?;
-        Ok(Response::new(response))
+        let caller = wire::caller(&request).cloned();
+        let listed: Result<Response<pb::ListTopicsResponse>, Status> = async {
+            forward_unless_leader!(self, request, list_topics);
+            self.shared.linearize().await?;
+            let response = self.shared.read(|image| pb::ListTopicsResponse {
+                topics: image
+                    .topics()
+                    .map(|t| pb::TopicListing {
+                        name: t.name.clone(),
+                        topic_id: t.id.0.to_vec(),
+                        partitions: t.partition_count(),
+                        replication_factor: u32::from(t.replication_factor()),
+                    })
+                    .collect(),
+                metadata_version: image.version(),
+            })?;
+            Ok(Response::new(response))
+        }
+        .await;
+        // As Kafka's Metadata: a caller sees the topics it may describe, and no others.
+        let mut listed = listed?;
+        if let Some(caller) = caller {
+            listed
+                .get_mut()
+                .topics
+                .retain(|t| caller.allowed(Operation::Describe, ResourceType::Topic, &t.name));
+        }
+        Ok(listed)
     }
 
     async fn describe_topic(
         &self,
         request: Request<pb::DescribeTopicRequest>,
     ) -> Result<Response<pb::DescribeTopicResponse>, Status> {
+        check(&request, Operation::Describe, ResourceType::Topic, &request.get_ref().name)?;
         forward_unless_leader!(self, request, describe_topic);
         let name = request.into_inner().name;
         self.shared.linearize().await?;
@@ -731,8 +759,9 @@ impl ControllerService for ControllerGrpcService {
 
     async fn describe_cluster(
         &self,
-        _request: Request<pb::DescribeClusterRequest>,
+        request: Request<pb::DescribeClusterRequest>,
     ) -> Result<Response<pb::DescribeClusterResponse>, Status> {
+        check(&request, Operation::Describe, ResourceType::Cluster, CLUSTER_RESOURCE_NAME)?;
         let metrics = self.shared.metrics();
         let membership = metrics.membership_config.membership();
         let leads = metrics.state == ServerState::Leader;
@@ -774,11 +803,144 @@ impl ControllerService for ControllerGrpcService {
             metadata_version: version,
         }))
     }
+
+    async fn upsert_user(
+        &self,
+        request: Request<pb::UpsertUserRequest>,
+    ) -> Result<Response<pb::UpsertUserResponse>, Status> {
+        if let Some(caller) = wire::caller(&request) {
+            let name = &request.get_ref().name;
+            // The first administrator: while there is no user at all, a super user may be
+            // created from the node's own host without credentials (there are none yet).
+            let bootstrap = !caller.store.has_users()
+                && caller.addr.ip().is_loopback()
+                && caller.store.is_super_user(&Principal::user(name));
+            if !bootstrap {
+                if !caller.authenticated && !caller.store.has_users() {
+                    return Err(wire::kafka_status(
+                        tonic::Code::PermissionDenied,
+                        format!(
+                            "the cluster has no user yet: the first one must be a super user (--super-users), created from a node's own host (loopback); User:{name} is not one, or this call came from {}",
+                            caller.addr.ip()
+                        ),
+                        31,
+                        "CLUSTER_AUTHORIZATION_FAILED",
+                    ));
+                }
+                caller.check(Operation::Alter, ResourceType::Cluster, CLUSTER_RESOURCE_NAME)?;
+            }
+        }
+        forward_unless_leader!(self, request, upsert_user);
+        let command = convert::upsert_user(request.into_inner())?;
+        match self.shared.propose(command).await?.outcome {
+            Outcome::UserUpserted { .. } => Ok(Response::new(pb::UpsertUserResponse {})),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
+        check(&request, Operation::Alter, ResourceType::Cluster, CLUSTER_RESOURCE_NAME)?;
+        forward_unless_leader!(self, request, delete_user);
+        let command = convert::delete_user(request.into_inner())?;
+        match self.shared.propose(command).await?.outcome {
+            Outcome::UserDeleted { .. } => Ok(Response::new(pb::DeleteUserResponse {})),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        check(&request, Operation::Describe, ResourceType::Cluster, CLUSTER_RESOURCE_NAME)?;
+        forward_unless_leader!(self, request, list_users);
+        self.shared.linearize().await?;
+        let users = self.shared.read(|image| {
+            image
+                .security()
+                .users
+                .iter()
+                .map(|(name, credentials)| pb::UserSummary {
+                    name: name.clone(),
+                    mechanisms: credentials.keys().map(|m| m.name().to_owned()).collect(),
+                    iterations: credentials.values().map(|c| c.iterations).collect(),
+                })
+                .collect()
+        })?;
+        Ok(Response::new(pb::ListUsersResponse { users }))
+    }
+
+    async fn create_acls(
+        &self,
+        request: Request<pb::CreateAclsRequest>,
+    ) -> Result<Response<pb::CreateAclsResponse>, Status> {
+        check(&request, Operation::Alter, ResourceType::Cluster, CLUSTER_RESOURCE_NAME)?;
+        forward_unless_leader!(self, request, create_acls);
+        let command = convert::create_acls(request.into_inner())?;
+        match self.shared.propose(command).await?.outcome {
+            Outcome::AclsCreated { created } => Ok(Response::new(pb::CreateAclsResponse {
+                created: u32::try_from(created).unwrap_or(u32::MAX),
+            })),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn delete_acls(
+        &self,
+        request: Request<pb::DeleteAclsRequest>,
+    ) -> Result<Response<pb::DeleteAclsResponse>, Status> {
+        check(&request, Operation::Alter, ResourceType::Cluster, CLUSTER_RESOURCE_NAME)?;
+        forward_unless_leader!(self, request, delete_acls);
+        let command = convert::delete_acls(request.into_inner())?;
+        match self.shared.propose(command).await?.outcome {
+            Outcome::AclsDeleted { deleted } => {
+                let mut all: Vec<_> = deleted.into_iter().flatten().collect();
+                all.sort();
+                all.dedup();
+                Ok(Response::new(pb::DeleteAclsResponse {
+                    deleted: all.iter().map(wire::acl_to_pb).collect(),
+                }))
+            }
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn list_acls(
+        &self,
+        request: Request<pb::ListAclsRequest>,
+    ) -> Result<Response<pb::ListAclsResponse>, Status> {
+        check(&request, Operation::Describe, ResourceType::Cluster, CLUSTER_RESOURCE_NAME)?;
+        forward_unless_leader!(self, request, list_acls);
+        let filter = request
+            .into_inner()
+            .filter
+            .map(wire::filter_from_pb)
+            .transpose()
+            .map_err(Status::invalid_argument)?;
+        self.shared.linearize().await?;
+        let acls = self.shared.read(|image| {
+            image
+                .security()
+                .acls
+                .iter()
+                .filter(|acl| filter.as_ref().is_none_or(|f| f.matches(acl)))
+                .map(wire::acl_to_pb)
+                .collect()
+        })?;
+        Ok(Response::new(pb::ListAclsResponse { acls }))
+    }
 }
 
 /// Feeds one watcher: a full image, then each change's deltas; a full image again after a
 /// lag or a snapshot install. Ends when the watcher goes away or the node shuts down.
-async fn watch(shared: Arc<Shared>, tx: mpsc::Sender<Result<pb::MetadataUpdate, Status>>) {
+async fn watch(
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Result<pb::MetadataUpdate, Status>>,
+    with_security: bool,
+) {
     use pb::metadata_update::Update;
     loop {
         let subscribed = shared.view.subscribe(|m, _| m.image.clone());
@@ -791,7 +953,7 @@ async fn watch(shared: Arc<Shared>, tx: mpsc::Sender<Result<pb::MetadataUpdate, 
         };
         let first = pb::MetadataUpdate {
             version: image.version(),
-            update: Some(Update::Image(convert::image(&image))),
+            update: Some(Update::Image(convert::image(&image, with_security))),
         };
         drop(image);
         if tx.send(Ok(first)).await.is_err() {
@@ -810,7 +972,8 @@ async fn watch(shared: Arc<Shared>, tx: mpsc::Sender<Result<pb::MetadataUpdate, 
                     // A change brokers do not watch still moves the version: the update
                     // then carries no delta, and the watcher's version follows the image's
                     // (unfencing waits for a broker to report the version it was given).
-                    let deltas = applied.deltas.iter().filter_map(convert::delta).collect();
+                    let deltas =
+                        applied.deltas.iter().filter_map(|d| convert::delta(d, with_security)).collect();
                     pb::MetadataUpdate {
                         version: index,
                         update: Some(Update::Deltas(pb::MetadataDeltas { deltas })),

@@ -3,6 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use runnel_auth::Security;
+use runnel_auth::acl::{AclBinding, AclFilter};
+use runnel_auth::scram::{Mechanism, ScramCredential};
 use serde::{Deserialize, Serialize};
 
 use super::error::CommandError;
@@ -148,6 +151,33 @@ pub enum Command {
         /// partitions (Kafka's unclean election is off in Runnel).
         preferred: bool,
     },
+    /// Create user `name`, or replace its SCRAM credentials for the mechanisms given (at most
+    /// one each; the others stay). The caller computed them (salt, stored and server keys): no
+    /// password reaches the metadata.
+    UpsertUser {
+        /// The user name.
+        name: String,
+        /// The credentials, one to each mechanism.
+        credentials: Vec<ScramCredential>,
+    },
+    /// Delete user `name`: one mechanism's credential, or (with `None`) the whole user. A
+    /// user left without credentials is gone. Its ACLs stay, as Kafka's do.
+    DeleteUser {
+        /// The user name.
+        name: String,
+        /// The one credential to delete, or all.
+        mechanism: Option<Mechanism>,
+    },
+    /// Add ACL bindings (those already present are left as they are).
+    CreateAcls {
+        /// The bindings.
+        acls: Vec<AclBinding>,
+    },
+    /// Delete every ACL binding that any of `filters` matches.
+    DeleteAcls {
+        /// The filters.
+        filters: Vec<AclFilter>,
+    },
 }
 
 /// What happened to one partition in an election.
@@ -225,6 +255,27 @@ pub enum Outcome {
         /// How many ids the block holds.
         count: u32,
     },
+    /// The user's credentials are in place.
+    UserUpserted {
+        /// The user name.
+        name: String,
+    },
+    /// The user (or one credential of it) is gone.
+    UserDeleted {
+        /// The user name.
+        name: String,
+    },
+    /// `created` bindings were added (the others were there already).
+    AclsCreated {
+        /// How many were new.
+        created: usize,
+    },
+    /// What each filter deleted, in the filters' order (a binding two filters match is
+    /// listed under both).
+    AclsDeleted {
+        /// The deleted bindings, one list per filter.
+        deleted: Vec<Vec<AclBinding>>,
+    },
 }
 
 /// One change to the image. Applying a command's deltas, in order, to the image before the
@@ -285,6 +336,8 @@ pub enum MetadataDelta {
         /// The next free id after it.
         next_producer_id: i64,
     },
+    /// The users or ACLs changed: this is the whole new state.
+    SecurityChanged(Security),
 }
 
 /// A command that applied: what it did, and the changes it made (none if it was a no-op).

@@ -20,6 +20,8 @@ pub enum ErrorCode {
     RequestTimedOut = 7,
     /// 17: the topic name breaks the naming rules or collides with an existing name.
     InvalidTopicException = 17,
+    /// 33: a SCRAM credential that is not valid for its mechanism (key lengths, iterations).
+    UnsupportedSaslMechanism = 33,
     /// 36: a topic with this name exists.
     TopicAlreadyExists = 36,
     /// 37: the partition count is below 1 or above the limit, or a CreatePartitions does not
@@ -50,6 +52,8 @@ pub enum ErrorCode {
     ElectionNotNeeded = 84,
     /// 95: the partition epoch in an AlterPartition request is stale.
     InvalidUpdateVersion = 95,
+    /// 91: the user (or credential) to delete does not exist.
+    ResourceNotFound = 91,
     /// 100: the topic id does not name a current topic.
     UnknownTopicId = 100,
     /// 102: no broker is registered with this id.
@@ -60,12 +64,13 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tables and tests.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::UnknownServerError,
         ErrorCode::UnknownTopicOrPartition,
         ErrorCode::NotLeaderOrFollower,
         ErrorCode::RequestTimedOut,
         ErrorCode::InvalidTopicException,
+        ErrorCode::UnsupportedSaslMechanism,
         ErrorCode::TopicAlreadyExists,
         ErrorCode::InvalidPartitions,
         ErrorCode::InvalidReplicationFactor,
@@ -80,6 +85,7 @@ impl ErrorCode {
         ErrorCode::EligibleLeadersNotAvailable,
         ErrorCode::ElectionNotNeeded,
         ErrorCode::InvalidUpdateVersion,
+        ErrorCode::ResourceNotFound,
         ErrorCode::UnknownTopicId,
         ErrorCode::BrokerIdNotRegistered,
         ErrorCode::IneligibleReplica,
@@ -98,6 +104,7 @@ impl ErrorCode {
             ErrorCode::NotLeaderOrFollower => "NOT_LEADER_OR_FOLLOWER",
             ErrorCode::RequestTimedOut => "REQUEST_TIMED_OUT",
             ErrorCode::InvalidTopicException => "INVALID_TOPIC_EXCEPTION",
+            ErrorCode::UnsupportedSaslMechanism => "UNSUPPORTED_SASL_MECHANISM",
             ErrorCode::TopicAlreadyExists => "TOPIC_ALREADY_EXISTS",
             ErrorCode::InvalidPartitions => "INVALID_PARTITIONS",
             ErrorCode::InvalidReplicationFactor => "INVALID_REPLICATION_FACTOR",
@@ -112,6 +119,7 @@ impl ErrorCode {
             ErrorCode::EligibleLeadersNotAvailable => "ELIGIBLE_LEADERS_NOT_AVAILABLE",
             ErrorCode::ElectionNotNeeded => "ELECTION_NOT_NEEDED",
             ErrorCode::InvalidUpdateVersion => "INVALID_UPDATE_VERSION",
+            ErrorCode::ResourceNotFound => "RESOURCE_NOT_FOUND",
             ErrorCode::UnknownTopicId => "UNKNOWN_TOPIC_ID",
             ErrorCode::BrokerIdNotRegistered => "BROKER_ID_NOT_REGISTERED",
             ErrorCode::IneligibleReplica => "INELIGIBLE_REPLICA",

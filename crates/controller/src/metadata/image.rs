@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use runnel_auth::Security;
 use serde::{Deserialize, Serialize};
 
 use super::command::{
@@ -112,6 +113,9 @@ pub struct ClusterMetadata {
     /// producers existed lack it; no id was handed out then, so 0 is right for them.
     #[serde(default)]
     next_producer_id: i64,
+    /// Users and ACLs. Snapshots written before they existed lack them: none then.
+    #[serde(default)]
+    pub(super) security: Security,
 }
 
 impl ClusterMetadata {
@@ -247,6 +251,10 @@ impl ClusterMetadata {
             Command::AllocateProducerIds { broker_id, broker_epoch } => {
                 self.allocate_producer_ids(*broker_id, *broker_epoch)
             }
+            Command::UpsertUser { name, credentials } => self.upsert_user(name, credentials),
+            Command::DeleteUser { name, mechanism } => self.delete_user(name, *mechanism),
+            Command::CreateAcls { acls } => self.create_acls(acls),
+            Command::DeleteAcls { filters } => self.delete_acls(filters),
         }
     }
 
@@ -323,6 +331,7 @@ impl ClusterMetadata {
                 }
                 self.next_producer_id = *next_producer_id;
             }
+            MetadataDelta::SecurityChanged(security) => self.security = security.clone(),
         }
         Ok(())
     }
@@ -887,6 +896,7 @@ impl ClusterMetadata {
     /// Checks every invariant the state machine maintains; a description of the first one
     /// broken. Run on images from outside (snapshots) and in tests.
     pub fn check_invariants(&self) -> Result<(), String> {
+        self.check_security()?;
         if self.next_producer_id < 0 {
             return Err(format!("the next producer id {} is negative", self.next_producer_id));
         }

@@ -20,6 +20,7 @@ pub mod config;
 mod error;
 mod image;
 pub mod placement;
+mod security;
 mod snapshot;
 mod types;
 
@@ -38,5 +39,6 @@ pub use image::{
     ClusterMetadata, ELECTION_PARTITIONS_MAX, ENDPOINT_LEN_MAX, PARTITIONS_MAX, PRODUCER_ID_BLOCK_SIZE,
     RACK_LEN_MAX, REPLICAS_PER_BROKER_MAX, TOPIC_NAME_LEN_MAX, is_valid_topic_name,
 };
+pub use security::{ACLS_MAX, USER_NAME_LEN_MAX, USERS_MAX, check_user_name};
 pub use snapshot::{SNAPSHOT_FORMAT, decode_snapshot, encode_snapshot};
 pub use types::{Broker, Endpoints, PartitionState, Topic, TopicId};

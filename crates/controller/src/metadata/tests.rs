@@ -858,3 +858,118 @@ fn no_broker_is_assigned_more_than_the_replica_cap() {
     assert_eq!(c.image, full);
     assert_ne!(before, full);
 }
+
+// ----- users and ACLs -----
+
+#[test]
+fn users_are_created_replaced_and_deleted_by_mechanism_and_survive_a_snapshot() {
+    use runnel_auth::scram::{Mechanism, ScramCredential};
+    let mut c = Cluster::new();
+    let sha256 = ScramCredential::from_salt(Mechanism::ScramSha256, "pw", b"salt-1", 4096);
+    let sha512 = ScramCredential::from_salt(Mechanism::ScramSha512, "pw", b"salt-2", 4096);
+    let upsert = |credential: &ScramCredential| Command::UpsertUser {
+        name: "alice".into(),
+        credentials: vec![credential.clone()],
+    };
+    let applied = c.ok(upsert(&sha256));
+    assert!(
+        matches!(applied.deltas.as_slice(), [MetadataDelta::SecurityChanged(s)] if s.users["alice"].len() == 1)
+    );
+    assert!(c.ok(upsert(&sha256)).deltas.is_empty(), "the same credential again changes nothing");
+    c.ok(upsert(&sha512));
+    assert_eq!(c.image.security().users["alice"].len(), 2);
+    let twice =
+        Command::UpsertUser { name: "carol".into(), credentials: vec![sha256.clone(), sha256.clone()] };
+    assert_eq!(c.refused(twice), ErrorCode::InvalidRequest, "two credentials of one mechanism");
+    let none = Command::UpsertUser { name: "carol".into(), credentials: vec![] };
+    assert_eq!(c.refused(none), ErrorCode::InvalidRequest);
+    // A new password replaces the credential of its mechanism only.
+    let changed = ScramCredential::from_salt(Mechanism::ScramSha256, "new", b"salt-3", 4096);
+    c.ok(upsert(&changed));
+    assert!(c.image.security().users["alice"][&Mechanism::ScramSha256].verify_password("new"));
+    assert!(c.image.security().users["alice"][&Mechanism::ScramSha512].verify_password("pw"));
+
+    // Bad names and credentials are refused, and never reach the image.
+    let mut short = sha256.clone();
+    short.stored_key.truncate(5);
+    assert_eq!(
+        c.refused(Command::UpsertUser { name: "bob".into(), credentials: vec![short] }),
+        ErrorCode::UnsupportedSaslMechanism
+    );
+    let mut weak = sha256.clone();
+    weak.iterations = 1;
+    assert_eq!(
+        c.refused(Command::UpsertUser { name: "bob".into(), credentials: vec![weak] }),
+        ErrorCode::UnsupportedSaslMechanism
+    );
+    for bad in ["", "*", "a\nb"] {
+        assert_eq!(
+            c.refused(Command::UpsertUser { name: bad.into(), credentials: vec![sha256.clone()] }),
+            ErrorCode::InvalidRequest,
+            "{bad:?}"
+        );
+    }
+
+    // The snapshot carries them.
+    let restored = decode_snapshot(&encode_snapshot(&c.image)).expect("decodes");
+    assert_eq!(restored, c.image);
+
+    c.ok(Command::DeleteUser { name: "alice".into(), mechanism: Some(Mechanism::ScramSha256) });
+    assert_eq!(c.image.security().users["alice"].len(), 1);
+    assert_eq!(
+        c.refused(Command::DeleteUser { name: "alice".into(), mechanism: Some(Mechanism::ScramSha256) }),
+        ErrorCode::ResourceNotFound
+    );
+    c.ok(Command::DeleteUser { name: "alice".into(), mechanism: Some(Mechanism::ScramSha512) });
+    assert!(c.image.security().users.is_empty(), "a user without credentials is gone");
+    assert_eq!(
+        c.refused(Command::DeleteUser { name: "alice".into(), mechanism: None }),
+        ErrorCode::ResourceNotFound
+    );
+    assert_eq!(c.replay(), c.image);
+}
+
+#[test]
+fn acls_are_added_once_deleted_by_filter_and_checked() {
+    use runnel_auth::acl::{
+        AclBinding, AclFilter, Operation, PatternFilter, PatternType, Permission, ResourceType,
+    };
+    let mut c = Cluster::new();
+    let binding = |principal: &str, topic: &str, operation: Operation| AclBinding {
+        principal: principal.into(),
+        host: "*".into(),
+        resource_type: ResourceType::Topic,
+        resource_name: topic.into(),
+        pattern_type: PatternType::Literal,
+        operation,
+        permission: Permission::Allow,
+    };
+    let read = binding("User:alice", "orders", Operation::Read);
+    let write = binding("User:bob", "orders", Operation::Write);
+    let other = binding("User:alice", "payments", Operation::Read);
+    let created = c.ok(Command::CreateAcls { acls: vec![read.clone(), write.clone(), other.clone()] });
+    assert_eq!(created.outcome, Outcome::AclsCreated { created: 3 });
+    assert_eq!(
+        c.ok(Command::CreateAcls { acls: vec![read.clone()] }).outcome,
+        Outcome::AclsCreated { created: 0 }
+    );
+    let mut bad = read.clone();
+    bad.principal = "alice".into();
+    assert_eq!(c.refused(Command::CreateAcls { acls: vec![write.clone(), bad] }), ErrorCode::InvalidRequest);
+
+    // Every binding on topic "orders", whoever it names.
+    let filter = AclFilter {
+        resource_type: Some(ResourceType::Topic),
+        resource_name: Some("orders".into()),
+        pattern: PatternFilter::Any,
+        ..AclFilter::default()
+    };
+    let deleted = c.ok(Command::DeleteAcls { filters: vec![filter.clone()] });
+    match deleted.outcome {
+        Outcome::AclsDeleted { deleted } => assert_eq!(deleted, vec![vec![read.clone(), write.clone()]]),
+        other => panic!("unexpected outcome {other:?}"),
+    }
+    assert_eq!(c.image.security().acls.iter().cloned().collect::<Vec<_>>(), vec![other]);
+    assert!(c.ok(Command::DeleteAcls { filters: vec![filter] }).deltas.is_empty(), "nothing left to delete");
+    assert_eq!(c.replay(), c.image);
+}

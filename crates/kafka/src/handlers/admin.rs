@@ -9,8 +9,10 @@ use kafka_protocol::messages::delete_topics_request::DeleteTopicsRequest;
 use kafka_protocol::messages::delete_topics_response::{DeletableTopicResult, DeleteTopicsResponse};
 use kafka_protocol::messages::describe_cluster_response::{DescribeClusterBroker, DescribeClusterResponse};
 use kafka_protocol::messages::{BrokerId, TopicName};
+use runnel_auth::acl::{Operation, ResourceType};
 use runnel_broker::admin::NewTopic;
 
+use super::acls::{authorize, denied, may_create_topic};
 use super::metadata::{has_leaders, live_brokers, uuid, valid_topic_name};
 use super::{Client, code, s};
 use crate::Context;
@@ -24,8 +26,15 @@ fn wait_bound(timeout_ms: i32) -> Duration {
 
 /// CreateTopics: each topic created through the controller; the answer waits (up to the
 /// request's timeout) until the new topics are in this broker's metadata, so a client can
-/// use them at once. -1 partitions or replication factor take the broker's defaults.
-pub(crate) async fn create_topics(ctx: &Context, request: CreateTopicsRequest) -> CreateTopicsResponse {
+/// use them at once. -1 partitions or replication factor take the broker's defaults. Needs
+/// CREATE on the cluster or on the topic (TOPIC_AUTHORIZATION_FAILED for that topic
+/// otherwise); a topic created without DESCRIBE_CONFIGS on it has its config error set to
+/// TOPIC_AUTHORIZATION_FAILED (v5+), as Kafka's.
+pub(crate) async fn create_topics(
+    ctx: &Context,
+    request: CreateTopicsRequest,
+    client: &Client,
+) -> CreateTopicsResponse {
     let live = ctx.plane.metadata().map_or(1, |c| c.brokers.values().filter(|b| !b.fenced).count());
     let mut results = Vec::with_capacity(request.topics.len());
     let mut created = Vec::new();
@@ -39,6 +48,13 @@ pub(crate) async fn create_topics(ctx: &Context, request: CreateTopicsRequest) -
             topic.replication_factor
         };
         let result = |error: i16, message: Option<String>| {
+            let configs_error = if error == code::NONE
+                && !client.allowed(ctx, Operation::DescribeConfigs, ResourceType::Topic, &name)
+            {
+                code::TOPIC_AUTHORIZATION_FAILED
+            } else {
+                code::NONE
+            };
             CreatableTopicResult::default()
                 .with_name(TopicName(s(name.clone())))
                 .with_error_code(error)
@@ -46,8 +62,14 @@ pub(crate) async fn create_topics(ctx: &Context, request: CreateTopicsRequest) -
                 .with_num_partitions(if error == code::NONE { partitions } else { -1 })
                 .with_replication_factor(if error == code::NONE { replication_factor } else { -1 })
                 .with_configs(Some(Vec::new()))
+                .with_topic_config_error_code(configs_error)
         };
-        let refusal = if !valid_topic_name(&name) {
+        let refusal = if !may_create_topic(ctx, client, &name) {
+            Some((
+                code::TOPIC_AUTHORIZATION_FAILED,
+                denied(client, Operation::Create, ResourceType::Topic, &name),
+            ))
+        } else if !valid_topic_name(&name) {
             Some((code::INVALID_TOPIC_EXCEPTION, format!("{name:?} is not a valid topic name")))
         } else if !topic.assignments.is_empty() {
             Some((
@@ -111,18 +133,27 @@ pub(crate) async fn create_topics(ctx: &Context, request: CreateTopicsRequest) -
 }
 
 /// DeleteTopics by name; the answer waits (up to the timeout) until the topics are gone from
-/// this broker's metadata.
-pub(crate) async fn delete_topics(ctx: &Context, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
+/// this broker's metadata. Needs DELETE on each topic (TOPIC_AUTHORIZATION_FAILED for that
+/// topic otherwise).
+pub(crate) async fn delete_topics(
+    ctx: &Context,
+    request: DeleteTopicsRequest,
+    client: &Client,
+) -> DeleteTopicsResponse {
     let mut results = Vec::with_capacity(request.topic_names.len());
     let mut deleted = Vec::new();
     for name in request.topic_names {
         let topic = name.0.to_string();
-        let (error, message) = match ctx.admin.delete_topic(&topic).await {
+        let outcome = match authorize(ctx, client, Operation::Delete, ResourceType::Topic, &topic) {
+            Ok(()) => ctx.admin.delete_topic(&topic).await.map_err(|e| (e.code, e.message)),
+            Err(message) => Err((code::TOPIC_AUTHORIZATION_FAILED, message)),
+        };
+        let (error, message) = match outcome {
             Ok(()) => {
                 deleted.push(topic.clone());
                 (code::NONE, None)
             }
-            Err(e) => (e.code, Some(e.message)),
+            Err((error, message)) => (error, Some(message)),
         };
         results.push(
             DeletableTopicResult::default()
@@ -139,7 +170,8 @@ pub(crate) async fn delete_topics(ctx: &Context, request: DeleteTopicsRequest) -
 }
 
 /// DescribeCluster: the live brokers; this broker stands for the controller (it forwards
-/// admin requests to the quorum).
+/// admin requests to the quorum). Any client may ask, as on Kafka (whose DescribeCluster
+/// needs DESCRIBE on the cluster only for the authorized operations it may include).
 pub(crate) fn describe_cluster(ctx: &Context, client: &Client) -> DescribeClusterResponse {
     let brokers = match ctx.plane.metadata() {
         Ok(cache) => live_brokers(&cache, &client.listener)

@@ -20,9 +20,11 @@ use kafka_protocol::messages::incremental_alter_configs_request::IncrementalAlte
 use kafka_protocol::messages::incremental_alter_configs_response::{
     AlterConfigsResourceResponse, IncrementalAlterConfigsResponse,
 };
+use runnel_auth::acl::{CLUSTER_RESOURCE_NAME, Operation, ResourceType};
 use runnel_broker::admin::AdminError;
 
-use super::{broker_code, code, s};
+use super::acls::authorize;
+use super::{Client, broker_code, code, s};
 use crate::Context;
 
 /// Kafka's config resource types.
@@ -68,12 +70,21 @@ fn config_type(name: &str) -> i8 {
 
 /// CreatePartitions: a topic's new total partition count, through the controller; the
 /// answer waits (up to the timeout) until this broker's metadata has the new partitions.
-pub(crate) async fn create_partitions(ctx: &Context, r: CreatePartitionsRequest) -> CreatePartitionsResponse {
+/// Needs ALTER on each topic (TOPIC_AUTHORIZATION_FAILED for that topic otherwise).
+pub(crate) async fn create_partitions(
+    ctx: &Context,
+    r: CreatePartitionsRequest,
+    client: &Client,
+) -> CreatePartitionsResponse {
     let mut results = Vec::with_capacity(r.topics.len());
     let mut grown: Vec<(String, usize)> = Vec::new();
     for topic in r.topics {
         let name = topic.name.0.to_string();
-        let outcome = if topic.assignments.as_ref().is_some_and(|a| !a.is_empty()) {
+        let outcome = if let Err(message) =
+            authorize(ctx, client, Operation::Alter, ResourceType::Topic, &name)
+        {
+            Err((code::TOPIC_AUTHORIZATION_FAILED, message))
+        } else if topic.assignments.as_ref().is_some_and(|a| !a.is_empty()) {
             Err((code::INVALID_REPLICA_ASSIGNMENT, "manual replica assignments are not supported".to_owned()))
         } else {
             match u32::try_from(topic.count) {
@@ -138,12 +149,34 @@ fn entry(
         .with_config_type(if version >= 3 { config_type(name) } else { 0 })
 }
 
+/// Whether the client may do `operation` (DESCRIBE_CONFIGS or ALTER_CONFIGS) on a config
+/// resource: a topic's needs it on the topic (TOPIC_AUTHORIZATION_FAILED otherwise), a
+/// broker's on the cluster (CLUSTER_AUTHORIZATION_FAILED otherwise). Other resource types
+/// are refused later as unsupported.
+fn may_configure(
+    ctx: &Context,
+    client: &Client,
+    operation: Operation,
+    resource_type: i8,
+    name: &str,
+) -> Result<(), (i16, String)> {
+    match resource_type {
+        RESOURCE_TOPIC => authorize(ctx, client, operation, ResourceType::Topic, name)
+            .map_err(|message| (code::TOPIC_AUTHORIZATION_FAILED, message)),
+        RESOURCE_BROKER => authorize(ctx, client, operation, ResourceType::Cluster, CLUSTER_RESOURCE_NAME)
+            .map_err(|message| (code::CLUSTER_AUTHORIZATION_FAILED, message)),
+        _ => Ok(()),
+    }
+}
+
 /// DescribeConfigs: a topic's configs (overrides and the defaults in force), or this
-/// broker's Kafka settings.
+/// broker's Kafka settings. Needs DESCRIBE_CONFIGS on the topic, or on the cluster for a
+/// broker.
 pub(crate) fn describe_configs(
     ctx: &Context,
     r: DescribeConfigsRequest,
     version: i16,
+    client: &Client,
 ) -> DescribeConfigsResponse {
     let results = r
         .resources
@@ -158,6 +191,16 @@ pub(crate) fn describe_configs(
             let result = DescribeConfigsResult::default()
                 .with_resource_type(resource.resource_type)
                 .with_resource_name(resource.resource_name.clone());
+            let allowed = may_configure(
+                ctx,
+                client,
+                Operation::DescribeConfigs,
+                resource.resource_type,
+                &resource.resource_name,
+            );
+            if let Err((error, message)) = allowed {
+                return result.with_error_code(error).with_error_message(Some(s(message)));
+            }
             match resource.resource_type {
                 RESOURCE_TOPIC => match ctx.plane.describe_topic_configs(&resource.resource_name) {
                     Ok(entries) => result.with_configs(
@@ -238,14 +281,24 @@ fn broker_refusal() -> (i16, String) {
     )
 }
 
-/// IncrementalAlterConfigs: SET and DELETE of topic configs.
+/// IncrementalAlterConfigs: SET and DELETE of topic configs. Needs ALTER_CONFIGS on the
+/// topic, or on the cluster for a broker.
 pub(crate) async fn incremental_alter_configs(
     ctx: &Context,
     r: IncrementalAlterConfigsRequest,
+    client: &Client,
 ) -> IncrementalAlterConfigsResponse {
     let mut responses = Vec::with_capacity(r.resources.len());
     for resource in r.resources {
+        let allowed = may_configure(
+            ctx,
+            client,
+            Operation::AlterConfigs,
+            resource.resource_type,
+            &resource.resource_name,
+        );
         let outcome = match resource.resource_type {
+            _ if allowed.is_err() => allowed,
             RESOURCE_TOPIC => {
                 let mut set = BTreeMap::new();
                 let mut delete = Vec::new();
@@ -293,11 +346,23 @@ pub(crate) async fn incremental_alter_configs(
 }
 
 /// AlterConfigs (the older, whole-set form): the given configs become the topic's only
-/// overrides.
-pub(crate) async fn alter_configs(ctx: &Context, r: AlterConfigsRequest) -> AlterConfigsResponse {
+/// overrides. Needs ALTER_CONFIGS on the topic, or on the cluster for a broker.
+pub(crate) async fn alter_configs(
+    ctx: &Context,
+    r: AlterConfigsRequest,
+    client: &Client,
+) -> AlterConfigsResponse {
     let mut responses = Vec::with_capacity(r.resources.len());
     for resource in r.resources {
+        let allowed = may_configure(
+            ctx,
+            client,
+            Operation::AlterConfigs,
+            resource.resource_type,
+            &resource.resource_name,
+        );
         let outcome = match resource.resource_type {
+            _ if allowed.is_err() => allowed,
             RESOURCE_TOPIC => {
                 let set: BTreeMap<String, String> = resource
                     .configs

@@ -23,6 +23,7 @@ use kafka_protocol::messages::produce_response::{
     LeaderIdAndEpoch as ProduceLeader, PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::messages::{BrokerId, ProducerId};
+use runnel_auth::acl::{CLUSTER_RESOURCE_NAME, Operation, ResourceType};
 use runnel_broker::error::Refusal;
 use runnel_broker::metrics::Protocol;
 use runnel_broker::plane::{
@@ -31,6 +32,7 @@ use runnel_broker::plane::{
 };
 use runnel_broker::{BrokerError, ErrorCode};
 
+use super::acls::{denied, may_create_topic, unauthorized};
 use super::metadata::auto_create;
 use super::{Client, broker_code, code, s};
 use crate::Context;
@@ -59,6 +61,7 @@ fn partition_index(index: i32) -> Result<u32, BrokerError> {
 
 /// Produce: each partition's batch is validated and appended now, in arrival order; the
 /// returned future waits for the acks. `None` for acks=0, which Kafka answers with nothing.
+/// Needs WRITE on each topic (TOPIC_AUTHORIZATION_FAILED for its partitions otherwise).
 pub(crate) fn produce(
     ctx: &Context,
     request: ProduceRequest,
@@ -81,9 +84,22 @@ pub(crate) fn produce(
     let mut slots: Vec<Slot> = Vec::new();
     for topic in request.topic_data {
         let name = topic.name.0.to_string();
+        let may_write = client.allowed(ctx, Operation::Write, ResourceType::Topic, &name);
         for p in topic.partition_data {
             let result = if transactional {
                 Err((code::INVALID_REQUEST, "transactions are not supported".to_owned()))
+            } else if !may_write {
+                let e = unauthorized(client, Operation::Write, ResourceType::Topic, &name);
+                let who = format_args!("{} ({})", client.addr, client.id);
+                Refusal {
+                    protocol: Protocol::Kafka,
+                    api: "produce",
+                    client: &who,
+                    topic: &name,
+                    partition: i64::from(p.index),
+                }
+                .log(&e);
+                Err((broker_code(&e), e.message))
             } else if let Some(acks) = acks {
                 match (partition_index(p.index), p.records) {
                     (Err(e), _) => Err((broker_code(&e), e.message)),
@@ -124,13 +140,15 @@ pub(crate) fn produce(
     }
     // Kafka's producers ask Metadata before they produce; a produce to a topic that does not
     // exist still starts its creation, and the client's retry after a refresh finds it.
-    // Only topics the metadata lacks: a partition past a topic's count is just unknown.
+    // Only topics the metadata lacks: a partition past a topic's count is just unknown. As
+    // from Metadata, creating one needs CREATE on the cluster or the topic.
     unknown.sort();
     unknown.dedup();
     match ctx.plane.metadata() {
         Ok(cache) if ctx.config.auto_create_topics => unknown.retain(|t| !cache.topics.contains_key(t)),
         _ => unknown.clear(),
     }
+    unknown.retain(|t| may_create_topic(ctx, client, t));
     if !unknown.is_empty() {
         let ctx = ctx.clone();
         tokio::spawn(async move {
@@ -204,7 +222,8 @@ pub(crate) fn produce(
 }
 
 /// Fetch: committed batches as stored, with the HW and log start of each partition; waits
-/// up to max_wait_ms for min_bytes across the request.
+/// up to max_wait_ms for min_bytes across the request. Needs READ on each topic
+/// (TOPIC_AUTHORIZATION_FAILED for its partitions otherwise, which are not read).
 pub(crate) async fn fetch(
     ctx: &Context,
     request: FetchRequest,
@@ -222,6 +241,16 @@ pub(crate) async fn fetch(
     for topic in &request.topics {
         let name = topic.topic.0.to_string();
         let mut partitions = Vec::new();
+        if !client.allowed(ctx, Operation::Read, ResourceType::Topic, &name) {
+            for p in &topic.partitions {
+                partitions.push((
+                    p.partition,
+                    Some(unauthorized(client, Operation::Read, ResourceType::Topic, &name)),
+                ));
+            }
+            shape.push((name, partitions));
+            continue;
+        }
         for p in &topic.partitions {
             match partition_index(p.partition) {
                 Ok(partition) => {
@@ -308,12 +337,19 @@ pub(crate) async fn fetch(
 }
 
 /// ListOffsets: earliest (-2), latest (-1), or the first offset at or after a timestamp.
-pub(crate) fn list_offsets(ctx: &Context, request: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+/// Needs DESCRIBE on each topic (TOPIC_AUTHORIZATION_FAILED for its partitions otherwise).
+pub(crate) fn list_offsets(
+    ctx: &Context,
+    request: ListOffsetsRequest,
+    version: i16,
+    client: &Client,
+) -> ListOffsetsResponse {
     let topics = request
         .topics
         .into_iter()
         .map(|topic| {
             let name = topic.name.0.to_string();
+            let may_describe = client.allowed(ctx, Operation::Describe, ResourceType::Topic, &name);
             let partitions = topic
                 .partitions
                 .into_iter()
@@ -324,8 +360,13 @@ pub(crate) fn list_offsets(ctx: &Context, request: ListOffsetsRequest, version: 
                         ts if ts >= 0 => Ok(OffsetQuery::Timestamp(ts)),
                         ts => Err(BrokerError::invalid(format!("timestamp {ts} is not served"))),
                     };
-                    let answer = query
-                        .and_then(|q| ctx.plane.list_offsets(&name, partition_index(p.partition_index)?, q));
+                    let answer = if may_describe {
+                        query.and_then(|q| {
+                            ctx.plane.list_offsets(&name, partition_index(p.partition_index)?, q)
+                        })
+                    } else {
+                        Err(unauthorized(client, Operation::Describe, ResourceType::Topic, &name))
+                    };
                     match answer {
                         Ok(a) => ListOffsetsPartitionResponse::default()
                             .with_partition_index(p.partition_index)
@@ -349,22 +390,29 @@ pub(crate) fn list_offsets(ctx: &Context, request: ListOffsetsRequest, version: 
     ListOffsetsResponse::default().with_topics(topics)
 }
 
-/// OffsetForLeaderEpoch from a consumer: where each epoch it asks about ended.
+/// OffsetForLeaderEpoch from a consumer: where each epoch it asks about ended. Needs
+/// DESCRIBE on each topic (TOPIC_AUTHORIZATION_FAILED for its partitions otherwise).
 pub(crate) fn offset_for_leader_epoch(
     ctx: &Context,
     request: OffsetForLeaderEpochRequest,
+    client: &Client,
 ) -> OffsetForLeaderEpochResponse {
     let topics = request
         .topics
         .into_iter()
         .map(|topic| {
             let name = topic.topic.0.to_string();
+            let may_describe = client.allowed(ctx, Operation::Describe, ResourceType::Topic, &name);
             let partitions = topic
                 .partitions
                 .into_iter()
                 .map(|p| {
-                    let answer = partition_index(p.partition)
-                        .and_then(|index| ctx.plane.end_offset_for_epoch(&name, index, p.leader_epoch));
+                    let answer = if may_describe {
+                        partition_index(p.partition)
+                            .and_then(|index| ctx.plane.end_offset_for_epoch(&name, index, p.leader_epoch))
+                    } else {
+                        Err(unauthorized(client, Operation::Describe, ResourceType::Topic, &name))
+                    };
                     match answer {
                         Ok((epoch, end)) => EpochEndOffset::default()
                             .with_partition(p.partition)
@@ -388,14 +436,28 @@ pub(crate) fn offset_for_leader_epoch(
 
 /// InitProducerId for an idempotent producer: a fresh id at epoch 0 (also when the client
 /// asks to bump the epoch of its old id after an error, KIP-360). Transactional ids are
-/// refused: Runnel has no transactions.
+/// refused: Runnel has no transactions. Needs IDEMPOTENT_WRITE on the cluster or WRITE on
+/// some topic (KIP-679), CLUSTER_AUTHORIZATION_FAILED otherwise.
 pub(crate) async fn init_producer_id(
     ctx: &Context,
     request: InitProducerIdRequest,
+    client: &Client,
 ) -> InitProducerIdResponse {
     if request.transactional_id.as_ref().is_some_and(|t| !t.is_empty()) {
         return InitProducerIdResponse::default()
             .with_error_code(code::UNSUPPORTED_VERSION)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+    }
+    if !client.may_produce_idempotently(ctx) {
+        let message =
+            denied(client, Operation::IdempotentWrite, ResourceType::Cluster, CLUSTER_RESOURCE_NAME);
+        tracing::info!(
+            client = %client.addr,
+            "kafka: InitProducerId refused: {message}, nor WRITE any topic"
+        );
+        return InitProducerIdResponse::default()
+            .with_error_code(code::CLUSTER_AUTHORIZATION_FAILED)
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1);
     }

@@ -13,9 +13,11 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponsePartitions, OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{BrokerId, GroupId, TopicName};
+use runnel_auth::acl::{Operation, ResourceType};
 use runnel_broker::group::GroupError;
 use runnel_broker::group::coordinator::{Committer, OffsetEntry};
 
+use super::acls::{authorize, denied};
 use super::{Client, code, s};
 use crate::{Context, listeners};
 
@@ -27,13 +29,20 @@ pub(crate) fn group_code(e: &GroupError) -> i16 {
     i16::try_from(e.code.code()).unwrap_or(-1)
 }
 
-/// The coordinator of one key: (error, message, node id, host, port).
+/// The coordinator of one key: (error, message, node id, host, port). A group's needs
+/// DESCRIBE on the group.
 async fn coordinator(
     ctx: &Context,
     key: &str,
     key_type: i8,
-    listener: &str,
+    client: &Client,
 ) -> (i16, Option<String>, i32, String, i32) {
+    if key_type == KEY_TYPE_GROUP
+        && let Err(message) = authorize(ctx, client, Operation::Describe, ResourceType::Group, key)
+    {
+        return (code::GROUP_AUTHORIZATION_FAILED, Some(message), -1, String::new(), -1);
+    }
+    let listener = client.listener.as_ref();
     if key_type != KEY_TYPE_GROUP {
         return (
             code::INVALID_REQUEST,
@@ -74,7 +83,7 @@ pub(crate) async fn find_coordinator(
 ) -> FindCoordinatorResponse {
     if version < 4 {
         let (error, message, node, host, port) =
-            coordinator(ctx, &request.key, request.key_type, &client.listener).await;
+            coordinator(ctx, &request.key, request.key_type, client).await;
         return FindCoordinatorResponse::default()
             .with_error_code(error)
             .with_error_message(message.map(s))
@@ -84,8 +93,7 @@ pub(crate) async fn find_coordinator(
     }
     let mut coordinators = Vec::with_capacity(request.coordinator_keys.len());
     for key in &request.coordinator_keys {
-        let (error, message, node, host, port) =
-            coordinator(ctx, key, request.key_type, &client.listener).await;
+        let (error, message, node, host, port) = coordinator(ctx, key, request.key_type, client).await;
         coordinators.push(
             Coordinator::default()
                 .with_key(key.clone())
@@ -100,11 +108,27 @@ pub(crate) async fn find_coordinator(
 }
 
 /// OffsetCommit: every partition gets the commit's outcome (a commit is one batch, so it
-/// succeeds or fails whole).
-pub(crate) async fn offset_commit(ctx: &Context, request: OffsetCommitRequest) -> OffsetCommitResponse {
+/// succeeds or fails whole). Needs READ on the group (GROUP_AUTHORIZATION_FAILED for every
+/// partition otherwise) and on each topic (TOPIC_AUTHORIZATION_FAILED for its partitions
+/// otherwise; the other topics' offsets are committed).
+pub(crate) async fn offset_commit(
+    ctx: &Context,
+    request: OffsetCommitRequest,
+    client: &Client,
+) -> OffsetCommitResponse {
+    let group = request.group_id.0.as_str();
+    let group_allowed = client.allowed(ctx, Operation::Read, ResourceType::Group, group);
+    // The topics the client may not read from, when it may use the group at all.
+    let refused: Vec<bool> = request
+        .topics
+        .iter()
+        .map(|t| {
+            group_allowed && !client.allowed(ctx, Operation::Read, ResourceType::Topic, t.name.0.as_str())
+        })
+        .collect();
     let mut offsets = Vec::new();
     let mut invalid: Option<i16> = None;
-    for topic in &request.topics {
+    for (topic, _) in request.topics.iter().zip(&refused).filter(|(_, refused)| !**refused) {
         for p in &topic.partitions {
             match u32::try_from(p.partition_index) {
                 Ok(partition) => offsets.push(OffsetEntry {
@@ -117,7 +141,14 @@ pub(crate) async fn offset_commit(ctx: &Context, request: OffsetCommitRequest) -
         }
     }
     let error = match invalid {
+        _ if !group_allowed => {
+            let message = denied(client, Operation::Read, ResourceType::Group, group);
+            tracing::debug!(client = %client.addr, "kafka: commit refused: {message}");
+            code::GROUP_AUTHORIZATION_FAILED
+        }
         Some(error) => error,
+        // Every topic refused: nothing to commit (Kafka does not ask the coordinator then).
+        None if !request.topics.is_empty() && refused.iter().all(|r| *r) => code::NONE,
         None => {
             // Checked against the group's kind: a classic group's generation, or (v9) a
             // KIP-848 member's epoch.
@@ -138,7 +169,9 @@ pub(crate) async fn offset_commit(ctx: &Context, request: OffsetCommitRequest) -
     let topics = request
         .topics
         .iter()
-        .map(|t| {
+        .zip(&refused)
+        .map(|(t, refused)| {
+            let error = if *refused { code::TOPIC_AUTHORIZATION_FAILED } else { error };
             OffsetCommitResponseTopic::default().with_name(t.name.clone()).with_partitions(
                 t.partitions
                     .iter()
@@ -183,39 +216,89 @@ async fn fetch_group(
     Ok(out)
 }
 
+/// The topics an OffsetFetch asks for, each with its partitions; `None` for all of them.
+type Requested = Option<Vec<(String, Vec<i32>)>>;
+
+/// One group's committed offsets that the client may see: those of the topics it may
+/// DESCRIBE (the others are left out of an all-topics answer), and the requested topics it
+/// may not describe, to be answered TOPIC_AUTHORIZATION_FAILED.
+async fn fetch_authorized(
+    ctx: &Context,
+    client: &Client,
+    group_id: &str,
+    topics: Requested,
+) -> Result<(TopicOffsets, Vec<(String, Vec<i32>)>), GroupError> {
+    let may_describe = |topic: &str| client.allowed(ctx, Operation::Describe, ResourceType::Topic, topic);
+    let Some(topics) = topics else {
+        let mut found = fetch_group(ctx, group_id, None).await?;
+        found.retain(|(topic, _)| may_describe(topic));
+        return Ok((found, Vec::new()));
+    };
+    let (allowed, refused): (Vec<_>, Vec<_>) = topics.into_iter().partition(|(topic, _)| may_describe(topic));
+    // Every requested topic refused: nothing to ask (an empty list would ask for all).
+    if allowed.is_empty() && !refused.is_empty() {
+        return Ok((Vec::new(), refused));
+    }
+    Ok((fetch_group(ctx, group_id, Some(allowed)).await?, refused))
+}
+
 /// OffsetFetch: one group before v8, a list from v8 on; -1 where nothing is committed.
+/// Needs DESCRIBE on the group (GROUP_AUTHORIZATION_FAILED otherwise) and on each topic
+/// (TOPIC_AUTHORIZATION_FAILED for the partitions of a topic asked for, left out of an
+/// all-topics answer).
 pub(crate) async fn offset_fetch(
     ctx: &Context,
     request: OffsetFetchRequest,
     version: i16,
+    client: &Client,
 ) -> OffsetFetchResponse {
+    let may_describe_group =
+        |group: &str| client.allowed(ctx, Operation::Describe, ResourceType::Group, group);
     if version < 8 {
-        let topics: Option<Vec<(String, Vec<i32>)>> = request
+        let topics: Requested = request
             .topics
             .map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
         let request_topics = topics.clone();
-        return match fetch_group(ctx, &request.group_id.0, topics).await {
-            Ok(found) => OffsetFetchResponse::default().with_topics(
-                found
-                    .into_iter()
-                    .map(|(topic, ps)| {
-                        OffsetFetchResponseTopic::default().with_name(TopicName(s(topic))).with_partitions(
-                            ps.into_iter()
-                                .map(|(p, offset, metadata)| {
-                                    OffsetFetchResponsePartition::default()
-                                        .with_partition_index(p)
-                                        .with_committed_offset(offset)
-                                        .with_committed_leader_epoch(-1)
-                                        .with_metadata(Some(s(metadata)))
-                                })
-                                .collect(),
-                        )
-                    })
-                    .collect(),
-            ),
+        let group_id = request.group_id.0.as_str();
+        let fetched = if may_describe_group(group_id) {
+            fetch_authorized(ctx, client, group_id, topics).await.map_err(|e| group_code(&e))
+        } else {
+            Err(code::GROUP_AUTHORIZATION_FAILED)
+        };
+        return match fetched {
+            Ok((found, refused)) => {
+                let found = found.into_iter().map(|(topic, ps)| {
+                    OffsetFetchResponseTopic::default().with_name(TopicName(s(topic))).with_partitions(
+                        ps.into_iter()
+                            .map(|(p, offset, metadata)| {
+                                OffsetFetchResponsePartition::default()
+                                    .with_partition_index(p)
+                                    .with_committed_offset(offset)
+                                    .with_committed_leader_epoch(-1)
+                                    .with_metadata(Some(s(metadata)))
+                            })
+                            .collect(),
+                    )
+                });
+                let refused = refused.into_iter().map(|(topic, ps)| {
+                    OffsetFetchResponseTopic::default().with_name(TopicName(s(topic))).with_partitions(
+                        ps.into_iter()
+                            .map(|p| {
+                                OffsetFetchResponsePartition::default()
+                                    .with_partition_index(p)
+                                    .with_committed_offset(-1)
+                                    .with_committed_leader_epoch(-1)
+                                    .with_metadata(Some(s("")))
+                                    .with_error_code(code::TOPIC_AUTHORIZATION_FAILED)
+                            })
+                            .collect(),
+                    )
+                });
+                OffsetFetchResponse::default().with_topics(found.chain(refused).collect())
+            }
             // The group-level error code exists from v2; v1 carries it per partition.
-            Err(e) if version >= 2 => OffsetFetchResponse::default().with_error_code(group_code(&e)),
-            Err(e) => OffsetFetchResponse::default().with_topics(
+            Err(error) if version >= 2 => OffsetFetchResponse::default().with_error_code(error),
+            Err(error) => OffsetFetchResponse::default().with_topics(
                 request_topics
                     .into_iter()
                     .flatten()
@@ -226,7 +309,7 @@ pub(crate) async fn offset_fetch(
                                     OffsetFetchResponsePartition::default()
                                         .with_partition_index(p)
                                         .with_committed_offset(-1)
-                                        .with_error_code(group_code(&e))
+                                        .with_error_code(error)
                                 })
                                 .collect(),
                         )
@@ -237,27 +320,49 @@ pub(crate) async fn offset_fetch(
     }
     let mut groups = Vec::with_capacity(request.groups.len());
     for g in request.groups {
-        let topics =
+        if !may_describe_group(g.group_id.0.as_str()) {
+            groups.push(
+                OffsetFetchResponseGroup::default()
+                    .with_group_id(g.group_id)
+                    .with_error_code(code::GROUP_AUTHORIZATION_FAILED),
+            );
+            continue;
+        }
+        let topics: Requested =
             g.topics.map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
-        let group = match fetch_group(ctx, &g.group_id.0, topics).await {
-            Ok(found) => OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone()).with_topics(
-                found
-                    .into_iter()
-                    .map(|(topic, ps)| {
-                        OffsetFetchResponseTopics::default().with_name(TopicName(s(topic))).with_partitions(
-                            ps.into_iter()
-                                .map(|(p, offset, metadata)| {
-                                    OffsetFetchResponsePartitions::default()
-                                        .with_partition_index(p)
-                                        .with_committed_offset(offset)
-                                        .with_committed_leader_epoch(-1)
-                                        .with_metadata(Some(s(metadata)))
-                                })
-                                .collect(),
-                        )
-                    })
-                    .collect(),
-            ),
+        let group = match fetch_authorized(ctx, client, &g.group_id.0, topics).await {
+            Ok((found, refused)) => {
+                let found = found.into_iter().map(|(topic, ps)| {
+                    OffsetFetchResponseTopics::default().with_name(TopicName(s(topic))).with_partitions(
+                        ps.into_iter()
+                            .map(|(p, offset, metadata)| {
+                                OffsetFetchResponsePartitions::default()
+                                    .with_partition_index(p)
+                                    .with_committed_offset(offset)
+                                    .with_committed_leader_epoch(-1)
+                                    .with_metadata(Some(s(metadata)))
+                            })
+                            .collect(),
+                    )
+                });
+                let refused = refused.into_iter().map(|(topic, ps)| {
+                    OffsetFetchResponseTopics::default().with_name(TopicName(s(topic))).with_partitions(
+                        ps.into_iter()
+                            .map(|p| {
+                                OffsetFetchResponsePartitions::default()
+                                    .with_partition_index(p)
+                                    .with_committed_offset(-1)
+                                    .with_committed_leader_epoch(-1)
+                                    .with_metadata(Some(s("")))
+                                    .with_error_code(code::TOPIC_AUTHORIZATION_FAILED)
+                            })
+                            .collect(),
+                    )
+                });
+                OffsetFetchResponseGroup::default()
+                    .with_group_id(g.group_id.clone())
+                    .with_topics(found.chain(refused).collect())
+            }
             Err(e) => OffsetFetchResponseGroup::default()
                 .with_group_id(GroupId(g.group_id.0))
                 .with_error_code(group_code(&e)),

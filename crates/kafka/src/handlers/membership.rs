@@ -26,14 +26,16 @@ use kafka_protocol::messages::list_groups_request::ListGroupsRequest;
 use kafka_protocol::messages::list_groups_response::{ListGroupsResponse, ListedGroup};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequest as KafkaSync;
 use kafka_protocol::messages::sync_group_response::SyncGroupResponse;
+use runnel_auth::acl::{CLUSTER_RESOURCE_NAME, Operation, ResourceType};
 use runnel_broker::group::assign::{Assignor, TpSet};
 use runnel_broker::group::state::{Heartbeat, rebalance_timeout_ms, session_timeout_ms};
 use runnel_broker::group::{
     ClassicHeartbeat, JoinGroupRequest, JoinProtocol, LeaveMember, SyncAssignment, SyncGroupRequest,
 };
 
+use super::acls::{authorize, authorized_operations};
 use super::groups::group_code;
-use super::metadata::{GROUP_OPERATIONS, uuid};
+use super::metadata::uuid;
 use super::{Client, broker_code, code, s};
 use crate::Context;
 
@@ -41,13 +43,31 @@ fn opt(value: Option<String>) -> Option<kafka_protocol::protocol::StrBytes> {
     value.map(s)
 }
 
-/// JoinGroup: waits until the join phase completes; the leader gets every member.
+/// READ on the group, which the classic protocol's requests need: GROUP_AUTHORIZATION_FAILED
+/// and the message otherwise.
+fn may_read_group(ctx: &Context, client: &Client, group: &str) -> Result<(), (i16, String)> {
+    authorize(ctx, client, Operation::Read, ResourceType::Group, group).map_err(|message| {
+        tracing::debug!(client = %client.addr, "kafka: group request refused: {message}");
+        (code::GROUP_AUTHORIZATION_FAILED, message)
+    })
+}
+
+/// JoinGroup: waits until the join phase completes; the leader gets every member. Needs
+/// READ on the group.
 pub(crate) async fn join_group(
     ctx: &Context,
     r: KafkaJoin,
     version: i16,
     client: &Client,
 ) -> JoinGroupResponse {
+    if let Err((error, _)) = may_read_group(ctx, client, &r.group_id.0) {
+        let response = JoinGroupResponse::default()
+            .with_error_code(error)
+            .with_generation_id(-1)
+            .with_member_id(r.member_id.clone());
+        // Before v7 the protocol name may not be null.
+        return if version < 7 { response.with_protocol_name(Some(s(""))) } else { response };
+    }
     let request = JoinGroupRequest {
         member_id: r.member_id.to_string(),
         group_instance_id: r.group_instance_id.as_ref().map(|i| i.to_string()),
@@ -98,8 +118,12 @@ pub(crate) async fn join_group(
     response
 }
 
-/// SyncGroup: the leader hands out assignments; every member waits for its own.
-pub(crate) async fn sync_group(ctx: &Context, r: KafkaSync) -> SyncGroupResponse {
+/// SyncGroup: the leader hands out assignments; every member waits for its own. Needs READ
+/// on the group.
+pub(crate) async fn sync_group(ctx: &Context, r: KafkaSync, client: &Client) -> SyncGroupResponse {
+    if let Err((error, _)) = may_read_group(ctx, client, &r.group_id.0) {
+        return SyncGroupResponse::default().with_error_code(error);
+    }
     let request = SyncGroupRequest {
         member_id: r.member_id.to_string(),
         generation_id: r.generation_id,
@@ -121,8 +145,12 @@ pub(crate) async fn sync_group(ctx: &Context, r: KafkaSync) -> SyncGroupResponse
     }
 }
 
-/// Heartbeat: NONE, or REBALANCE_IN_PROGRESS and the like to make the member rejoin.
-pub(crate) async fn heartbeat(ctx: &Context, r: HeartbeatRequest) -> HeartbeatResponse {
+/// Heartbeat: NONE, or REBALANCE_IN_PROGRESS and the like to make the member rejoin. Needs
+/// READ on the group.
+pub(crate) async fn heartbeat(ctx: &Context, r: HeartbeatRequest, client: &Client) -> HeartbeatResponse {
+    if let Err((error, _)) = may_read_group(ctx, client, &r.group_id.0) {
+        return HeartbeatResponse::default().with_error_code(error);
+    }
     let hb = ClassicHeartbeat {
         member_id: r.member_id.to_string(),
         generation_id: r.generation_id,
@@ -134,8 +162,17 @@ pub(crate) async fn heartbeat(ctx: &Context, r: HeartbeatRequest) -> HeartbeatRe
     }
 }
 
-/// LeaveGroup: one member before v3, a list with a result each from v3 on.
-pub(crate) async fn leave_group(ctx: &Context, r: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+/// LeaveGroup: one member before v3, a list with a result each from v3 on. Needs READ on
+/// the group (the refusal is the top-level error, as Kafka's).
+pub(crate) async fn leave_group(
+    ctx: &Context,
+    r: LeaveGroupRequest,
+    version: i16,
+    client: &Client,
+) -> LeaveGroupResponse {
+    if let Err((error, _)) = may_read_group(ctx, client, &r.group_id.0) {
+        return LeaveGroupResponse::default().with_error_code(error);
+    }
     let members: Vec<LeaveMember> = if version < 3 {
         vec![LeaveMember { member_id: r.member_id.to_string(), group_instance_id: None }]
     } else {
@@ -168,7 +205,12 @@ pub(crate) async fn leave_group(ctx: &Context, r: LeaveGroupRequest, version: i1
 }
 
 /// ListGroups: the groups this broker coordinates, filtered by state (v4) and type (v5).
-pub(crate) fn list_groups(ctx: &Context, r: &ListGroupsRequest) -> ListGroupsResponse {
+/// With DESCRIBE on the cluster every group is listed, otherwise those the client may
+/// DESCRIBE.
+pub(crate) fn list_groups(ctx: &Context, r: &ListGroupsRequest, client: &Client) -> ListGroupsResponse {
+    let all = client.allowed(ctx, Operation::Describe, ResourceType::Cluster, CLUSTER_RESOURCE_NAME);
+    let may_describe =
+        |group: &str| all || client.allowed(ctx, Operation::Describe, ResourceType::Group, group);
     let wanted_state = |state: &str| {
         r.states_filter.is_empty() || r.states_filter.iter().any(|f| f.eq_ignore_ascii_case(state))
     };
@@ -178,7 +220,7 @@ pub(crate) fn list_groups(ctx: &Context, r: &ListGroupsRequest) -> ListGroupsRes
         .groups
         .group_overviews()
         .into_iter()
-        .filter(|g| wanted_state(g.state) && wanted_type(g.kind.name()))
+        .filter(|g| wanted_state(g.state) && wanted_type(g.kind.name()) && may_describe(&g.group_id))
         .map(|g| {
             ListedGroup::default()
                 .with_group_id(GroupId(s(g.group_id)))
@@ -190,15 +232,30 @@ pub(crate) fn list_groups(ctx: &Context, r: &ListGroupsRequest) -> ListGroupsRes
     ListGroupsResponse::default().with_groups(groups)
 }
 
-/// DescribeGroups: state, protocol and members with their metadata and assignment.
+/// DescribeGroups: state, protocol and members with their metadata and assignment. Needs
+/// DESCRIBE on each group (GROUP_AUTHORIZATION_FAILED for that group otherwise).
 pub(crate) async fn describe_groups(
     ctx: &Context,
     r: DescribeGroupsRequest,
     version: i16,
+    client: &Client,
 ) -> DescribeGroupsResponse {
-    let operations = (version >= 3 && r.include_authorized_operations).then_some(GROUP_OPERATIONS);
+    let with_operations = version >= 3 && r.include_authorized_operations;
+    // A group's error message exists from v6 (the encoder refuses it before).
+    let message_field = |message: String| (version >= 6).then(|| s(message));
     let mut groups = Vec::with_capacity(r.groups.len());
     for id in r.groups {
+        if let Err(message) = authorize(ctx, client, Operation::Describe, ResourceType::Group, &id.0) {
+            groups.push(
+                DescribedGroup::default()
+                    .with_group_id(id)
+                    .with_error_code(code::GROUP_AUTHORIZATION_FAILED)
+                    .with_error_message(message_field(message)),
+            );
+            continue;
+        }
+        let operations =
+            with_operations.then(|| authorized_operations(ctx, client, ResourceType::Group, &id.0));
         let described = match ctx.groups.group_description(&id.0).await {
             Ok(d) => DescribedGroup::default()
                 .with_group_id(id)
@@ -223,26 +280,38 @@ pub(crate) async fn describe_groups(
             Err(e) => DescribedGroup::default()
                 .with_group_id(id)
                 .with_error_code(group_code(&e))
-                .with_error_message(Some(s(e.message))),
+                .with_error_message(message_field(e.message)),
         };
         groups.push(described);
     }
     DescribeGroupsResponse::default().with_groups(groups)
 }
 
-/// DeleteGroups: only groups without members; their committed offsets go too.
-pub(crate) async fn delete_groups(ctx: &Context, r: DeleteGroupsRequest) -> DeleteGroupsResponse {
-    let ids: Vec<String> = r.groups_names.iter().map(|g| g.0.to_string()).collect();
-    let results = ctx
-        .groups
-        .delete_groups(&ids)
-        .await
+/// DeleteGroups: only groups without members; their committed offsets go too. Needs DELETE
+/// on each group (GROUP_AUTHORIZATION_FAILED for that group otherwise).
+pub(crate) async fn delete_groups(
+    ctx: &Context,
+    r: DeleteGroupsRequest,
+    client: &Client,
+) -> DeleteGroupsResponse {
+    let (ids, refused): (Vec<String>, Vec<String>) = r
+        .groups_names
+        .iter()
+        .map(|g| g.0.to_string())
+        .partition(|id| client.allowed(ctx, Operation::Delete, ResourceType::Group, id));
+    let deleted = if ids.is_empty() { Vec::new() } else { ctx.groups.delete_groups(&ids).await };
+    let results = deleted
         .into_iter()
         .map(|(id, result)| {
             DeletableGroupResult::default()
                 .with_group_id(GroupId(s(id)))
                 .with_error_code(result.as_ref().err().map_or(code::NONE, group_code))
         })
+        .chain(refused.into_iter().map(|id| {
+            DeletableGroupResult::default()
+                .with_group_id(GroupId(s(id)))
+                .with_error_code(code::GROUP_AUTHORIZATION_FAILED)
+        }))
         .collect();
     DeleteGroupsResponse::default().with_results(results)
 }
@@ -253,7 +322,9 @@ const SUBSCRIBED_TOPICS_MAX: usize = 1_000;
 /// ConsumerGroupHeartbeat (KIP-848) on the coordinator the gRPC groups use. The Kafka form
 /// names partitions by topic id and sends the subscription and owned partitions only when
 /// they change (null otherwise), so those are filled in from the coordinator's view of the
-/// member; the broker assigns ("uniform" or "range", Kafka's server assignors).
+/// member; the broker assigns ("uniform" or "range", Kafka's server assignors). Needs READ on
+/// the group, and DESCRIBE on each topic the request subscribes to (TOPIC_AUTHORIZATION_FAILED
+/// otherwise, as Kafka).
 pub(crate) async fn consumer_group_heartbeat(
     ctx: &Context,
     r: ConsumerGroupHeartbeatRequest,
@@ -262,6 +333,14 @@ pub(crate) async fn consumer_group_heartbeat(
     let refuse = |error: i16, message: String| {
         ConsumerGroupHeartbeatResponse::default().with_error_code(error).with_error_message(Some(s(message)))
     };
+    if let Err((error, message)) = may_read_group(ctx, client, &r.group_id.0) {
+        return refuse(error, message);
+    }
+    for topic in r.subscribed_topic_names.iter().flatten() {
+        if let Err(message) = authorize(ctx, client, Operation::Describe, ResourceType::Topic, &topic.0) {
+            return refuse(code::TOPIC_AUTHORIZATION_FAILED, message);
+        }
+    }
     if r.subscribed_topic_regex.as_ref().is_some_and(|re| !re.is_empty()) {
         return refuse(code::INVALID_REQUEST, "subscriptions by regular expression are not supported".into());
     }

@@ -1,6 +1,6 @@
 //! Metadata, with Kafka's topic auto-creation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kafka_protocol::messages::metadata_request::MetadataRequest;
 use kafka_protocol::messages::metadata_response::{
@@ -13,21 +13,11 @@ use runnel_broker::admin::NewTopic;
 use runnel_broker::cache::TopicEntry;
 use runnel_broker::group::OFFSETS_TOPIC;
 
+use runnel_auth::acl::{CLUSTER_RESOURCE_NAME, Operation, ResourceType};
+
+use super::acls::{authorized_operations, may_create_topic};
 use super::{Client, broker_code, code, s};
 use crate::{AUTO_CREATE_WAIT, Context, listeners};
-
-/// Kafka's ACL operations (AclOperation codes) as bitfields, answered when a client asks
-/// for authorized operations: with no authorizer, every operation of the resource type.
-/// Topic: READ 3, WRITE 4, CREATE 5, DELETE 6, ALTER 7, DESCRIBE 8, DESCRIBE_CONFIGS 10,
-/// ALTER_CONFIGS 11.
-pub(crate) const TOPIC_OPERATIONS: i32 =
-    (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
-/// Cluster: CREATE 5, ALTER 7, DESCRIBE 8, CLUSTER_ACTION 9, DESCRIBE_CONFIGS 10,
-/// ALTER_CONFIGS 11, IDEMPOTENT_WRITE 12.
-pub(crate) const CLUSTER_OPERATIONS: i32 =
-    (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12);
-/// Group: READ 3, DELETE 6, DESCRIBE 8.
-pub(crate) const GROUP_OPERATIONS: i32 = (1 << 3) | (1 << 6) | (1 << 8);
 
 /// The most replicas an auto-created topic gets when `default.replication.factor` is unset.
 const AUTO_CREATE_REPLICATION_MAX: usize = 3;
@@ -144,6 +134,11 @@ pub(crate) async fn auto_create(ctx: &Context, names: &[String]) -> BTreeMap<Str
 
 /// Metadata: brokers, topics, partitions with leaders and epochs; unknown topics are created
 /// when `auto.create.topics.enable` allows and the client asked (always before v4).
+///
+/// Authorization as Kafka's: a listing of every topic leaves out those the client may not
+/// DESCRIBE; a topic asked for by name (or id) without DESCRIBE is TOPIC_AUTHORIZATION_FAILED
+/// with no partitions; creating a missing topic needs CREATE on the cluster or the topic,
+/// and a topic that would be created without it is TOPIC_AUTHORIZATION_FAILED too.
 pub(crate) async fn metadata(
     ctx: &Context,
     request: MetadataRequest,
@@ -162,27 +157,52 @@ pub(crate) async fn metadata(
         }
     };
     let allow_create = ctx.config.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
-    // Asked from v8 (the cluster's only through v10); answered as Kafka without an authorizer.
-    let topic_ops = (version >= 8 && request.include_topic_authorized_operations).then_some(TOPIC_OPERATIONS);
-    let cluster_ops = ((8..=10).contains(&version) && request.include_cluster_authorized_operations)
-        .then_some(CLUSTER_OPERATIONS);
+    // Asked from v8 (the cluster's only through v10).
+    let topic_ops = version >= 8 && request.include_topic_authorized_operations;
+    let cluster_ops = (8..=10).contains(&version) && request.include_cluster_authorized_operations;
+    let may_describe = |name: &str| client.allowed(ctx, Operation::Describe, ResourceType::Topic, name);
+    // Topics asked for by name that are answered TOPIC_AUTHORIZATION_FAILED: those the client
+    // may not describe, and (as Kafka) those it may describe but that are missing and would be
+    // auto-created without its having CREATE.
+    let mut refused: BTreeSet<&str> = BTreeSet::new();
+    if let Some(names) = &wanted {
+        refused.extend(names.iter().map(String::as_str).filter(|n| !may_describe(n)));
+    }
     let mut created = BTreeMap::new();
     if let Some(names) = &wanted
         && allow_create
     {
-        let missing: Vec<String> = match ctx.plane.metadata() {
-            Ok(cache) => names.iter().filter(|n| !cache.topics.contains_key(*n)).cloned().collect(),
+        let missing: Vec<&String> = match ctx.plane.metadata() {
+            Ok(cache) => names
+                .iter()
+                .filter(|n| !refused.contains(n.as_str()) && !cache.topics.contains_key(*n))
+                .collect(),
             Err(_) => Vec::new(),
         };
-        if !missing.is_empty() {
-            created = auto_create(ctx, &missing).await;
+        let (creatable, uncreatable): (Vec<&String>, Vec<&String>) =
+            missing.into_iter().partition(|n| may_create_topic(ctx, client, n));
+        refused.extend(uncreatable.into_iter().map(String::as_str));
+        if !creatable.is_empty() {
+            let creatable: Vec<String> = creatable.into_iter().cloned().collect();
+            created = auto_create(ctx, &creatable).await;
         }
     }
     let cache = match ctx.plane.metadata() {
         Ok(cache) => cache,
         Err(e) => {
             // Still starting: no brokers and each topic retriable, so clients try again.
-            let topics = wanted.unwrap_or_default().iter().map(|n| topic_error(n, broker_code(&e))).collect();
+            let topics = wanted
+                .iter()
+                .flatten()
+                .map(|n| {
+                    let error = if refused.contains(n.as_str()) {
+                        code::TOPIC_AUTHORIZATION_FAILED
+                    } else {
+                        broker_code(&e)
+                    };
+                    topic_error(n, error)
+                })
+                .collect();
             return MetadataResponse::default().with_topics(topics);
         }
     };
@@ -197,10 +217,16 @@ pub(crate) async fn metadata(
         })
         .collect();
     let topics = match &wanted {
-        None => cache.topics.iter().map(|(name, t)| describe_topic(name, t, &cache)).collect(),
+        None => cache
+            .topics
+            .iter()
+            .filter(|(name, _)| may_describe(name))
+            .map(|(name, t)| describe_topic(name, t, &cache))
+            .collect(),
         Some(names) => names
             .iter()
             .map(|name| match cache.topics.get(name) {
+                _ if refused.contains(name.as_str()) => topic_error(name, code::TOPIC_AUTHORIZATION_FAILED),
                 Some(t) if has_leaders(&cache, name) || !created.contains_key(name) => {
                     describe_topic(name, t, &cache)
                 }
@@ -217,6 +243,11 @@ pub(crate) async fn metadata(
     let mut topics: Vec<MetadataResponseTopic> = topics;
     for id in by_id {
         topics.push(match cache.topics.iter().find(|(_, t)| uuid(&t.id) == id) {
+            // Kafka does not count ids as secret: the refusal carries the id, not the name.
+            Some((name, _)) if !may_describe(name) => MetadataResponseTopic::default()
+                .with_name(None)
+                .with_topic_id(id)
+                .with_error_code(code::TOPIC_AUTHORIZATION_FAILED),
             Some((name, t)) => describe_topic(name, t, &cache),
             None => MetadataResponseTopic::default()
                 .with_name(None)
@@ -224,9 +255,11 @@ pub(crate) async fn metadata(
                 .with_error_code(code::UNKNOWN_TOPIC_ID),
         });
     }
-    if let Some(ops) = topic_ops {
+    if topic_ops {
         for t in topics.iter_mut().filter(|t| t.error_code == code::NONE) {
-            t.topic_authorized_operations = ops;
+            if let Some(name) = &t.name {
+                t.topic_authorized_operations = authorized_operations(ctx, client, ResourceType::Topic, name);
+            }
         }
     }
     let mut response = MetadataResponse::default()
@@ -236,8 +269,14 @@ pub(crate) async fn metadata(
         // the controller clients are told of is this one.
         .with_controller_id(BrokerId(ctx.config.broker_id as i32))
         .with_topics(topics);
-    if let Some(ops) = cluster_ops {
-        response.cluster_authorized_operations = ops;
+    if cluster_ops {
+        // As Kafka: nothing at all without DESCRIBE on the cluster.
+        response.cluster_authorized_operations =
+            if client.allowed(ctx, Operation::Describe, ResourceType::Cluster, CLUSTER_RESOURCE_NAME) {
+                authorized_operations(ctx, client, ResourceType::Cluster, CLUSTER_RESOURCE_NAME)
+            } else {
+                0
+            };
     }
     response
 }

@@ -2,6 +2,7 @@
 //! thin on purpose: validation of records, leadership, producer state, offsets and groups
 //! live in the core, which the gRPC API shares.
 
+mod acls;
 mod admin;
 mod configs;
 mod data;
@@ -19,6 +20,8 @@ use futures::future::BoxFuture;
 use kafka_protocol::messages::api_versions_response::ApiVersionsResponse;
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
+use runnel_auth::Principal;
+use runnel_auth::acl::{CLUSTER_RESOURCE_NAME, Operation, Permission, ResourceType};
 use runnel_broker::BrokerError;
 use runnel_broker::metrics::{PlaneMetrics, Protocol};
 
@@ -50,8 +53,16 @@ pub mod code {
     pub const INVALID_REPLICATION_FACTOR: i16 = 38;
     /// 39: a manual replica assignment (not supported).
     pub const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
+    /// 29: the client may not do this to the topic.
+    pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+    /// 30: the client may not do this to the group.
+    pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
+    /// 31: the client may not do this to the cluster.
+    pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
     /// 42: a request that makes no sense.
     pub const INVALID_REQUEST: i16 = 42;
+    /// 54: no authorizer (authorization is off), for the ACL APIs.
+    pub const SECURITY_DISABLED: i16 = 54;
     /// 100: no topic has this id.
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
 }
@@ -125,23 +136,71 @@ impl Started {
     }
 }
 
-/// What a client told about itself, for logs.
+/// What a client told about itself, for logs, and who it authenticated as.
 #[derive(Debug, Clone)]
 pub(crate) struct Client {
     pub(crate) addr: SocketAddr,
     pub(crate) id: String,
     /// The listener it came in on: the addresses it is told are that listener's.
     pub(crate) listener: Arc<str>,
+    /// The authenticated principal; `None` where authentication is off.
+    pub(crate) principal: Option<Principal>,
 }
 
 impl Client {
-    fn new(addr: SocketAddr, header: &RequestHeader, listener: &Arc<str>) -> Self {
+    fn new(
+        addr: SocketAddr,
+        header: &RequestHeader,
+        listener: &Arc<str>,
+        principal: Option<Principal>,
+    ) -> Self {
         Client {
             addr,
             id: header.client_id.as_ref().map_or_else(String::new, |s| s.to_string()),
             listener: Arc::clone(listener),
+            principal,
         }
     }
+
+    /// Whether the client may do `operation` on the resource: always where authentication
+    /// is off; otherwise as the ACLs (and super users) say.
+    pub(crate) fn allowed(
+        &self,
+        ctx: &Context,
+        operation: Operation,
+        resource_type: ResourceType,
+        name: &str,
+    ) -> bool {
+        match (&ctx.auth, &self.principal) {
+            (None, _) => true,
+            (Some(store), Some(principal)) => {
+                store.authorize(principal, self.addr.ip(), operation, resource_type, name)
+            }
+            // Unauthenticated requests never reach a handler where authentication is on.
+            (Some(_), None) => false,
+        }
+    }
+
+    /// Whether the client may use an idempotent producer, as Kafka since 3.0 (KIP-679):
+    /// IDEMPOTENT_WRITE on the cluster, or WRITE on some topic.
+    pub(crate) fn may_produce_idempotently(&self, ctx: &Context) -> bool {
+        if self.allowed(ctx, Operation::IdempotentWrite, ResourceType::Cluster, CLUSTER_RESOURCE_NAME) {
+            return true;
+        }
+        let (Some(store), Some(principal)) = (&ctx.auth, &self.principal) else { return false };
+        store.security().acls.iter().any(|acl| {
+            acl.permission == Permission::Allow
+                && acl.resource_type == ResourceType::Topic
+                && matches!(acl.operation, Operation::Write | Operation::All)
+                && (acl.principal == principal.as_str() || acl.principal == "User:*")
+                && self.allowed(ctx, Operation::Write, ResourceType::Topic, &acl.resource_name)
+        })
+    }
+}
+
+/// An answer made by the connection itself (the SASL exchange), in the request's order.
+pub fn answer(header: &RequestHeader, key: ApiKey, response: ResponseKind) -> Started {
+    Started::ready(header, key, response)
 }
 
 /// Starts one decoded request: whatever must happen in arrival order happens now.
@@ -151,9 +210,10 @@ pub fn start(
     request: RequestKind,
     peer: SocketAddr,
     listener: &Arc<str>,
+    principal: Option<Principal>,
 ) -> Started {
     let arrived = Instant::now();
-    let client = Client::new(peer, &header, listener);
+    let client = Client::new(peer, &header, listener, principal);
     let version = header.request_api_version;
     let ctx = Arc::clone(context);
     let mut started = match request {
@@ -173,47 +233,47 @@ pub fn start(
         RequestKind::ListOffsets(r) => Started::ready(
             &header,
             ApiKey::ListOffsets,
-            ResponseKind::ListOffsets(data::list_offsets(&ctx, r, version)),
+            ResponseKind::ListOffsets(data::list_offsets(&ctx, r, version, &client)),
         ),
         RequestKind::OffsetForLeaderEpoch(r) => Started::ready(
             &header,
             ApiKey::OffsetForLeaderEpoch,
-            ResponseKind::OffsetForLeaderEpoch(data::offset_for_leader_epoch(&ctx, r)),
+            ResponseKind::OffsetForLeaderEpoch(data::offset_for_leader_epoch(&ctx, r, &client)),
         ),
         RequestKind::InitProducerId(r) => Started::later(&header, ApiKey::InitProducerId, async move {
-            Some(ResponseKind::InitProducerId(data::init_producer_id(&ctx, r).await))
+            Some(ResponseKind::InitProducerId(data::init_producer_id(&ctx, r, &client).await))
         }),
         RequestKind::FindCoordinator(r) => Started::later(&header, ApiKey::FindCoordinator, async move {
             Some(ResponseKind::FindCoordinator(groups::find_coordinator(&ctx, r, version, &client).await))
         }),
         RequestKind::OffsetCommit(r) => Started::later(&header, ApiKey::OffsetCommit, async move {
-            Some(ResponseKind::OffsetCommit(groups::offset_commit(&ctx, r).await))
+            Some(ResponseKind::OffsetCommit(groups::offset_commit(&ctx, r, &client).await))
         }),
         RequestKind::OffsetFetch(r) => Started::later(&header, ApiKey::OffsetFetch, async move {
-            Some(ResponseKind::OffsetFetch(groups::offset_fetch(&ctx, r, version).await))
+            Some(ResponseKind::OffsetFetch(groups::offset_fetch(&ctx, r, version, &client).await))
         }),
         RequestKind::JoinGroup(r) => Started::later(&header, ApiKey::JoinGroup, async move {
             Some(ResponseKind::JoinGroup(membership::join_group(&ctx, r, version, &client).await))
         }),
         RequestKind::SyncGroup(r) => Started::later(&header, ApiKey::SyncGroup, async move {
-            Some(ResponseKind::SyncGroup(membership::sync_group(&ctx, r).await))
+            Some(ResponseKind::SyncGroup(membership::sync_group(&ctx, r, &client).await))
         }),
         RequestKind::Heartbeat(r) => Started::later(&header, ApiKey::Heartbeat, async move {
-            Some(ResponseKind::Heartbeat(membership::heartbeat(&ctx, r).await))
+            Some(ResponseKind::Heartbeat(membership::heartbeat(&ctx, r, &client).await))
         }),
         RequestKind::LeaveGroup(r) => Started::later(&header, ApiKey::LeaveGroup, async move {
-            Some(ResponseKind::LeaveGroup(membership::leave_group(&ctx, r, version).await))
+            Some(ResponseKind::LeaveGroup(membership::leave_group(&ctx, r, version, &client).await))
         }),
         RequestKind::ListGroups(r) => Started::ready(
             &header,
             ApiKey::ListGroups,
-            ResponseKind::ListGroups(membership::list_groups(&ctx, &r)),
+            ResponseKind::ListGroups(membership::list_groups(&ctx, &r, &client)),
         ),
         RequestKind::DescribeGroups(r) => Started::later(&header, ApiKey::DescribeGroups, async move {
-            Some(ResponseKind::DescribeGroups(membership::describe_groups(&ctx, r, version).await))
+            Some(ResponseKind::DescribeGroups(membership::describe_groups(&ctx, r, version, &client).await))
         }),
         RequestKind::DeleteGroups(r) => Started::later(&header, ApiKey::DeleteGroups, async move {
-            Some(ResponseKind::DeleteGroups(membership::delete_groups(&ctx, r).await))
+            Some(ResponseKind::DeleteGroups(membership::delete_groups(&ctx, r, &client).await))
         }),
         RequestKind::ConsumerGroupHeartbeat(r) => {
             Started::later(&header, ApiKey::ConsumerGroupHeartbeat, async move {
@@ -223,31 +283,44 @@ pub fn start(
             })
         }
         RequestKind::CreateTopics(r) => Started::later(&header, ApiKey::CreateTopics, async move {
-            Some(ResponseKind::CreateTopics(admin::create_topics(&ctx, r).await))
+            Some(ResponseKind::CreateTopics(admin::create_topics(&ctx, r, &client).await))
         }),
         RequestKind::DeleteTopics(r) => Started::later(&header, ApiKey::DeleteTopics, async move {
-            Some(ResponseKind::DeleteTopics(admin::delete_topics(&ctx, r).await))
+            Some(ResponseKind::DeleteTopics(admin::delete_topics(&ctx, r, &client).await))
         }),
         RequestKind::CreatePartitions(r) => Started::later(&header, ApiKey::CreatePartitions, async move {
-            Some(ResponseKind::CreatePartitions(configs::create_partitions(&ctx, r).await))
+            Some(ResponseKind::CreatePartitions(configs::create_partitions(&ctx, r, &client).await))
         }),
         RequestKind::DescribeConfigs(r) => Started::ready(
             &header,
             ApiKey::DescribeConfigs,
-            ResponseKind::DescribeConfigs(configs::describe_configs(&ctx, r, version)),
+            ResponseKind::DescribeConfigs(configs::describe_configs(&ctx, r, version, &client)),
         ),
         RequestKind::AlterConfigs(r) => Started::later(&header, ApiKey::AlterConfigs, async move {
-            Some(ResponseKind::AlterConfigs(configs::alter_configs(&ctx, r).await))
+            Some(ResponseKind::AlterConfigs(configs::alter_configs(&ctx, r, &client).await))
         }),
         RequestKind::IncrementalAlterConfigs(r) => {
             Started::later(&header, ApiKey::IncrementalAlterConfigs, async move {
-                Some(ResponseKind::IncrementalAlterConfigs(configs::incremental_alter_configs(&ctx, r).await))
+                Some(ResponseKind::IncrementalAlterConfigs(
+                    configs::incremental_alter_configs(&ctx, r, &client).await,
+                ))
             })
         }
         RequestKind::DescribeCluster(_) => Started::ready(
             &header,
             ApiKey::DescribeCluster,
             ResponseKind::DescribeCluster(admin::describe_cluster(&ctx, &client)),
+        ),
+        RequestKind::CreateAcls(r) => Started::later(&header, ApiKey::CreateAcls, async move {
+            Some(ResponseKind::CreateAcls(acls::create_acls(&ctx, r, &client).await))
+        }),
+        RequestKind::DeleteAcls(r) => Started::later(&header, ApiKey::DeleteAcls, async move {
+            Some(ResponseKind::DeleteAcls(acls::delete_acls(&ctx, r, &client).await))
+        }),
+        RequestKind::DescribeAcls(r) => Started::ready(
+            &header,
+            ApiKey::DescribeAcls,
+            ResponseKind::DescribeAcls(acls::describe_acls(&ctx, &r, &client)),
         ),
         other => {
             // The codec refuses keys missing from versions::SERVED, so this is a served key
@@ -296,6 +369,11 @@ fn api_name(key: ApiKey) -> &'static str {
         ApiKey::IncrementalAlterConfigs => "incremental_alter_configs",
         ApiKey::DescribeCluster => "describe_cluster",
         ApiKey::ConsumerGroupHeartbeat => "consumer_group_heartbeat",
+        ApiKey::SaslHandshake => "sasl_handshake",
+        ApiKey::SaslAuthenticate => "sasl_authenticate",
+        ApiKey::CreateAcls => "create_acls",
+        ApiKey::DeleteAcls => "delete_acls",
+        ApiKey::DescribeAcls => "describe_acls",
         _ => "other",
     }
 }

@@ -1,0 +1,236 @@
+//! Client authentication and ACLs on the gRPC API (`runnel node --auth`), through the CLI and
+//! raw gRPC: a three-node cluster with its planes apart, the first administrator created from
+//! loopback, users and ACLs managed with `runnel user` and `runnel acl`, and each user able to
+//! do exactly what its ACLs allow. The Kafka side (SASL with kafka-python and librdkafka) is
+//! `kafka_clients.rs`'s `kafka_clients_with_sasl_and_acls`.
+
+use std::time::{Duration, Instant};
+
+use runnel_proto::pb::runnel::v1 as pb;
+use runnel_proto::pb::runnel::v1::controller_service_client::ControllerServiceClient;
+use runnel_proto::security::Credentials;
+use runnel_testkit::{CliOutput, Cluster, ClusterOpts, POLL_INTERVAL};
+
+/// How long a change of users or ACLs may take to reach every node.
+const PROPAGATION: Duration = Duration::from_secs(15);
+const RECORDS: usize = 20;
+
+fn start() -> Cluster {
+    let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_runnel"));
+    opts.internal_listener = true;
+    opts.extra_args = vec!["--auth".to_owned()];
+    Cluster::start(3, opts).unwrap_or_else(|e| panic!("cluster start: {e:#}"))
+}
+
+/// `runnel <args> --user <user> --password <password>`.
+fn as_user(cluster: &Cluster, user: &str, password: &str, args: &[&str]) -> CliOutput {
+    let mut full = args.to_vec();
+    full.extend(["--user", user, "--password", password]);
+    cluster.runnel(&full)
+}
+
+fn ok(out: CliOutput, what: &str) -> CliOutput {
+    assert!(out.success(), "{what}: {out:?}");
+    out
+}
+
+fn refused(out: &CliOutput, name: &str, what: &str) {
+    assert!(!out.success(), "{what} succeeded: {out:?}");
+    assert_eq!(out.error_name(), Some(name), "{what}: {out:?}");
+}
+
+/// Runs `run` until it gives `Some`, or panics after `PROPAGATION` naming `what`.
+fn eventually<T>(what: &str, mut run: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + PROPAGATION;
+    loop {
+        match run() {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => panic!("{what} within {PROPAGATION:?}: {last}"),
+            Err(_) => std::thread::sleep(POLL_INTERVAL * 5),
+        }
+    }
+}
+
+fn consume(cluster: &Cluster, user: &str, password: &str, topic: &str) -> CliOutput {
+    let max = RECORDS.to_string();
+    as_user(cluster, user, password, &["consume", topic, "--from-beginning", "--max-messages", &max])
+}
+
+#[test]
+fn grpc_clients_authenticate_and_the_acls_decide_what_each_may_do() {
+    let cluster = start();
+    let admin = |args: &[&str]| as_user(&cluster, "admin", "admin-secret", args);
+
+    // No user yet: a caller without credentials passes as User:ANONYMOUS, which no ACL names.
+    let out =
+        cluster.runnel(&["topic", "create", "orders", "--partitions", "1", "--replication-factor", "3"]);
+    refused(&out, "TOPIC_AUTHORIZATION_FAILED", "an anonymous topic creation");
+    // The first user must be a super user (User:admin by default), made from loopback.
+    let out = cluster.runnel(&["user", "create", "alice", "--user-password", "alice-secret"]);
+    refused(&out, "CLUSTER_AUTHORIZATION_FAILED", "alice as the first user");
+    ok(cluster.runnel(&["user", "create", "admin", "--user-password", "admin-secret"]), "the first admin");
+
+    // From now on every call needs a user and its password.
+    let out = eventually("anonymous calls refused once a user exists", || {
+        let out = cluster.runnel(&["topic", "list"]);
+        if out.success() { Err(format!("{out:?}")) } else { Ok(out) }
+    });
+    refused(&out, "SASL_AUTHENTICATION_FAILED", "an anonymous topic list");
+    let out = as_user(&cluster, "admin", "wrong", &["topic", "list"]);
+    refused(&out, "SASL_AUTHENTICATION_FAILED", "a wrong password");
+
+    eventually("the admin is known everywhere", || {
+        let out = admin(&["topic", "create", "orders", "--partitions", "1", "--replication-factor", "3"]);
+        if out.success() { Ok(()) } else { Err(format!("{out:?}")) }
+    });
+    ok(admin(&["topic", "create", "payments", "--partitions", "1", "--replication-factor", "3"]), "payments");
+    ok(admin(&["user", "create", "alice", "--user-password", "alice-secret"]), "alice");
+    ok(
+        admin(&["user", "create", "bob", "--user-password", "bob-secret", "--mechanism", "SCRAM-SHA-512"]),
+        "bob",
+    );
+    let users = ok(admin(&["user", "list", "--output", "json"]), "user list").json().expect("json");
+    let names: Vec<&str> =
+        users["users"].as_array().expect("users").iter().filter_map(|u| u["name"].as_str()).collect();
+    assert_eq!(names, ["admin", "alice", "bob"]);
+    // alice reads orders; bob writes it (WRITE implies DESCRIBE, as in Kafka).
+    ok(
+        admin(&["acl", "add", "--principal", "User:alice", "--operation", "read", "--topic", "orders"]),
+        "alice's ACL",
+    );
+    ok(
+        admin(&[
+            "acl",
+            "add",
+            "--principal",
+            "User:bob",
+            "--operation",
+            "write",
+            "--topic",
+            "ord",
+            "--prefixed",
+        ]),
+        "bob's",
+    );
+    let acls = ok(admin(&["acl", "list", "--output", "json"]), "acl list").json().expect("json");
+    assert_eq!(acls["acls"].as_array().map(Vec::len), Some(2), "{acls}");
+    // Only a super user (or ALTER on the cluster) manages users and ACLs.
+    let out = as_user(
+        &cluster,
+        "alice",
+        "alice-secret",
+        &["acl", "add", "--principal", "User:alice", "--operation", "all", "--cluster"],
+    );
+    refused(&out, "CLUSTER_AUTHORIZATION_FAILED", "alice granting herself the cluster");
+
+    // bob writes orders.
+    let count = RECORDS.to_string();
+    eventually("bob's produce", || {
+        let out = as_user(
+            &cluster,
+            "bob",
+            "bob-secret",
+            &["bench", "produce", "--topic", "orders", "--num-records", &count],
+        );
+        if out.success() { Ok(()) } else { Err(format!("{out:?}")) }
+    });
+    // alice reads them, and may neither write orders nor read payments.
+    let out = eventually("alice's read", || {
+        let out = consume(&cluster, "alice", "alice-secret", "orders");
+        if out.success() && out.stdout.lines().count() == RECORDS { Ok(out) } else { Err(format!("{out:?}")) }
+    });
+    assert_eq!(out.stdout.lines().count(), RECORDS);
+    let out = as_user(
+        &cluster,
+        "alice",
+        "alice-secret",
+        &["bench", "produce", "--topic", "orders", "--num-records", "1"],
+    );
+    assert!(
+        !out.success() && out.stderr.contains("TOPIC_AUTHORIZATION_FAILED"),
+        "alice wrote orders: {out:?}"
+    );
+    let out = consume(&cluster, "alice", "alice-secret", "payments");
+    assert!(
+        !out.success() && out.stderr.contains("TOPIC_AUTHORIZATION_FAILED"),
+        "alice read payments: {out:?}"
+    );
+    let out = consume(&cluster, "bob", "bob-secret", "orders");
+    assert!(!out.success() && out.stderr.contains("TOPIC_AUTHORIZATION_FAILED"), "bob read orders: {out:?}");
+    // A listing shows alice only what she may describe.
+    let listed = ok(
+        as_user(&cluster, "alice", "alice-secret", &["topic", "list", "--output", "json"]),
+        "alice's list",
+    );
+    let text = listed.stdout;
+    assert!(text.contains("\"orders\"") && !text.contains("payments"), "{text}");
+
+    // Taking the ACL away takes the read away; deleting bob takes his login away.
+    ok(admin(&["acl", "remove", "--principal", "User:alice", "--topic", "orders"]), "remove alice's ACL");
+    eventually("alice's read refused", || {
+        let out = consume(&cluster, "alice", "alice-secret", "orders");
+        if out.stderr.contains("TOPIC_AUTHORIZATION_FAILED") { Ok(()) } else { Err(format!("{out:?}")) }
+    });
+    ok(admin(&["user", "delete", "bob"]), "delete bob");
+    eventually("bob's login refused", || {
+        let out = as_user(&cluster, "bob", "bob-secret", &["topic", "list"]);
+        if out.error_name() == Some("SASL_AUTHENTICATION_FAILED") { Ok(()) } else { Err(format!("{out:?}")) }
+    });
+    let out = as_user(&cluster, "alice", "alice-secret", &["user", "delete", "admin"]);
+    refused(&out, "CLUSTER_AUTHORIZATION_FAILED", "alice deleting the admin");
+}
+
+/// The users' SCRAM credentials travel to the other nodes over the internal listener only: a
+/// watch of the metadata on a client listener, even by a super user, carries none.
+#[test]
+fn credentials_never_leave_through_a_client_listener() {
+    let cluster = start();
+    ok(cluster.runnel(&["user", "create", "admin", "--user-password", "admin-secret"]), "the first admin");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let credentials = Credentials::basic("admin", "admin-secret").expect("credentials");
+        let first_image = |mut client: ControllerServiceClient<_>| async move {
+            let mut stream = client.watch_metadata(pb::WatchMetadataRequest {}).await?.into_inner();
+            let update = stream.message().await?.ok_or_else(|| tonic::Status::unavailable("no image"))?;
+            match update.update {
+                Some(pb::metadata_update::Update::Image(image)) => Ok::<_, tonic::Status>(image),
+                other => Err(tonic::Status::internal(format!("first update is not an image: {other:?}"))),
+            }
+        };
+        let node = cluster.node(1);
+        let client_channel = cluster.channel(node.grpc_addr(), None).await.expect("client channel");
+        let client = ControllerServiceClient::with_interceptor(client_channel, credentials.clone());
+        let image = eventually_async(|| first_image(client.clone())).await;
+        assert!(image.security.is_none(), "a client listener sent credentials: {:?}", image.security);
+        let internal = node.internal_addr().expect("an internal listener");
+        let internal_channel = cluster.channel(internal, None).await.expect("internal channel");
+        let image =
+            first_image(ControllerServiceClient::with_interceptor(internal_channel, Credentials::none()))
+                .await
+                .expect("the internal listener's watch");
+        let users = image.security.expect("the internal listener sends the users").users;
+        assert_eq!(users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(), ["admin"]);
+        // Without credentials the client listener refuses the watch.
+        let bare = cluster.channel(node.grpc_addr(), None).await.expect("client channel");
+        let refused = first_image(ControllerServiceClient::with_interceptor(bare, Credentials::none()))
+            .await
+            .expect_err("watch without credentials");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    });
+}
+
+/// Polls an async call until it succeeds, for `PROPAGATION`.
+async fn eventually_async<T, F, Fut>(mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = Instant::now() + PROPAGATION;
+    loop {
+        match call().await {
+            Ok(value) => return value,
+            Err(e) if Instant::now() >= deadline => panic!("no success within {PROPAGATION:?}: {e:?}"),
+            Err(_) => tokio::time::sleep(POLL_INTERVAL * 5).await,
+        }
+    }
+}
