@@ -103,6 +103,9 @@ pub(crate) async fn probe_task(
             let replicas_now = Arc::clone(&replicas);
             let checked = tokio::task::spawn_blocking(move || {
                 probe(replicas_now.log_dir())?;
+                if let Some(waiting) = replicas_now.repair_damaged() {
+                    return Err(std::io::Error::other(waiting));
+                }
                 match replicas_now.broken_log() {
                     Some(reason) => {
                         Err(std::io::Error::other(format!("{reason} (restart the node to recover it)")))

@@ -165,6 +165,10 @@ pub struct Partition {
     /// across every change of the log (a leader's check and append, a follower's append or
     /// truncation and the rebuild after it). Lock order: state, then producers, then log.
     producers: Mutex<ProducerStates>,
+    /// Where a read found a batch that fails its checks (a bit flipped on disk): the copy
+    /// from there on is cut off and fetched again from another replica once one leads
+    /// ([`Partition::repair`]).
+    damaged_at: Mutex<Option<u64>>,
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -234,6 +238,7 @@ impl Partition {
             health,
             durable: watch::Sender::new(0),
             producers: Mutex::new(producers),
+            damaged_at: Mutex::new(None),
         });
         partition.durable.send_replace(partition.log.durable_end());
         let weak: Weak<Partition> = Arc::downgrade(&partition);
@@ -468,6 +473,66 @@ impl Partition {
         BrokerError::from_log(&self.tp, error)
     }
 
+    /// `error` from a read of the log as the client's error. Corrupt data (a batch whose CRC
+    /// or framing fails where the log holds it) is this copy's damage, not the client's: the
+    /// offset is remembered for [`Partition::repair`], and the broker's storage is failed, so
+    /// that it leaves the cluster and its leaderships move to in-sync replicas (as Kafka takes
+    /// a log directory offline); the reader gets KAFKA_STORAGE_ERROR, which clients retry
+    /// against the new leader.
+    fn read_error(&self, error: LogError) -> BrokerError {
+        let LogError::Corrupt { offset, .. } = &error else {
+            return BrokerError::from_log(&self.tp, error);
+        };
+        let at = {
+            let mut damaged = lock(&self.damaged_at);
+            let at = damaged.map_or(*offset, |d| d.min(*offset));
+            *damaged = Some(at);
+            at
+        };
+        tracing::error!(partition = %self.tp, offset = at, "corrupt data in the log: {error}");
+        self.health.fail(format!(
+            "{}: corrupt data at offset {at} ({error}); the copy from there is fetched again from another replica",
+            self.tp
+        ));
+        BrokerError::new(
+            ErrorCode::KafkaStorageError,
+            format!("{}: corrupt data on this broker's disk: {error}", self.tp),
+        )
+    }
+
+    /// Repairs a copy a read found damaged ([`Partition::read_error`]): once another replica
+    /// leads the partition, cuts the log off where the damage starts (whole batches), and
+    /// the follower fetches the rest again from the leader. `Ok(true)` if there was damage
+    /// and it is cut off, `Ok(false)` if there was none; `Err` with why not yet (no other
+    /// replica leads: the only good copy may be elsewhere, or nowhere, so nothing is cut).
+    /// Blocking.
+    pub fn repair(&self) -> Result<bool, String> {
+        let Some(at) = *lock(&self.damaged_at) else { return Ok(false) };
+        {
+            let st = read(&self.state);
+            match st.leader {
+                Some(leader) if leader != self.broker_id => {}
+                _ => {
+                    return Err(format!(
+                        "{}: corrupt data at offset {at}, kept until another replica leads the partition",
+                        self.tp
+                    ));
+                }
+            }
+        }
+        let mut producers = lock(&self.producers);
+        let end = self
+            .log
+            .truncate_to(at)
+            .map_err(|e| format!("{}: cutting off the damaged copy: {e}", self.tp))?;
+        *producers = rebuild_producers(&self.tp, &self.log);
+        drop(producers);
+        *lock(&self.damaged_at) = None;
+        tracing::warn!(partition = %self.tp, from = at, log_end = end,
+            "cut the damaged copy off; fetching it again from the leader");
+        Ok(true)
+    }
+
     /// Refuses with KAFKA_STORAGE_ERROR while the broker's storage is failed.
     fn check_storage(&self) -> Result<(), BrokerError> {
         match self.health.failure() {
@@ -622,8 +687,9 @@ impl Partition {
         if max_bytes > 0
             && let Err(e) = self.log.read_into(fetch_offset, max_bytes, None, &mut buf)
         {
-            // A read error is this request's, not the disk's verdict: writes decide that.
-            let e = BrokerError::from_log(&self.tp, e);
+            // A read error is this request's, not the disk's verdict (writes decide that),
+            // except corrupt data, which this copy must not serve or keep.
+            let e = self.read_error(e);
             return fail(out, e.code.code(), e.message);
         }
         {
@@ -858,7 +924,7 @@ impl Partition {
             Err(LogError::OffsetOutOfRange { requested, log_start, .. }) => {
                 Err(BrokerError::offset_out_of_range(requested as i64, log_start, hw))
             }
-            Err(e) => Err(BrokerError::from_log(&self.tp, e)),
+            Err(e) => Err(self.read_error(e)),
         }
     }
 }
@@ -1124,6 +1190,12 @@ impl ReplicaManager {
     /// The first hosted log that refuses writes until reopened, with why.
     pub fn broken_log(&self) -> Option<String> {
         self.partitions().iter().find_map(|p| p.log.failure().map(|why| format!("{}: {why}", p.tp)))
+    }
+
+    /// Repairs every copy a read found damaged ([`Partition::repair`]); the first that
+    /// cannot be repaired yet, with why. Blocking.
+    pub fn repair_damaged(&self) -> Option<String> {
+        self.partitions().iter().find_map(|p| p.repair().err())
     }
 
     /// A receiver woken after every [`reconcile`](Self::reconcile), when the hosted
