@@ -365,8 +365,10 @@ class Run:
                         raise Failure(f"Produce v{version} of {what}: no answer ({type(e).__name__}: {e})")
                 eq([(t, p) for t, p, *_ in answer], [(topic, 0)], f"Produce of {what}: partitions answered")
                 _, _, error, base, message = answer[0]
-                # NOT_LEADER_OR_FOLLOWER (6) / LEADER_NOT_AVAILABLE (5): a leader still loading.
-                if error in (5, 6) and time.monotonic() < deadline:
+                # NOT_LEADER_OR_FOLLOWER (6) / LEADER_NOT_AVAILABLE (5): a leader still loading;
+                # UNKNOWN_TOPIC_OR_PARTITION (3): the leader's metadata has not reached the new
+                # topic yet (another broker answered the listing first).
+                if error in (3, 5, 6) and time.monotonic() < deadline:
                     time.sleep(0.05)
                     continue
                 return error, base, message

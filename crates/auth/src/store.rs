@@ -9,7 +9,7 @@ use ring::digest;
 
 use crate::acl::{Operation, ResourceType};
 use crate::authorizer::{self, Principal, Security};
-use crate::scram::{Mechanism, ScramCredential};
+use crate::scram::{ITERATIONS_DEFAULT, Mechanism, ScramCredential};
 
 /// The most password checks the cache remembers.
 pub const PASSWORD_CACHE_CAPACITY: usize = 1024;
@@ -89,6 +89,14 @@ impl AuthStore {
     pub fn verify_password(&self, user: &str, password: &str) -> bool {
         let security = self.security();
         let Some(credentials) = security.users.get(user) else {
+            // As long as a wrong password takes, so timing does not tell which users exist.
+            let decoy = ScramCredential::from_salt(
+                Mechanism::ScramSha256,
+                password,
+                b"runnel-decoy",
+                ITERATIONS_DEFAULT,
+            );
+            std::hint::black_box(decoy);
             return false;
         };
         let password_sha256 = sha256(password.as_bytes());

@@ -499,6 +499,7 @@ impl BrokerService for BrokerGrpc {
     ) -> Result<Response<Self::FetchStreamStream>, Status> {
         let client = Client::of(&request);
         authorized(caller(&request), Operation::Read, ResourceType::Topic, &request.get_ref().topic)?;
+        let caller = caller(&request).cloned();
         let r = request.into_inner();
         let (max_bytes, _, format) = validated_fetch(r.max_bytes, 0, r.format)?;
         // The first read answers errors (unknown topic, bad offset) as the call's status.
@@ -523,9 +524,20 @@ impl BrokerService for BrokerGrpc {
                 {
                     return;
                 }
-                let result = tokio::select! {
-                    _ = tx.closed() => return,
-                    result = fetch(&plane, &read, 1, FETCH_STREAM_POLL, format, &client) => result,
+                // Each read is authorized again: an ACL removed (or a user deleted) ends the
+                // stream, rather than leaving it open for good.
+                let result = match caller
+                    .as_ref()
+                    .map(|c| c.recheck(Operation::Read, ResourceType::Topic, &read.topic))
+                {
+                    Some(Err(status)) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                    _ => tokio::select! {
+                        _ = tx.closed() => return,
+                        result = fetch(&plane, &read, 1, FETCH_STREAM_POLL, format, &client) => result,
+                    },
                 };
                 match result {
                     Ok(response) => {

@@ -437,7 +437,7 @@ impl Admin {
                 runnel_proto::security::credential_to_pb(&credential)
             })
             .collect();
-        let request = pb::UpsertUserRequest { name: name.to_owned(), credentials };
+        let request = pb::UpsertUserRequest { name: name.to_owned(), credentials, only_if_no_users: false };
         self.call(&self.bootstrap, CALL_TIMEOUT, |mut c| {
             let request = request.clone();
             async move { c.upsert_user(request).await }

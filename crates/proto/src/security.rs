@@ -6,7 +6,7 @@
 //! the Kafka listener's SASL uses. Send it only over TLS.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -138,6 +138,25 @@ impl Caller {
         })
     }
 
+    /// For a long-lived call (a stream), checked again as it goes on: the user still exists
+    /// (it was not deleted since the call began) and still may do `operation`.
+    pub fn recheck(
+        &self,
+        operation: Operation,
+        resource_type: ResourceType,
+        name: &str,
+    ) -> Result<(), tonic::Status> {
+        if self.authenticated && !self.store.security().users.contains_key(self.principal.name()) {
+            return Err(kafka_status(
+                tonic::Code::Unauthenticated,
+                format!("user {} no longer exists", self.principal.name()),
+                58,
+                "SASL_AUTHENTICATION_FAILED",
+            ));
+        }
+        self.check(operation, resource_type, name)
+    }
+
     /// Ok if the caller may do `operation` on the resource, PERMISSION_DENIED naming them all
     /// otherwise (Kafka's *_AUTHORIZATION_FAILED).
     pub fn check(
@@ -201,15 +220,12 @@ pub fn check<T>(
     caller(request).map_or(Ok(()), |c| c.check(operation, resource_type, name))
 }
 
-fn remote_addr(request: &http::Request<Body>) -> SocketAddr {
+/// The caller's address, if the transport knows it.
+fn remote_addr(request: &http::Request<Body>) -> Option<SocketAddr> {
     let extensions = request.extensions();
-    extensions
-        .get::<TcpConnectInfo>()
-        .and_then(TcpConnectInfo::remote_addr)
-        .or_else(|| {
-            extensions.get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|i| i.get_ref().remote_addr())
-        })
-        .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
+    extensions.get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr).or_else(|| {
+        extensions.get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|i| i.get_ref().remote_addr())
+    })
 }
 
 /// A gRPC service that requires credentials: each call carries the `authorization` entry
@@ -249,7 +265,11 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
-        let addr = remote_addr(&request);
+        // Host-scoped ACLs need the caller's address: without it, refuse rather than guess.
+        let Some(addr) = remote_addr(&request) else {
+            let status = tonic::Status::unauthenticated("the caller's address is unknown");
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        };
         let header = request.headers().get(AUTHORIZATION).map(|v| v.to_str().map(str::to_owned));
         let caller = match header {
             Some(Ok(value)) => match parse_basic_credentials(&value) {

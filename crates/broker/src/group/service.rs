@@ -195,10 +195,15 @@ impl GroupService for GroupGrpc {
     ) -> Result<Response<pb::OffsetFetchResponse>, Status> {
         check(&request, Operation::Describe, ResourceType::Group, &request.get_ref().group_id)?;
         check_topics(&request, Operation::Describe, request.get_ref().partitions.iter().map(|p| &p.topic))?;
+        let caller = caller(&request).cloned();
         let r = request.into_inner();
         validate_group_id(&r.group_id)?;
         let wanted: Vec<_> = partition_set(&r.partitions, "partitions")?.into_iter().collect();
-        let offsets = self.coordinator.fetch_offsets(&r.group_id, wanted).await?;
+        let mut offsets = self.coordinator.fetch_offsets(&r.group_id, wanted).await?;
+        // Asking for all: only the topics the caller may describe.
+        if let Some(c) = &caller {
+            offsets.retain(|o| c.allowed(Operation::Describe, ResourceType::Topic, &o.topic));
+        }
         Ok(Response::new(pb::OffsetFetchResponse { offsets: offsets.into_iter().map(Into::into).collect() }))
     }
 
@@ -221,7 +226,12 @@ impl GroupService for GroupGrpc {
         request: Request<pb::DescribeGroupRequest>,
     ) -> Result<Response<pb::DescribeGroupResponse>, Status> {
         check(&request, Operation::Describe, ResourceType::Group, &request.get_ref().group_id)?;
-        Ok(Response::new(self.coordinator.describe_group(&request.get_ref().group_id).await?))
+        let mut described = self.coordinator.describe_group(&request.get_ref().group_id).await?;
+        // Committed offsets only of the topics the caller may describe.
+        if let Some(c) = caller(&request) {
+            described.offsets.retain(|o| c.allowed(Operation::Describe, ResourceType::Topic, &o.topic));
+        }
+        Ok(Response::new(described))
     }
 
     async fn reset_offsets(

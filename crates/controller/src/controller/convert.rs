@@ -240,7 +240,7 @@ pub(crate) fn upsert_user(request: pb::UpsertUserRequest) -> Result<Command, Con
                 format!("user {}: {e}", request.name),
             ))
         })?;
-    Ok(Command::UpsertUser { name: request.name, credentials })
+    Ok(Command::UpsertUser { name: request.name, credentials, only_if_no_users: request.only_if_no_users })
 }
 
 /// A DeleteUser request as a command.

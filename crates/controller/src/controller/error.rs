@@ -61,6 +61,7 @@ impl ControllerError {
                 | ErrorCode::UnknownTopicId
                 | ErrorCode::ResourceNotFound => Code::NotFound,
                 ErrorCode::UnsupportedSaslMechanism => Code::InvalidArgument,
+                ErrorCode::ClusterAuthorizationFailed => Code::PermissionDenied,
                 ErrorCode::InvalidTopicException
                 | ErrorCode::InvalidPartitions
                 | ErrorCode::InvalidReplicationFactor

@@ -266,6 +266,7 @@ impl Controller {
         let mut service_config = config.service.clone();
         service_config.peers = peers;
         service_config.tls = tls.as_ref().map(NodeTls::client);
+        service_config.send_security = client.is_some();
         let raft = openraft::Raft::new(id, Arc::new(raft_config), network, store.log, store.state_machine)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;

@@ -81,6 +81,10 @@ pub struct ServiceConfig {
     pub peers: runnel_proto::tls::PeerCheck,
     /// TLS to the leader when forwarding, when the node runs TLS.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Whether WatchMetadata may carry the users' credentials: only on a node whose planes
+    /// are apart, and there only on the internal listener. A node serving clients and nodes
+    /// on one listener cannot tell them apart, so it never sends them.
+    pub send_security: bool,
 }
 
 impl Default for ServiceConfig {
@@ -93,6 +97,7 @@ impl Default for ServiceConfig {
             session_grace: Duration::from_millis(1_300),
             peers: runnel_proto::tls::PeerCheck::Off,
             tls: None,
+            send_security: false,
         }
     }
 }
@@ -576,7 +581,8 @@ impl ControllerService for ControllerGrpcService {
     ) -> Result<Response<WatchStream>, Status> {
         check(&request, Operation::Describe, ResourceType::Cluster, CLUSTER_RESOURCE_NAME)?;
         // Users' credentials go to the other nodes only, never out of a client listener.
-        let with_security = request.extensions().get::<super::planes::ClientPlane>().is_none();
+        let with_security = self.shared.config.send_security
+            && request.extensions().get::<super::planes::ClientPlane>().is_none();
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         tokio::spawn(watch(Arc::clone(&self.shared), tx, with_security));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -808,14 +814,20 @@ impl ControllerService for ControllerGrpcService {
         &self,
         request: Request<pb::UpsertUserRequest>,
     ) -> Result<Response<pb::UpsertUserResponse>, Status> {
-        if let Some(caller) = wire::caller(&request) {
+        let mut request = request;
+        if let Some(caller) = wire::caller(&request).cloned() {
             let name = &request.get_ref().name;
             // The first administrator: while there is no user at all, a super user may be
-            // created from the node's own host without credentials (there are none yet).
-            let bootstrap = !caller.store.has_users()
-                && caller.addr.ip().is_loopback()
+            // created from the node's own host without credentials (there are none yet). This
+            // node's view may lag the cluster's, so the state machine checks again, when the
+            // change is applied, that there is still no user.
+            let bootstrap = !caller.authenticated
+                && !caller.store.has_users()
+                && caller.addr.ip().to_canonical().is_loopback()
                 && caller.store.is_super_user(&Principal::user(name));
-            if !bootstrap {
+            if bootstrap {
+                request.get_mut().only_if_no_users = true;
+            } else {
                 if !caller.authenticated && !caller.store.has_users() {
                     return Err(wire::kafka_status(
                         tonic::Code::PermissionDenied,

@@ -159,6 +159,11 @@ pub enum Command {
         name: String,
         /// The credentials, one to each mechanism.
         credentials: Vec<ScramCredential>,
+        /// Refuse (CLUSTER_AUTHORIZATION_FAILED) unless the cluster has no user at all: the
+        /// first administrator, let in without credentials, is checked here against the
+        /// committed state, not against a node's possibly lagging view.
+        #[serde(default)]
+        only_if_no_users: bool,
     },
     /// Delete user `name`: one mechanism's credential, or (with `None`) the whole user. A
     /// user left without credentials is gone. Its ACLs stay, as Kafka's do.

@@ -20,6 +20,8 @@ pub enum ErrorCode {
     RequestTimedOut = 7,
     /// 17: the topic name breaks the naming rules or collides with an existing name.
     InvalidTopicException = 17,
+    /// 31: the caller may not change the cluster this way.
+    ClusterAuthorizationFailed = 31,
     /// 33: a SCRAM credential that is not valid for its mechanism (key lengths, iterations).
     UnsupportedSaslMechanism = 33,
     /// 36: a topic with this name exists.
@@ -64,12 +66,13 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tables and tests.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::UnknownServerError,
         ErrorCode::UnknownTopicOrPartition,
         ErrorCode::NotLeaderOrFollower,
         ErrorCode::RequestTimedOut,
         ErrorCode::InvalidTopicException,
+        ErrorCode::ClusterAuthorizationFailed,
         ErrorCode::UnsupportedSaslMechanism,
         ErrorCode::TopicAlreadyExists,
         ErrorCode::InvalidPartitions,
@@ -104,6 +107,7 @@ impl ErrorCode {
             ErrorCode::NotLeaderOrFollower => "NOT_LEADER_OR_FOLLOWER",
             ErrorCode::RequestTimedOut => "REQUEST_TIMED_OUT",
             ErrorCode::InvalidTopicException => "INVALID_TOPIC_EXCEPTION",
+            ErrorCode::ClusterAuthorizationFailed => "CLUSTER_AUTHORIZATION_FAILED",
             ErrorCode::UnsupportedSaslMechanism => "UNSUPPORTED_SASL_MECHANISM",
             ErrorCode::TopicAlreadyExists => "TOPIC_ALREADY_EXISTS",
             ErrorCode::InvalidPartitions => "INVALID_PARTITIONS",

@@ -251,7 +251,9 @@ impl ClusterMetadata {
             Command::AllocateProducerIds { broker_id, broker_epoch } => {
                 self.allocate_producer_ids(*broker_id, *broker_epoch)
             }
-            Command::UpsertUser { name, credentials } => self.upsert_user(name, credentials),
+            Command::UpsertUser { name, credentials, only_if_no_users } => {
+                self.upsert_user(name, credentials, *only_if_no_users)
+            }
             Command::DeleteUser { name, mechanism } => self.delete_user(name, *mechanism),
             Command::CreateAcls { acls } => self.create_acls(acls),
             Command::DeleteAcls { filters } => self.delete_acls(filters),

@@ -50,8 +50,19 @@ impl ClusterMetadata {
         Ok((outcome, vec![MetadataDelta::SecurityChanged(security)]))
     }
 
-    pub(super) fn upsert_user(&self, name: &str, credentials: &[ScramCredential]) -> Change {
+    pub(super) fn upsert_user(
+        &self,
+        name: &str,
+        credentials: &[ScramCredential],
+        only_if_no_users: bool,
+    ) -> Change {
         check_user_name(name)?;
+        if only_if_no_users && !self.security.users.is_empty() {
+            return Err(CommandError::new(
+                ErrorCode::ClusterAuthorizationFailed,
+                format!("the cluster has users already: {name} cannot be created without credentials"),
+            ));
+        }
         if credentials.is_empty() {
             return Err(invalid(format!("user {name}: give at least one credential")));
         }

@@ -870,18 +870,34 @@ fn users_are_created_replaced_and_deleted_by_mechanism_and_survive_a_snapshot() 
     let upsert = |credential: &ScramCredential| Command::UpsertUser {
         name: "alice".into(),
         credentials: vec![credential.clone()],
+        only_if_no_users: false,
     };
-    let applied = c.ok(upsert(&sha256));
+    let first = Command::UpsertUser {
+        name: "alice".into(),
+        credentials: vec![sha256.clone()],
+        only_if_no_users: true,
+    };
+    let applied = c.ok(first);
     assert!(
         matches!(applied.deltas.as_slice(), [MetadataDelta::SecurityChanged(s)] if s.users["alice"].len() == 1)
     );
     assert!(c.ok(upsert(&sha256)).deltas.is_empty(), "the same credential again changes nothing");
     c.ok(upsert(&sha512));
     assert_eq!(c.image.security().users["alice"].len(), 2);
-    let twice =
-        Command::UpsertUser { name: "carol".into(), credentials: vec![sha256.clone(), sha256.clone()] };
+    let twice = Command::UpsertUser {
+        name: "carol".into(),
+        credentials: vec![sha256.clone(), sha256.clone()],
+        only_if_no_users: false,
+    };
     assert_eq!(c.refused(twice), ErrorCode::InvalidRequest, "two credentials of one mechanism");
-    let none = Command::UpsertUser { name: "carol".into(), credentials: vec![] };
+    // The first administrator's creation is refused once any user exists.
+    let first = Command::UpsertUser {
+        name: "root".into(),
+        credentials: vec![sha256.clone()],
+        only_if_no_users: true,
+    };
+    assert_eq!(c.refused(first), ErrorCode::ClusterAuthorizationFailed);
+    let none = Command::UpsertUser { name: "carol".into(), credentials: vec![], only_if_no_users: false };
     assert_eq!(c.refused(none), ErrorCode::InvalidRequest);
     // A new password replaces the credential of its mechanism only.
     let changed = ScramCredential::from_salt(Mechanism::ScramSha256, "new", b"salt-3", 4096);
@@ -893,18 +909,30 @@ fn users_are_created_replaced_and_deleted_by_mechanism_and_survive_a_snapshot() 
     let mut short = sha256.clone();
     short.stored_key.truncate(5);
     assert_eq!(
-        c.refused(Command::UpsertUser { name: "bob".into(), credentials: vec![short] }),
+        c.refused(Command::UpsertUser {
+            name: "bob".into(),
+            credentials: vec![short],
+            only_if_no_users: false
+        }),
         ErrorCode::UnsupportedSaslMechanism
     );
     let mut weak = sha256.clone();
     weak.iterations = 1;
     assert_eq!(
-        c.refused(Command::UpsertUser { name: "bob".into(), credentials: vec![weak] }),
+        c.refused(Command::UpsertUser {
+            name: "bob".into(),
+            credentials: vec![weak],
+            only_if_no_users: false
+        }),
         ErrorCode::UnsupportedSaslMechanism
     );
     for bad in ["", "*", "a\nb"] {
         assert_eq!(
-            c.refused(Command::UpsertUser { name: bad.into(), credentials: vec![sha256.clone()] }),
+            c.refused(Command::UpsertUser {
+                name: bad.into(),
+                credentials: vec![sha256.clone()],
+                only_if_no_users: false
+            }),
             ErrorCode::InvalidRequest,
             "{bad:?}"
         );

@@ -235,11 +235,14 @@ async fn fetch_authorized(
         return Ok((found, Vec::new()));
     };
     let (allowed, refused): (Vec<_>, Vec<_>) = topics.into_iter().partition(|(topic, _)| may_describe(topic));
-    // Every requested topic refused: nothing to ask (an empty list would ask for all).
-    if allowed.is_empty() && !refused.is_empty() {
+    // No topic asked for (an empty list, as Kafka: none) or every one refused: nothing to
+    // ask, since an empty list would ask the coordinator for all.
+    if allowed.is_empty() {
         return Ok((Vec::new(), refused));
     }
-    Ok((fetch_group(ctx, group_id, Some(allowed)).await?, refused))
+    let mut found = fetch_group(ctx, group_id, Some(allowed)).await?;
+    found.retain(|(topic, _)| may_describe(topic));
+    Ok((found, refused))
 }
 
 /// OffsetFetch: one group before v8, a list from v8 on; -1 where nothing is committed.
