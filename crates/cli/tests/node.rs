@@ -189,3 +189,73 @@ fn a_single_voter_node_becomes_ready_and_stops_on_sigterm() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+/// `--http-tls`: the probes, metrics and console are served over TLS with the node's
+/// certificate; `runnel healthcheck` checks them with the cluster CA, and neither plaintext nor
+/// a client trusting another CA gets an answer.
+#[test]
+fn the_http_listener_serves_tls_with_http_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, other) = (dir.path().join("tls"), dir.path().join("other"));
+    for d in [&tls, &other] {
+        let out = runnel().args(["tls", "generate", "--nodes", "1", "--dir"]).arg(d).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let (grpc, http) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let kafka = format!("127.0.0.1:{}", free_port());
+    let mut child = runnel()
+        .args(["node", "--id", "1", "--controller-voters", &format!("1@{grpc}"), "--grpc-addr", &grpc])
+        .args(["--http-addr", &http, "--kafka-addr", &kafka, "--http-tls"])
+        .arg("--tls-cert")
+        .arg(tls.join("node-1.pem"))
+        .arg("--tls-key")
+        .arg(tls.join("node-1.key"))
+        .arg("--tls-ca")
+        .arg(tls.join("ca.pem"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("runnel node 1 ready"), "{line}");
+
+    let healthcheck = |url: &str, ca: Option<&std::path::Path>| {
+        let mut command = runnel();
+        command.args(["healthcheck", "--url", url]);
+        if let Some(ca) = ca {
+            command.arg("--tls-ca").arg(ca);
+        }
+        command.output().unwrap()
+    };
+    let url = format!("https://{http}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = healthcheck(&url, Some(&tls.join("ca.pem")));
+        if out.status.success() {
+            assert!(String::from_utf8_lossy(&out.stdout).contains("200"), "{out:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready over TLS: {out:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Plaintext gets no HTTP answer; nor does a client that trusts another CA, or none.
+    assert_eq!(get(&http, "/readyz"), None, "plaintext HTTP was answered");
+    let untrusted = healthcheck(&url, Some(&other.join("ca.pem")));
+    assert!(!untrusted.status.success(), "{untrusted:?}");
+    assert!(!healthcheck(&url, None).status.success(), "https without a CA");
+    assert!(
+        !healthcheck(&format!("http://{http}/readyz"), None).status.success(),
+        "http:// to a TLS listener"
+    );
+
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the node did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

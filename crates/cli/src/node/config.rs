@@ -101,6 +101,12 @@ pub(crate) struct NodeArgs {
     /// The cluster CA (PEM) every node's certificate is signed by.
     #[arg(long, env = "RUNNEL_TLS_CA")]
     pub(crate) tls_ca: Option<PathBuf>,
+    /// Serve the HTTP listener (probes, metrics, the console) over TLS too, with the node's
+    /// certificate; `runnel healthcheck --url https://...` then checks it [default: false,
+    /// plaintext HTTP, which Prometheus and container health checks expect].
+    #[arg(long, env = "RUNNEL_HTTP_TLS", num_args = 0..=1, default_missing_value = "true",
+          value_parser = BoolishValueParser::new())]
+    pub(crate) http_tls: Option<bool>,
     /// Kafka listeners, [NAME://]HOST:PORT[,...] (Kafka's `listeners`) [default:
     /// 127.0.0.1:(9091+id), so node 1 is on 9092]. A loopback host also listens on the other
     /// loopback family (127.0.0.1 and [::1]), since clients may resolve `localhost` to either.
@@ -224,6 +230,8 @@ pub(crate) struct NodeSettings {
     #[serde(skip)]
     pub(crate) tls: Option<runnel_proto::tls::NodeTls>,
     pub(crate) http_addr: String,
+    /// The HTTP listener serves TLS.
+    pub(crate) http_tls: bool,
     pub(crate) kafka_addr: String,
     pub(crate) kafka_advertised_addr: String,
     /// The Kafka listeners to bind: (name, HOST:PORT).
@@ -277,6 +285,7 @@ impl NodeArgs {
             tls_cert: self.tls_cert.or(lower.tls_cert),
             tls_key: self.tls_key.or(lower.tls_key),
             tls_ca: self.tls_ca.or(lower.tls_ca),
+            http_tls: self.http_tls.or(lower.http_tls),
             http_addr: self.http_addr.or(lower.http_addr),
             kafka_addr: self.kafka_addr.or(lower.kafka_addr),
             kafka_advertised_addr: self.kafka_advertised_addr.or(lower.kafka_advertised_addr),
@@ -376,6 +385,12 @@ fn ssl_listeners(
         .filter(|l| protocols.get(&l.name).copied().unwrap_or(l.name == "SSL" || l.name == "SASL_SSL"))
         .map(|l| l.name.clone())
         .collect())
+}
+
+/// Whether `addr` (`HOST:PORT`) is on a loopback address (or localhost).
+fn is_loopback_addr(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Kafka's super.users: `User:NAME` entries separated by `;` (Kafka's) or `,`.
@@ -505,6 +520,22 @@ impl NodeSettings {
         {
             bail!("the Kafka listener {name} is SSL: it needs --tls-cert, --tls-key and --tls-ca");
         }
+        // With --auth the internal listener carries the users' credentials and takes every
+        // inter-node call unauthenticated unless TLS checks the nodes' certificates: off
+        // loopback, that is only safe with TLS.
+        if auth
+            && tls.is_none()
+            && let Some(internal) = &args.internal_addr
+            && !is_loopback_addr(internal)
+        {
+            bail!(
+                "--auth with --internal-addr {internal} (not loopback) needs TLS (--tls-cert, --tls-key, --tls-ca): without it anyone who reaches the internal listener is trusted as a node"
+            );
+        }
+        let http_tls = args.http_tls.unwrap_or(false);
+        if http_tls && tls.is_none() {
+            bail!("--http-tls needs --tls-cert, --tls-key and --tls-ca");
+        }
         let num_partitions = args.num_partitions.unwrap_or(1);
         if num_partitions == 0 {
             bail!("--num-partitions must be at least 1");
@@ -539,6 +570,7 @@ impl NodeSettings {
             tls_files,
             tls,
             http_addr,
+            http_tls,
             kafka_addr,
             kafka_advertised_addr,
             kafka_listeners,
@@ -605,6 +637,38 @@ mod tests {
     }
 
     const VOTERS: &str = "1@127.0.0.1:50051,2@127.0.0.1:50052,3@127.0.0.1:50053";
+
+    #[test]
+    fn auth_needs_the_planes_apart_and_tls_off_loopback() {
+        let voters = "1@127.0.0.1:50061";
+        let with = |extra: &[&str]| {
+            let mut args = vec!["--id", "1", "--data-dir", "d", "--controller-voters", voters, "--auth"];
+            args.extend_from_slice(extra);
+            NodeSettings::resolve(flags(&args))
+        };
+        let err = with(&[]).expect_err("--auth without --internal-addr").to_string();
+        assert!(err.contains("--internal-addr"), "{err}");
+        let s = with(&["--internal-addr", "127.0.0.1:50061"]).expect("loopback internal listener");
+        assert!(s.auth);
+        assert_eq!(s.super_users, ["User:admin"]);
+        let err = NodeSettings::resolve(flags(&[
+            "--id",
+            "1",
+            "--data-dir",
+            "d",
+            "--controller-voters",
+            "1@10.0.0.1:50061",
+            "--internal-addr",
+            "10.0.0.1:50061",
+            "--auth",
+        ]))
+        .expect_err("a routable internal listener without TLS")
+        .to_string();
+        assert!(err.contains("needs TLS"), "{err}");
+        let s = with(&["--internal-addr", "127.0.0.1:50061", "--super-users", "User:ops;User:root"]).unwrap();
+        assert_eq!(s.super_users, ["User:ops", "User:root"]);
+        assert!(with(&["--internal-addr", "127.0.0.1:50061", "--super-users", "ops"]).is_err());
+    }
 
     #[test]
     fn defaults_follow_the_node_id() {

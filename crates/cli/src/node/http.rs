@@ -15,7 +15,7 @@ use runnel_broker::BrokerStatus;
 use runnel_controller::controller::MetadataMachine;
 use runnel_controller::raft::Raft;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -142,8 +142,13 @@ impl Site {
     }
 }
 
-/// Serves until `cancel`.
-pub(crate) async fn serve(listener: TcpListener, site: Arc<Site>, cancel: CancellationToken) {
+/// Serves until `cancel`; over TLS when `tls` is set (`--http-tls`).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    site: Arc<Site>,
+    cancel: CancellationToken,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
     loop {
         let permit = tokio::select! {
@@ -158,9 +163,20 @@ pub(crate) async fn serve(listener: TcpListener, site: Arc<Site>, cancel: Cancel
         match accepted {
             Ok((stream, _)) => {
                 let site = Arc::clone(&site);
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    if let Err(e) = connection(stream, &site).await {
+                    let served = match tls {
+                        None => connection(stream, &site).await,
+                        Some(acceptor) => {
+                            match tokio::time::timeout(REQUEST_READ_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(stream)) => connection(stream, &site).await,
+                                Ok(Err(e)) => Err(e),
+                                Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+                            }
+                        }
+                    };
+                    if let Err(e) = served {
                         tracing::debug!("http connection: {e}");
                     }
                 });
@@ -173,7 +189,10 @@ pub(crate) async fn serve(listener: TcpListener, site: Arc<Site>, cancel: Cancel
     }
 }
 
-async fn connection(mut stream: TcpStream, site: &Site) -> std::io::Result<()> {
+async fn connection<S>(mut stream: S, site: &Site) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut head = Vec::with_capacity(512);
     let read = tokio::time::timeout(REQUEST_READ_TIMEOUT, async {
         let mut buf = [0u8; 1024];

@@ -239,7 +239,13 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         }),
     };
     let site = Arc::new(http::Site { probes, registry, console });
-    let mut http_task = tokio::spawn(http::serve(http, site, cancel.clone()));
+    let http_tls = match (&settings.tls, settings.http_tls) {
+        (Some(tls), true) => {
+            Some(tokio_rustls::TlsAcceptor::from(tls.rustls_server().context("the HTTP listener's TLS")?))
+        }
+        _ => None,
+    };
+    let mut http_task = tokio::spawn(http::serve(http, http_tls, site, cancel.clone()));
 
     let stopped_by = tokio::select! {
         signal = signal() => signal?,
