@@ -739,3 +739,73 @@ async fn watch_task(
         }
     }
 }
+
+/// Runs `f`, which blocks (file I/O, or CPU-heavy work such as inflating a batch), so that it
+/// does not hold up the other tasks of its async worker (heartbeats, Raft, sessions share
+/// them, and a slow disk must not get the broker fenced): on a multi-threaded runtime through
+/// `block_in_place` (the worker's other tasks move to another thread meanwhile); elsewhere (a
+/// current-thread test runtime) in place.
+pub(crate) fn off_the_workers<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    /// Blocks until `ticks` passes `from + 3` or `within` passes; whether it did.
+    fn wait_for_ticks(ticks: &AtomicU64, within: Duration) -> bool {
+        let from = ticks.load(Ordering::SeqCst);
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if ticks.load(Ordering::SeqCst) >= from + 3 {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    /// On a runtime with one worker, a task ticking every millisecond keeps ticking while
+    /// another blocks through `off_the_workers` (as a heartbeat must while a read waits on a
+    /// slow disk), and stops while one blocks in place.
+    #[test]
+    fn blocking_work_off_the_workers_leaves_the_other_tasks_running() {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let ticks = Arc::new(AtomicU64::new(0));
+        let ticker = Arc::clone(&ticks);
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                ticker.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let (moved, in_place) = runtime.block_on(async {
+            // Let the ticker start.
+            while ticks.load(Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let t = Arc::clone(&ticks);
+            let moved = tokio::spawn(async move {
+                super::off_the_workers(|| wait_for_ticks(&t, Duration::from_secs(10)))
+            })
+            .await
+            .unwrap();
+            let t = Arc::clone(&ticks);
+            let in_place =
+                tokio::spawn(async move { wait_for_ticks(&t, Duration::from_millis(300)) }).await.unwrap();
+            (moved, in_place)
+        });
+        assert!(moved, "the ticker stopped while a task blocked off the workers");
+        assert!(!in_place, "the ticker ran while the only worker was blocked: the test shows nothing");
+        runtime.shutdown_background();
+    }
+}

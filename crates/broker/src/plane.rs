@@ -18,6 +18,7 @@ use crate::ProducerIds;
 use crate::cache::MetadataCache;
 use crate::error::{BrokerError, ErrorCode, LeaderHint};
 use crate::metrics::{PlaneMetrics, Protocol};
+use crate::off_the_workers;
 use crate::replica::{Limits, Partition, ReplicaManager, TopicConfigEntry, describe_topic_configs};
 
 /// Most bytes one fetch response carries (`fetch_bytes_max`), beyond one larger batch.
@@ -365,7 +366,9 @@ impl DataPlane {
             }
         };
         let acks_all = acks == Acks::All;
-        let info = partition.append(&mut batch, acks_all).map_err(|e| self.enrich(&topic, index, e))?;
+        // The write (and a wait for room on a slow disk) off the async workers.
+        let info = off_the_workers(|| partition.append(&mut batch, acks_all))
+            .map_err(|e| self.enrich(&topic, index, e))?;
         if !info.duplicate {
             // From the batch's offsets: nothing is counted per record.
             let records = (info.last_offset + 1).saturating_sub(info.base_offset);
@@ -501,7 +504,8 @@ impl DataPlane {
             };
             return Ok((result, partition));
         }
-        let (info, hw) = partition.read_committed(offset, max_bytes.max(1), &mut buf)?;
+        // A read that misses the page cache waits on the disk: off the async workers.
+        let (info, hw) = off_the_workers(|| partition.read_committed(offset, max_bytes.max(1), &mut buf))?;
         let result = ReadResult {
             batches: buf,
             next_offset: info.next_offset,
@@ -660,18 +664,6 @@ impl Drop for InflateSlot<'_> {
         let buffer = std::mem::take(&mut self.buffer);
         self.slots.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(buffer);
         self.slots.returned.notify_one();
-    }
-}
-
-/// Runs CPU-heavy `f` so that it does not hold up the other tasks of its async worker: on a
-/// multi-threaded runtime through `block_in_place` (the worker's queue moves to another
-/// thread meanwhile); elsewhere (a current-thread test runtime) in place.
-fn off_the_workers<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
     }
 }
 

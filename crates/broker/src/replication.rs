@@ -118,7 +118,8 @@ pub fn answer_replica_fetch(
     request: &pb::ReplicaFetchRequest,
 ) -> Result<pb::ReplicaFetchResponse, Status> {
     check_replica_fetch(request)?;
-    Ok(answer(replicas, request, replica_fetch_max_bytes(request)))
+    // Reads of the logs: off the async workers, which heartbeats and Raft share.
+    Ok(crate::off_the_workers(|| answer(replicas, request, replica_fetch_max_bytes(request))))
 }
 
 /// Answers every partition of one request, within `max_bytes` per partition and
@@ -389,24 +390,28 @@ async fn session(
             .await
             .map_err(|_| Status::deadline_exceeded("no replica fetch answer"))??
             .ok_or_else(|| Status::unavailable("the leader ended the session"))?;
-        let mut appended = Vec::new();
-        let mut failures = 0;
-        for data in &response.partitions {
-            let Some(p) = parts.iter().find(|p| {
-                let tp = p.topic_partition();
-                tp.topic == data.topic && tp.partition == data.partition
-            }) else {
-                continue;
-            };
-            match p.apply_replica_fetch(data) {
-                Ok(true) => appended.push(Arc::clone(p)),
-                Ok(false) => {}
-                Err(e) => {
-                    failures += 1;
-                    tracing::debug!(partition = %p.topic_partition(), "replica fetch: {e}");
+        // Appends and truncations of the logs: off the async workers.
+        let (appended, failures) = crate::off_the_workers(|| {
+            let mut appended = Vec::new();
+            let mut failures = 0;
+            for data in &response.partitions {
+                let Some(p) = parts.iter().find(|p| {
+                    let tp = p.topic_partition();
+                    tp.topic == data.topic && tp.partition == data.partition
+                }) else {
+                    continue;
+                };
+                match p.apply_replica_fetch(data) {
+                    Ok(true) => appended.push(Arc::clone(p)),
+                    Ok(false) => {}
+                    Err(e) => {
+                        failures += 1;
+                        tracing::debug!(partition = %p.topic_partition(), "replica fetch: {e}");
+                    }
                 }
             }
-        }
+            (appended, failures)
+        });
         // Report only durable offsets: wait for what was appended to reach the disk.
         for p in appended {
             if !p.wait_durable(p.log().log_end(), DURABLE_WAIT).await {
