@@ -131,6 +131,24 @@ impl AuthStore {
         true
     }
 
+    /// Whether `password` was checked right for `user` before and the user's credential is
+    /// unchanged since: true is [`verify_password`](Self::verify_password)'s answer without
+    /// its PBKDF2; false means only that it has to be checked.
+    pub fn verified_before(&self, user: &str, password: &str) -> bool {
+        let security = self.security();
+        let Some(credentials) = security.users.get(user) else { return false };
+        let password_sha256 = sha256(password.as_bytes());
+        let cache = self.password_cache.lock().unwrap_or_else(PoisonError::into_inner);
+        credentials.values().any(|credential| {
+            cache.contains(&CacheKey {
+                user: user.to_owned(),
+                password_sha256: password_sha256.clone(),
+                mechanism: credential.mechanism,
+                stored_key: credential.stored_key.clone(),
+            })
+        })
+    }
+
     /// Whether `principal` is one of the configured super users.
     pub fn is_super_user(&self, principal: &Principal) -> bool {
         self.super_users.contains(principal)
@@ -202,8 +220,11 @@ mod tests {
         assert_eq!(store.credential("alice", Mechanism::ScramSha256), Some(first.clone()));
         assert_eq!(store.credential("alice", Mechanism::ScramSha512), None);
 
+        assert!(!store.verified_before("alice", "secret"), "not checked yet");
         assert!(store.verify_password("alice", "secret"));
         assert_eq!(store.cached_passwords(), 1);
+        assert!(store.verified_before("alice", "secret"));
+        assert!(!store.verified_before("alice", "wrong"));
         // Cached: the same answers.
         assert!(store.verify_password("alice", "secret"));
         assert_eq!(store.cached_passwords(), 1);

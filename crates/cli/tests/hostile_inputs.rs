@@ -298,19 +298,38 @@ async fn ten_thousand_idle_streams_cost_bounded_memory_and_connections_are_cappe
     let pid = cluster.node(1).pid().expect("node 1 runs");
     let addr = cluster.node(1).grpc_addr();
 
-    let mut clients = Vec::new();
-    for _ in 0..CONNECTIONS {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect_timeout(CALL)
-            .connect()
-            .await
-            .unwrap();
-        clients.push(runnel_proto::pb::runnel::v1::broker_service_client::BrokerServiceClient::new(channel));
-    }
-    // One more connection is closed by the node at once, and says why in its log.
-    let mut extra = std::net::TcpStream::connect_timeout(&addr, CALL).unwrap();
-    assert!(closed_within(&mut extra, CALL), "a connection past --max-connections was kept");
+    // The cap's slots are taken by the connections the node has accepted: connections the
+    // setup above made and dropped hold theirs until the node sees them close, so one of
+    // these could be refused while a stale one still counts, and the one past the cap then
+    // take the freed slot. Each round opens the ten, proves each is served (a call on it),
+    // then tries one more; a later round only repeats that after a stale slot freed.
+    let deadline = std::time::Instant::now() + CALL;
+    let clients = loop {
+        let mut clients = Vec::new();
+        for _ in 0..CONNECTIONS {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect_timeout(CALL)
+                .connect()
+                .await
+                .unwrap();
+            clients
+                .push(runnel_proto::pb::runnel::v1::broker_service_client::BrokerServiceClient::new(channel));
+        }
+        let mut served = true;
+        for client in &mut clients {
+            let answered = client.metadata(runnel_proto::pb::runnel::v1::MetadataRequest::default()).await;
+            served &= answered.is_ok();
+        }
+        // One more connection is closed by the node at once, and says why in its log.
+        let mut extra = std::net::TcpStream::connect_timeout(&addr, CALL).unwrap();
+        if served && closed_within(&mut extra, Duration::from_secs(5)) {
+            break clients;
+        }
+        assert!(std::time::Instant::now() < deadline, "a connection past --max-connections was kept");
+        drop(clients);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert!(cluster.node(1).logs().contains("max connections are open"), "{}", cluster.node(1).logs());
 
     let started = std::time::Instant::now();

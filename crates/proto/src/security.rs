@@ -234,17 +234,34 @@ fn remote_addr(request: &http::Request<Body>) -> Option<SocketAddr> {
 /// no user at all, a call without credentials passes as `User:ANONYMOUS`, which no ACL
 /// names: it can do only what needs no authorization (create the first super user from the
 /// node's loopback, see the controller's UpsertUser).
+///
+/// A password not checked before costs a PBKDF2 (milliseconds of CPU): it runs on the
+/// blocking pool, at most [`PASSWORD_CHECKS_MAX`] at once per service, so that a client
+/// sending wrong passwords on many streams cannot take the async workers (heartbeats, Raft)
+/// from the node; a password checked before is answered from the store's cache at once.
 #[derive(Debug, Clone)]
 pub struct Authenticated<S> {
     inner: S,
     store: Arc<AuthStore>,
+    checks: Arc<tokio::sync::Semaphore>,
 }
+
+/// Passwords checked at once (PBKDF2) per [`Authenticated`] service.
+pub const PASSWORD_CHECKS_MAX: usize = 2;
 
 impl<S: NamedService> Authenticated<S> {
     /// `inner`, behind the users of `store`.
     pub fn new(inner: S, store: Arc<AuthStore>) -> Self {
-        Authenticated { inner, store }
+        Authenticated { inner, store, checks: Arc::new(tokio::sync::Semaphore::new(PASSWORD_CHECKS_MAX)) }
     }
+}
+
+/// What a call's credentials need before it may go on.
+enum Login {
+    /// Decided now.
+    Decided(Result<Caller, String>),
+    /// A password to check (PBKDF2) first.
+    Check { user: String, password: String },
 }
 
 impl<S: NamedService> NamedService for Authenticated<S> {
@@ -253,7 +270,11 @@ impl<S: NamedService> NamedService for Authenticated<S> {
 
 impl<S> Service<http::Request<Body>> for Authenticated<S>
 where
-    S: NamedService + Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
+    S: NamedService
+        + Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     type Response = http::Response<Body>;
@@ -271,31 +292,65 @@ where
             return Box::pin(std::future::ready(Ok(status.into_http())));
         };
         let header = request.headers().get(AUTHORIZATION).map(|v| v.to_str().map(str::to_owned));
-        let caller = match header {
-            Some(Ok(value)) => match parse_basic_credentials(&value) {
-                Some((user, password)) if self.store.verify_password(&user, &password) => {
-                    Ok(Caller { principal: Principal::user(&user), authenticated: true, addr, store: Arc::clone(&self.store) })
-                }
-                Some((user, _)) => Err(format!("authentication failed for user {user}: invalid credentials")),
-                None => Err("malformed authorization metadata: expected `Basic base64(user:password)`".to_owned()),
-            },
-            Some(Err(_)) => Err("malformed authorization metadata: not ASCII".to_owned()),
-            None if !self.store.has_users() => {
-                Ok(Caller { principal: Principal::anonymous(), authenticated: false, addr, store: Arc::clone(&self.store) })
-            }
-            None => Err("this cluster requires authentication: give a user and password (runnel --user, RUNNEL_USER and RUNNEL_PASSWORD)".to_owned()),
+        let store = Arc::clone(&self.store);
+        let caller_store = Arc::clone(&store);
+        let user_caller = move |user: &str| Caller {
+            principal: Principal::user(user),
+            authenticated: true,
+            addr,
+            store: Arc::clone(&caller_store),
         };
-        match caller {
-            Ok(caller) => {
+        let login = match header {
+            Some(Ok(value)) => match parse_basic_credentials(&value) {
+                Some((user, password)) if store.verified_before(&user, &password) => {
+                    Login::Decided(Ok(user_caller(&user)))
+                }
+                Some((user, password)) => Login::Check { user, password },
+                None => Login::Decided(Err(
+                    "malformed authorization metadata: expected `Basic base64(user:password)`".to_owned(),
+                )),
+            },
+            Some(Err(_)) => Login::Decided(Err("malformed authorization metadata: not ASCII".to_owned())),
+            None if !store.has_users() => Login::Decided(Ok(Caller {
+                principal: Principal::anonymous(),
+                authenticated: false,
+                addr,
+                store: Arc::clone(&store),
+            })),
+            None => Login::Decided(Err("this cluster requires authentication: give a user and password (runnel --user, RUNNEL_USER and RUNNEL_PASSWORD)".to_owned())),
+        };
+        let refuse = move |message: String| {
+            tracing::info!(client = %addr, service = S::NAME, "grpc: refused an unauthenticated call: {message}");
+            // Kafka's SASL_AUTHENTICATION_FAILED, so clients name it.
+            kafka_status(tonic::Code::Unauthenticated, message, 58, "SASL_AUTHENTICATION_FAILED").into_http()
+        };
+        match login {
+            Login::Decided(Ok(caller)) => {
                 request.extensions_mut().insert(caller);
                 Box::pin(self.inner.call(request))
             }
-            Err(message) => {
-                tracing::info!(client = %addr, service = S::NAME, "grpc: refused an unauthenticated call: {message}");
-                // Kafka's SASL_AUTHENTICATION_FAILED, so clients name it.
-                let status =
-                    kafka_status(tonic::Code::Unauthenticated, message, 58, "SASL_AUTHENTICATION_FAILED");
-                Box::pin(std::future::ready(Ok(status.into_http())))
+            Login::Decided(Err(message)) => Box::pin(std::future::ready(Ok(refuse(message)))),
+            Login::Check { user, password } => {
+                // The service made ready goes into the future; a fresh clone stays behind.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let checks = Arc::clone(&self.checks);
+                Box::pin(async move {
+                    let verified = {
+                        let _slot = checks.acquire_owned().await;
+                        let (store, user) = (Arc::clone(&store), user.clone());
+                        tokio::task::spawn_blocking(move || store.verify_password(&user, &password))
+                            .await
+                            .unwrap_or(false)
+                    };
+                    if !verified {
+                        return Ok(refuse(format!(
+                            "authentication failed for user {user}: invalid credentials"
+                        )));
+                    }
+                    request.extensions_mut().insert(user_caller(&user));
+                    inner.call(request).await
+                })
             }
         }
     }
