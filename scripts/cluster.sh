@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A local 3-node Runnel cluster: every node runs the controller and broker roles.
 #
-#   scripts/cluster.sh up [--tls] | down | status | logs N | kill N | pause N | resume N | restart N
+#   scripts/cluster.sh up [--tls] [--auth] | down | status | logs N | kill N | pause N | resume N | restart N
 #                      | isolate N | heal N|all      (isolate and heal: netns mode only)
 #                      | bootstrap | kafka-bootstrap (the gRPC / Kafka addresses, comma-separated)
 #
@@ -17,6 +17,12 @@
 # inter-node calls checked against the caller's certificate. Clients pass
 # `--tls-ca $RUNNEL_HOME/tls/ca.pem` (or RUNNEL_TLS_CA); the Kafka and HTTP listeners stay
 # plaintext. The mode is remembered (restarts keep it) until `down`, which deletes the files.
+#
+# Auth mode: `scripts/cluster.sh up --auth` starts every node with `--auth` (SASL on Kafka,
+# credentials on gRPC, ACLs) and an internal listener for inter-node calls (127.0.0.1:5006N),
+# creates the super user `admin` with a random password, and prints how to use it
+# (RUNNEL_USER=admin, RUNNEL_PASSWORD from $RUNNEL_HOME/auth/admin-password). With `--tls` too,
+# Kafka clients use SASL_SSL. Remembered until `down`.
 #
 # Netns mode (root only): `RUNNEL_NETNS=1 scripts/cluster.sh up` runs node N in its own network
 # namespace rnc-node-N with the address 10.213.7.N (RUNNEL_NETNS_SUBNET=a.b.c changes 10.213.7),
@@ -41,6 +47,7 @@ port_offset=${RUNNEL_PORT_OFFSET:-0}
 http_port() { echo $((8080 + port_offset + $1)); }
 grpc_port() { echo $((50050 + port_offset + $1)); }
 kafka_port() { echo $((9091 + port_offset + $1)); }
+internal_port() { echo $((50060 + port_offset + $1)); }
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 dir() { echo "$home/node-$1"; }
@@ -58,7 +65,10 @@ ns() { echo "rnc-node-$1"; }
 host() { if netns_mode; then echo "$(subnet).$1"; else echo 127.0.0.1; fi; }
 http() { echo "$(host "$1"):$(http_port "$1")"; }
 grpc() { echo "$(host "$1"):$(grpc_port "$1")"; }
-voters() { echo "1@$(grpc 1),2@$(grpc 2),3@$(grpc 3)"; }
+internal() { echo "$(host "$1"):$(internal_port "$1")"; }
+voters() {
+    if auth_mode; then echo "1@$(internal 1),2@$(internal 2),3@$(internal 3)"; else echo "1@$(grpc 1),2@$(grpc 2),3@$(grpc 3)"; fi
+}
 bootstrap() { echo "$(grpc 1),$(grpc 2),$(grpc 3)"; }
 kafka() { echo "$(host "$1"):$(kafka_port "$1")"; }
 kafka_bootstrap() { echo "$(kafka 1),$(kafka 2),$(kafka 3)"; }
@@ -68,6 +78,38 @@ isolated() { [[ -f $(dir "$1")/isolated ]]; }
 tls_dir=$home/tls
 tls_mode() { [[ -f $tls_dir/ca.pem ]]; }
 tls_client_flags() { if tls_mode; then echo "--tls-ca $tls_dir/ca.pem"; fi; }
+# Auth mode: on while $home/auth exists; the admin's password is in it.
+auth_dir=$home/auth
+auth_mode() { [[ -d $auth_dir ]]; }
+auth_env() { if auth_mode; then echo "RUNNEL_USER=admin RUNNEL_PASSWORD=$(cat "$auth_dir/admin-password")"; fi; }
+auth_up() {
+    auth_mode && return 0
+    local n
+    for n in "${nodes[@]}"; do
+        alive "$n" && die "node $n runs without --auth; scripts/cluster.sh down first"
+    done
+    if netns_mode || [[ ${RUNNEL_NETNS:-0} == 1 ]]; then
+        tls_mode || die "--auth in netns mode needs --tls too (the internal listeners are off loopback)"
+    fi
+    mkdir -p "$auth_dir"
+    chmod 700 "$auth_dir"
+    head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$auth_dir/admin-password"
+}
+# The first administrator: made once every node is ready, from loopback, without credentials.
+auth_admin() {
+    auth_mode || return 0
+    local deadline=$((SECONDS + ready_timeout_s)) tls=()
+    if tls_mode; then tls=(--tls-ca "$tls_dir/ca.pem"); fi
+    until RUNNEL_USER_PASSWORD=$(cat "$auth_dir/admin-password") \
+        "$bin" user create admin --bootstrap "$(bootstrap)" "${tls[@]}" >/dev/null 2>"$auth_dir/last-error"; do
+        # Once made, a repeat needs credentials: the admin exists already.
+        RUNNEL_USER=admin RUNNEL_PASSWORD=$(cat "$auth_dir/admin-password") "$bin" user list \
+            --bootstrap "$(bootstrap)" "${tls[@]}" >/dev/null 2>&1 && return 0
+        ((SECONDS < deadline)) || die "could not create the admin user: $(cat "$auth_dir/last-error")"
+        sleep 0.2
+    done
+}
+
 tls_up() {
     tls_mode && return 0
     local n hosts=localhost
@@ -179,22 +221,29 @@ start() {
     if alive "$n"; then echo "node $n already running (pid $(pid_of "$n"))"; return; fi
     local port h
     h=$(host "$n")
-    for port in $(grpc_port "$n") $(http_port "$n") $(kafka_port "$n"); do
+    local ports=("$(grpc_port "$n")" "$(http_port "$n")" "$(kafka_port "$n")")
+    if auth_mode; then ports+=("$(internal_port "$n")"); fi
+    for port in "${ports[@]}"; do
         if (exec 3<>"/dev/tcp/$h/$port") 2>/dev/null; then
             die "port $h:$port is already in use by another process, so node $n cannot start" \
                 "(another cluster with a different RUNNEL_HOME?)"
         fi
     done
     mkdir -p "$d"
-    local run=() tls=()
+    local run=() tls=() auth=() kafka_addr
+    kafka_addr=$(kafka "$n")
     if netns_mode; then run=(ip netns exec "$(ns "$n")"); fi
     if tls_mode; then tls=(--tls-cert "$tls_dir/node-$n.pem" --tls-key "$tls_dir/node-$n.key" --tls-ca "$tls_dir/ca.pem"); fi
+    if auth_mode; then
+        auth=(--auth --internal-addr "$(internal "$n")")
+        if tls_mode; then kafka_addr="SASL_SSL://$kafka_addr"; fi
+    fi
     # setsid: the node gets a session of its own, so a Ctrl-C in the terminal that ran this
     # script (or scripts/chaos.sh, which restarts nodes) never reaches it. setsid, nohup and
     # ip netns exec all exec, so $! is the node's pid.
     setsid nohup "${run[@]}" "$bin" node --id "$n" --data-dir "$d/data" --controller-voters "$(voters)" \
         --grpc-addr "$(grpc "$n")" --http-addr "$(http "$n")" \
-        --kafka-addr "$(kafka "$n")" "${tls[@]}" >>"$d/node.log" 2>&1 </dev/null &
+        --kafka-addr "$kafka_addr" "${tls[@]}" "${auth[@]}" >>"$d/node.log" 2>&1 </dev/null &
     echo $! >"$d/pid"
     echo "node $n started (pid $!)"
 }
@@ -234,7 +283,13 @@ endpoints() {
     done
     echo "console: http://$(http 1)/"
     if tls_mode; then echo "tls: gRPC serves TLS; clients pass $(tls_client_flags)"; fi
-    if netns_mode || ((port_offset > 0)) || tls_mode; then
+    if auth_mode; then
+        echo "auth: every client authenticates; the super user: export $(auth_env)"
+        echo "      Kafka clients: SASL (PLAIN or SCRAM-SHA-256/512) as admin, or as users made with '$bin user create'"
+    fi
+    if auth_mode; then
+        echo "try: $(auth_env) $bin topic create orders --partitions 3 --replication-factor 3 --bootstrap $(bootstrap) $(tls_client_flags)"
+    elif netns_mode || ((port_offset > 0)) || tls_mode; then
         echo "try: $bin topic create orders --partitions 3 --replication-factor 3 --bootstrap $(bootstrap) $(tls_client_flags)"
     else
         echo "try: $bin topic create orders --partitions 3 --replication-factor 3"
@@ -251,12 +306,17 @@ signal_node() {
 cmd=${1:-}
 case $cmd in
 up)
-    case ${2:-} in
-    --tls | "") ;;
-    *) die "up takes --tls or nothing (got '$2')" ;;
-    esac
+    want_tls=0 want_auth=0
+    for flag in "${@:2}"; do
+        case $flag in
+        --tls) want_tls=1 ;;
+        --auth) want_auth=1 ;;
+        *) die "up takes --tls, --auth or nothing (got '$flag')" ;;
+        esac
+    done
     build
-    if [[ ${2:-} == --tls ]]; then tls_up; fi
+    if ((want_tls)); then tls_up; fi
+    if ((want_auth)); then auth_up; fi
     if [[ ${RUNNEL_NETNS:-0} == 1 ]] && ! netns_mode; then
         for n in "${nodes[@]}"; do
             alive "$n" && die "node $n runs on loopback; scripts/cluster.sh down first"
@@ -265,13 +325,14 @@ up)
     fi
     for n in "${nodes[@]}"; do start "$n"; done
     wait_ready "${nodes[@]}"
+    auth_admin
     echo "cluster ready"
     endpoints
     ;;
 down)
     for n in "${nodes[@]}"; do stop "$n"; done
     if netns_mode; then netns_down; fi
-    rm -rf "$tls_dir"
+    rm -rf "$tls_dir" "$auth_dir"
     ;;
 status)
     for n in "${nodes[@]}"; do
@@ -281,7 +342,12 @@ status)
     done
     tls=()
     if tls_mode; then tls=(--tls-ca "$tls_dir/ca.pem"); fi
-    "$bin" cluster status --bootstrap "$(bootstrap)" "${tls[@]}" || true
+    if auth_mode; then
+        RUNNEL_USER=admin RUNNEL_PASSWORD=$(cat "$auth_dir/admin-password") \
+            "$bin" cluster status --bootstrap "$(bootstrap)" "${tls[@]}" || true
+    else
+        "$bin" cluster status --bootstrap "$(bootstrap)" "${tls[@]}" || true
+    fi
     ;;
 bootstrap) bootstrap ;;
 kafka-bootstrap) kafka_bootstrap ;;
