@@ -149,6 +149,30 @@ impl AuthStore {
         })
     }
 
+    /// Whether `principal`, from `host`, may use an idempotent producer, as Kafka since 3.0
+    /// (KIP-679) has it: IDEMPOTENT_WRITE on the cluster, or WRITE on at least one topic (an
+    /// ALLOW binding for WRITE or ALL on a topic, naming it or everyone, that the ACLs let
+    /// through for it).
+    pub fn may_produce_idempotently(&self, principal: &Principal, host: IpAddr) -> bool {
+        use crate::acl::{CLUSTER_RESOURCE_NAME, Permission};
+        if self.authorize(
+            principal,
+            host,
+            Operation::IdempotentWrite,
+            ResourceType::Cluster,
+            CLUSTER_RESOURCE_NAME,
+        ) {
+            return true;
+        }
+        self.security().acls.iter().any(|acl| {
+            acl.permission == Permission::Allow
+                && acl.resource_type == ResourceType::Topic
+                && matches!(acl.operation, Operation::Write | Operation::All)
+                && (acl.principal == principal.as_str() || acl.principal == "User:*")
+                && self.authorize(principal, host, Operation::Write, ResourceType::Topic, &acl.resource_name)
+        })
+    }
+
     /// Whether `principal` is one of the configured super users.
     pub fn is_super_user(&self, principal: &Principal) -> bool {
         self.super_users.contains(principal)
@@ -319,5 +343,64 @@ mod tests {
         fn check<T: Send + Sync>() {}
         check::<AuthStore>();
         check::<crate::scram::ScramServer>();
+    }
+
+    #[test]
+    fn an_idempotent_producer_needs_idempotent_write_or_write_on_some_topic() {
+        let host = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let binding = |principal: &str, resource_type, name: &str, operation, permission| AclBinding {
+            principal: principal.into(),
+            host: "*".into(),
+            resource_type,
+            resource_name: name.into(),
+            pattern_type: PatternType::Literal,
+            operation,
+            permission,
+        };
+        let store = AuthStore::new(vec![Principal::user("root")]);
+        let mut security = Security::default();
+        security.acls.insert(binding(
+            "User:writer",
+            ResourceType::Topic,
+            "t",
+            Operation::Write,
+            Permission::Allow,
+        ));
+        security.acls.insert(binding(
+            "User:reader",
+            ResourceType::Topic,
+            "t",
+            Operation::Read,
+            Permission::Allow,
+        ));
+        security.acls.insert(binding(
+            "User:denied",
+            ResourceType::Topic,
+            "t",
+            Operation::Write,
+            Permission::Allow,
+        ));
+        security.acls.insert(binding(
+            "User:denied",
+            ResourceType::Topic,
+            "t",
+            Operation::All,
+            Permission::Deny,
+        ));
+        security.acls.insert(binding(
+            "User:cluster",
+            ResourceType::Cluster,
+            crate::acl::CLUSTER_RESOURCE_NAME,
+            Operation::IdempotentWrite,
+            Permission::Allow,
+        ));
+        store.set(security);
+        let may = |user: &str| store.may_produce_idempotently(&Principal::user(user), host);
+        assert!(may("writer"), "WRITE on a topic");
+        assert!(may("cluster"), "IDEMPOTENT_WRITE on the cluster");
+        assert!(may("root"), "a super user");
+        assert!(!may("reader"), "READ only");
+        assert!(!may("denied"), "its WRITE is denied");
+        assert!(!may("nobody"));
     }
 }

@@ -124,18 +124,7 @@ impl Caller {
     /// it: IDEMPOTENT_WRITE on the cluster, or WRITE on at least one topic (some ALLOW
     /// binding for WRITE or ALL on a topic naming the caller or everyone).
     pub fn may_produce_idempotently(&self) -> bool {
-        use runnel_auth::acl::CLUSTER_RESOURCE_NAME;
-        if self.allowed(Operation::IdempotentWrite, ResourceType::Cluster, CLUSTER_RESOURCE_NAME) {
-            return true;
-        }
-        let security = self.store.security();
-        security.acls.iter().any(|acl| {
-            acl.permission == Permission::Allow
-                && acl.resource_type == ResourceType::Topic
-                && matches!(acl.operation, Operation::Write | Operation::All)
-                && (acl.principal == self.principal.as_str() || acl.principal == "User:*")
-                && self.allowed(Operation::Write, ResourceType::Topic, &acl.resource_name)
-        })
+        self.store.may_produce_idempotently(&self.principal, self.addr.ip())
     }
 
     /// For a long-lived call (a stream), checked again as it goes on: the user still exists

@@ -85,20 +85,17 @@ pub(crate) fn produce(
     for topic in request.topic_data {
         let name = topic.name.0.to_string();
         let may_write = client.allowed(ctx, Operation::Write, ResourceType::Topic, &name);
+        let log_refusal = |partition: i64, e: &BrokerError| {
+            let who = format_args!("{} ({})", client.addr, client.id);
+            Refusal { protocol: Protocol::Kafka, api: "produce", client: &who, topic: &name, partition }
+                .log(e);
+        };
         for p in topic.partition_data {
             let result = if transactional {
                 Err((code::INVALID_REQUEST, "transactions are not supported".to_owned()))
             } else if !may_write {
                 let e = unauthorized(client, Operation::Write, ResourceType::Topic, &name);
-                let who = format_args!("{} ({})", client.addr, client.id);
-                Refusal {
-                    protocol: Protocol::Kafka,
-                    api: "produce",
-                    client: &who,
-                    topic: &name,
-                    partition: i64::from(p.index),
-                }
-                .log(&e);
+                log_refusal(i64::from(p.index), &e);
                 Err((broker_code(&e), e.message))
             } else if let Some(acks) = acks {
                 match (partition_index(p.index), p.records) {
@@ -120,15 +117,7 @@ pub(crate) fn produce(
                             if e.code == ErrorCode::UnknownTopicOrPartition {
                                 unknown.push(name.clone());
                             }
-                            let who = format_args!("{} ({})", client.addr, client.id);
-                            Refusal {
-                                protocol: Protocol::Kafka,
-                                api: "produce",
-                                client: &who,
-                                topic: &name,
-                                partition: i64::from(partition),
-                            }
-                            .log(&e);
+                            log_refusal(i64::from(partition), &e);
                             (broker_code(&e), e.message)
                         }),
                 }

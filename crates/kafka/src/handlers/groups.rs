@@ -216,6 +216,43 @@ async fn fetch_group(
     Ok(out)
 }
 
+/// An OffsetFetch answer's topics, in either of its shapes (one group before v8,
+/// `OffsetFetchResponseTopic`; a list of groups from v8, `OffsetFetchResponseTopics`, with
+/// the same fields): the committed offsets `found`, then the `refused` topics' partitions,
+/// each TOPIC_AUTHORIZATION_FAILED.
+macro_rules! offset_topics {
+    ($topic:ident, $partition:ident, $found:expr, $refused:expr) => {{
+        let found = $found.into_iter().map(|(topic, ps)| {
+            $topic::default().with_name(TopicName(s(topic))).with_partitions(
+                ps.into_iter()
+                    .map(|(p, offset, metadata)| {
+                        $partition::default()
+                            .with_partition_index(p)
+                            .with_committed_offset(offset)
+                            .with_committed_leader_epoch(-1)
+                            .with_metadata(Some(s(metadata)))
+                    })
+                    .collect(),
+            )
+        });
+        let refused = $refused.into_iter().map(|(topic, ps)| {
+            $topic::default().with_name(TopicName(s(topic))).with_partitions(
+                ps.into_iter()
+                    .map(|p| {
+                        $partition::default()
+                            .with_partition_index(p)
+                            .with_committed_offset(-1)
+                            .with_committed_leader_epoch(-1)
+                            .with_metadata(Some(s("")))
+                            .with_error_code(code::TOPIC_AUTHORIZATION_FAILED)
+                    })
+                    .collect(),
+            )
+        });
+        found.chain(refused).collect::<Vec<$topic>>()
+    }};
+}
+
 /// The topics an OffsetFetch asks for, each with its partitions; `None` for all of them.
 type Requested = Option<Vec<(String, Vec<i32>)>>;
 
@@ -269,36 +306,12 @@ pub(crate) async fn offset_fetch(
             Err(code::GROUP_AUTHORIZATION_FAILED)
         };
         return match fetched {
-            Ok((found, refused)) => {
-                let found = found.into_iter().map(|(topic, ps)| {
-                    OffsetFetchResponseTopic::default().with_name(TopicName(s(topic))).with_partitions(
-                        ps.into_iter()
-                            .map(|(p, offset, metadata)| {
-                                OffsetFetchResponsePartition::default()
-                                    .with_partition_index(p)
-                                    .with_committed_offset(offset)
-                                    .with_committed_leader_epoch(-1)
-                                    .with_metadata(Some(s(metadata)))
-                            })
-                            .collect(),
-                    )
-                });
-                let refused = refused.into_iter().map(|(topic, ps)| {
-                    OffsetFetchResponseTopic::default().with_name(TopicName(s(topic))).with_partitions(
-                        ps.into_iter()
-                            .map(|p| {
-                                OffsetFetchResponsePartition::default()
-                                    .with_partition_index(p)
-                                    .with_committed_offset(-1)
-                                    .with_committed_leader_epoch(-1)
-                                    .with_metadata(Some(s("")))
-                                    .with_error_code(code::TOPIC_AUTHORIZATION_FAILED)
-                            })
-                            .collect(),
-                    )
-                });
-                OffsetFetchResponse::default().with_topics(found.chain(refused).collect())
-            }
+            Ok((found, refused)) => OffsetFetchResponse::default().with_topics(offset_topics!(
+                OffsetFetchResponseTopic,
+                OffsetFetchResponsePartition,
+                found,
+                refused
+            )),
             // The group-level error code exists from v2; v1 carries it per partition.
             Err(error) if version >= 2 => OffsetFetchResponse::default().with_error_code(error),
             Err(error) => OffsetFetchResponse::default().with_topics(
@@ -335,36 +348,9 @@ pub(crate) async fn offset_fetch(
             g.topics.map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
         let group = match fetch_authorized(ctx, client, &g.group_id.0, topics).await {
             Ok((found, refused)) => {
-                let found = found.into_iter().map(|(topic, ps)| {
-                    OffsetFetchResponseTopics::default().with_name(TopicName(s(topic))).with_partitions(
-                        ps.into_iter()
-                            .map(|(p, offset, metadata)| {
-                                OffsetFetchResponsePartitions::default()
-                                    .with_partition_index(p)
-                                    .with_committed_offset(offset)
-                                    .with_committed_leader_epoch(-1)
-                                    .with_metadata(Some(s(metadata)))
-                            })
-                            .collect(),
-                    )
-                });
-                let refused = refused.into_iter().map(|(topic, ps)| {
-                    OffsetFetchResponseTopics::default().with_name(TopicName(s(topic))).with_partitions(
-                        ps.into_iter()
-                            .map(|p| {
-                                OffsetFetchResponsePartitions::default()
-                                    .with_partition_index(p)
-                                    .with_committed_offset(-1)
-                                    .with_committed_leader_epoch(-1)
-                                    .with_metadata(Some(s("")))
-                                    .with_error_code(code::TOPIC_AUTHORIZATION_FAILED)
-                            })
-                            .collect(),
-                    )
-                });
-                OffsetFetchResponseGroup::default()
-                    .with_group_id(g.group_id.clone())
-                    .with_topics(found.chain(refused).collect())
+                OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone()).with_topics(
+                    offset_topics!(OffsetFetchResponseTopics, OffsetFetchResponsePartitions, found, refused),
+                )
             }
             Err(e) => OffsetFetchResponseGroup::default()
                 .with_group_id(GroupId(g.group_id.0))

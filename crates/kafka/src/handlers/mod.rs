@@ -21,7 +21,7 @@ use kafka_protocol::messages::api_versions_response::ApiVersionsResponse;
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
 use runnel_auth::Principal;
-use runnel_auth::acl::{CLUSTER_RESOURCE_NAME, Operation, Permission, ResourceType};
+use runnel_auth::acl::{Operation, ResourceType};
 use runnel_broker::BrokerError;
 use runnel_broker::metrics::{PlaneMetrics, Protocol};
 
@@ -184,17 +184,11 @@ impl Client {
     /// Whether the client may use an idempotent producer, as Kafka since 3.0 (KIP-679):
     /// IDEMPOTENT_WRITE on the cluster, or WRITE on some topic.
     pub(crate) fn may_produce_idempotently(&self, ctx: &Context) -> bool {
-        if self.allowed(ctx, Operation::IdempotentWrite, ResourceType::Cluster, CLUSTER_RESOURCE_NAME) {
-            return true;
+        match (&ctx.auth, &self.principal) {
+            (None, _) => true,
+            (Some(store), Some(principal)) => store.may_produce_idempotently(principal, self.addr.ip()),
+            (Some(_), None) => false,
         }
-        let (Some(store), Some(principal)) = (&ctx.auth, &self.principal) else { return false };
-        store.security().acls.iter().any(|acl| {
-            acl.permission == Permission::Allow
-                && acl.resource_type == ResourceType::Topic
-                && matches!(acl.operation, Operation::Write | Operation::All)
-                && (acl.principal == principal.as_str() || acl.principal == "User:*")
-                && self.allowed(ctx, Operation::Write, ResourceType::Topic, &acl.resource_name)
-        })
     }
 }
 
