@@ -504,8 +504,12 @@ impl DataPlane {
             };
             return Ok((result, partition));
         }
-        // A read that misses the page cache waits on the disk: off the async workers.
-        let (info, hw) = off_the_workers(|| partition.read_committed(offset, max_bytes.max(1), &mut buf))?;
+        // A read that misses the page cache waits on the disk: off the async workers. A
+        // consumer that is caught up (the usual poll of an idle stream) reads nothing, and
+        // is answered in place: handing the worker over costs more than that answer.
+        let mut read_now = || partition.read_committed(offset, max_bytes.max(1), &mut buf);
+        let (info, hw) =
+            if offset >= partition.high_watermark() { read_now() } else { off_the_workers(read_now) }?;
         let result = ReadResult {
             batches: buf,
             next_offset: info.next_offset,
