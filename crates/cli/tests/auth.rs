@@ -80,7 +80,17 @@ fn grpc_clients_authenticate_and_the_acls_decide_what_each_may_do() {
     refused(&out, "SASL_AUTHENTICATION_FAILED", "a wrong password");
 
     eventually("the admin is known everywhere", || {
-        let out = admin(&["topic", "create", "orders", "--partitions", "1", "--replication-factor", "3"]);
+        let out = admin(&[
+            "topic",
+            "create",
+            "orders",
+            "--partitions",
+            "1",
+            "--replication-factor",
+            "3",
+            "--config",
+            "retention.ms=86400000",
+        ]);
         if out.success() { Ok(()) } else { Err(format!("{out:?}")) }
     });
     ok(admin(&["topic", "create", "payments", "--partitions", "1", "--replication-factor", "3"]), "payments");
@@ -164,6 +174,16 @@ fn grpc_clients_authenticate_and_the_acls_decide_what_each_may_do() {
     );
     let text = listed.stdout;
     assert!(text.contains("\"orders\"") && !text.contains("payments"), "{text}");
+    // Describing the topic shows alice its partitions, but its configs need DESCRIBE_CONFIGS.
+    let described = |user: &str, password: &str| {
+        let out = ok(
+            as_user(&cluster, user, password, &["topic", "describe", "orders", "--output", "json"]),
+            "describe",
+        );
+        out.json().expect("json")["configs"].clone()
+    };
+    assert_eq!(described("admin", "admin-secret")["retention.ms"], "86400000");
+    assert_eq!(described("alice", "alice-secret"), serde_json::json!({}), "alice sees no configs");
 
     // Taking the ACL away takes the read away; deleting bob takes his login away.
     ok(admin(&["acl", "remove", "--principal", "User:alice", "--topic", "orders"]), "remove alice's ACL");
@@ -186,6 +206,11 @@ fn grpc_clients_authenticate_and_the_acls_decide_what_each_may_do() {
 fn credentials_never_leave_through_a_client_listener() {
     let cluster = start();
     ok(cluster.runnel(&["user", "create", "admin", "--user-password", "admin-secret"]), "the first admin");
+    eventually("alice created", || {
+        let out =
+            as_user(&cluster, "admin", "admin-secret", &["user", "create", "alice", "--user-password", "pw"]);
+        if out.success() { Ok(()) } else { Err(format!("{out:?}")) }
+    });
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         let credentials = Credentials::basic("admin", "admin-secret").expect("credentials");
@@ -209,7 +234,23 @@ fn credentials_never_leave_through_a_client_listener() {
                 .await
                 .expect("the internal listener's watch");
         let users = image.security.expect("the internal listener sends the users").users;
-        assert_eq!(users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(), ["admin"]);
+        let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
+        assert!(names.contains(&"admin"), "{names:?}");
+        assert!(users.iter().all(|u| !u.credentials.is_empty()), "the users come with their credentials");
+        // The watch shows every topic: an ordinary user (no CLUSTER_ACTION) is refused it.
+        let alice_channel = cluster.channel(node.grpc_addr(), None).await.expect("client channel");
+        let alice = Credentials::basic("alice", "pw").expect("credentials");
+        let refused = eventually_async(|| {
+            let client = ControllerServiceClient::with_interceptor(alice_channel.clone(), alice.clone());
+            async move {
+                match first_image(client).await {
+                    Err(status) if status.code() == tonic::Code::PermissionDenied => Ok(status),
+                    other => Err(tonic::Status::internal(format!("not refused yet: {other:?}"))),
+                }
+            }
+        })
+        .await;
+        assert!(refused.message().contains("CLUSTER_ACTION"), "{refused:?}");
         // Without credentials the client listener refuses the watch.
         let bare = cluster.channel(node.grpc_addr(), None).await.expect("client channel");
         let refused = first_image(ControllerServiceClient::with_interceptor(bare, Credentials::none()))

@@ -24,6 +24,10 @@ use crate::handlers::{self, Reply, Started};
 use crate::sasl::{Session, Step};
 use crate::{Context, IN_FLIGHT_MAX};
 
+/// How long a connection on a listener with authentication may go without authenticating
+/// (ApiVersions alone does not hold a connection slot for good).
+const SASL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How long a client has to finish the TLS handshake on an SSL listener.
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -123,7 +127,13 @@ async fn connection<S>(
         let mut read = BufReader::new(read);
         // With authentication on, the connection's SASL exchange and, after it, its principal.
         let mut session = reader_context.auth.as_ref().map(|store| Session::new(Arc::clone(store), peer));
+        let opened = tokio::time::Instant::now();
         loop {
+            if session.as_ref().is_some_and(|s| s.principal().is_none()) && opened.elapsed() > SASL_DEADLINE {
+                tracing::info!(client = %peer, listener = %listener,
+                    "kafka: no SASL authentication within {SASL_DEADLINE:?}; closing the connection");
+                return;
+            }
             let frame = match codec::read_frame(&mut read, reader_context.config.request_max_bytes).await {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return,

@@ -579,7 +579,9 @@ impl ControllerService for ControllerGrpcService {
         &self,
         request: Request<pb::WatchMetadataRequest>,
     ) -> Result<Response<WatchStream>, Status> {
-        check(&request, Operation::Describe, ResourceType::Cluster, CLUSTER_RESOURCE_NAME)?;
+        // The whole image, every topic whatever its ACLs: for operators (CLUSTER_ACTION on the
+        // cluster, Kafka's permission for cluster-internal calls) where authorization is on.
+        check(&request, Operation::ClusterAction, ResourceType::Cluster, CLUSTER_RESOURCE_NAME)?;
         // Users' credentials go to the other nodes only, never out of a client listener.
         let with_security = self.shared.config.send_security
             && request.extensions().get::<super::planes::ClientPlane>().is_none();
@@ -748,19 +750,31 @@ impl ControllerService for ControllerGrpcService {
         request: Request<pb::DescribeTopicRequest>,
     ) -> Result<Response<pb::DescribeTopicResponse>, Status> {
         check(&request, Operation::Describe, ResourceType::Topic, &request.get_ref().name)?;
-        forward_unless_leader!(self, request, describe_topic);
-        let name = request.into_inner().name;
-        self.shared.linearize().await?;
-        let (topic, version) =
-            self.shared.read(|image| (image.topic(&name).map(convert::topic_info), image.version()))?;
-        let Some(topic) = topic else {
-            let missing = crate::metadata::CommandError::new(
-                ErrorCode::UnknownTopicOrPartition,
-                format!("topic {name} does not exist"),
-            );
-            return Err(ControllerError::Command(missing).into());
-        };
-        Ok(Response::new(pb::DescribeTopicResponse { topic: Some(topic), metadata_version: version }))
+        // The configs need DESCRIBE_CONFIGS, as Kafka's DescribeConfigs does.
+        let may_describe_configs = wire::caller(&request).is_none_or(|c| {
+            c.allowed(Operation::DescribeConfigs, ResourceType::Topic, &request.get_ref().name)
+        });
+        let described: Result<Response<pb::DescribeTopicResponse>, Status> = async {
+            forward_unless_leader!(self, request, describe_topic);
+            let name = request.into_inner().name;
+            self.shared.linearize().await?;
+            let (topic, version) =
+                self.shared.read(|image| (image.topic(&name).map(convert::topic_info), image.version()))?;
+            let Some(topic) = topic else {
+                let missing = crate::metadata::CommandError::new(
+                    ErrorCode::UnknownTopicOrPartition,
+                    format!("topic {name} does not exist"),
+                );
+                return Err(ControllerError::Command(missing).into());
+            };
+            Ok(Response::new(pb::DescribeTopicResponse { topic: Some(topic), metadata_version: version }))
+        }
+        .await;
+        let mut described = described?;
+        if !may_describe_configs && let Some(topic) = described.get_mut().topic.as_mut() {
+            topic.configs.clear();
+        }
+        Ok(described)
     }
 
     async fn describe_cluster(
