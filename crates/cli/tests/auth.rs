@@ -198,6 +198,36 @@ fn grpc_clients_authenticate_and_the_acls_decide_what_each_may_do() {
     });
     let out = as_user(&cluster, "alice", "alice-secret", &["user", "delete", "admin"]);
     refused(&out, "CLUSTER_AUTHORIZATION_FAILED", "alice deleting the admin");
+
+    // The HTTP listener: the probes stay open; the console, its API and the metrics need a
+    // user who may describe the cluster (HTTP Basic, the same users).
+    let http = cluster.node(1).http_addr();
+    assert_eq!(get(http, "/readyz", None).0, 200);
+    for path in ["/api/v1/cluster", "/metrics", "/"] {
+        let (status, head) = get(http, path, None);
+        assert_eq!(status, 401, "{path} without credentials");
+        assert!(head.contains("WWW-Authenticate: Basic"), "{path}: {head}");
+        assert_eq!(get(http, path, Some(("admin", "wrong"))).0, 401, "{path} with a wrong password");
+        assert_eq!(get(http, path, Some(("alice", "alice-secret"))).0, 403, "{path} as alice");
+        assert_eq!(get(http, path, Some(("admin", "admin-secret"))).0, 200, "{path} as the admin");
+    }
+}
+
+/// GETs `path` from `addr`, with Basic credentials when given: the status and the head.
+fn get(addr: std::net::SocketAddr, path: &str, credentials: Option<(&str, &str)>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let authorization = credentials
+        .map(|(u, p)| format!("Authorization: {}\r\n", runnel_proto::security::basic_credentials(u, p)))
+        .unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n{authorization}\r\n").expect("send");
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let head = response.split("\r\n\r\n").next().unwrap_or_default().to_owned();
+    (status, head)
 }
 
 /// The users' SCRAM credentials travel to the other nodes over the internal listener only: a

@@ -75,6 +75,43 @@ pub(crate) struct Site {
     pub(crate) probes: Probes,
     pub(crate) registry: Registry,
     pub(crate) console: Console,
+    /// With `--auth`: everything but the probes (`/healthz`, `/readyz`) needs HTTP Basic
+    /// credentials of a user with DESCRIBE on the cluster (the console and `/metrics` show
+    /// every topic and group).
+    pub(crate) auth: Option<Arc<runnel_auth::AuthStore>>,
+}
+
+/// Whether the request head `head` carries credentials of a user who may see the whole
+/// cluster (DESCRIBE on it) from `peer`: `Err` with the answer otherwise (401 asks for
+/// credentials, 403 refuses the ones given).
+async fn authorize(
+    store: &Arc<runnel_auth::AuthStore>,
+    head: &[u8],
+    peer: std::net::IpAddr,
+) -> Result<(), Answer> {
+    use runnel_auth::acl::{CLUSTER_RESOURCE_NAME, Operation, ResourceType};
+    let head = String::from_utf8_lossy(head);
+    let header = head.lines().skip(1).find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim().eq_ignore_ascii_case("authorization").then(|| value.trim().to_owned())
+    });
+    let challenge = |body: &str| Answer { challenge: true, ..Answer::text(401, body) };
+    let Some((user, password)) = header.and_then(|v| runnel_proto::security::parse_basic_credentials(&v))
+    else {
+        return Err(challenge("this node runs with --auth: give a user's credentials\n"));
+    };
+    let verified = store.verified_before(&user, &password) || {
+        let (store, user) = (Arc::clone(store), user.clone());
+        tokio::task::spawn_blocking(move || store.verify_password(&user, &password)).await.unwrap_or(false)
+    };
+    if !verified {
+        return Err(challenge("invalid credentials\n"));
+    }
+    let principal = runnel_auth::Principal::user(&user);
+    if !store.authorize(&principal, peer, Operation::Describe, ResourceType::Cluster, CLUSTER_RESOURCE_NAME) {
+        return Err(Answer::text(403, format!("{principal} is not authorized to DESCRIBE the cluster\n")));
+    }
+    Ok(())
 }
 
 /// One answer.
@@ -85,6 +122,8 @@ pub(crate) struct Answer {
     pub(crate) body: Vec<u8>,
     /// The page's Content-Security-Policy, for HTML.
     pub(crate) csp: bool,
+    /// Ask for HTTP Basic credentials (a 401).
+    pub(crate) challenge: bool,
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -92,12 +131,12 @@ const JSON: &str = "application/json";
 
 impl Answer {
     fn text(status: u16, body: impl Into<String>) -> Self {
-        Answer { status, content_type: TEXT, body: body.into().into_bytes(), csp: false }
+        Answer { status, content_type: TEXT, body: body.into().into_bytes(), csp: false, challenge: false }
     }
 
     fn json(value: &impl serde::Serialize) -> Self {
         match serde_json::to_vec(value) {
-            Ok(body) => Answer { status: 200, content_type: JSON, body, csp: false },
+            Ok(body) => Answer { status: 200, content_type: JSON, body, csp: false, challenge: false },
             Err(e) => Answer::text(500, format!("encoding JSON: {e}\n")),
         }
     }
@@ -123,6 +162,7 @@ impl Site {
                         content_type: prometheus_text::CONTENT_TYPE,
                         body: body.into_bytes(),
                         csp: false,
+                        challenge: false,
                     },
                     Err(e) => Answer::text(500, format!("encoding metrics: {e}\n")),
                 }
@@ -135,6 +175,7 @@ impl Site {
                     content_type,
                     body: body.as_bytes().to_vec(),
                     csp: content_type.starts_with("text/html"),
+                    challenge: false,
                 },
                 None => Answer::text(404, "not found\n"),
             },
@@ -161,16 +202,17 @@ pub(crate) async fn serve(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, _)) => {
+            Ok((stream, peer)) => {
                 let site = Arc::clone(&site);
+                let peer = peer.ip();
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
                     let served = match tls {
-                        None => connection(stream, &site).await,
+                        None => connection(stream, &site, peer).await,
                         Some(acceptor) => {
                             match tokio::time::timeout(REQUEST_READ_TIMEOUT, acceptor.accept(stream)).await {
-                                Ok(Ok(stream)) => connection(stream, &site).await,
+                                Ok(Ok(stream)) => connection(stream, &site, peer).await,
                                 Ok(Err(e)) => Err(e),
                                 Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
                             }
@@ -189,7 +231,7 @@ pub(crate) async fn serve(
     }
 }
 
-async fn connection<S>(mut stream: S, site: &Site) -> std::io::Result<()>
+async fn connection<S>(mut stream: S, site: &Site, peer: std::net::IpAddr) -> std::io::Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -213,11 +255,23 @@ where
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split_whitespace();
     let answer = match (parts.next(), parts.next()) {
-        (Some(method), Some(target)) => site.answer(method, target.split('?').next().unwrap_or(target)).await,
+        (Some(method), Some(target)) => {
+            let path = target.split('?').next().unwrap_or(target);
+            let checked = match &site.auth {
+                Some(store) if !matches!(path, "/healthz" | "/readyz") => authorize(store, &head, peer).await,
+                _ => Ok(()),
+            };
+            match checked {
+                Ok(()) => site.answer(method, path).await,
+                Err(refused) => refused,
+            }
+        }
         _ => Answer::text(400, "bad request\n"),
     };
     let reason = match answer.status {
         200 => "OK",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         500 => "Internal Server Error",
         405 => "Method Not Allowed",
@@ -233,6 +287,9 @@ where
     );
     if answer.status == 405 {
         head.push_str("Allow: GET\r\n");
+    }
+    if answer.challenge {
+        head.push_str("WWW-Authenticate: Basic realm=\"runnel\", charset=\"UTF-8\"\r\n");
     }
     if answer.csp {
         head.push_str(&format!("Content-Security-Policy: {}\r\n", console::CONTENT_SECURITY_POLICY));

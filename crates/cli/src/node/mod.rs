@@ -238,7 +238,7 @@ pub(crate) async fn run(settings: NodeSettings) -> anyhow::Result<()> {
             groups: Arc::clone(b.groups()),
         }),
     };
-    let site = Arc::new(http::Site { probes, registry, console });
+    let site = Arc::new(http::Site { probes, registry, console, auth: auth.clone() });
     let http_tls = match (&settings.tls, settings.http_tls) {
         (Some(tls), true) => {
             Some(tokio_rustls::TlsAcceptor::from(tls.rustls_server().context("the HTTP listener's TLS")?))

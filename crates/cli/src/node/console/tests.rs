@@ -232,6 +232,7 @@ fn site() -> Site {
         probes: probes.clone(),
         registry: prometheus_client::registry::Registry::default(),
         console: Console { probes, voters: vec![1], broker: None },
+        auth: None,
     }
 }
 
