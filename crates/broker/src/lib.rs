@@ -745,7 +745,7 @@ async fn watch_task(
 /// them, and a slow disk must not get the broker fenced): on a multi-threaded runtime through
 /// `block_in_place` (the worker's other tasks move to another thread meanwhile); elsewhere (a
 /// current-thread test runtime) in place.
-pub(crate) fn off_the_workers<T>(f: impl FnOnce() -> T) -> T {
+pub fn off_the_workers<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(f)

@@ -305,3 +305,57 @@ where
         }
     }
 }
+
+/// A Kafka connection that never authenticates gets at most the idle timeout (here 1.5 s):
+/// ApiVersions is answered meanwhile, but does not keep the connection (and its slot) open.
+#[test]
+fn a_kafka_connection_that_never_authenticates_is_closed() {
+    use std::io::{Read, Write};
+    let mut opts = ClusterOpts::new(env!("CARGO_BIN_EXE_runnel"));
+    opts.internal_listener = true;
+    opts.extra_args = vec!["--auth".to_owned(), "--connections-max-idle-ms".to_owned(), "1500".to_owned()];
+    let cluster = Cluster::start(1, opts).unwrap_or_else(|e| panic!("cluster start: {e:#}"));
+    let addr = cluster.node(1).kafka_addr();
+    let deadline = Instant::now() + PROPAGATION;
+    let mut stream = loop {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Ok(stream) => break stream,
+            Err(e) => assert!(Instant::now() < deadline, "no Kafka listener at {addr}: {e}"),
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let opened = Instant::now();
+    // ApiVersions v0: key 18, version 0, a correlation id, no client id.
+    let api_versions = |id: i32| {
+        let mut frame = vec![0, 0, 0, 10, 0, 18, 0, 0];
+        frame.extend_from_slice(&id.to_be_bytes());
+        frame.extend_from_slice(&[0xff, 0xff]);
+        frame
+    };
+    let mut answered = 0;
+    let closed_after = loop {
+        assert!(opened.elapsed() < Duration::from_secs(15), "the connection stayed open");
+        let sent = stream.write_all(&api_versions(answered + 1));
+        let mut size = [0u8; 4];
+        match sent.and_then(|()| stream.read_exact(&mut size)) {
+            Ok(()) => {
+                let mut body = vec![0u8; u32::from_be_bytes(size) as usize];
+                stream.read_exact(&mut body).expect("the answer's body");
+                answered += 1;
+            }
+            Err(_) => break opened.elapsed(),
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(answered >= 3, "ApiVersions was answered {answered} times before the close");
+    assert!(
+        closed_after >= Duration::from_millis(1500),
+        "closed after {closed_after:?}, before the deadline"
+    );
+    assert!(
+        cluster.node(1).logs().contains("no SASL authentication within"),
+        "the node did not say why\n{}",
+        cluster.node(1).logs()
+    );
+}

@@ -25,7 +25,8 @@ use crate::sasl::{Session, Step};
 use crate::{Context, IN_FLIGHT_MAX};
 
 /// How long a connection on a listener with authentication may go without authenticating
-/// (ApiVersions alone does not hold a connection slot for good).
+/// (ApiVersions alone does not hold a connection slot for good); at most the idle timeout
+/// (`connections.max.idle.ms`) when that is shorter.
 const SASL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How long a client has to finish the TLS handshake on an SSL listener.
@@ -128,10 +129,11 @@ async fn connection<S>(
         // With authentication on, the connection's SASL exchange and, after it, its principal.
         let mut session = reader_context.auth.as_ref().map(|store| Session::new(Arc::clone(store), peer));
         let opened = tokio::time::Instant::now();
+        let sasl_deadline = SASL_DEADLINE.min(reader_context.config.connections_max_idle);
         loop {
-            if session.as_ref().is_some_and(|s| s.principal().is_none()) && opened.elapsed() > SASL_DEADLINE {
+            if session.as_ref().is_some_and(|s| s.principal().is_none()) && opened.elapsed() > sasl_deadline {
                 tracing::info!(client = %peer, listener = %listener,
-                    "kafka: no SASL authentication within {SASL_DEADLINE:?}; closing the connection");
+                    "kafka: no SASL authentication within {sasl_deadline:?}; closing the connection");
                 return;
             }
             let frame = match codec::read_frame(&mut read, reader_context.config.request_max_bytes).await {
@@ -155,7 +157,9 @@ async fn connection<S>(
                         )
                     }
                     (RequestKind::SaslAuthenticate(r), Some(session)) => {
-                        let (response, step) = session.authenticate(&r.auth_bytes);
+                        // PLAIN runs a PBKDF2 for a password not seen before: off the workers.
+                        let (response, step) =
+                            runnel_broker::off_the_workers(|| session.authenticate(&r.auth_bytes));
                         close = step == Step::Close;
                         handlers::answer(
                             &header,
