@@ -171,36 +171,28 @@ class Run:
             consumer.close()
         return f"the write and a read of {self.args.other} refused with TOPIC_AUTHORIZATION_FAILED"
 
-    def no_sasl_refused(self):
-        try:
-            producer = KafkaProducer(bootstrap_servers=self.args.bootstrap, security_protocol="SSL",
-                                     ssl_cafile=self.args.ca, request_timeout_ms=3000,
-                                     api_version_auto_timeout_ms=3000, max_block_ms=3000)
-        except PyKafkaError as e:
-            return f"refused: {type(e).__name__}"
-        try:
-            producer.send(self.args.topic, value=b"anonymous", partition=0).get(timeout=10)
-        except PyKafkaError as e:
-            return f"refused: {type(e).__name__}"
-        finally:
-            producer.close(timeout=5)
-        raise Failure("a client without SASL produced")
-
-    def wrong_password_refused(self):
-        config = self.python_sasl("SCRAM-SHA-512", "alice", "not-her-password")
+    def produce_refused(self, config, value, who):
+        """A producer with `config` gets nowhere: its construction or its first send fails."""
         try:
             producer = KafkaProducer(**config, request_timeout_ms=3000, api_version_auto_timeout_ms=3000,
                                      max_block_ms=3000)
         except PyKafkaError as e:
             return f"refused: {type(e).__name__}"
         try:
-            producer.send(self.args.topic, value=b"impostor", partition=0).get(timeout=10)
+            producer.send(self.args.topic, value=value, partition=0).get(timeout=10)
         except PyKafkaError as e:
             return f"refused: {type(e).__name__}"
         finally:
             producer.close(timeout=5)
-        raise Failure("a wrong password produced")
+        raise Failure(f"{who} produced")
 
+    def no_sasl_refused(self):
+        config = dict(bootstrap_servers=self.args.bootstrap, security_protocol="SSL", ssl_cafile=self.args.ca)
+        return self.produce_refused(config, b"anonymous", "a client without SASL")
+
+    def wrong_password_refused(self):
+        config = self.python_sasl("SCRAM-SHA-512", "alice", "not-her-password")
+        return self.produce_refused(config, b"impostor", "a wrong password")
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -226,6 +226,26 @@ pub struct AclBinding {
 }
 
 impl AclBinding {
+    /// A binding that applies from any host (`*`), as `runnel acl add` makes by default.
+    pub fn any_host(
+        principal: &str,
+        resource_type: ResourceType,
+        resource_name: &str,
+        pattern_type: PatternType,
+        operation: Operation,
+        permission: Permission,
+    ) -> AclBinding {
+        AclBinding {
+            principal: principal.to_owned(),
+            host: WILDCARD.to_owned(),
+            resource_type,
+            resource_name: resource_name.to_owned(),
+            pattern_type,
+            operation,
+            permission,
+        }
+    }
+
     /// Checks the binding as Kafka's CreateAcls does: the principal is `User:<name>` with a
     /// non-empty name (or `User:*`); the host is `*` or an IP address; the resource name is
     /// 1 to [`RESOURCE_NAME_MAX_LEN`] bytes; a Cluster binding is literal and names
@@ -478,27 +498,15 @@ mod tests {
         assert_eq!(PatternFilter::default(), PatternFilter::Any);
     }
 
-    fn binding(
-        principal: &str,
-        resource_type: ResourceType,
-        name: &str,
-        pattern_type: PatternType,
-        operation: Operation,
-        permission: Permission,
-    ) -> AclBinding {
-        AclBinding {
-            principal: principal.to_owned(),
-            host: WILDCARD.to_owned(),
-            resource_type,
-            resource_name: name.to_owned(),
-            pattern_type,
-            operation,
-            permission,
-        }
-    }
-
     fn topic_read(name: &str, pattern_type: PatternType) -> AclBinding {
-        binding("User:alice", ResourceType::Topic, name, pattern_type, Operation::Read, Permission::Allow)
+        AclBinding::any_host(
+            "User:alice",
+            ResourceType::Topic,
+            name,
+            pattern_type,
+            Operation::Read,
+            Permission::Allow,
+        )
     }
 
     #[test]
@@ -512,7 +520,7 @@ mod tests {
             AclBinding { host: "10.0.0.1".to_owned(), ..topic_read("orders", Literal) },
             AclBinding { host: "::1".to_owned(), ..topic_read("orders", Literal) },
             AclBinding { resource_name: "x".repeat(RESOURCE_NAME_MAX_LEN), ..topic_read("", Literal) },
-            binding(
+            AclBinding::any_host(
                 "User:a",
                 ResourceType::Cluster,
                 "kafka-cluster",
@@ -520,8 +528,15 @@ mod tests {
                 Operation::IdempotentWrite,
                 Permission::Allow,
             ),
-            binding("User:a", ResourceType::Group, "g", Prefixed, Operation::Delete, Permission::Deny),
-            binding(
+            AclBinding::any_host(
+                "User:a",
+                ResourceType::Group,
+                "g",
+                Prefixed,
+                Operation::Delete,
+                Permission::Deny,
+            ),
+            AclBinding::any_host(
                 "User:a",
                 ResourceType::TransactionalId,
                 "t",
@@ -554,7 +569,7 @@ mod tests {
             ),
             (topic_read("*", Prefixed), "PREFIXED"),
             (
-                binding(
+                AclBinding::any_host(
                     "User:a",
                     ResourceType::Cluster,
                     "other",
@@ -565,7 +580,7 @@ mod tests {
                 "CLUSTER",
             ),
             (
-                binding(
+                AclBinding::any_host(
                     "User:a",
                     ResourceType::Cluster,
                     "kafka-cluster",
@@ -576,11 +591,18 @@ mod tests {
                 "CLUSTER",
             ),
             (
-                binding("User:a", ResourceType::Group, "g", Literal, Operation::Write, Permission::Allow),
+                AclBinding::any_host(
+                    "User:a",
+                    ResourceType::Group,
+                    "g",
+                    Literal,
+                    Operation::Write,
+                    Permission::Allow,
+                ),
                 "WRITE",
             ),
             (
-                binding(
+                AclBinding::any_host(
                     "User:a",
                     ResourceType::Topic,
                     "t",
@@ -591,7 +613,7 @@ mod tests {
                 "CLUSTER_ACTION",
             ),
             (
-                binding(
+                AclBinding::any_host(
                     "User:a",
                     ResourceType::Topic,
                     "t",
@@ -602,7 +624,7 @@ mod tests {
                 "IDEMPOTENT_WRITE",
             ),
             (
-                binding(
+                AclBinding::any_host(
                     "User:a",
                     ResourceType::TransactionalId,
                     "t",
@@ -613,7 +635,7 @@ mod tests {
                 "READ",
             ),
             (
-                binding(
+                AclBinding::any_host(
                     "User:a",
                     ResourceType::Cluster,
                     "kafka-cluster",

@@ -175,15 +175,7 @@ mod tests {
         operation: Operation,
         permission: Permission,
     ) -> AclBinding {
-        AclBinding {
-            principal: principal.to_owned(),
-            host: WILDCARD.to_owned(),
-            resource_type: ResourceType::Topic,
-            resource_name: name.to_owned(),
-            pattern_type,
-            operation,
-            permission,
-        }
+        AclBinding::any_host(principal, ResourceType::Topic, name, pattern_type, operation, permission)
     }
 
     fn allow(principal: &str, name: &str, operation: Operation) -> AclBinding {

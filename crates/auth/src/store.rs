@@ -309,30 +309,28 @@ mod tests {
         assert!(!store.authorize(&alice, HOST, Operation::Read, ResourceType::Topic, "orders"));
 
         let mut security = Security::default();
-        security.acls.insert(AclBinding {
-            principal: "User:alice".to_owned(),
-            host: "*".to_owned(),
-            resource_type: ResourceType::Topic,
-            resource_name: "orders".to_owned(),
-            pattern_type: PatternType::Literal,
-            operation: Operation::Read,
-            permission: Permission::Allow,
-        });
+        security.acls.insert(AclBinding::any_host(
+            "User:alice",
+            ResourceType::Topic,
+            "orders",
+            PatternType::Literal,
+            Operation::Read,
+            Permission::Allow,
+        ));
         store.set(security.clone());
         assert_eq!(*store.security(), security);
         assert!(store.authorize(&alice, HOST, Operation::Read, ResourceType::Topic, "orders"));
         assert!(!store.authorize(&alice, HOST, Operation::Write, ResourceType::Topic, "orders"));
         // A DENY does not bind a super user.
         let mut denied = security.clone();
-        denied.acls.insert(AclBinding {
-            principal: "User:*".to_owned(),
-            host: "*".to_owned(),
-            resource_type: ResourceType::Topic,
-            resource_name: "orders".to_owned(),
-            pattern_type: PatternType::Literal,
-            operation: Operation::All,
-            permission: Permission::Deny,
-        });
+        denied.acls.insert(AclBinding::any_host(
+            "User:*",
+            ResourceType::Topic,
+            "orders",
+            PatternType::Literal,
+            Operation::All,
+            Permission::Deny,
+        ));
         store.set(denied);
         assert!(store.authorize(&admin, HOST, Operation::Read, ResourceType::Topic, "orders"));
         assert!(!store.authorize(&alice, HOST, Operation::Read, ResourceType::Topic, "orders"));
@@ -348,14 +346,8 @@ mod tests {
     #[test]
     fn an_idempotent_producer_needs_idempotent_write_or_write_on_some_topic() {
         let host = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        let binding = |principal: &str, resource_type, name: &str, operation, permission| AclBinding {
-            principal: principal.into(),
-            host: "*".into(),
-            resource_type,
-            resource_name: name.into(),
-            pattern_type: PatternType::Literal,
-            operation,
-            permission,
+        let binding = |principal: &str, resource_type, name: &str, operation, permission| {
+            AclBinding::any_host(principal, resource_type, name, PatternType::Literal, operation, permission)
         };
         let store = AuthStore::new(vec![Principal::user("root")]);
         let mut security = Security::default();

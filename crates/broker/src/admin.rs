@@ -242,15 +242,14 @@ mod tests {
         assert_eq!((e.code, e.name.as_str()), (7, "REQUEST_TIMED_OUT"), "{e}");
         let e = admin.create_partitions("t", 3, true).await.unwrap_err();
         assert_eq!(e.code, 7, "{e}");
-        let acl = runnel_auth::AclBinding {
-            principal: "User:alice".into(),
-            host: "*".into(),
-            resource_type: runnel_auth::ResourceType::Topic,
-            resource_name: "orders".into(),
-            pattern_type: runnel_auth::PatternType::Literal,
-            operation: runnel_auth::Operation::Read,
-            permission: runnel_auth::Permission::Allow,
-        };
+        let acl = runnel_auth::AclBinding::any_host(
+            "User:alice",
+            runnel_auth::ResourceType::Topic,
+            "orders",
+            runnel_auth::PatternType::Literal,
+            runnel_auth::Operation::Read,
+            runnel_auth::Permission::Allow,
+        );
         let e = admin.create_acls(vec![acl]).await.unwrap_err();
         assert_eq!(e.code, 7, "{e}");
         let e = admin.delete_acls(vec![runnel_auth::AclFilter::default()]).await.unwrap_err();

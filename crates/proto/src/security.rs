@@ -513,15 +513,14 @@ mod tests {
 
     #[test]
     fn bindings_filters_and_credentials_round_trip() {
-        let acl = AclBinding {
-            principal: "User:alice".to_owned(),
-            host: "*".to_owned(),
-            resource_type: ResourceType::Topic,
-            resource_name: "orders".to_owned(),
-            pattern_type: PatternType::Prefixed,
-            operation: Operation::Read,
-            permission: Permission::Allow,
-        };
+        let acl = AclBinding::any_host(
+            "User:alice",
+            ResourceType::Topic,
+            "orders",
+            PatternType::Prefixed,
+            Operation::Read,
+            Permission::Allow,
+        );
         assert_eq!(acl_from_pb(acl_to_pb(&acl)), Ok(acl.clone()));
         let filter = AclFilter {
             resource_type: Some(ResourceType::Topic),

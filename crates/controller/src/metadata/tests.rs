@@ -963,14 +963,15 @@ fn acls_are_added_once_deleted_by_filter_and_checked() {
         AclBinding, AclFilter, Operation, PatternFilter, PatternType, Permission, ResourceType,
     };
     let mut c = Cluster::new();
-    let binding = |principal: &str, topic: &str, operation: Operation| AclBinding {
-        principal: principal.into(),
-        host: "*".into(),
-        resource_type: ResourceType::Topic,
-        resource_name: topic.into(),
-        pattern_type: PatternType::Literal,
-        operation,
-        permission: Permission::Allow,
+    let binding = |principal: &str, topic: &str, operation: Operation| {
+        AclBinding::any_host(
+            principal,
+            ResourceType::Topic,
+            topic,
+            PatternType::Literal,
+            operation,
+            Permission::Allow,
+        )
     };
     let read = binding("User:alice", "orders", Operation::Read);
     let write = binding("User:bob", "orders", Operation::Write);

@@ -425,15 +425,7 @@ mod tests {
         pattern_type: PatternType,
         operation: Operation,
     ) -> AclBinding {
-        AclBinding {
-            principal: principal.to_owned(),
-            host: "*".to_owned(),
-            resource_type,
-            resource_name: name.to_owned(),
-            pattern_type,
-            operation,
-            permission: Permission::Allow,
-        }
+        AclBinding::any_host(principal, resource_type, name, pattern_type, operation, Permission::Allow)
     }
 
     #[test]
